@@ -1,0 +1,117 @@
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+/// What happens when a connection's send queue is full (the client reads too slowly).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OverflowPolicy {
+    /// Drop the message being sent.
+    DropNewest,
+    /// Drop the oldest queued message to make room.
+    DropOldest,
+    /// Close the connection with `1008 Policy Violation`.
+    Close,
+}
+
+/// Where a connection's client id comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ClientIdSource {
+    /// The peer's IP address.
+    PeerAddr,
+    /// The upgrade request's header named by `client_id_key`.
+    Header,
+    /// The upgrade request's query parameter named by `client_id_key`.
+    Query,
+}
+
+/// What a WebSocket client hears when an open breaker rejects its message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RejectionAction {
+    /// A JSON error frame; the connection stays open.
+    ErrorFrame,
+    /// Close the connection with `1013 Try Again Later`.
+    Close,
+}
+
+/// Settings of WebSocket connections (used by `wsguard-axum`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionConfig {
+    /// Most connections open at once; further upgrades get `503`.
+    pub max_connections: usize,
+    /// Largest message accepted, in bytes; larger ones close the connection with `1009`.
+    pub max_message_size: usize,
+    /// A connection that has received nothing (not even a pong) for this long is closed.
+    #[serde(with = "crate::duration")]
+    pub idle_timeout: Duration,
+    /// How often the server pings an otherwise quiet client.
+    #[serde(with = "crate::duration")]
+    pub ping_interval: Duration,
+    /// Outbound messages queued per connection before `overflow` applies.
+    pub send_queue_capacity: usize,
+    /// What happens when the send queue is full.
+    pub overflow: OverflowPolicy,
+    /// Inbound messages of one connection handled at once (replies still go out in order).
+    pub message_concurrency: usize,
+    /// Read buffer per connection, in bytes (tungstenite's default is 128 KiB).
+    pub read_buffer_size: usize,
+    /// Write buffer per connection, in bytes, before a flush is forced.
+    pub write_buffer_size: usize,
+    /// Where the client id comes from.
+    pub client_id: ClientIdSource,
+    /// Header or query parameter name for `client_id = "header"` or `"query"`.
+    pub client_id_key: String,
+    /// What a client hears when an open breaker rejects its message.
+    pub on_rejection: RejectionAction,
+}
+
+impl ConnectionConfig {
+    /// Production settings: 10 000 connections, 64 KiB messages, 60 s idle timeout.
+    pub fn production() -> Self {
+        Self {
+            max_connections: 10_000,
+            max_message_size: 64 * 1024,
+            idle_timeout: Duration::from_secs(60),
+            ping_interval: Duration::from_secs(20),
+            send_queue_capacity: 256,
+            overflow: OverflowPolicy::Close,
+            message_concurrency: 1,
+            read_buffer_size: 4096,
+            write_buffer_size: 4096,
+            client_id: ClientIdSource::PeerAddr,
+            client_id_key: "x-client-id".to_owned(),
+            on_rejection: RejectionAction::ErrorFrame,
+        }
+    }
+
+    /// Development settings: fewer connections, longer idle timeout.
+    pub fn development() -> Self {
+        Self {
+            max_connections: 1_000,
+            idle_timeout: Duration::from_secs(120),
+            ping_interval: Duration::from_secs(30),
+            ..Self::production()
+        }
+    }
+
+    /// Testing settings: short idle timeout and small queues.
+    pub fn testing() -> Self {
+        Self {
+            max_connections: 100,
+            idle_timeout: Duration::from_secs(5),
+            ping_interval: Duration::from_secs(1),
+            send_queue_capacity: 16,
+            ..Self::production()
+        }
+    }
+}
+
+impl Default for ConnectionConfig {
+    /// Same as [`ConnectionConfig::production`].
+    fn default() -> Self {
+        Self::production()
+    }
+}

@@ -1,0 +1,175 @@
+//! Shared configuration of the wsguard middleware: one serde tree, presets, validation that lists
+//! every problem, loading from a file and the environment, and live reload.
+//!
+//! Every wsguard layer reads its part of a [`StabilityConfig`]: `CircuitBreakerLayer` the
+//! [`CircuitBreakerConfig`], `DedupLayer` the [`DedupConfig`], `MetricsLayer` the
+//! [`MetricsConfig`], and the WebSocket adapter the [`ConnectionConfig`]. A layer takes its part
+//! either fixed or through a [`ConfigHandle`], which swaps in a new validated config without a
+//! restart and without a lock on the request path.
+//!
+//! [`StabilityConfig::default`] is the production preset; [`StabilityConfig::development`] and
+//! [`StabilityConfig::testing`] trade safety margins for fast feedback.
+//!
+//! ```
+//! use std::time::Duration;
+//! use wsguard_config::{ConfigHandle, StabilityConfig};
+//!
+//! // A file overrides the fields it names; the rest keep the defaults.
+//! let config = StabilityConfig::from_toml_str(r#"
+//!     [circuit_breaker]
+//!     mode = "consecutive_failures"
+//!     failure_threshold = 3
+//!     timeout = "30s"
+//!
+//!     [dedup]
+//!     ttl = "2m"
+//! "#)?;
+//! assert_eq!(config.circuit_breaker.timeout, Duration::from_secs(30));
+//!
+//! // Layers read through a handle; `update` validates, then swaps.
+//! let handle = ConfigHandle::new(config)?;
+//! let mut next = handle.get().as_ref().clone();
+//! next.dedup.ttl = Duration::ZERO;
+//! assert!(handle.update(next).is_err()); // refused, every problem listed
+//! assert_eq!(handle.load().dedup.ttl, Duration::from_secs(120)); // old config kept
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+#![warn(
+    missing_debug_implementations,
+    missing_docs,
+    rust_2018_idioms,
+    unreachable_pub
+)]
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod circuit_breaker;
+mod connection;
+mod dedup;
+mod duration;
+mod load;
+mod metrics;
+mod reload;
+mod retry;
+#[cfg(feature = "tower")]
+mod tower_retry;
+mod validate;
+
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+pub use self::tower_retry::{ConfigBackoff, ConfigBackoffMaker, RetryPolicy, RetryWait};
+pub use self::{
+    circuit_breaker::{BackoffStrategy, CircuitBreakerConfig, OpenBackoff, TripMode},
+    connection::{ClientIdSource, ConnectionConfig, OverflowPolicy, RejectionAction},
+    dedup::{
+        DedupConfig, DedupScope, DuplicateAction, FailureMode, KeySource, RedisStoreConfig,
+        StoreBackend, StoreConfig,
+    },
+    load::{ConfigLoader, LoadError},
+    metrics::MetricsConfig,
+    reload::{ConfigHandle, ConfigSource, FileWatcher, Section},
+    retry::RetryConfig,
+    validate::{FieldError, ValidationError},
+};
+
+/// The whole wsguard configuration.
+///
+/// `Default` is the production preset: sampled latency metrics, high thresholds, long TTLs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct StabilityConfig {
+    /// `MetricsLayer` and its registry.
+    pub metrics: MetricsConfig,
+    /// `CircuitBreakerLayer`.
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// `DedupLayer`.
+    pub dedup: DedupConfig,
+    /// WebSocket connections.
+    pub connection: ConnectionConfig,
+    /// Retries of outbound calls.
+    pub retry: RetryConfig,
+}
+
+/// A named preset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Preset {
+    /// [`StabilityConfig::production`], the default.
+    Production,
+    /// [`StabilityConfig::development`].
+    Development,
+    /// [`StabilityConfig::testing`].
+    Testing,
+}
+
+impl Preset {
+    /// The preset named `name` (`production`, `development` or `testing`; `prod`, `dev` and
+    /// `test` also work).
+    pub fn from_name(name: &str) -> Option<Self> {
+        match name.to_ascii_lowercase().as_str() {
+            "production" | "prod" => Some(Self::Production),
+            "development" | "dev" => Some(Self::Development),
+            "testing" | "test" => Some(Self::Testing),
+            _ => None,
+        }
+    }
+
+    /// The configuration of this preset.
+    pub fn config(self) -> StabilityConfig {
+        match self {
+            Self::Production => StabilityConfig::production(),
+            Self::Development => StabilityConfig::development(),
+            Self::Testing => StabilityConfig::testing(),
+        }
+    }
+}
+
+impl StabilityConfig {
+    /// Production: 10% sampled latency and per-client detail, rate-based breaker over 100 calls
+    /// with a 60 s open wait, 5-minute dedup window, clients kept an hour. Same as `default()`.
+    pub fn production() -> Self {
+        Self {
+            metrics: MetricsConfig::production(),
+            circuit_breaker: CircuitBreakerConfig::production(),
+            dedup: DedupConfig::production(),
+            connection: ConnectionConfig::production(),
+            retry: RetryConfig::production(),
+        }
+    }
+
+    /// Development: every call measured, breaker opens after 5 failures in a row for 10 s,
+    /// 1-minute dedup window, clients kept 10 minutes.
+    pub fn development() -> Self {
+        Self {
+            metrics: MetricsConfig::development(),
+            circuit_breaker: CircuitBreakerConfig::development(),
+            dedup: DedupConfig::development(),
+            connection: ConnectionConfig::development(),
+            retry: RetryConfig::development(),
+        }
+    }
+
+    /// Testing: every call measured, breaker opens after 2 failures in a row for 1 s, 1-second
+    /// dedup window, clients kept 5 seconds.
+    pub fn testing() -> Self {
+        Self {
+            metrics: MetricsConfig::testing(),
+            circuit_breaker: CircuitBreakerConfig::testing(),
+            dedup: DedupConfig::testing(),
+            connection: ConnectionConfig::testing(),
+            retry: RetryConfig::testing(),
+        }
+    }
+
+    /// This configuration as TOML, every field included.
+    pub fn to_toml_string(&self) -> String {
+        toml::to_string_pretty(self).expect("every StabilityConfig field serialises to TOML")
+    }
+
+    /// This configuration as pretty JSON, every field included.
+    pub fn to_json_string(&self) -> String {
+        serde_json::to_string_pretty(self).expect("every StabilityConfig field serialises to JSON")
+    }
+}

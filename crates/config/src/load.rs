@@ -1,0 +1,224 @@
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use figment::Figment;
+use figment::providers::{Env, Format, Json, Serialized, Toml};
+
+use crate::{FieldError, Preset, StabilityConfig, ValidationError};
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What the operating system said.
+        source: std::io::Error,
+    },
+    /// A file or the environment does not fit the configuration's shape: bad syntax, an unknown
+    /// field, a value of the wrong type.
+    #[error("{}", ParseDisplay(origin, errors))]
+    Parse {
+        /// Where the text came from (a file path, `environment`, `string`).
+        origin: String,
+        /// The problems, each naming its field path.
+        errors: Vec<FieldError>,
+    },
+    /// The configuration parsed but breaks validation rules.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+}
+
+impl LoadError {
+    /// Every problem that names a field, whatever the kind of error.
+    pub fn field_errors(&self) -> &[FieldError] {
+        match self {
+            Self::Io { .. } => &[],
+            Self::Parse { errors, .. } => errors,
+            Self::Invalid(v) => v.errors(),
+        }
+    }
+}
+
+struct ParseDisplay<'a>(&'a str, &'a [FieldError]);
+
+impl fmt::Display for ParseDisplay<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot parse configuration from {}:", self.0)?;
+        for e in self.1 {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`StabilityConfig`] in layers: a base (a preset), then a file, then the environment,
+/// then validation.
+///
+/// Environment variables are `PREFIX` + the field path in capitals with `__` between parts:
+/// `WSGUARD_DEDUP__TTL=60s`, `WSGUARD_CIRCUIT_BREAKER__BACKOFF__MULTIPLIER=2`. Variables with the
+/// prefix but no `__` (such as `WSGUARD_ADDR`) are not configuration and are left alone; a variable
+/// with `__` that names no field is an error.
+///
+/// ```
+/// use wsguard_config::{ConfigLoader, Preset};
+///
+/// let config = ConfigLoader::new().preset(Preset::Testing).without_env().load()?;
+/// assert_eq!(config, wsguard_config::StabilityConfig::testing());
+/// # Ok::<(), wsguard_config::LoadError>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ConfigLoader {
+    base: StabilityConfig,
+    file: Option<PathBuf>,
+    env_prefix: Option<String>,
+}
+
+impl Default for ConfigLoader {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ConfigLoader {
+    /// The default prefix of environment overrides.
+    pub const ENV_PREFIX: &'static str = "WSGUARD_";
+
+    /// Production base, no file, environment overrides with the `WSGUARD_` prefix.
+    pub fn new() -> Self {
+        Self {
+            base: StabilityConfig::default(),
+            file: None,
+            env_prefix: Some(Self::ENV_PREFIX.to_owned()),
+        }
+    }
+
+    /// Start from this configuration instead of the production preset.
+    pub fn base(mut self, base: StabilityConfig) -> Self {
+        self.base = base;
+        self
+    }
+
+    /// Start from a preset.
+    pub fn preset(self, preset: Preset) -> Self {
+        self.base(preset.config())
+    }
+
+    /// Read this file over the base: JSON if its name ends in `.json`, TOML otherwise.
+    pub fn file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.file = Some(path.into());
+        self
+    }
+
+    /// Read environment overrides with this prefix instead of `WSGUARD_`.
+    pub fn env_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.env_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Ignore the environment.
+    pub fn without_env(mut self) -> Self {
+        self.env_prefix = None;
+        self
+    }
+
+    /// Load and validate.
+    pub fn load(&self) -> Result<StabilityConfig, LoadError> {
+        let mut figment = Figment::from(Serialized::defaults(&self.base));
+        let mut origin = "defaults".to_owned();
+        if let Some(path) = &self.file {
+            let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            figment = if is_json(path) {
+                figment.merge(Json::string(&text))
+            } else {
+                figment.merge(Toml::string(&text))
+            };
+            origin = path.display().to_string();
+        }
+        if let Some(prefix) = &self.env_prefix {
+            figment = figment.merge(env_provider(prefix));
+            origin.push_str(" and environment");
+        }
+        let config: StabilityConfig = figment.extract().map_err(|e| parse_error(origin, e))?;
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+fn env_provider(prefix: &str) -> Env {
+    Env::prefixed(prefix)
+        .filter(|key| key.as_str().contains("__"))
+        .split("__")
+}
+
+fn is_json(path: &Path) -> bool {
+    path.extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("json"))
+}
+
+fn parse_error(origin: String, err: figment::Error) -> LoadError {
+    let errors = err
+        .into_iter()
+        .map(|e| {
+            let mut path = e.path.join(".");
+            let message = match &e.kind {
+                figment::error::Kind::UnknownField(field, expected) => {
+                    if !path.is_empty() {
+                        path.push('.');
+                    }
+                    path.push_str(field);
+                    format!("unknown field; expected one of: {}", expected.join(", "))
+                }
+                kind => kind.to_string(),
+            };
+            if path.is_empty() {
+                path = "(top level)".to_owned();
+            }
+            FieldError { path, message }
+        })
+        .collect();
+    LoadError::Parse { origin, errors }
+}
+
+fn from_str_with(text: &str, json: bool) -> Result<StabilityConfig, LoadError> {
+    let base = Figment::from(Serialized::defaults(StabilityConfig::default()));
+    let figment = if json {
+        base.merge(Json::string(text))
+    } else {
+        base.merge(Toml::string(text))
+    };
+    let config: StabilityConfig = figment
+        .extract()
+        .map_err(|e| parse_error("string".to_owned(), e))?;
+    config.validate()?;
+    Ok(config)
+}
+
+impl StabilityConfig {
+    /// Loads a file (TOML; JSON if its name ends in `.json`) over the defaults, then the
+    /// `WSGUARD_` environment overrides, and validates the result.
+    pub fn from_file(path: impl AsRef<Path>) -> Result<Self, LoadError> {
+        ConfigLoader::new().file(path.as_ref()).load()
+    }
+
+    /// The defaults with the `WSGUARD_` environment overrides, validated.
+    pub fn from_env() -> Result<Self, LoadError> {
+        ConfigLoader::new().load()
+    }
+
+    /// Parses TOML over the defaults and validates; the environment is not read.
+    pub fn from_toml_str(text: &str) -> Result<Self, LoadError> {
+        from_str_with(text, false)
+    }
+
+    /// Parses JSON over the defaults and validates; the environment is not read.
+    pub fn from_json_str(text: &str) -> Result<Self, LoadError> {
+        from_str_with(text, true)
+    }
+}

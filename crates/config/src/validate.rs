@@ -1,0 +1,358 @@
+use std::fmt;
+
+use crate::{
+    BackoffStrategy, CircuitBreakerConfig, ConnectionConfig, DedupConfig, KeySource, MetricsConfig,
+    RetryConfig, StabilityConfig, StoreBackend, TripMode,
+};
+
+/// One problem with one field of a configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    /// Dotted path of the field, such as `dedup.ttl`.
+    pub path: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a configuration, one per line when displayed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ValidationError {
+    errors: Vec<FieldError>,
+}
+
+impl ValidationError {
+    /// The problems, in field order.
+    pub fn errors(&self) -> &[FieldError] {
+        &self.errors
+    }
+
+    /// Whether some problem concerns the field at `path`.
+    pub fn has(&self, path: &str) -> bool {
+        self.errors.iter().any(|e| e.path == path)
+    }
+}
+
+impl fmt::Display for ValidationError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.errors.len();
+        write!(
+            f,
+            "invalid configuration ({n} problem{}):",
+            if n == 1 { "" } else { "s" }
+        )?;
+        for e in &self.errors {
+            write!(f, "\n  {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ValidationError {}
+
+#[derive(Default)]
+struct Problems {
+    errors: Vec<FieldError>,
+}
+
+impl Problems {
+    fn check(&mut self, ok: bool, path: &str, message: impl Into<String>) {
+        if !ok {
+            self.errors.push(FieldError {
+                path: path.to_owned(),
+                message: message.into(),
+            });
+        }
+    }
+}
+
+fn is_fraction(x: f64) -> bool {
+    (0.0..=1.0).contains(&x)
+}
+
+fn is_percent(x: f64) -> bool {
+    x > 0.0 && x <= 100.0
+}
+
+impl StabilityConfig {
+    /// Checks every rule and returns every problem at once, each naming its field path.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use wsguard_config::StabilityConfig;
+    ///
+    /// let mut config = StabilityConfig::default();
+    /// config.dedup.ttl = Duration::ZERO;
+    /// config.metrics.sample_rate = 1.5;
+    /// let err = config.validate().unwrap_err();
+    /// assert!(err.has("dedup.ttl") && err.has("metrics.sample_rate"));
+    /// assert!(err.to_string().contains("dedup.ttl: must be > 0"));
+    /// ```
+    pub fn validate(&self) -> Result<(), ValidationError> {
+        let mut p = Problems::default();
+        validate_metrics(&self.metrics, &mut p);
+        validate_breaker(&self.circuit_breaker, &mut p);
+        validate_dedup(&self.dedup, &mut p);
+        validate_connection(&self.connection, &mut p);
+        validate_retry(&self.retry, &mut p);
+        if p.errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ValidationError { errors: p.errors })
+        }
+    }
+}
+
+fn validate_metrics(m: &MetricsConfig, p: &mut Problems) {
+    p.check(
+        is_fraction(m.sample_rate),
+        "metrics.sample_rate",
+        "must be between 0.0 and 1.0",
+    );
+    p.check(
+        !m.client_metrics_ttl.is_zero(),
+        "metrics.client_metrics_ttl",
+        "must be > 0",
+    );
+    p.check(
+        !m.cleanup_interval.is_zero(),
+        "metrics.cleanup_interval",
+        "must be > 0",
+    );
+    p.check(m.max_clients > 0, "metrics.max_clients", "must be > 0");
+    p.check(
+        !m.latency_buckets.is_empty(),
+        "metrics.latency_buckets",
+        "must list at least one bucket",
+    );
+    p.check(
+        m.latency_buckets.iter().all(|b| b.is_finite() && *b > 0.0),
+        "metrics.latency_buckets",
+        "every bucket must be a finite number of seconds > 0",
+    );
+    p.check(
+        m.latency_buckets.windows(2).all(|w| w[0] < w[1]),
+        "metrics.latency_buckets",
+        "buckets must be strictly increasing",
+    );
+    p.check(
+        m.cleanup_interval <= m.client_metrics_ttl || m.client_metrics_ttl.is_zero(),
+        "metrics.cleanup_interval",
+        "must be <= metrics.client_metrics_ttl, or inactive clients outlive their TTL by up to a whole interval",
+    );
+}
+
+fn validate_breaker(c: &CircuitBreakerConfig, p: &mut Problems) {
+    const P: &str = "circuit_breaker";
+    let path = |f: &str| format!("{P}.{f}");
+    p.check(
+        c.failure_threshold > 0,
+        &path("failure_threshold"),
+        "must be > 0",
+    );
+    p.check(c.window_size > 0, &path("window_size"), "must be > 0");
+    p.check(c.minimum_calls > 0, &path("minimum_calls"), "must be > 0");
+    p.check(
+        c.window_duration.as_secs() >= 1 && c.window_duration.subsec_nanos() == 0,
+        &path("window_duration"),
+        "must be a whole number of seconds, at least 1s",
+    );
+    p.check(
+        is_percent(c.failure_rate_threshold),
+        &path("failure_rate_threshold"),
+        "must be in (0, 100]",
+    );
+    p.check(
+        is_percent(c.slow_call_rate_threshold),
+        &path("slow_call_rate_threshold"),
+        "must be in (0, 100]",
+    );
+    p.check(
+        !c.slow_call_duration.is_zero(),
+        &path("slow_call_duration"),
+        "must be > 0",
+    );
+    p.check(!c.timeout.is_zero(), &path("timeout"), "must be > 0");
+    p.check(
+        c.half_open_max_calls > 0,
+        &path("half_open_max_calls"),
+        "must be > 0, or a half-open breaker can never probe and never closes",
+    );
+    p.check(
+        c.success_threshold > 0,
+        &path("success_threshold"),
+        "must be > 0",
+    );
+    p.check(
+        c.backoff.multiplier.is_finite() && c.backoff.multiplier >= 1.0,
+        &path("backoff.multiplier"),
+        "must be >= 1.0",
+    );
+    p.check(
+        (0.0..1.0).contains(&c.backoff.jitter),
+        &path("backoff.jitter"),
+        "must be in [0.0, 1.0)",
+    );
+    if c.backoff.strategy == BackoffStrategy::Exponential {
+        p.check(
+            c.backoff.max_wait >= c.timeout,
+            &path("backoff.max_wait"),
+            "must be >= circuit_breaker.timeout, or the cap is below the first wait and the backoff never grows",
+        );
+    }
+    if c.mode == TripMode::CountWindow {
+        p.check(
+            c.minimum_calls <= c.window_size,
+            &path("minimum_calls"),
+            "must be <= circuit_breaker.window_size in count_window mode, or the window never holds enough calls and the breaker never opens",
+        );
+    }
+}
+
+fn validate_dedup(d: &DedupConfig, p: &mut Problems) {
+    p.check(!d.ttl.is_zero(), "dedup.ttl", "must be > 0");
+    p.check(d.max_entries > 0, "dedup.max_entries", "must be > 0");
+    p.check(
+        (100..=599).contains(&d.duplicate_status),
+        "dedup.duplicate_status",
+        "must be an HTTP status code (100..=599)",
+    );
+    if d.key == KeySource::JsonField {
+        p.check(
+            !d.json_field.is_empty(),
+            "dedup.json_field",
+            "must name a field when dedup.key = \"json_field\"",
+        );
+    }
+    if d.key == KeySource::Header {
+        p.check(
+            http_token(&d.header),
+            "dedup.header",
+            "must be a valid HTTP header name when dedup.key = \"header\"",
+        );
+    }
+    if let Some(key) = &d.fingerprint_key {
+        p.check(
+            crate::dedup::parse_hex_key(key).is_some(),
+            "dedup.fingerprint_key",
+            "must be 32 hex digits (a 128-bit key)",
+        );
+    }
+    if d.store.backend == StoreBackend::Redis {
+        let r = &d.store.redis;
+        p.check(
+            r.url.starts_with("redis://")
+                || r.url.starts_with("rediss://")
+                || r.url.starts_with("redis+unix://")
+                || r.url.starts_with("unix://"),
+            "dedup.store.redis.url",
+            "must be a redis://, rediss:// or unix:// URL",
+        );
+        p.check(
+            !r.operation_timeout.is_zero(),
+            "dedup.store.redis.operation_timeout",
+            "must be > 0, or a slow Redis would hang requests",
+        );
+        p.check(
+            d.ttl.as_millis() >= 1,
+            "dedup.ttl",
+            "must be at least 1ms with the Redis store (PX is in milliseconds)",
+        );
+        let fingerprints = d.key == KeySource::Fingerprint || d.fingerprint_when_missing;
+        p.check(
+            !fingerprints || d.fingerprint_key.is_some(),
+            "dedup.fingerprint_key",
+            "must be set when fingerprints go to the shared Redis store, or every node hashes with its own random key and duplicates across nodes are never seen",
+        );
+    }
+}
+
+fn http_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+fn validate_connection(c: &ConnectionConfig, p: &mut Problems) {
+    p.check(
+        c.max_connections > 0,
+        "connection.max_connections",
+        "must be > 0",
+    );
+    p.check(
+        c.max_message_size > 0,
+        "connection.max_message_size",
+        "must be > 0",
+    );
+    p.check(
+        !c.idle_timeout.is_zero(),
+        "connection.idle_timeout",
+        "must be > 0",
+    );
+    p.check(
+        !c.ping_interval.is_zero(),
+        "connection.ping_interval",
+        "must be > 0",
+    );
+    p.check(
+        c.ping_interval < c.idle_timeout,
+        "connection.ping_interval",
+        "must be < connection.idle_timeout, or a healthy but quiet client is closed before it is ever pinged",
+    );
+    p.check(
+        c.send_queue_capacity > 0,
+        "connection.send_queue_capacity",
+        "must be > 0",
+    );
+    p.check(
+        c.message_concurrency > 0,
+        "connection.message_concurrency",
+        "must be > 0",
+    );
+    p.check(
+        c.read_buffer_size >= 256,
+        "connection.read_buffer_size",
+        "must be >= 256 bytes",
+    );
+    p.check(
+        c.write_buffer_size > 0,
+        "connection.write_buffer_size",
+        "must be > 0",
+    );
+    if c.client_id != crate::ClientIdSource::PeerAddr {
+        p.check(
+            !c.client_id_key.is_empty(),
+            "connection.client_id_key",
+            "must name the header or query parameter when connection.client_id is \"header\" or \"query\"",
+        );
+    }
+}
+
+fn validate_retry(r: &RetryConfig, p: &mut Problems) {
+    p.check(
+        r.max_attempts > 0,
+        "retry.max_attempts",
+        "must be > 0 (1 means no retry)",
+    );
+    p.check(!r.max_backoff.is_zero(), "retry.max_backoff", "must be > 0");
+    p.check(
+        r.initial_backoff <= r.max_backoff,
+        "retry.initial_backoff",
+        "must be <= retry.max_backoff",
+    );
+    p.check(
+        r.multiplier.is_finite() && r.multiplier >= 1.0,
+        "retry.multiplier",
+        "must be >= 1.0",
+    );
+    p.check(
+        is_fraction(r.jitter),
+        "retry.jitter",
+        "must be between 0.0 and 1.0",
+    );
+}
