@@ -1,8 +1,9 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use figment::Figment;
 use figment::providers::{Env, Format, Json, Serialized, Toml};
+use figment::value::{Dict, Value};
+use figment::{Figment, Profile, Provider};
 
 use crate::{FieldError, Preset, StabilityConfig, ValidationError};
 
@@ -134,15 +135,18 @@ impl ConfigLoader {
                 path: path.clone(),
                 source,
             })?;
-            figment = if is_json(path) {
-                figment.merge(Json::string(&text))
-            } else {
-                figment.merge(Toml::string(&text))
-            };
             origin = path.display().to_string();
+            let file = if is_json(path) {
+                with_aliases(Json::string(&text))
+            } else {
+                with_aliases(Toml::string(&text))
+            };
+            figment = figment.merge(file.map_err(|e| parse_error(origin.clone(), *e))?);
         }
         if let Some(prefix) = &self.env_prefix {
-            figment = figment.merge(env_provider(prefix));
+            let env = with_aliases(env_provider(prefix))
+                .map_err(|e| parse_error("environment".to_owned(), *e))?;
+            figment = figment.merge(env);
             origin.push_str(" and environment");
         }
         let config: StabilityConfig = figment.extract().map_err(|e| parse_error(origin, e))?;
@@ -157,6 +161,34 @@ fn env_provider(prefix: &str) -> Env {
         .split("__")
 }
 
+/// Field names of the original design still accepted, as (section, old name, name).
+const ALIASES: &[(&str, &str, &str)] = &[
+    ("circuit_breaker", "timeout_seconds", "timeout"),
+    ("dedup", "ttl_seconds", "ttl"),
+];
+
+/// Reads `provider` and renames the original design's field names to the current ones. Serde
+/// aliases alone would clash with the same field coming from the base layer ("duplicate field").
+fn with_aliases(provider: impl Provider) -> Result<Serialized<Dict>, Box<figment::Error>> {
+    let mut data = provider.data().map_err(Box::new)?;
+    let mut dict = data.remove(&Profile::Default).unwrap_or_default();
+    for (section, old, new) in ALIASES {
+        if let Some(Value::Dict(_, fields)) = dict.get_mut(*section)
+            && let Some(value) = fields.remove(*old)
+        {
+            if fields.contains_key(*new) {
+                let mut err = figment::Error::from(format!(
+                    "both `{old}` and `{new}` are set; `{old}` is the older name of `{new}`, keep one"
+                ));
+                err.path = vec![(*section).to_owned(), (*old).to_owned()];
+                return Err(Box::new(err));
+            }
+            fields.insert((*new).to_owned(), value);
+        }
+    }
+    Ok(Serialized::defaults(dict))
+}
+
 fn is_json(path: &Path) -> bool {
     path.extension()
         .is_some_and(|e| e.eq_ignore_ascii_case("json"))
@@ -168,11 +200,7 @@ fn parse_error(origin: String, err: figment::Error) -> LoadError {
         .map(|e| {
             let mut path = e.path.join(".");
             let message = match &e.kind {
-                figment::error::Kind::UnknownField(field, expected) => {
-                    if !path.is_empty() {
-                        path.push('.');
-                    }
-                    path.push_str(field);
+                figment::error::Kind::UnknownField(_, expected) => {
                     format!("unknown field; expected one of: {}", expected.join(", "))
                 }
                 kind => kind.to_string(),
@@ -187,15 +215,17 @@ fn parse_error(origin: String, err: figment::Error) -> LoadError {
 }
 
 fn from_str_with(text: &str, json: bool) -> Result<StabilityConfig, LoadError> {
-    let base = Figment::from(Serialized::defaults(StabilityConfig::default()));
-    let figment = if json {
-        base.merge(Json::string(text))
+    let origin = || "string".to_owned();
+    let layer = if json {
+        with_aliases(Json::string(text))
     } else {
-        base.merge(Toml::string(text))
-    };
-    let config: StabilityConfig = figment
+        with_aliases(Toml::string(text))
+    }
+    .map_err(|e| parse_error(origin(), *e))?;
+    let config: StabilityConfig = Figment::from(Serialized::defaults(StabilityConfig::default()))
+        .merge(layer)
         .extract()
-        .map_err(|e| parse_error("string".to_owned(), e))?;
+        .map_err(|e| parse_error(origin(), e))?;
     config.validate()?;
     Ok(config)
 }

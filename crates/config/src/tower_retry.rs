@@ -16,16 +16,12 @@ use crate::RetryConfig;
 #[derive(Debug, Clone)]
 pub struct ConfigBackoffMaker {
     config: RetryConfig,
-    rng: HasherRng,
 }
 
 impl ConfigBackoffMaker {
     /// A maker for the given settings.
     pub fn new(config: RetryConfig) -> Self {
-        Self {
-            config,
-            rng: HasherRng::default(),
-        }
+        Self { config }
     }
 }
 
@@ -35,7 +31,8 @@ impl MakeBackoff for ConfigBackoffMaker {
     fn make_backoff(&mut self) -> ConfigBackoff {
         ConfigBackoff {
             config: self.config.clone(),
-            rng: self.rng.clone(),
+            // A fresh random source per call, so concurrent calls do not retry in lockstep.
+            rng: HasherRng::default(),
             retries: 0,
         }
     }

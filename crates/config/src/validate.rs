@@ -205,7 +205,7 @@ fn validate_breaker(c: &CircuitBreakerConfig, p: &mut Problems) {
             "must be >= circuit_breaker.timeout, or the cap is below the first wait and the backoff never grows",
         );
     }
-    if c.mode == TripMode::CountWindow {
+    if c.mode == TripMode::CountWindow && c.window_size > 0 {
         p.check(
             c.minimum_calls <= c.window_size,
             &path("minimum_calls"),
@@ -300,7 +300,7 @@ fn validate_connection(c: &ConnectionConfig, p: &mut Problems) {
         "must be > 0",
     );
     p.check(
-        c.ping_interval < c.idle_timeout,
+        c.ping_interval < c.idle_timeout || c.idle_timeout.is_zero(),
         "connection.ping_interval",
         "must be < connection.idle_timeout, or a healthy but quiet client is closed before it is ever pinged",
     );

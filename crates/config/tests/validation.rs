@@ -1,0 +1,213 @@
+//! Behaviour tests of wsguard-config: validation.
+use std::time::Duration;
+
+use wsguard_config::{
+    BackoffStrategy, ClientIdSource, KeySource, StabilityConfig, StoreBackend, TripMode,
+};
+
+type Mutation = fn(&mut StabilityConfig);
+
+/// One failing case per rule: the mutation and the field path its error must name.
+const CASES: &[(&str, Mutation)] = &[
+    ("metrics.sample_rate", |c| c.metrics.sample_rate = 1.01),
+    ("metrics.sample_rate", |c| c.metrics.sample_rate = -0.1),
+    ("metrics.client_metrics_ttl", |c| {
+        c.metrics.client_metrics_ttl = Duration::ZERO
+    }),
+    ("metrics.cleanup_interval", |c| {
+        c.metrics.cleanup_interval = Duration::ZERO
+    }),
+    ("metrics.cleanup_interval", |c| {
+        c.metrics.cleanup_interval = Duration::from_secs(7200)
+    }),
+    ("metrics.max_clients", |c| c.metrics.max_clients = 0),
+    ("metrics.latency_buckets", |c| {
+        c.metrics.latency_buckets.clear()
+    }),
+    ("metrics.latency_buckets", |c| {
+        c.metrics.latency_buckets = vec![0.1, 0.05]
+    }),
+    ("metrics.latency_buckets", |c| {
+        c.metrics.latency_buckets = vec![-1.0, 1.0]
+    }),
+    ("circuit_breaker.failure_threshold", |c| {
+        c.circuit_breaker.failure_threshold = 0
+    }),
+    ("circuit_breaker.window_size", |c| {
+        c.circuit_breaker.window_size = 0
+    }),
+    ("circuit_breaker.minimum_calls", |c| {
+        c.circuit_breaker.minimum_calls = 0
+    }),
+    ("circuit_breaker.window_duration", |c| {
+        c.circuit_breaker.window_duration = Duration::from_millis(1500)
+    }),
+    ("circuit_breaker.failure_rate_threshold", |c| {
+        c.circuit_breaker.failure_rate_threshold = 0.0
+    }),
+    ("circuit_breaker.failure_rate_threshold", |c| {
+        c.circuit_breaker.failure_rate_threshold = 101.0
+    }),
+    ("circuit_breaker.slow_call_rate_threshold", |c| {
+        c.circuit_breaker.slow_call_rate_threshold = 150.0
+    }),
+    ("circuit_breaker.slow_call_duration", |c| {
+        c.circuit_breaker.slow_call_duration = Duration::ZERO
+    }),
+    ("circuit_breaker.timeout", |c| {
+        c.circuit_breaker.timeout = Duration::ZERO
+    }),
+    ("circuit_breaker.half_open_max_calls", |c| {
+        c.circuit_breaker.half_open_max_calls = 0
+    }),
+    ("circuit_breaker.success_threshold", |c| {
+        c.circuit_breaker.success_threshold = 0
+    }),
+    ("circuit_breaker.backoff.multiplier", |c| {
+        c.circuit_breaker.backoff.multiplier = 0.5
+    }),
+    ("circuit_breaker.backoff.jitter", |c| {
+        c.circuit_breaker.backoff.jitter = 1.0
+    }),
+    ("circuit_breaker.backoff.max_wait", |c| {
+        c.circuit_breaker.backoff.strategy = BackoffStrategy::Exponential;
+        c.circuit_breaker.backoff.max_wait = Duration::from_secs(1);
+    }),
+    ("circuit_breaker.minimum_calls", |c| {
+        c.circuit_breaker.mode = TripMode::CountWindow;
+        c.circuit_breaker.window_size = 10;
+        c.circuit_breaker.minimum_calls = 11;
+    }),
+    ("dedup.ttl", |c| c.dedup.ttl = Duration::ZERO),
+    ("dedup.max_entries", |c| c.dedup.max_entries = 0),
+    ("dedup.duplicate_status", |c| c.dedup.duplicate_status = 99),
+    ("dedup.json_field", |c| {
+        c.dedup.key = KeySource::JsonField;
+        c.dedup.json_field.clear();
+    }),
+    ("dedup.header", |c| {
+        c.dedup.key = KeySource::Header;
+        c.dedup.header = "bad header".to_owned();
+    }),
+    ("dedup.fingerprint_key", |c| {
+        c.dedup.fingerprint_key = Some("not-hex".to_owned())
+    }),
+    ("dedup.store.redis.url", |c| {
+        with_redis(c);
+        c.dedup.store.redis.url = "http://localhost".to_owned();
+    }),
+    ("dedup.store.redis.operation_timeout", |c| {
+        with_redis(c);
+        c.dedup.store.redis.operation_timeout = Duration::ZERO;
+    }),
+    ("dedup.ttl", |c| {
+        with_redis(c);
+        c.dedup.ttl = Duration::from_micros(500);
+    }),
+    ("dedup.fingerprint_key", |c| {
+        with_redis(c);
+        c.dedup.fingerprint_key = None;
+    }),
+    ("connection.max_connections", |c| {
+        c.connection.max_connections = 0
+    }),
+    ("connection.max_message_size", |c| {
+        c.connection.max_message_size = 0
+    }),
+    ("connection.idle_timeout", |c| {
+        c.connection.idle_timeout = Duration::ZERO
+    }),
+    ("connection.ping_interval", |c| {
+        c.connection.ping_interval = Duration::ZERO
+    }),
+    ("connection.ping_interval", |c| {
+        c.connection.ping_interval = c.connection.idle_timeout
+    }),
+    ("connection.send_queue_capacity", |c| {
+        c.connection.send_queue_capacity = 0
+    }),
+    ("connection.message_concurrency", |c| {
+        c.connection.message_concurrency = 0
+    }),
+    ("connection.read_buffer_size", |c| {
+        c.connection.read_buffer_size = 16
+    }),
+    ("connection.write_buffer_size", |c| {
+        c.connection.write_buffer_size = 0
+    }),
+    ("connection.client_id_key", |c| {
+        c.connection.client_id = ClientIdSource::Header;
+        c.connection.client_id_key.clear();
+    }),
+    ("retry.max_attempts", |c| c.retry.max_attempts = 0),
+    ("retry.max_backoff", |c| {
+        c.retry.initial_backoff = Duration::ZERO;
+        c.retry.max_backoff = Duration::ZERO;
+    }),
+    ("retry.initial_backoff", |c| {
+        c.retry.initial_backoff = Duration::from_secs(60)
+    }),
+    ("retry.multiplier", |c| c.retry.multiplier = 0.9),
+    ("retry.jitter", |c| c.retry.jitter = 1.5),
+];
+
+fn with_redis(c: &mut StabilityConfig) {
+    c.dedup.store.backend = StoreBackend::Redis;
+    c.dedup.fingerprint_key = Some("00112233445566778899aabbccddeeff".to_owned());
+}
+
+#[test]
+fn each_rule_rejects_its_case_and_names_the_field() {
+    for (path, mutate) in CASES {
+        let mut config = StabilityConfig::default();
+        mutate(&mut config);
+        let err = config.validate().expect_err(&format!(
+            "a config breaking the rule on {path} was accepted"
+        ));
+        assert!(err.has(path), "expected an error on {path}, got: {err}");
+        assert_eq!(
+            err.errors().len(),
+            1,
+            "case for {path} should break one rule only: {err}"
+        );
+    }
+}
+
+#[test]
+fn redis_store_with_its_settings_is_valid() {
+    let mut config = StabilityConfig::default();
+    with_redis(&mut config);
+    config.validate().unwrap();
+}
+
+#[test]
+fn several_problems_are_all_listed_in_field_order() {
+    let mut config = StabilityConfig::default();
+    config.metrics.sample_rate = 2.0;
+    config.circuit_breaker.timeout = Duration::ZERO;
+    config.dedup.ttl = Duration::ZERO;
+    config.connection.ping_interval = Duration::from_secs(600);
+    config.retry.jitter = -1.0;
+    let err = config.validate().unwrap_err();
+    let paths: Vec<&str> = err.errors().iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        [
+            "metrics.sample_rate",
+            "circuit_breaker.timeout",
+            "dedup.ttl",
+            "connection.ping_interval",
+            "retry.jitter"
+        ]
+    );
+    let text = err.to_string();
+    assert!(
+        text.starts_with("invalid configuration (5 problems):"),
+        "{text}"
+    );
+    assert!(text.contains("\n  dedup.ttl: must be > 0"), "{text}");
+    assert!(
+        text.contains("connection.idle_timeout"),
+        "cross-field message names the other field: {text}"
+    );
+}
