@@ -246,3 +246,45 @@ fn old_and_new_name_together_are_refused() {
     assert_eq!(parse_paths(&err), ["dedup.ttl_seconds"]);
     assert!(err.to_string().contains("keep one"), "{err}");
 }
+
+fn keys(value: &toml::Value, prefix: &str, out: &mut Vec<String>) {
+    if let toml::Value::Table(table) = value {
+        for (k, v) in table {
+            let path = if prefix.is_empty() {
+                k.clone()
+            } else {
+                format!("{prefix}.{k}")
+            };
+            keys(v, &path, out);
+            out.push(path);
+        }
+    }
+}
+
+#[test]
+fn annotated_example_file_shows_every_field_with_its_default() {
+    let text = include_str!("../../../examples/wsguard.toml");
+    assert_eq!(
+        StabilityConfig::from_toml_str(text).unwrap(),
+        StabilityConfig::default()
+    );
+
+    let mut shown = Vec::new();
+    keys(
+        &toml::Value::Table(toml::from_str(text).unwrap()),
+        "",
+        &mut shown,
+    );
+    let mut all = Vec::new();
+    let defaults = toml::Value::try_from(StabilityConfig::default()).unwrap();
+    keys(&defaults, "", &mut all);
+    let missing: Vec<_> = all.iter().filter(|k| !shown.contains(k)).collect();
+    assert!(
+        missing.is_empty(),
+        "examples/wsguard.toml lacks {missing:?}"
+    );
+    assert!(
+        text.contains("# fingerprint_key = "),
+        "the optional key is shown commented out"
+    );
+}
