@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite: formatting, lints (warnings are errors), unit, behaviour, end-to-end and
+# doc tests. Installs what the tests need when it is missing (Debian packages), so it runs the same
+# on a fresh machine and in CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+as_root() {
+    if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=""
+need_package() { # need_package COMMAND PACKAGE
+    if command -v "$1" >/dev/null 2>&1; then return; fi
+    echo "==> installing $2 (needed for the tests: $1 not found)"
+    if [ -z "$apt_updated" ]; then
+        as_root apt-get update -qq
+        apt_updated=1
+    fi
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
+}
+
+# The Redis store tests start their own redis-server on a free loopback port.
+need_package redis-server redis-server
+
+echo "==> cargo fmt --check"
+cargo fmt --all --check
+
+echo "==> cargo clippy (all targets, all features, warnings are errors)"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+
+echo "==> cargo test (unit, behaviour, end-to-end and doc tests)"
+cargo test --workspace --all-features
