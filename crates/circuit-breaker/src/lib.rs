@@ -1,4 +1,88 @@
-//! `wsguard-circuit-breaker`: work in progress; filled by its own issue.
+//! A tower circuit breaker with resilience4j's semantics at tower's speed.
+//!
+//! [`CircuitBreakerLayer`] stops calling a failing service for a while, then lets a few probe
+//! calls decide whether it has recovered. It is configured by `wsguard-config`'s
+//! [`CircuitBreakerConfig`](wsguard_config::CircuitBreakerConfig), fixed or live (a new config
+//! takes effect without losing the breaker's state).
+//!
+//! - **Trip modes**: failures in a row (`consecutive_failures`), or the failure rate and the
+//!   slow-call rate over the last `window_size` calls (`count_window`) or the last
+//!   `window_duration` (`time_window`), once `minimum_calls` calls are in the window. Thresholds
+//!   are inclusive. Recording a call is O(1) and takes no lock.
+//! - **Open**: calls are rejected at once; the first call strictly after the open wait moves the
+//!   breaker to half-open (no timer). The wait grows per consecutive open cycle (fixed or
+//!   exponential with a cap, optional jitter) and starts over when the breaker closes.
+//! - **Half-open**: at most `half_open_max_calls` probes at once. In consecutive mode any failed
+//!   probe reopens and `success_threshold` successful probes close; in the rate modes the failure
+//!   and slow-call rates over `half_open_max_calls` probes decide (from
+//!   `min(minimum_calls, half_open_max_calls)` probes on). Probes undecided within
+//!   `half_open_max_wait` reopen it.
+//! - **Classification**: a [`Classify`](classify::Classify) policy sorts each result into
+//!   success, failure or ignored. Ignored calls, and calls whose future is dropped before it
+//!   finishes, record nothing and give their probe slot back.
+//! - **Manual control** through a [`Handle`]: state, force open, disable, metrics only, reset,
+//!   a [`Snapshot`] of the window and a subscription to [`Event`]s (also `tracing` events).
+//!
+//! Calls admitted before a transition that finish after it are not recorded: a half-open
+//! verdict rests on its own probes only.
+//!
+//! # On an axum route
+//!
+//! [`CircuitBreakerLayer::new_for_http`] keeps the inner error type, so axum's `Infallible`
+//! holds, counts `5xx` responses as failures and answers a rejected request with
+//! `503 Service Unavailable` and `Retry-After`.
+//!
+//! ```
+//! use axum::{Router, body::Body, http::{Request, StatusCode}, routing::get};
+//! use tower::ServiceExt;
+//! use wsguard_circuit_breaker::CircuitBreakerLayer;
+//! use wsguard_config::CircuitBreakerConfig;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let breaker = CircuitBreakerLayer::new_for_http(CircuitBreakerConfig::production());
+//! let handle = breaker.handle();
+//!
+//! let app = Router::new()
+//!     // Guarded: a failing upstream behind `/ws` trips the breaker.
+//!     .route("/ws", get(|| async { "upgrade here" }).layer(breaker))
+//!     // Not guarded.
+//!     .route("/health", get(|| async { "ok" }));
+//!
+//! handle.force_open();
+//! let get = |uri| Request::get(uri).body(Body::empty()).unwrap();
+//! let guarded = app.clone().oneshot(get("/ws")).await.unwrap();
+//! assert_eq!(guarded.status(), StatusCode::SERVICE_UNAVAILABLE);
+//! assert!(guarded.headers().contains_key("retry-after"));
+//! let free = app.oneshot(get("/health")).await.unwrap();
+//! assert_eq!(free.status(), StatusCode::OK);
+//! # }
+//! ```
+//!
+//! # On any service
+//!
+//! [`CircuitBreakerLayer::new`] turns errors into a [`BoxError`]; a rejection is a
+//! [`CircuitOpen`](error::CircuitOpen) inside it, which tells when the next probe may go.
+//!
+//! ```
+//! use tower::{Service, ServiceBuilder, ServiceExt, service_fn};
+//! use wsguard_circuit_breaker::{CircuitBreakerLayer, error::CircuitOpen};
+//! use wsguard_config::CircuitBreakerConfig;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // `testing()`: open after 2 failures in a row, for 1 s.
+//! let mut svc = ServiceBuilder::new()
+//!     .layer(CircuitBreakerLayer::new(CircuitBreakerConfig::testing()))
+//!     .service(service_fn(|_: ()| async { Err::<(), _>("upstream down") }));
+//!
+//! for _ in 0..2 {
+//!     let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+//!     assert!(!err.is::<CircuitOpen>());
+//! }
+//! let err = svc.ready().await.unwrap().call(()).await.unwrap_err();
+//! let open = err.downcast_ref::<CircuitOpen>().expect("rejected");
+//! assert!(open.retry_after() <= std::time::Duration::from_secs(1));
+//! # }
+//! ```
 
 #![warn(
     missing_debug_implementations,
@@ -8,3 +92,24 @@
 )]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod backoff;
+mod breaker;
+pub mod classify;
+pub mod error;
+pub mod future;
+mod handle;
+mod layer;
+pub mod reject;
+mod service;
+mod shard;
+mod window;
+
+pub use self::{
+    handle::{Event, Handle, Snapshot, State},
+    layer::CircuitBreakerLayer,
+    service::CircuitBreaker,
+};
+
+/// The error of a breaker made by [`CircuitBreakerLayer::new`].
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

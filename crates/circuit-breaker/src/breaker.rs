@@ -1,0 +1,712 @@
+//! The state machine shared by every clone of a breaker.
+//!
+//! The closed path reads one state word and, on completion, touches only per-thread counters (or
+//! the lock-free window); the mutex below is taken only to change state.
+
+use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::broadcast;
+use tokio::time::Instant;
+use wsguard_config::{CircuitBreakerConfig, ConfigSource, TripMode};
+
+use crate::backoff;
+use crate::classify::Outcome;
+use crate::error::CircuitOpen;
+use crate::handle::{Event, Snapshot, State};
+use crate::shard::{Padded, shard_count, shard_hint};
+use crate::window::{CountWindow, Figures, Sample, TimeWindow};
+
+const STATE_BITS: u32 = 3;
+const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
+
+const CONSECUTIVE: u8 = 0;
+const COUNT: u8 = 1;
+const TIME: u8 = 2;
+
+fn state_of(word: u64) -> State {
+    State::from_bits((word & STATE_MASK) as u8)
+}
+
+fn mode_code(mode: TripMode) -> u8 {
+    match mode {
+        TripMode::ConsecutiveFailures => CONSECUTIVE,
+        TripMode::CountWindow => COUNT,
+        TripMode::TimeWindow => TIME,
+    }
+}
+
+/// Shared state of one breaker.
+pub(crate) struct Core {
+    /// State in the low bits, a count of transitions above: a call admitted under one word is
+    /// recorded only if the word is unchanged when it finishes.
+    word: AtomicU64,
+    source: ConfigSource<CircuitBreakerConfig>,
+    applied: AtomicU64,
+    // Copies of the fields read on every call, refreshed when the config generation changes.
+    mode: AtomicU8,
+    failure_threshold: AtomicU32,
+    minimum_calls: AtomicU32,
+    failure_rate: AtomicU64,
+    slow_rate: AtomicU64,
+    slow_nanos: AtomicU64,
+    base: Instant,
+    open_until: AtomicU64,
+    half_open_since: AtomicU64,
+    consecutive: Padded<AtomicU32>,
+    tallies: Box<[Padded<Tally>]>,
+    period: ArcSwap<Period>,
+    rejected: Padded<AtomicU64>,
+    book: Mutex<Book>,
+    events: broadcast::Sender<Event>,
+}
+
+/// Calls and failures of the consecutive mode, per thread.
+#[derive(Debug, Default)]
+struct Tally {
+    calls: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// What only transitions touch.
+#[derive(Debug)]
+struct Book {
+    open_cycles: u32,
+    rng: u64,
+    disabled_by_config: bool,
+    shape: Shape,
+    reported: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Shape {
+    mode: TripMode,
+    window_size: u32,
+    window_secs: u64,
+}
+
+impl Shape {
+    fn of(config: &CircuitBreakerConfig) -> Self {
+        Self {
+            mode: config.mode,
+            window_size: config.window_size,
+            window_secs: config.window_duration.as_secs(),
+        }
+    }
+}
+
+/// Metrics of the time since the last transition.
+#[derive(Debug)]
+pub(crate) struct Period {
+    word: u64,
+    window: Arc<Window>,
+    probes: Option<Probes>,
+}
+
+#[derive(Debug)]
+enum Window {
+    Consecutive,
+    Count(CountWindow),
+    Time(TimeWindow),
+}
+
+/// The probe calls of one half-open period.
+#[derive(Debug)]
+struct Probes {
+    in_flight: AtomicU32,
+    successes: AtomicU32,
+    consecutive: bool,
+    window: CountWindow,
+    min_calls: u32,
+}
+
+/// A call the breaker let through. Dropping it without [`Core::complete`] records nothing and
+/// gives a half-open probe slot back.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    word: u64,
+    start: Option<Instant>,
+    permit: Option<Permit>,
+}
+
+#[derive(Debug)]
+struct Permit {
+    period: Arc<Period>,
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        if let Some(probes) = &self.period.probes {
+            probes.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Exceeded {
+    Consecutive(u32),
+    FailureRate(f64),
+    SlowRate(f64),
+}
+
+impl Exceeded {
+    fn reason(self) -> &'static str {
+        match self {
+            Self::Consecutive(_) => "consecutive failures reached the threshold",
+            Self::FailureRate(_) => "failure rate reached the threshold",
+            Self::SlowRate(_) => "slow-call rate reached the threshold",
+        }
+    }
+
+    fn event(self) -> Event {
+        match self {
+            Self::Consecutive(count) => Event::ConsecutiveFailuresReached { count },
+            Self::FailureRate(rate) => Event::FailureRateExceeded { rate },
+            Self::SlowRate(rate) => Event::SlowCallRateExceeded { rate },
+        }
+    }
+}
+
+impl Core {
+    pub(crate) fn new(source: ConfigSource<CircuitBreakerConfig>) -> Self {
+        let config = source.get();
+        let base = Instant::now();
+        let state = if config.enabled {
+            State::Closed
+        } else {
+            State::Disabled
+        };
+        let word = state as u64;
+        let shards = shard_count();
+        let core = Self {
+            word: AtomicU64::new(word),
+            applied: AtomicU64::new(source.generation()),
+            mode: AtomicU8::new(0),
+            failure_threshold: AtomicU32::new(0),
+            minimum_calls: AtomicU32::new(0),
+            failure_rate: AtomicU64::new(0),
+            slow_rate: AtomicU64::new(0),
+            slow_nanos: AtomicU64::new(0),
+            base,
+            open_until: AtomicU64::new(0),
+            half_open_since: AtomicU64::new(0),
+            consecutive: Padded(AtomicU32::new(0)),
+            tallies: (0..shards).map(|_| Padded(Tally::default())).collect(),
+            period: ArcSwap::from_pointee(Period {
+                word,
+                window: Arc::new(Window::Consecutive),
+                probes: None,
+            }),
+            rejected: Padded(AtomicU64::new(0)),
+            book: Mutex::new(Book {
+                open_cycles: 0,
+                rng: backoff::seed(),
+                disabled_by_config: !config.enabled,
+                shape: Shape::of(&config),
+                reported: u64::MAX,
+            }),
+            events: broadcast::channel(64).0,
+            source,
+        };
+        core.store_hot(&config);
+        core.period.store(Arc::new(Period {
+            word,
+            window: core.fresh_window(&config),
+            probes: None,
+        }));
+        core
+    }
+
+    fn store_hot(&self, config: &CircuitBreakerConfig) {
+        let r = Ordering::Relaxed;
+        self.mode.store(mode_code(config.mode), r);
+        self.failure_threshold.store(config.failure_threshold, r);
+        self.minimum_calls.store(config.minimum_calls, r);
+        self.failure_rate
+            .store(config.failure_rate_threshold.to_bits(), r);
+        self.slow_rate
+            .store(config.slow_call_rate_threshold.to_bits(), r);
+        self.slow_nanos.store(
+            u64::try_from(config.slow_call_duration.as_nanos()).unwrap_or(u64::MAX),
+            r,
+        );
+    }
+
+    fn fresh_window(&self, config: &CircuitBreakerConfig) -> Arc<Window> {
+        Arc::new(match config.mode {
+            TripMode::ConsecutiveFailures => Window::Consecutive,
+            TripMode::CountWindow => Window::Count(CountWindow::new(config.window_size)),
+            TripMode::TimeWindow => Window::Time(TimeWindow::new(
+                config.window_duration.as_secs(),
+                self.base,
+                self.tallies.len(),
+            )),
+        })
+    }
+
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.base + Duration::from_nanos(nanos)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn state(&self) -> State {
+        state_of(self.word.load(Ordering::Acquire))
+    }
+
+    /// Applies a changed live config: one atomic load when nothing changed.
+    fn sync_config(&self) {
+        let generation = self.source.generation();
+        if generation != self.applied.load(Ordering::Acquire) {
+            self.reconfigure(generation);
+        }
+    }
+
+    #[cold]
+    fn reconfigure(&self, generation: u64) {
+        let mut book = self.lock();
+        if self.applied.load(Ordering::Acquire) == generation {
+            return;
+        }
+        let config = self.source.get();
+        self.store_hot(&config);
+        let word = self.word.load(Ordering::Acquire);
+        let state = state_of(word);
+        let shape = Shape::of(&config);
+        if !config.enabled && state != State::Disabled {
+            book.disabled_by_config = true;
+            self.transition_locked(
+                &mut book,
+                word,
+                State::Disabled,
+                "disabled by configuration",
+            );
+        } else if config.enabled && state == State::Disabled && book.disabled_by_config {
+            book.disabled_by_config = false;
+            self.transition_locked(&mut book, word, State::Closed, "enabled by configuration");
+        } else if shape != book.shape && matches!(state, State::Closed | State::MetricsOnly) {
+            // A new window shape cannot keep the old outcomes; the state and open cycles stay.
+            self.reset_counters();
+            self.period.store(Arc::new(Period {
+                word,
+                window: self.fresh_window(&config),
+                probes: None,
+            }));
+        }
+        book.shape = shape;
+        self.applied.store(generation, Ordering::Release);
+        tracing::debug!(
+            target: "wsguard::circuit_breaker",
+            generation,
+            state = ?self.state(),
+            "circuit breaker configuration applied"
+        );
+    }
+
+    /// Whether a call made now would be rejected; `poll_ready` uses it to leave the inner service
+    /// alone while the breaker is open.
+    pub(crate) fn would_reject(&self) -> bool {
+        let word = self.word.load(Ordering::Acquire);
+        match state_of(word) {
+            State::Closed | State::MetricsOnly | State::Disabled => false,
+            State::ForcedOpen => true,
+            State::Open => Instant::now() <= self.instant(self.open_until.load(Ordering::Acquire)),
+            State::HalfOpen => {
+                let (max_calls, max_wait) = self
+                    .source
+                    .with(|c| (c.half_open_max_calls, c.half_open_max_wait));
+                let since = self.instant(self.half_open_since.load(Ordering::Acquire));
+                if !max_wait.is_zero() && Instant::now() >= since + max_wait {
+                    return false;
+                }
+                let period = self.period.load();
+                period.word == word
+                    && period
+                        .probes
+                        .as_ref()
+                        .is_some_and(|p| p.in_flight.load(Ordering::Acquire) >= max_calls)
+            }
+        }
+    }
+
+    /// Decides whether a call may go through now. `Ok(None)`: permitted and not recorded.
+    pub(crate) fn admit(&self) -> Result<Option<Admitted>, CircuitOpen> {
+        self.sync_config();
+        loop {
+            let word = self.word.load(Ordering::Acquire);
+            match state_of(word) {
+                State::Closed | State::MetricsOnly => {
+                    let timed = self.mode.load(Ordering::Relaxed) != CONSECUTIVE;
+                    return Ok(Some(Admitted {
+                        word,
+                        start: timed.then(Instant::now),
+                        permit: None,
+                    }));
+                }
+                State::Disabled => return Ok(None),
+                State::ForcedOpen => {
+                    let retry_after = self.source.with(|c| c.timeout);
+                    return Err(self.reject(retry_after, true));
+                }
+                State::Open => {
+                    let now = Instant::now();
+                    let until = self.instant(self.open_until.load(Ordering::Acquire));
+                    if now <= until {
+                        return Err(self.reject(until - now, false));
+                    }
+                    self.transition(Some(word), State::HalfOpen, "open wait elapsed");
+                }
+                State::HalfOpen => {
+                    let now = Instant::now();
+                    let (max_calls, max_wait) = self
+                        .source
+                        .with(|c| (c.half_open_max_calls, c.half_open_max_wait));
+                    let since = self.instant(self.half_open_since.load(Ordering::Acquire));
+                    if !max_wait.is_zero() && now >= since + max_wait {
+                        self.transition(
+                            Some(word),
+                            State::Open,
+                            "half-open probes undecided within the max wait",
+                        );
+                        continue;
+                    }
+                    let period = self.period.load_full();
+                    let Some(probes) = period.probes.as_ref().filter(|_| period.word == word)
+                    else {
+                        continue;
+                    };
+                    let taken =
+                        probes
+                            .in_flight
+                            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                                (n < max_calls).then_some(n + 1)
+                            });
+                    if taken.is_err() {
+                        return Err(self.reject(Duration::ZERO, false));
+                    }
+                    return Ok(Some(Admitted {
+                        word,
+                        start: Some(now),
+                        permit: Some(Permit { period }),
+                    }));
+                }
+            }
+        }
+    }
+
+    /// The rejection of a call that `poll_ready` already decided to refuse.
+    pub(crate) fn rejection(&self) -> CircuitOpen {
+        match self.state() {
+            State::ForcedOpen => self.reject(self.source.with(|c| c.timeout), true),
+            State::Open => {
+                let until = self.instant(self.open_until.load(Ordering::Acquire));
+                self.reject(until.saturating_duration_since(Instant::now()), false)
+            }
+            _ => self.reject(Duration::ZERO, false),
+        }
+    }
+
+    fn reject(&self, retry_after: Duration, forced: bool) -> CircuitOpen {
+        self.rejected.0.fetch_add(1, Ordering::Relaxed);
+        CircuitOpen {
+            retry_after,
+            forced,
+        }
+    }
+
+    /// Records a finished call; ignored outcomes and calls admitted before the last transition
+    /// record nothing. A probe's slot is given back when `admitted` drops at the end.
+    pub(crate) fn complete(&self, admitted: Admitted, outcome: Outcome) {
+        if outcome == Outcome::Ignored || self.word.load(Ordering::Acquire) != admitted.word {
+            return;
+        }
+        let failure = outcome == Outcome::Failure;
+        match &admitted.permit {
+            Some(permit) => self.complete_probe(&admitted, &permit.period, failure),
+            None => self.complete_closed(&admitted, failure),
+        }
+    }
+
+    fn complete_closed(&self, admitted: &Admitted, failure: bool) {
+        if self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
+            let tally = &self.tallies[shard_hint() & (self.tallies.len() - 1)].0;
+            tally.calls.fetch_add(1, Ordering::Relaxed);
+            let consecutive = &self.consecutive.0;
+            if failure {
+                tally.failures.fetch_add(1, Ordering::Relaxed);
+                let n = consecutive.fetch_add(1, Ordering::AcqRel) + 1;
+                if n >= self.failure_threshold.load(Ordering::Relaxed) {
+                    self.exceeded(admitted.word, Exceeded::Consecutive(n));
+                }
+            } else if consecutive.load(Ordering::Relaxed) != 0 {
+                consecutive.store(0, Ordering::Relaxed);
+            }
+            return;
+        }
+        let now = Instant::now();
+        let sample = Sample {
+            failure,
+            slow: self.is_slow(admitted.start, now),
+        };
+        let period = self.period.load();
+        if period.word != admitted.word {
+            return;
+        }
+        let min_calls = self.minimum_calls.load(Ordering::Relaxed);
+        let figures = match &*period.window {
+            Window::Count(w) => w.record(sample),
+            Window::Time(w) => w.record(sample, now, min_calls),
+            Window::Consecutive => None,
+        };
+        if let Some(exceeded) = figures.and_then(|f| self.judge(f, min_calls)) {
+            self.exceeded(admitted.word, exceeded);
+        }
+    }
+
+    fn complete_probe(&self, admitted: &Admitted, period: &Period, failure: bool) {
+        let Some(probes) = &period.probes else {
+            return;
+        };
+        let word = Some(admitted.word);
+        if probes.consecutive {
+            if failure {
+                self.transition(word, State::Open, "half-open probe failed");
+            } else {
+                let successes = probes.successes.fetch_add(1, Ordering::AcqRel) + 1;
+                if successes >= self.source.with(|c| c.success_threshold) {
+                    self.transition(word, State::Closed, "half-open probes succeeded");
+                }
+            }
+            return;
+        }
+        let sample = Sample {
+            failure,
+            slow: self.is_slow(admitted.start, Instant::now()),
+        };
+        let figures = probes
+            .window
+            .record(sample)
+            .unwrap_or_else(|| probes.window.figures());
+        if figures.calls < u64::from(probes.min_calls) {
+            return;
+        }
+        match self.judge(figures, probes.min_calls) {
+            Some(exceeded) => self.transition(word, State::Open, exceeded.reason()),
+            None => self.transition(word, State::Closed, "half-open probes below thresholds"),
+        };
+    }
+
+    fn is_slow(&self, start: Option<Instant>, now: Instant) -> bool {
+        start.is_some_and(|start| {
+            now.saturating_duration_since(start).as_nanos()
+                > u128::from(self.slow_nanos.load(Ordering::Relaxed))
+        })
+    }
+
+    /// Thresholds are inclusive: exactly 50% with a 50% threshold trips.
+    fn judge(&self, figures: Figures, min_calls: u32) -> Option<Exceeded> {
+        if figures.calls == 0 || figures.calls < u64::from(min_calls) {
+            return None;
+        }
+        let failure_rate = figures.failure_rate();
+        if failure_rate >= f64::from_bits(self.failure_rate.load(Ordering::Relaxed)) {
+            return Some(Exceeded::FailureRate(failure_rate));
+        }
+        let slow_rate = figures.slow_rate();
+        if slow_rate >= f64::from_bits(self.slow_rate.load(Ordering::Relaxed)) {
+            return Some(Exceeded::SlowRate(slow_rate));
+        }
+        None
+    }
+
+    #[cold]
+    fn exceeded(&self, word: u64, exceeded: Exceeded) {
+        match state_of(word) {
+            State::Closed => {
+                let _ = self.events.send(exceeded.event());
+                self.transition(Some(word), State::Open, exceeded.reason());
+            }
+            State::MetricsOnly => {
+                let mut book = self.lock();
+                if book.reported != word && self.word.load(Ordering::Acquire) == word {
+                    book.reported = word;
+                    tracing::warn!(
+                        target: "wsguard::circuit_breaker",
+                        event = ?exceeded.event(),
+                        "circuit breaker threshold exceeded (metrics only, no transition)"
+                    );
+                    let _ = self.events.send(exceeded.event());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Moves to `to` if the state word is still `expected` (any state when `None`).
+    #[cold]
+    pub(crate) fn transition(
+        &self,
+        expected: Option<u64>,
+        to: State,
+        reason: &'static str,
+    ) -> bool {
+        let mut book = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        if expected.is_some_and(|e| e != word) {
+            return false;
+        }
+        self.transition_locked(&mut book, word, to, reason);
+        true
+    }
+
+    fn transition_locked(&self, book: &mut Book, word: u64, to: State, reason: &'static str) {
+        let now = Instant::now();
+        let from = state_of(word);
+        let config = self.source.get();
+        let next = (((word >> STATE_BITS) + 1) << STATE_BITS) | to as u64;
+        let current = self.period.load_full();
+        let mut probes = None;
+        let window = match to {
+            State::Open => {
+                book.open_cycles = book.open_cycles.saturating_add(1);
+                let unit = backoff::next_unit(&mut book.rng);
+                let wait = backoff::open_wait(&config, book.open_cycles, unit);
+                let until = now
+                    .checked_add(wait)
+                    .unwrap_or(now + Duration::from_secs(86_400 * 365));
+                self.open_until.store(self.nanos(until), Ordering::Release);
+                // Open keeps the metrics that tripped it, for the snapshot.
+                Arc::clone(&current.window)
+            }
+            State::HalfOpen => {
+                self.half_open_since
+                    .store(self.nanos(now), Ordering::Release);
+                self.reset_counters();
+                let permitted = config.half_open_max_calls;
+                probes = Some(Probes {
+                    in_flight: AtomicU32::new(0),
+                    successes: AtomicU32::new(0),
+                    consecutive: config.mode == TripMode::ConsecutiveFailures,
+                    window: CountWindow::new(permitted),
+                    min_calls: config.minimum_calls.min(permitted),
+                });
+                Arc::new(Window::Consecutive)
+            }
+            State::Closed => {
+                book.open_cycles = 0;
+                self.reset_counters();
+                self.fresh_window(&config)
+            }
+            State::Disabled | State::ForcedOpen | State::MetricsOnly => {
+                self.reset_counters();
+                self.fresh_window(&config)
+            }
+        };
+        self.period.store(Arc::new(Period {
+            word: next,
+            window,
+            probes,
+        }));
+        self.word.store(next, Ordering::Release);
+        tracing::info!(
+            target: "wsguard::circuit_breaker",
+            from = ?from,
+            to = ?to,
+            reason,
+            open_cycles = book.open_cycles,
+            "circuit breaker state transition"
+        );
+        let _ = self.events.send(Event::Transition { from, to, reason });
+    }
+
+    fn reset_counters(&self) {
+        self.consecutive.0.store(0, Ordering::Relaxed);
+        for tally in self.tallies.iter() {
+            tally.0.calls.store(0, Ordering::Relaxed);
+            tally.0.failures.store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn reset(&self) {
+        let mut book = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        book.disabled_by_config = false;
+        self.rejected.0.store(0, Ordering::Relaxed);
+        self.transition_locked(&mut book, word, State::Closed, "reset");
+    }
+
+    pub(crate) fn force(&self, to: State, reason: &'static str) {
+        let mut book = self.lock();
+        let word = self.word.load(Ordering::Acquire);
+        book.disabled_by_config = false;
+        self.transition_locked(&mut book, word, to, reason);
+    }
+
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        self.sync_config();
+        let open_cycles = self.lock().open_cycles;
+        let word = self.word.load(Ordering::Acquire);
+        let state = state_of(word);
+        let period = self.period.load_full();
+        let now = Instant::now();
+        let figures = match (&period.probes, &*period.window) {
+            (Some(probes), _) if probes.consecutive => Figures {
+                calls: u64::from(probes.successes.load(Ordering::Acquire)),
+                failures: 0,
+                slow: 0,
+            },
+            (Some(probes), _) => probes.window.figures(),
+            (None, Window::Consecutive) => {
+                self.tallies
+                    .iter()
+                    .fold(Figures::default(), |mut total, tally| {
+                        total.calls += tally.0.calls.load(Ordering::Relaxed);
+                        total.failures += tally.0.failures.load(Ordering::Relaxed);
+                        total
+                    })
+            }
+            (None, Window::Count(w)) => w.figures(),
+            (None, Window::Time(w)) => w.figures(now),
+        };
+        let retry_after = match state {
+            State::Open => Some(
+                self.instant(self.open_until.load(Ordering::Acquire))
+                    .saturating_duration_since(now),
+            ),
+            _ => None,
+        };
+        Snapshot {
+            state,
+            calls: figures.calls,
+            failures: figures.failures,
+            slow_calls: figures.slow,
+            failure_rate: figures.failure_rate(),
+            slow_call_rate: figures.slow_rate(),
+            rejected: self.rejected.0.load(Ordering::Relaxed),
+            consecutive_failures: self.consecutive.0.load(Ordering::Relaxed),
+            open_cycles,
+            retry_after,
+        }
+    }
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("state", &self.state())
+            .field("source", &self.source)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,163 @@
+//! Manual control and observation of a breaker.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::broadcast;
+
+use crate::breaker::Core;
+
+/// State of a breaker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum State {
+    /// Calls flow and are recorded.
+    Closed = 0,
+    /// Calls are rejected until the open wait has passed.
+    Open = 1,
+    /// A few probe calls decide whether to close again.
+    HalfOpen = 2,
+    /// Every call is permitted and nothing is recorded (through the handle, or `enabled = false`).
+    Disabled = 3,
+    /// Every call is rejected until the handle changes the state; never times out.
+    ForcedOpen = 4,
+    /// Calls flow and are recorded; a threshold reached emits an event but never opens.
+    MetricsOnly = 5,
+}
+
+impl State {
+    pub(crate) fn from_bits(bits: u8) -> Self {
+        match bits {
+            0 => Self::Closed,
+            1 => Self::Open,
+            2 => Self::HalfOpen,
+            3 => Self::Disabled,
+            4 => Self::ForcedOpen,
+            _ => Self::MetricsOnly,
+        }
+    }
+}
+
+/// Something a breaker reports to [`Handle::subscribe`] receivers. Every event is also a `tracing`
+/// event (target `wsguard::circuit_breaker`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum Event {
+    /// The state changed.
+    Transition {
+        /// State before.
+        from: State,
+        /// State after.
+        to: State,
+        /// Why, in a few words.
+        reason: &'static str,
+    },
+    /// The failure rate, in percent, reached its threshold.
+    FailureRateExceeded {
+        /// The rate.
+        rate: f64,
+    },
+    /// The slow-call rate, in percent, reached its threshold.
+    SlowCallRateExceeded {
+        /// The rate.
+        rate: f64,
+    },
+    /// Failures in a row reached `failure_threshold`.
+    ConsecutiveFailuresReached {
+        /// Failures in a row.
+        count: u32,
+    },
+}
+
+/// Figures of a breaker at one moment, since its last transition (an open breaker shows the
+/// figures that opened it; a half-open one its probes).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Snapshot {
+    /// Current state.
+    pub state: State,
+    /// Calls in the window (consecutive mode: calls since the last transition; half-open in
+    /// consecutive mode: successful probes).
+    pub calls: u64,
+    /// Failed calls among them.
+    pub failures: u64,
+    /// Slow calls among them (rate modes).
+    pub slow_calls: u64,
+    /// `failures / calls`, in percent.
+    pub failure_rate: f64,
+    /// `slow_calls / calls`, in percent.
+    pub slow_call_rate: f64,
+    /// Calls rejected since the breaker was built or last reset.
+    pub rejected: u64,
+    /// Current run of failures (consecutive mode).
+    pub consecutive_failures: u32,
+    /// Consecutive open cycles since the breaker last closed (drives the backoff).
+    pub open_cycles: u32,
+    /// Time until the next probe, when open.
+    pub retry_after: Option<Duration>,
+}
+
+/// A cloneable handle on a breaker's shared state, from
+/// [`CircuitBreakerLayer::handle`](crate::CircuitBreakerLayer::handle) or
+/// [`CircuitBreaker::handle`](crate::CircuitBreaker::handle).
+///
+/// ```
+/// use wsguard_circuit_breaker::{CircuitBreakerLayer, State};
+/// use wsguard_config::CircuitBreakerConfig;
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let layer = CircuitBreakerLayer::new(CircuitBreakerConfig::testing());
+/// let handle = layer.handle();
+/// let mut events = handle.subscribe();
+/// handle.force_open();
+/// assert_eq!(handle.state(), State::ForcedOpen);
+/// handle.reset();
+/// assert_eq!(handle.snapshot().state, State::Closed);
+/// assert!(events.recv().await.is_ok());
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct Handle {
+    pub(crate) core: Arc<Core>,
+}
+
+impl Handle {
+    /// Current state.
+    pub fn state(&self) -> State {
+        self.core.state()
+    }
+
+    /// Rejects every call until [`reset`](Self::reset) (or another state is chosen).
+    pub fn force_open(&self) {
+        self.core
+            .force(State::ForcedOpen, "forced open through the handle");
+    }
+
+    /// Permits every call and records nothing until [`reset`](Self::reset).
+    pub fn disable(&self) {
+        self.core
+            .force(State::Disabled, "disabled through the handle");
+    }
+
+    /// Records calls and emits threshold events, but never opens, until [`reset`](Self::reset).
+    pub fn metrics_only(&self) {
+        self.core
+            .force(State::MetricsOnly, "metrics only through the handle");
+    }
+
+    /// Closes the breaker with empty metrics, zero open cycles and zero rejections.
+    pub fn reset(&self) {
+        self.core.reset();
+    }
+
+    /// Figures of the current window.
+    pub fn snapshot(&self) -> Snapshot {
+        self.core.snapshot()
+    }
+
+    /// A receiver of every later [`Event`]; a receiver that falls more than 64 events behind
+    /// skips the oldest.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.core.subscribe()
+    }
+}

@@ -1,0 +1,158 @@
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tower_service::Service;
+
+use crate::breaker::Core;
+use crate::classify::{Classify, DefaultClassifier};
+use crate::future::{Call, ResponseFuture};
+use crate::handle::Handle;
+use crate::reject::{Reject, ReturnError};
+use crate::shard::shard_hint;
+
+/// One reference to the breaker per thread: futures clone the `Arc` of their thread's stripe, so
+/// two cores never bounce one reference count.
+#[derive(Debug)]
+#[repr(align(128))]
+pub(crate) struct Stripe {
+    pub(crate) core: Arc<Core>,
+}
+
+/// State shared by a layer, every service it makes and every clone of them.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub(crate) core: Arc<Core>,
+    stripes: Box<[Arc<Stripe>]>,
+}
+
+impl Shared {
+    pub(crate) fn new(core: Core) -> Self {
+        let core = Arc::new(core);
+        let stripes = (0..crate::shard::shard_count())
+            .map(|_| {
+                Arc::new(Stripe {
+                    core: Arc::clone(&core),
+                })
+            })
+            .collect();
+        Self { core, stripes }
+    }
+
+    fn stripe(&self) -> Arc<Stripe> {
+        Arc::clone(&self.stripes[shard_hint() & (self.stripes.len() - 1)])
+    }
+}
+
+/// A circuit breaker around a service: rejects calls at once while open, lets a few probes
+/// through when the open wait has passed, and closes again when they succeed.
+///
+/// Made by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer); every clone, and every service
+/// the same layer makes, shares one state.
+pub struct CircuitBreaker<S, C = DefaultClassifier, R = ReturnError> {
+    inner: S,
+    shared: Arc<Shared>,
+    classifier: C,
+    reject: R,
+    // Set by `poll_ready` when the breaker would reject: the inner service was not polled, so
+    // `call` must not reach it.
+    rejecting: bool,
+}
+
+impl<S, C, R> CircuitBreaker<S, C, R> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C, reject: R) -> Self {
+        Self {
+            inner,
+            shared,
+            classifier,
+            reject,
+            rejecting: false,
+        }
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Consumes the breaker, returning the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+
+    /// A handle on the shared state.
+    pub fn handle(&self) -> Handle {
+        Handle {
+            core: Arc::clone(&self.shared.core),
+        }
+    }
+}
+
+impl<S, C, R, Req> Service<Req> for CircuitBreaker<S, C, R>
+where
+    S: Service<Req>,
+    C: Classify<S::Response, S::Error> + Clone,
+    R: Reject<S::Response, S::Error> + Clone,
+{
+    type Response = S::Response;
+    type Error = R::Error;
+    type Future = ResponseFuture<S::Future, C, R>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // An open breaker is not an error of readiness: report ready, reject in `call`, and
+        // leave the inner service alone meanwhile.
+        if self.shared.core.would_reject() {
+            self.rejecting = true;
+            return Poll::Ready(Ok(()));
+        }
+        self.rejecting = false;
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| self.reject.map_error(e))
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let classifier = self.classifier.clone();
+        let reject = self.reject.clone();
+        if std::mem::take(&mut self.rejecting) {
+            let open = self.shared.core.rejection();
+            return ResponseFuture::rejected(open, classifier, reject);
+        }
+        match self.shared.core.admit() {
+            Ok(admitted) => {
+                let call = admitted.map(|admitted| Call {
+                    stripe: self.shared.stripe(),
+                    admitted,
+                });
+                ResponseFuture::called(self.inner.call(req), call, classifier, reject)
+            }
+            Err(open) => ResponseFuture::rejected(open, classifier, reject),
+        }
+    }
+}
+
+impl<S: Clone, C: Clone, R: Clone> Clone for CircuitBreaker<S, C, R> {
+    fn clone(&self) -> Self {
+        // A clone does not inherit readiness.
+        Self::new(
+            self.inner.clone(),
+            Arc::clone(&self.shared),
+            self.classifier.clone(),
+            self.reject.clone(),
+        )
+    }
+}
+
+impl<S: fmt::Debug, C, R> fmt::Debug for CircuitBreaker<S, C, R> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CircuitBreaker")
+            .field("inner", &self.inner)
+            .field("state", &self.shared.core.state())
+            .finish_non_exhaustive()
+    }
+}
