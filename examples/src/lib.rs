@@ -1,4 +1,4 @@
-//! Helpers shared by the wsguard examples.
+//! Helpers shared by the wsguard example servers: command line, configuration, tracing, serving.
 
 #![warn(
     missing_debug_implementations,
@@ -8,3 +8,172 @@
 )]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use wsguard_config::{ConfigHandle, ConfigLoader, FileWatcher, LoadError, Preset};
+
+/// Where a server listens when neither `--addr` nor `WSGUARD_ADDR` says.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
+
+/// The command line of an example server: `[--addr HOST:PORT] [--config FILE]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerArgs {
+    /// `--addr`, else `WSGUARD_ADDR`, else [`DEFAULT_ADDR`].
+    pub addr: SocketAddr,
+    /// `--config FILE`; without it the `development` preset is used.
+    pub config_file: Option<PathBuf>,
+}
+
+impl ServerArgs {
+    /// Reads the process's arguments and `WSGUARD_ADDR`.
+    pub fn from_env() -> Result<Self, String> {
+        Self::parse(std::env::args().skip(1), std::env::var("WSGUARD_ADDR").ok())
+    }
+
+    /// Parses `args` (without the program name); `env_addr` is the value of `WSGUARD_ADDR`.
+    pub fn parse(
+        args: impl IntoIterator<Item = String>,
+        env_addr: Option<String>,
+    ) -> Result<Self, String> {
+        let mut addr = None;
+        let mut config_file = None;
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            let (flag, inline) = match arg.split_once('=') {
+                Some((flag, value)) => (flag.to_owned(), Some(value.to_owned())),
+                None => (arg, None),
+            };
+            let mut value = || {
+                inline
+                    .clone()
+                    .or_else(|| args.next())
+                    .ok_or_else(|| format!("{flag} needs a value"))
+            };
+            match flag.as_str() {
+                "--addr" => addr = Some(value()?),
+                "--config" => config_file = Some(PathBuf::from(value()?)),
+                "-h" | "--help" => {
+                    return Err("usage: [--addr HOST:PORT] [--config FILE]".to_owned());
+                }
+                other => return Err(format!("unknown argument {other:?}")),
+            }
+        }
+        let addr = addr.or(env_addr).unwrap_or_else(|| DEFAULT_ADDR.to_owned());
+        let addr = addr
+            .parse()
+            .map_err(|e| format!("bad address {addr:?}: {e}"))?;
+        Ok(Self { addr, config_file })
+    }
+
+    /// The configuration loader: `--config FILE` (with `WSGUARD_` environment overrides) or the
+    /// `development` preset.
+    pub fn loader(&self) -> ConfigLoader {
+        let loader = ConfigLoader::new().preset(Preset::Development);
+        match &self.config_file {
+            Some(file) => loader.file(file),
+            None => loader,
+        }
+    }
+
+    /// A live configuration; with `--config FILE`, edits of the file are applied while the
+    /// returned watcher lives (an invalid edit is refused and logged).
+    pub fn config(&self) -> Result<(ConfigHandle, Option<FileWatcher>), String> {
+        let loader = self.loader();
+        let config = loader.load().map_err(describe)?;
+        let handle = ConfigHandle::new(config).map_err(|e| e.to_string())?;
+        let watcher = match &self.config_file {
+            Some(file) => Some(
+                handle
+                    .watch_file(file, loader)
+                    .map_err(|e| format!("cannot watch {}: {e}", file.display()))?,
+            ),
+            None => None,
+        };
+        Ok((handle, watcher))
+    }
+}
+
+fn describe(err: LoadError) -> String {
+    let problems = err.field_errors();
+    if problems.is_empty() {
+        return err.to_string();
+    }
+    problems
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default `info`).
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+/// Serves `app` on `addr` (peer addresses available to handlers) until Ctrl-C.
+pub async fn serve(app: axum::Router, addr: SocketAddr) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    tracing::info!(addr = %listener.local_addr()?, "listening");
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async {
+        let _ = tokio::signal::ctrl_c().await;
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str], env: Option<&str>) -> Result<ServerArgs, String> {
+        ServerArgs::parse(args.iter().map(|s| s.to_string()), env.map(str::to_owned))
+    }
+
+    #[test]
+    fn address_comes_from_flag_then_env_then_default() {
+        assert_eq!(
+            parse(&[], None).unwrap().addr,
+            DEFAULT_ADDR.parse().unwrap()
+        );
+        assert_eq!(
+            parse(&[], Some("0.0.0.0:9")).unwrap().addr,
+            "0.0.0.0:9".parse().unwrap()
+        );
+        assert_eq!(
+            parse(&["--addr", "127.0.0.1:7"], Some("0.0.0.0:9"))
+                .unwrap()
+                .addr,
+            "127.0.0.1:7".parse().unwrap()
+        );
+        assert_eq!(
+            parse(&["--addr=127.0.0.1:8"], None).unwrap().addr,
+            "127.0.0.1:8".parse().unwrap()
+        );
+        assert!(parse(&["--addr", "nope"], None).is_err());
+        assert!(parse(&["--addr"], None).is_err());
+        assert!(parse(&["--bogus"], None).is_err());
+    }
+
+    #[test]
+    fn config_is_the_file_or_the_development_preset() {
+        let args = parse(&[], None).unwrap();
+        assert_eq!(args.config_file, None);
+        let loaded = args.loader().without_env().load().unwrap();
+        assert_eq!(loaded, wsguard_config::StabilityConfig::development());
+
+        let file = concat!(env!("CARGO_MANIFEST_DIR"), "/wsguard.toml");
+        let args = parse(&["--config", file], None).unwrap();
+        assert_eq!(
+            args.config_file.as_deref(),
+            Some(std::path::Path::new(file))
+        );
+        assert!(args.loader().without_env().load().is_ok());
+    }
+}

@@ -1,0 +1,233 @@
+//! The upgrade handler: connection limit, socket settings, and the hand-off to the connection.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use axum::extract::ws::{Message, WebSocketUpgrade};
+use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{MethodRouter, get};
+use http::{StatusCode, header};
+use tower_service::Service;
+
+use crate::BoxError;
+use crate::config::WsConfig;
+use crate::connection::{self, Settings};
+use crate::inbound::{self, ConnInfo, ConnectionId, Inbound};
+use crate::outbound::Outbound;
+use crate::reply::Replies;
+
+/// A WebSocket route whose every inbound message is a call of `service`.
+///
+/// Each upgraded connection gets a clone of `service` (so state belongs in the layers' shared
+/// `Arc`s, as with any tower stack). The connection is refused with `503` past
+/// `max_connections`; [`stats`](Self::stats) counts open, accepted and refused connections.
+///
+/// Most routes need only [`ws_route`]; keep a `WsRoute` when you want its stats.
+pub struct WsRoute<S> {
+    service: S,
+    config: WsConfig,
+    stats: ConnectionStats,
+}
+
+impl<S: fmt::Debug> fmt::Debug for WsRoute<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WsRoute")
+            .field("service", &self.service)
+            .field("config", &self.config)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl<S: Clone> Clone for WsRoute<S> {
+    fn clone(&self) -> Self {
+        Self {
+            service: self.service.clone(),
+            config: self.config.clone(),
+            stats: self.stats.clone(),
+        }
+    }
+}
+
+/// The route for `service` with `config`, as a one-liner for `Router::route`.
+///
+/// `config` is a `StabilityConfig` (fixed), a `ConfigHandle` (live) or a [`WsConfig`].
+pub fn ws_route<S, St>(service: S, config: impl Into<WsConfig>) -> MethodRouter<St>
+where
+    S: Service<Inbound, Response = Option<Message>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+    St: Clone + Send + Sync + 'static,
+{
+    WsRoute::new(service, config).into_method_router()
+}
+
+impl<S> WsRoute<S>
+where
+    S: Service<Inbound, Response = Option<Message>, Error = BoxError>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    /// A route calling `service` for every message, configured by `config`.
+    pub fn new(service: S, config: impl Into<WsConfig>) -> Self {
+        Self {
+            service,
+            config: config.into(),
+            stats: ConnectionStats::default(),
+        }
+    }
+
+    /// Counters of this route's connections (a shared handle).
+    pub fn stats(&self) -> ConnectionStats {
+        self.stats.clone()
+    }
+
+    /// The `GET` handler for `Router::route`.
+    pub fn into_method_router<St>(self) -> MethodRouter<St>
+    where
+        St: Clone + Send + Sync + 'static,
+    {
+        get(move |request: Request| {
+            let route = self.clone();
+            async move { route.upgrade(request).await }
+        })
+    }
+
+    async fn upgrade(self, request: Request) -> Response {
+        let (mut parts, _body) = request.into_parts();
+        let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+            Ok(upgrade) => upgrade,
+            Err(rejection) => return rejection.into_response(),
+        };
+        let config = self.config.connection().get();
+        let Some(permit) = self.stats.try_open(config.max_connections) else {
+            tracing::warn!(
+                max_connections = config.max_connections,
+                "websocket upgrade refused: connection limit reached"
+            );
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                "too many connections",
+            )
+                .into_response();
+        };
+
+        let peer_addr = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|info| info.0);
+        let route = parts
+            .extensions
+            .get::<MatchedPath>()
+            .map(|path| Arc::from(path.as_str()));
+        let conn = Arc::new(ConnInfo {
+            id: ConnectionId::next(),
+            client_id: inbound::client_id(&config, &parts, peer_addr),
+            peer_addr,
+            route,
+            sender: Outbound::new(config.send_queue_capacity, config.overflow),
+        });
+        let settings = Settings {
+            idle_timeout: config.idle_timeout,
+            ping_interval: config.ping_interval,
+            message_concurrency: config.message_concurrency,
+        };
+        let replies = Replies {
+            connection: self.config.connection().clone(),
+            dedup: self.config.dedup().clone(),
+        };
+        let service = self.service;
+        upgrade
+            .read_buffer_size(config.read_buffer_size)
+            .write_buffer_size(config.write_buffer_size)
+            .max_message_size(config.max_message_size)
+            .max_frame_size(config.max_message_size)
+            .on_failed_upgrade(|err| tracing::debug!(error = %err, "websocket upgrade failed"))
+            .on_upgrade(move |socket| async move {
+                connection::run(socket, service, conn, settings, replies).await;
+                drop(permit);
+            })
+    }
+}
+
+/// Counters of one route's connections; clones share them.
+#[derive(Debug, Clone, Default)]
+pub struct ConnectionStats {
+    inner: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    open: AtomicUsize,
+    accepted: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl ConnectionStats {
+    /// Connections open now.
+    pub fn open(&self) -> usize {
+        self.inner.open.load(Ordering::Acquire)
+    }
+
+    /// Upgrades accepted so far.
+    pub fn accepted(&self) -> u64 {
+        self.inner.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Upgrades refused with `503` because `max_connections` were open.
+    pub fn refused(&self) -> u64 {
+        self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    fn try_open(&self, max: usize) -> Option<OpenPermit> {
+        let opened = self
+            .inner
+            .open
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |open| {
+                (open < max).then_some(open + 1)
+            });
+        if opened.is_err() {
+            self.inner.refused.fetch_add(1, Ordering::Relaxed);
+            return None;
+        }
+        self.inner.accepted.fetch_add(1, Ordering::Relaxed);
+        Some(OpenPermit(self.inner.clone()))
+    }
+}
+
+/// One counted open connection; dropping it (when the connection ends, or the upgrade fails)
+/// frees the place.
+struct OpenPermit(Arc<Counters>);
+
+impl Drop for OpenPermit {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_limit_counts_and_frees_places() {
+        let stats = ConnectionStats::default();
+        let a = stats.try_open(2).unwrap();
+        let _b = stats.try_open(2).unwrap();
+        assert!(stats.try_open(2).is_none());
+        assert_eq!((stats.open(), stats.accepted(), stats.refused()), (2, 2, 1));
+        drop(a);
+        assert_eq!(stats.open(), 1);
+        assert!(stats.try_open(2).is_some());
+    }
+}

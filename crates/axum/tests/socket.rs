@@ -1,0 +1,278 @@
+//! The adapter over real sockets: ordering, limits, closes.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Router;
+use futures_util::{SinkExt, StreamExt};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+use tower::service_fn;
+use wsguard_axum::{BoxError, ConnectionStats, Inbound, Message, WsRoute, ws_route};
+use wsguard_config::{ConnectionConfig, StabilityConfig};
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+const WAIT: Duration = Duration::from_secs(10);
+
+async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap();
+    });
+    addr
+}
+
+async fn connect(addr: SocketAddr) -> Client {
+    timeout(WAIT, connect_async(format!("ws://{addr}/ws")))
+        .await
+        .expect("connect in time")
+        .expect("upgrade accepted")
+        .0
+}
+
+fn config(edit: impl FnOnce(&mut ConnectionConfig)) -> StabilityConfig {
+    let mut config = StabilityConfig::testing();
+    edit(&mut config.connection);
+    config
+}
+
+/// Echo service: text "panic" panics; text "sleep N" waits N ms then echoes.
+fn echo() -> impl tower::Service<
+    Inbound,
+    Response = Option<Message>,
+    Error = BoxError,
+    Future = impl Future<Output = Result<Option<Message>, BoxError>> + Send,
+> + Clone
++ Send
++ Sync
++ 'static {
+    service_fn(|req: Inbound| async move {
+        if let Some(text) = req.text() {
+            if text == "panic" {
+                panic!("handler asked to panic");
+            }
+            if let Some(ms) = text.strip_prefix("sleep ") {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            }
+        }
+        Ok::<_, BoxError>(Some(req.message))
+    })
+}
+
+async fn next_frame(client: &mut Client) -> WsMessage {
+    loop {
+        let frame = timeout(WAIT, client.next())
+            .await
+            .expect("frame in time")
+            .expect("stream open")
+            .expect("no error");
+        if !matches!(frame, WsMessage::Ping(_) | WsMessage::Pong(_)) {
+            return frame;
+        }
+    }
+}
+
+async fn close_code(client: &mut Client) -> u16 {
+    match next_frame(client).await {
+        WsMessage::Close(Some(frame)) => frame.code.into(),
+        other => panic!("expected a close frame, got {other:?}"),
+    }
+}
+
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    timeout(WAIT, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
+}
+
+#[tokio::test]
+async fn replies_keep_message_order_with_concurrency() {
+    let config = config(|c| c.message_concurrency = 4);
+    let addr = serve(Router::new().route("/ws", ws_route(echo(), config))).await;
+    let mut client = connect(addr).await;
+    // Later messages finish first; replies must still come in order.
+    let sent: Vec<String> = (0..8).map(|i| format!("sleep {}", 80 - i * 10)).collect();
+    let started = tokio::time::Instant::now();
+    for text in &sent {
+        client.send(WsMessage::text(text.as_str())).await.unwrap();
+    }
+    for text in &sent {
+        assert_eq!(
+            next_frame(&mut client).await.into_text().unwrap(),
+            text.as_str()
+        );
+    }
+    // Run four at once, the eight take about two rounds, well under their 360 ms sum.
+    assert!(
+        started.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn control_frames_never_reach_the_service() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let service = service_fn(move |req: Inbound| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        async move { Ok::<_, BoxError>(Some(req.message)) }
+    });
+    let addr =
+        serve(Router::new().route("/ws", ws_route(service, StabilityConfig::testing()))).await;
+    let mut client = connect(addr).await;
+    client
+        .send(WsMessage::Ping(b"p".to_vec().into()))
+        .await
+        .unwrap();
+    client
+        .send(WsMessage::binary(b"data".to_vec()))
+        .await
+        .unwrap();
+    assert_eq!(
+        next_frame(&mut client).await,
+        WsMessage::binary(b"data".to_vec())
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn oversized_message_closes_with_1009() {
+    let config = config(|c| c.max_message_size = 1024);
+    let addr = serve(Router::new().route("/ws", ws_route(echo(), config))).await;
+    let mut client = connect(addr).await;
+    client.send(WsMessage::text("small")).await.unwrap();
+    assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "small");
+    client
+        .send(WsMessage::text("x".repeat(2048)))
+        .await
+        .unwrap();
+    assert_eq!(close_code(&mut client).await, 1009);
+}
+
+#[tokio::test]
+async fn panic_closes_only_that_connection_with_1011() {
+    let addr =
+        serve(Router::new().route("/ws", ws_route(echo(), StabilityConfig::testing()))).await;
+    let mut bystander = connect(addr).await;
+    let mut victim = connect(addr).await;
+    victim.send(WsMessage::text("panic")).await.unwrap();
+    assert_eq!(close_code(&mut victim).await, 1011);
+    bystander.send(WsMessage::text("still here")).await.unwrap();
+    assert_eq!(
+        next_frame(&mut bystander).await.into_text().unwrap(),
+        "still here"
+    );
+    let mut newcomer = connect(addr).await;
+    newcomer.send(WsMessage::text("hello")).await.unwrap();
+    assert_eq!(
+        next_frame(&mut newcomer).await.into_text().unwrap(),
+        "hello"
+    );
+}
+
+#[tokio::test]
+async fn upgrades_past_max_connections_get_503_and_places_free_on_close() {
+    let route = WsRoute::new(echo(), config(|c| c.max_connections = 2));
+    let stats: ConnectionStats = route.stats();
+    let addr = serve(Router::new().route("/ws", route.into_method_router())).await;
+    let first = connect(addr).await;
+    let _second = connect(addr).await;
+    match connect_async(format!("ws://{addr}/ws")).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    assert_eq!((stats.open(), stats.accepted(), stats.refused()), (2, 2, 1));
+    drop(first);
+    wait_until("a place to free", || stats.open() == 1).await;
+    let _third = connect(addr).await;
+}
+
+/// A client that completes the upgrade by hand and then never reads or writes a frame (not even
+/// a pong), as a dead peer behind a live TCP connection would.
+async fn silent_client(addr: SocketAddr) -> TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    let request = format!(
+        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        head.push(tcp.read_u8().await.unwrap());
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tcp
+}
+
+/// Reads server frames (unmasked, short) until a close frame; returns its code and the number of
+/// pings before it.
+async fn raw_close_code(tcp: &mut TcpStream) -> (u16, usize) {
+    use tokio::io::AsyncReadExt;
+    let mut pings = 0;
+    loop {
+        let opcode = tcp.read_u8().await.unwrap() & 0x0f;
+        let len = usize::from(tcp.read_u8().await.unwrap() & 0x7f);
+        assert!(len < 126, "short control frames only");
+        let mut payload = vec![0; len];
+        tcp.read_exact(&mut payload).await.unwrap();
+        match opcode {
+            0x9 => pings += 1,
+            0x8 => return (u16::from_be_bytes([payload[0], payload[1]]), pings),
+            other => panic!("unexpected opcode {other}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn silent_peer_is_pinged_then_closed_after_idle_timeout_while_a_live_one_stays() {
+    let config = config(|c| {
+        c.idle_timeout = Duration::from_millis(400);
+        c.ping_interval = Duration::from_millis(100);
+    });
+    let route = WsRoute::new(echo(), config);
+    let stats = route.stats();
+    let addr = serve(Router::new().route("/ws", route.into_method_router())).await;
+    let mut silent = silent_client(addr).await;
+    let mut live = connect(addr).await;
+    // The live client keeps reading, so tungstenite answers the server's pings.
+    let live_reader = tokio::spawn(async move {
+        let listen = async {
+            while let Some(frame) = live.next().await {
+                match frame {
+                    Ok(WsMessage::Ping(_) | WsMessage::Pong(_)) => {}
+                    other => return other,
+                }
+            }
+            panic!("live client's stream ended");
+        };
+        let outcome = timeout(Duration::from_millis(1500), listen).await;
+        (outcome.is_err(), live)
+    });
+    let (code, pings) = timeout(WAIT, raw_close_code(&mut silent)).await.unwrap();
+    assert_eq!(code, 1001);
+    assert!(pings >= 2, "pinged {pings} times before closing");
+    let (still_open, _live) = live_reader.await.unwrap();
+    assert!(still_open, "the live client was closed");
+    wait_until("the silent peer's place to free", || stats.open() == 1).await;
+}
