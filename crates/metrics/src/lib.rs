@@ -1,4 +1,60 @@
-//! `wsguard-metrics`: work in progress; filled by its own issue.
+//! Metrics for long-lived WebSocket services, as tower middleware: exact aggregates, bounded
+//! per-client state, export through the [`metrics`] facade.
+//!
+//! [`MetricsLayer`] wraps a service (an axum route, or with `wsguard-axum` each WebSocket
+//! message) and records every call into a shared [`MetricsRegistry`]:
+//!
+//! - **Aggregates**, exact and lock-free: calls by [`Outcome`] (ok, error, rejected by a circuit
+//!   breaker, dropped as duplicate), in flight, messages and bytes in and out, active and total
+//!   connections, and a latency histogram over `latency_buckets`.
+//! - **Per client**: connected at, last activity, messages and bytes in and out, errors,
+//!   duplicates, rejections. A connection registers through [`MetricsRegistry::connect`] (or a
+//!   [`ConnectionSlot`]) and its client's state goes when its last connection does; a sweep
+//!   and the `max_clients` cap bound the table whatever clients do.
+//! - **Sampling**: `sample_rate` applies to latency timing and per-client detail only; the
+//!   aggregate counters are always exact.
+//! - **Export**: the [`metrics`] facade with low-cardinality labels (route, direction, outcome;
+//!   never a client id), see [`export`]; and [`MetricsRegistry::snapshot`], serialisable, for a
+//!   JSON endpoint.
+//!
+//! ```
+//! use axum::{Router, body::Body, http::Request, routing::get};
+//! use tower::ServiceExt;
+//! use wsguard_config::MetricsConfig;
+//! use wsguard_metrics::{MetricsLayer, MetricsRegistry};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! // Install a `metrics` recorder (e.g. metrics-exporter-prometheus) before this line.
+//! let registry = MetricsRegistry::new(MetricsConfig::development());
+//! let stats = registry.clone();
+//! let app = Router::new()
+//!     .route("/ws", get(|| async { "upgrade here" }))
+//!     .route_layer(MetricsLayer::new(registry.clone()).route("/ws"))
+//!     .route("/stats", get(move || async move { serde_json::to_string(&stats.snapshot()).unwrap() }));
+//!
+//! let request = Request::get("/ws").header("x-client-id", "alice").body(Body::empty()).unwrap();
+//! let response = app.oneshot(request).await.unwrap();
+//! assert!(response.status().is_success());
+//!
+//! let snapshot = registry.snapshot();
+//! assert_eq!(snapshot.calls.ok, 1);
+//! assert_eq!(snapshot.messages_in, 1);
+//! // Seen without a connection: kept until the inactivity sweep or the cap removes it.
+//! assert_eq!(snapshot.clients.top[0].client_id, "alice");
+//! # }
+//! ```
+//!
+//! For WebSocket connections, register each connection for its lifetime:
+//!
+//! ```
+//! # use wsguard_config::MetricsConfig;
+//! # use wsguard_metrics::MetricsRegistry;
+//! let registry = MetricsRegistry::new(MetricsConfig::development());
+//! let guard = registry.connect("alice");
+//! assert_eq!(registry.client_count(), 1);
+//! drop(guard); // disconnect: alice's state goes with her last connection
+//! assert_eq!(registry.client_count(), 0);
+//! ```
 
 #![warn(
     missing_debug_implementations,
@@ -8,3 +64,27 @@
 )]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+mod classify;
+pub mod export;
+pub mod future;
+mod layer;
+mod registry;
+mod request;
+mod sample;
+mod service;
+mod snapshot;
+
+#[cfg(feature = "http")]
+pub use self::classify::StatusClassifier;
+pub use self::{
+    classify::{ClassifyOutcome, DefaultClassifier, Outcome},
+    layer::{Direction, MetricsLayer},
+    registry::{ConnectionGuard, ConnectionSlot, MetricsRegistry},
+    request::{ClientIdOptions, ClientRequest, MAX_CLIENT_ID_LEN},
+    sample::Sampler,
+    service::Metrics,
+    snapshot::{
+        ClientSnapshot, ClientsSnapshot, HistogramSnapshot, MetricsSnapshot, OutcomeCounts,
+    },
+};
