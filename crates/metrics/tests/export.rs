@@ -1,0 +1,75 @@
+//! The exported metric names and labels, rendered through a Prometheus recorder.
+
+mod support;
+
+use std::sync::Arc;
+
+use metrics_exporter_prometheus::PrometheusBuilder;
+use support::{Msg, config, echo};
+use tower::{Layer, Service, ServiceExt, service_fn};
+use wsguard_config::MetricsConfig;
+use wsguard_metrics::{ConnectionSlot, Direction, MetricsLayer, MetricsRegistry};
+
+#[tokio::test(start_paused = true)]
+async fn prometheus_text_has_low_cardinality_names_and_labels() {
+    let recorder = PrometheusBuilder::new()
+        .set_buckets(&MetricsConfig::DEFAULT_BUCKETS)
+        .unwrap()
+        .build_recorder();
+    let prometheus = recorder.handle();
+    // Handles are registered with the recorder current at construction, then reused.
+    let (registry, inbound, outbound) = metrics::with_local_recorder(&recorder, || {
+        let registry = MetricsRegistry::new(config());
+        let inbound = MetricsLayer::new(registry.clone()).route("/ws");
+        let outbound = inbound.clone().direction(Direction::Outbound);
+        (registry, inbound, outbound)
+    });
+    let mut svc = inbound.layer(service_fn(echo));
+    let mut send = outbound.layer(service_fn(echo));
+    let slot = Arc::new(ConnectionSlot::new());
+    for i in 0..4 {
+        let msg = Msg::on(&slot, "alice-secret-id");
+        let msg = if i == 3 { msg.failing() } else { msg };
+        let _ = svc.ready().await.unwrap().call(msg).await;
+    }
+    send.ready()
+        .await
+        .unwrap()
+        .call(Msg::on(&slot, "alice-secret-id"))
+        .await
+        .unwrap();
+    let _other = registry.connect("bob-secret-id");
+    drop(_other);
+
+    let text = prometheus.render();
+    let has = |line: &str| {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    };
+    has(r#"wsguard_calls_total{route="/ws",direction="in",outcome="ok"} 3"#);
+    has(r#"wsguard_calls_total{route="/ws",direction="in",outcome="error"} 1"#);
+    has(r#"wsguard_calls_total{route="/ws",direction="in",outcome="rejected"} 0"#);
+    has(r#"wsguard_calls_total{route="/ws",direction="out",outcome="ok"} 1"#);
+    has(r#"wsguard_bytes_total{route="/ws",direction="in"} 40"#);
+    has(r#"wsguard_bytes_total{route="/ws",direction="out"} 10"#);
+    has(r#"wsguard_calls_in_flight{route="/ws",direction="in"} 0"#);
+    has(r#"wsguard_call_duration_seconds_count{route="/ws",direction="in"} 4"#);
+    has(r#"wsguard_call_duration_seconds_bucket{route="/ws",direction="in",le="0.0001"} 4"#);
+    has("wsguard_connections_total 2");
+    has("wsguard_connections_active 1");
+    has("# TYPE wsguard_calls_total counter");
+    assert!(
+        !text.contains("secret"),
+        "client ids never become labels:\n{text}"
+    );
+
+    slot.release();
+    assert!(
+        prometheus
+            .render()
+            .lines()
+            .any(|l| l == "wsguard_connections_active 0")
+    );
+}
