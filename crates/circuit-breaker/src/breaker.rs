@@ -314,6 +314,7 @@ impl Core {
     /// Whether a call made now would be rejected; `poll_ready` uses it to leave the inner service
     /// alone while the breaker is open.
     pub(crate) fn would_reject(&self) -> bool {
+        self.sync_config();
         let word = self.word.load(Ordering::Acquire);
         match state_of(word) {
             State::Closed | State::MetricsOnly | State::Disabled => false,
