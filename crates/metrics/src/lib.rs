@@ -23,6 +23,7 @@
 //! use wsguard_config::MetricsConfig;
 //! use wsguard_metrics::{MetricsLayer, MetricsRegistry};
 //!
+//! # #[cfg(feature = "http")]
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! // Install a `metrics` recorder (e.g. metrics-exporter-prometheus) before this line.
 //! let registry = MetricsRegistry::new(MetricsConfig::development());
@@ -42,6 +43,7 @@
 //! // Seen without a connection: kept until the inactivity sweep or the cap removes it.
 //! assert_eq!(snapshot.clients.top[0].client_id, "alice");
 //! # }
+//! # #[cfg(not(feature = "http"))] fn main() {}
 //! ```
 //!
 //! For WebSocket connections, register each connection for its lifetime:
@@ -88,3 +90,20 @@ pub use self::{
         ClientSnapshot, ClientsSnapshot, HistogramSnapshot, MetricsSnapshot, OutcomeCounts,
     },
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn shared_types_are_send_and_sync() {
+        send_sync::<MetricsRegistry>();
+        send_sync::<ConnectionSlot>();
+        send_sync::<ConnectionGuard>();
+        send_sync::<MetricsLayer>();
+        send_sync::<Metrics<(), DefaultClassifier>>();
+        let _: ConnectionSlot = Default::default();
+    }
+}

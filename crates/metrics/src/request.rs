@@ -60,6 +60,7 @@ impl ClientIdOptions {
     }
 }
 
+#[allow(clippy::derivable_impls)] // not derivable with the `http` feature on
 impl Default for ClientIdOptions {
     fn default() -> Self {
         Self {
