@@ -13,6 +13,8 @@ use crate::classify::Outcome;
 /// Tables up to this size find the exact least recently active client over every shard;
 /// larger ones look in the new client's shard only (bounded work per insert).
 const EXACT_EVICTION_LIMIT: usize = 4096;
+/// Bounds the work of one insert when the table is over a lowered cap.
+const MAX_EVICTIONS_PER_INSERT: usize = 8;
 /// Target number of clients per shard in a full table.
 const CLIENTS_PER_SHARD: usize = 1024;
 
@@ -200,9 +202,13 @@ impl ClientTable {
         cap: usize,
         connections: u32,
     ) -> Arc<ClientEntry> {
-        // Reserve a place first, so concurrent inserts each evict for themselves.
-        if self.len.fetch_add(1, Ordering::AcqRel) >= cap {
-            self.evict_one(shard, cap);
+        // Reserve a place first, so concurrent inserts each evict for themselves. After a live
+        // lowering of the cap, each insert evicts a few more until the table fits again.
+        let reserved = self.len.fetch_add(1, Ordering::AcqRel);
+        if reserved >= cap {
+            for _ in 0..(reserved + 1 - cap).min(MAX_EVICTIONS_PER_INSERT) {
+                self.evict_one(shard, cap);
+            }
         }
         let mut set = write(&self.shards[shard]);
         if let Some(t) = set.get(id) {
@@ -269,20 +275,30 @@ impl ClientTable {
     /// (nanoseconds). Locks one shard at a time, and for writing only when it has something to
     /// remove.
     pub(crate) fn remove_inactive(&self, now: u64, ttl: u64) -> usize {
+        (0..self.shards.len())
+            .map(|i| self.remove_inactive_in(i, now, ttl))
+            .sum()
+    }
+
+    pub(crate) fn shard_count(&self) -> usize {
+        self.shards.len()
+    }
+
+    /// [`remove_inactive`](Self::remove_inactive) for one shard.
+    pub(crate) fn remove_inactive_in(&self, shard: usize, now: u64, ttl: u64) -> usize {
         let stale = |e: &ClientEntry| {
             e.connections.load(Ordering::Acquire) == 0
                 && now.saturating_sub(e.last_activity.load(Ordering::Relaxed)) > ttl
         };
-        let mut removed = 0;
-        for shard in self.shards.iter() {
-            if !read(shard).iter().any(|t| stale(&t.0)) {
-                continue;
-            }
-            let mut set = write(shard);
-            let before = set.len();
-            set.retain(|t| !stale(&t.0));
-            removed += before - set.len();
+        let shard = &self.shards[shard];
+        if !read(shard).iter().any(|t| stale(&t.0)) {
+            return 0;
         }
+        let mut set = write(shard);
+        let before = set.len();
+        set.retain(|t| !stale(&t.0));
+        let removed = before - set.len();
+        drop(set);
         self.len.fetch_sub(removed, Ordering::AcqRel);
         self.expired.fetch_add(removed as u64, Ordering::Relaxed);
         removed
@@ -366,6 +382,21 @@ mod tests {
         let ids: Vec<_> = t.top(10).iter().map(|e| e.id.to_string()).collect();
         assert!(!ids.contains(&"old".to_string()), "{ids:?}");
         assert!(ids.contains(&"live".to_string()));
+    }
+
+    #[test]
+    fn lowered_cap_is_reached_again_by_later_inserts() {
+        let t = ClientTable::new(100, metrics::Counter::noop());
+        for i in 0..50 {
+            t.touch(&format!("c{i}"), i, 100);
+        }
+        // Cap lowered to 10: each insert evicts up to 8 until the table fits.
+        for i in 0..10 {
+            t.touch(&format!("n{i}"), 100 + i, 10);
+        }
+        assert_eq!(t.len(), 10);
+        assert_eq!(t.len.load(Ordering::Relaxed), 10);
+        assert!(t.get("n9").is_some());
     }
 
     #[test]

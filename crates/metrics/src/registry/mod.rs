@@ -357,7 +357,16 @@ async fn sweep(registry: Weak<Inner>, stop: oneshot::Receiver<()>, mut interval:
         (ttl, interval) = inner
             .source
             .with(|c| (c.client_metrics_ttl, c.cleanup_interval));
-        let removed = inner.cleanup(ttl);
+        // Shard by shard, yielding now and then, so a big table never holds a worker long.
+        let ttl = ttl.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let mut removed = 0;
+        for shard in 0..inner.clients.shard_count() {
+            removed += inner.clients.remove_inactive_in(shard, inner.now(), ttl);
+            if shard % 16 == 15 {
+                tokio::task::yield_now().await;
+            }
+        }
+        inner.handles.clients_expired.increment(removed as u64);
         if removed > 0 {
             tracing::debug!(removed, "wsguard-metrics: removed inactive clients");
         }
