@@ -57,6 +57,69 @@
 //! drop(guard); // disconnect: alice's state goes with her last connection
 //! assert_eq!(registry.client_count(), 0);
 //! ```
+//!
+//! # Per-message use (for adapters)
+//!
+//! An adapter that turns each WebSocket message into a call gives every connection a
+//! [`ConnectionSlot`] and implements [`ClientRequest`] for its message type; the layer then
+//! registers the connection on its first message, with no wiring by the user. Outcomes of the
+//! other wsguard layers arrive as marker errors, which a classifier closure recognises:
+//!
+//! ```
+//! use std::{borrow::Cow, sync::Arc};
+//! use tower::{Layer, Service, ServiceExt, service_fn};
+//! use wsguard_config::MetricsConfig;
+//! use wsguard_metrics::{ClientIdOptions, ClientRequest, ConnectionSlot, MetricsLayer, MetricsRegistry, Outcome};
+//!
+//! struct Connection { client: String, slot: ConnectionSlot }
+//! struct Inbound { text: String, conn: Arc<Connection> }
+//!
+//! impl ClientRequest for Inbound {
+//!     fn client_id(&self, _: &ClientIdOptions) -> Option<Cow<'_, str>> {
+//!         Some(Cow::Borrowed(&self.conn.client))
+//!     }
+//!     fn size(&self) -> Option<u64> {
+//!         Some(self.text.len() as u64)
+//!     }
+//!     fn connection_slot(&self) -> Option<&ConnectionSlot> {
+//!         Some(&self.conn.slot)
+//!     }
+//! }
+//!
+//! // Stands for a marker error such as the circuit breaker's `CircuitOpen`.
+//! #[derive(Debug)]
+//! struct Refused;
+//! impl std::fmt::Display for Refused {
+//!     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result { f.write_str("refused") }
+//! }
+//! impl std::error::Error for Refused {}
+//! type BoxError = Box<dyn std::error::Error + Send + Sync>;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let registry = MetricsRegistry::new(MetricsConfig::development());
+//! let layer = MetricsLayer::new(registry.clone())
+//!     .route("/ws")
+//!     .classifier(|r: &Result<(), BoxError>| match r {
+//!         Ok(()) => Outcome::Ok,
+//!         Err(e) if e.is::<Refused>() => Outcome::Rejected,
+//!         Err(_) => Outcome::Error,
+//!     });
+//! let mut handler = layer.layer(service_fn(|m: Inbound| async move {
+//!     if m.text == "refuse me" { Err::<(), BoxError>(Box::new(Refused)) } else { Ok(()) }
+//! }));
+//!
+//! let conn = Arc::new(Connection { client: "alice".into(), slot: ConnectionSlot::new() });
+//! for text in ["hi", "refuse me"] {
+//!     let msg = Inbound { text: text.into(), conn: conn.clone() };
+//!     let _ = handler.ready().await.unwrap().call(msg).await;
+//! }
+//! assert_eq!(registry.active_connections(), 1);
+//! assert_eq!(registry.client("alice").unwrap().rejections, 1);
+//!
+//! conn.slot.release(); // the connection closed
+//! assert_eq!(registry.client_count(), 0);
+//! # }
+//! ```
 
 #![warn(
     missing_debug_implementations,
