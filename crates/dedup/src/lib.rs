@@ -1,4 +1,84 @@
-//! `wsguard-dedup`: work in progress; filled by its own issue.
+//! `wsguard-dedup`: a tower middleware that lets each message through once in a time window.
+//!
+//! Clients retry, reconnect and resend; load balancers and message queues redeliver. [`Dedup`]
+//! remembers the key of every request it lets through for `ttl` and drops any request whose key
+//! it already remembers, so a handler sees each message once per window. It works on any
+//! `tower::Service`: on HTTP routes (keyed by an `Idempotency-Key` header), and, through
+//! `wsguard-axum`, on every message of a WebSocket connection.
+//!
+//! - **Keys** ([`DedupRequest`]): a keyed 128-bit [`Fingerprint`] of the content (JSON compared
+//!   as a value, whatever its key order and whitespace; everything else as bytes), a client
+//!   message id in a JSON field, or a header. Scoped per connection, per client or global.
+//! - **Window** ([`DedupStore`]): the embedded [`MemoryStore`] (sharded, O(1) check-and-insert
+//!   and expiry, bounded by `max_entries`, about 30 bytes per key), or `RedisStore` (feature
+//!   `redis`) to share one window between nodes, failing open or closed when Redis fails.
+//! - **At-least-once kept**: when the inner service fails (or its future is dropped unfinished),
+//!   the key is released so that a retry passes (`release_on_failure`, on by default).
+//! - **Outcome** ([`DedupPolicy`]): [`DedupLayer::new`] turns a duplicate into the error
+//!   [`Duplicate`](error::Duplicate); [`DedupLayer::http`] answers `409 Conflict` (configurable)
+//!   and keeps the inner error type, as axum needs.
+//! - **Counters** ([`DedupHandle`]): duplicates dropped, evictions, store errors, releases.
+//!
+//! Settings come from `wsguard_config::DedupConfig`, fixed or live through a `ConfigHandle`.
+//!
+//! # Example: `Idempotency-Key` on an axum route
+//!
+//! ```
+//! use axum::{Router, body::Body, http::{Request, StatusCode}, routing::post};
+//! use tower::ServiceExt;
+//! use wsguard_config::{DedupConfig, DedupScope, KeySource};
+//! use wsguard_dedup::DedupLayer;
+//!
+//! async fn create_order() -> &'static str {
+//!     "created"
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let config = DedupConfig {
+//!     key: KeySource::Header,
+//!     header: "idempotency-key".into(),
+//!     fingerprint_when_missing: false,
+//!     scope: DedupScope::Global,
+//!     ..DedupConfig::default()
+//! };
+//! let dedup = DedupLayer::http(config);
+//! let stats = dedup.handle();
+//! let app = Router::new().route("/orders", post(create_order)).route_layer(dedup);
+//!
+//! let order = || {
+//!     Request::post("/orders")
+//!         .header("idempotency-key", "order-7f3a")
+//!         .body(Body::empty())
+//!         .unwrap()
+//! };
+//! assert_eq!(app.clone().oneshot(order()).await.unwrap().status(), StatusCode::OK);
+//! assert_eq!(app.clone().oneshot(order()).await.unwrap().status(), StatusCode::CONFLICT);
+//! assert_eq!(stats.stats().duplicates, 1);
+//! # }
+//! ```
+//!
+//! # Example: any service, duplicates as errors
+//!
+//! ```
+//! use tower::{ServiceExt, service_fn};
+//! use wsguard_config::DedupConfig;
+//! use wsguard_dedup::{DedupLayer, error::Duplicate};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let handler = service_fn(|msg: String| async move {
+//!     Ok::<_, std::convert::Infallible>(msg.len())
+//! });
+//! let svc = tower::ServiceBuilder::new()
+//!     .layer(DedupLayer::new(DedupConfig::default()))
+//!     .service(handler);
+//!
+//! let first = svc.clone().oneshot(r#"{"op":"buy","qty":1}"#.to_owned()).await;
+//! assert!(first.is_ok());
+//! // Same JSON value, other key order and spacing: a duplicate.
+//! let again = svc.clone().oneshot(r#"{ "qty": 1, "op": "buy" }"#.to_owned()).await;
+//! assert!(again.unwrap_err().is::<Duplicate>());
+//! # }
+//! ```
 
 #![warn(
     missing_debug_implementations,
@@ -8,3 +88,24 @@
 )]
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod error;
+pub mod fingerprint;
+pub mod future;
+mod layer;
+pub mod policy;
+mod request;
+mod service;
+mod shared;
+mod stats;
+pub mod store;
+
+pub use self::{
+    fingerprint::{Fingerprint, Fingerprinter},
+    layer::DedupLayer,
+    policy::DedupPolicy,
+    request::{ClientId, ConnectionId, DedupRequest, Payload},
+    service::Dedup,
+    stats::{DedupHandle, DedupStats},
+    store::{Claim, ClaimFuture, DedupStore, MemoryStore},
+};

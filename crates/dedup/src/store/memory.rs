@@ -1,0 +1,508 @@
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::time::Instant;
+use wsguard_config::DedupConfig;
+
+use super::{Claim, ClaimFuture, DedupStore};
+use crate::fingerprint::Fingerprint;
+
+const MAX_SHARDS: usize = 64;
+/// Ring positions are stored in 24 bits of a table slot.
+const SEQ_BITS: u32 = 24;
+const SEQ_MASK: u32 = (1 << SEQ_BITS) - 1;
+const MAX_PER_SHARD: usize = SEQ_MASK as usize;
+/// Times are milliseconds in a wrapping `u32`; a ttl must stay below half its range.
+const MAX_TTL_MS: u64 = (1 << 31) - 1;
+/// Expired entries dropped per claim at most, so that a burst of expiries is spread out.
+const PURGE_BATCH: usize = 8;
+const MIN_TABLE: usize = 16;
+
+/// The embedded window: a bounded, sharded, in-memory set of keys that expire `ttl` after
+/// their first sight.
+///
+/// Each shard keeps its keys in a ring in order of first sight (20 bytes a key) and an
+/// open-addressing index into that ring (4 bytes a slot, at most 3/4 full). Expiry pops the
+/// oldest keys from the front of the ring, a few per claim, so neither a claim nor an expiry
+/// ever scans the remembered keys; when a shard holds its share of `max_entries`, its oldest key
+/// is evicted and counted. Shards are picked by key bits, each behind its own mutex held for a
+/// few hundred nanoseconds at most, so there is no global lock.
+///
+/// Bounds: at most 64 shards of at most 2^24 - 1 keys each; `ttl` at most 24 days.
+///
+/// ```
+/// use std::time::Duration;
+/// use wsguard_dedup::{Claim, DedupStore, Fingerprinter, MemoryStore};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() {
+/// let store = MemoryStore::new(1_000);
+/// let key = Fingerprinter::random(true).fingerprint_json(br#"{"op":"buy"}"#);
+/// let ttl = Duration::from_secs(60);
+/// assert_eq!(store.claim(key, ttl).await.unwrap(), Claim::Fresh);
+/// assert!(matches!(store.claim(key, ttl).await.unwrap(), Claim::Duplicate { .. }));
+/// # }
+/// ```
+pub struct MemoryStore {
+    shards: Box<[Shard]>,
+    shard_mask: usize,
+    max_entries: AtomicUsize,
+    evictions: AtomicU64,
+    epoch: Instant,
+}
+
+// One cache line each, so that shards locked by different cores do not share a line.
+#[repr(align(64))]
+struct Shard(Mutex<Window>);
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("shards", &self.shards.len())
+            .field("max_entries", &self.max_entries.load(Ordering::Relaxed))
+            .field("evictions", &self.evictions.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+impl MemoryStore {
+    /// A store remembering at most `max_entries` keys (more shards for larger bounds).
+    pub fn new(max_entries: usize) -> Self {
+        let max_entries = max_entries.clamp(1, MAX_PER_SHARD * MAX_SHARDS);
+        // About 4k keys per shard before sharding further; a small store stays one exact FIFO.
+        let shards = (max_entries / 4096)
+            .next_power_of_two()
+            .clamp(1, MAX_SHARDS);
+        Self::with_shards(max_entries, shards)
+    }
+
+    /// A store with `shards` shards (rounded up to a power of two, at most 64).
+    pub fn with_shards(max_entries: usize, shards: usize) -> Self {
+        let shards = shards.next_power_of_two().clamp(1, MAX_SHARDS);
+        let max_entries = max_entries.clamp(1, MAX_PER_SHARD * shards);
+        Self {
+            shards: (0..shards)
+                .map(|_| Shard(Mutex::new(Window::new())))
+                .collect(),
+            shard_mask: shards - 1,
+            max_entries: AtomicUsize::new(max_entries),
+            evictions: AtomicU64::new(0),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// Sized from `config.max_entries`.
+    pub fn from_config(config: &DedupConfig) -> Self {
+        Self::new(config.max_entries)
+    }
+
+    /// Check-and-insert without a future: what [`DedupStore::claim`] answers.
+    pub fn check_and_insert(&self, key: Fingerprint, ttl: Duration) -> Claim {
+        let now = self.now_ms();
+        let ttl = ttl.as_millis().clamp(1, MAX_TTL_MS as u128) as u32;
+        let (claim, evicted) = self
+            .shard(key)
+            .claim(key.as_u128(), now, ttl, self.per_shard());
+        if evicted > 0 {
+            self.evictions.fetch_add(evicted, Ordering::Relaxed);
+        }
+        claim
+    }
+
+    /// Forgets `key`.
+    pub fn remove(&self, key: Fingerprint) {
+        self.shard(key).remove(key.as_u128());
+    }
+
+    /// Keys remembered now (expired keys not yet dropped included).
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| lock(&s.0).live).sum()
+    }
+
+    /// Whether no key is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Heap bytes held by the window (ring and index capacity of every shard).
+    pub fn heap_bytes(&self) -> usize {
+        self.shards.iter().map(|s| lock(&s.0).heap_bytes()).sum()
+    }
+
+    /// Live keys evicted so far because the store was full.
+    pub fn evicted(&self) -> u64 {
+        self.evictions.load(Ordering::Relaxed)
+    }
+
+    /// Sets the bound on remembered keys (split evenly between the shards).
+    pub fn set_max_entries(&self, max_entries: usize) {
+        let max = max_entries.clamp(1, MAX_PER_SHARD * self.shards.len());
+        self.max_entries.store(max, Ordering::Relaxed);
+    }
+
+    fn per_shard(&self) -> usize {
+        self.max_entries
+            .load(Ordering::Relaxed)
+            .div_ceil(self.shards.len())
+    }
+
+    fn shard(&self, key: Fingerprint) -> MutexGuard<'_, Window> {
+        // The table uses the low 64 bits; the shard comes from the high ones.
+        let idx = ((key.as_u128() >> 96) as usize) & self.shard_mask;
+        lock(&self.shards[idx].0)
+    }
+
+    fn now_ms(&self) -> u64 {
+        Instant::now()
+            .saturating_duration_since(self.epoch)
+            .as_millis() as u64
+    }
+}
+
+fn lock(m: &Mutex<Window>) -> MutexGuard<'_, Window> {
+    // A panic while holding a shard cannot leave it inconsistent in a way that matters more than
+    // losing the whole window; keep serving.
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl DedupStore for MemoryStore {
+    fn claim(&self, key: Fingerprint, ttl: Duration) -> ClaimFuture {
+        ClaimFuture::ready(Ok(self.check_and_insert(key, ttl)))
+    }
+
+    fn release(&self, key: Fingerprint) {
+        self.remove(key);
+    }
+
+    fn configure(&self, config: &DedupConfig) {
+        self.set_max_entries(config.max_entries);
+    }
+
+    fn evictions(&self) -> u64 {
+        self.evicted()
+    }
+
+    fn len(&self) -> Option<usize> {
+        Some(MemoryStore::len(self))
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    key: [u32; 4],
+    /// First sight, in wrapping milliseconds since the store's epoch.
+    at: u32,
+}
+
+fn split(key: u128) -> [u32; 4] {
+    [
+        key as u32,
+        (key >> 32) as u32,
+        (key >> 64) as u32,
+        (key >> 96) as u32,
+    ]
+}
+
+fn table_hash(key: &[u32; 4]) -> usize {
+    (key[0] as u64 | (key[1] as u64) << 32) as usize
+}
+
+fn tag(key: &[u32; 4]) -> u32 {
+    // Never 0, which marks an empty slot.
+    (key[2] & 0xff) | 1
+}
+
+/// One shard: keys in order of first sight, and an index from key to ring position.
+struct Window {
+    ring: VecDeque<Entry>,
+    /// Sequence number (mod 2^24) of `ring[0]`.
+    head_seq: u32,
+    /// Linear probing; a slot is 0 (empty) or `seq << 8 | tag`.
+    table: Vec<u32>,
+    /// Keys in `table`. Ring entries outside it (released or superseded) are inert.
+    live: usize,
+    last_ms: u64,
+}
+
+impl Window {
+    fn new() -> Self {
+        Self {
+            ring: VecDeque::new(),
+            head_seq: 0,
+            table: vec![0; MIN_TABLE],
+            live: 0,
+            last_ms: 0,
+        }
+    }
+
+    fn heap_bytes(&self) -> usize {
+        self.ring.capacity() * size_of::<Entry>() + self.table.capacity() * size_of::<u32>()
+    }
+
+    fn claim(&mut self, key: u128, now: u64, ttl: u32, cap: usize) -> (Claim, u64) {
+        // Callers read the clock before taking the lock, so a claim may arrive with an earlier
+        // time than the last one; keep shard time monotonic or a fresh entry would look expired.
+        let now = now.max(self.last_ms);
+        // Every entry is at least as old as the last claim: after a ttl of silence all expired.
+        if now.saturating_sub(self.last_ms) >= u64::from(ttl) && !self.ring.is_empty() {
+            self.clear();
+        }
+        self.last_ms = now;
+        let now32 = now as u32;
+        self.purge(now32, ttl);
+
+        let k = split(key);
+        if let Some((slot, pos)) = self.find(&k) {
+            let age = now32.wrapping_sub(self.ring[pos].at);
+            if age < ttl {
+                return (
+                    Claim::Duplicate {
+                        age: Duration::from_millis(u64::from(age)),
+                    },
+                    0,
+                );
+            }
+            // Expired but not yet purged: it starts afresh below.
+            self.remove_slot(slot);
+        }
+
+        let mut evicted = 0;
+        while self.ring.len() >= cap.min(MAX_PER_SHARD) {
+            evicted += u64::from(self.pop_front());
+        }
+        if self.ring.len() == self.ring.capacity() {
+            // Grow by half, not by double, to keep the memory per key low.
+            let more = (self.ring.len() / 2).max(16).min(cap - self.ring.len());
+            self.ring.reserve_exact(more);
+        }
+        let seq = self.head_seq.wrapping_add(self.ring.len() as u32) & SEQ_MASK;
+        self.ring.push_back(Entry { key: k, at: now32 });
+        if (self.live + 1) * 4 > self.table.len() * 3 {
+            self.resize(self.table.len() * 2);
+        }
+        self.insert_slot(&k, seq << 8 | tag(&k));
+        (Claim::Fresh, evicted)
+    }
+
+    fn remove(&mut self, key: u128) {
+        if let Some((slot, _)) = self.find(&split(key)) {
+            self.remove_slot(slot);
+        }
+    }
+
+    fn clear(&mut self) {
+        self.ring.clear();
+        self.head_seq = 0;
+        self.table.clear();
+        self.table.resize(MIN_TABLE, 0);
+        self.table.shrink_to_fit();
+        self.ring.shrink_to(MIN_TABLE);
+        self.live = 0;
+    }
+
+    fn purge(&mut self, now: u32, ttl: u32) {
+        for _ in 0..PURGE_BATCH {
+            match self.ring.front() {
+                Some(e) if now.wrapping_sub(e.at) >= ttl => {
+                    self.pop_front();
+                }
+                _ => break,
+            }
+        }
+        if self.table.len() > MIN_TABLE && self.live * 8 < self.table.len() {
+            self.resize(self.table.len() / 2);
+        }
+        if self.ring.capacity() > 64 && self.ring.len() * 4 < self.ring.capacity() {
+            self.ring.shrink_to(self.ring.len() * 2);
+        }
+    }
+
+    /// Drops the oldest ring entry; answers whether it was a live key (an eviction if unexpired).
+    fn pop_front(&mut self) -> bool {
+        let Some(front) = self.ring.front().copied() else {
+            return false;
+        };
+        let mut live = false;
+        if let Some((slot, _)) = self.find(&front.key) {
+            // The key may have been released and claimed again: that newer entry stays.
+            if self.table[slot] >> 8 == self.head_seq {
+                self.remove_slot(slot);
+                live = true;
+            }
+        }
+        self.ring.pop_front();
+        self.head_seq = self.head_seq.wrapping_add(1) & SEQ_MASK;
+        live
+    }
+
+    fn pos(&self, slot_value: u32) -> usize {
+        ((slot_value >> 8).wrapping_sub(self.head_seq) & SEQ_MASK) as usize
+    }
+
+    fn find(&self, k: &[u32; 4]) -> Option<(usize, usize)> {
+        let mask = self.table.len() - 1;
+        let t = tag(k);
+        let mut i = table_hash(k) & mask;
+        loop {
+            let s = self.table[i];
+            if s == 0 {
+                return None;
+            }
+            if s & 0xff == t {
+                let pos = self.pos(s);
+                if self.ring.get(pos).is_some_and(|e| e.key == *k) {
+                    return Some((i, pos));
+                }
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    fn insert_slot(&mut self, k: &[u32; 4], value: u32) {
+        let mask = self.table.len() - 1;
+        let mut i = table_hash(k) & mask;
+        while self.table[i] != 0 {
+            i = (i + 1) & mask;
+        }
+        self.table[i] = value;
+        self.live += 1;
+    }
+
+    /// Backward-shift deletion: no tombstones, so probe chains stay short.
+    fn remove_slot(&mut self, slot: usize) {
+        let mask = self.table.len() - 1;
+        self.table[slot] = 0;
+        self.live -= 1;
+        let mut hole = slot;
+        let mut j = (slot + 1) & mask;
+        loop {
+            let s = self.table[j];
+            if s == 0 {
+                return;
+            }
+            let ideal = table_hash(&self.ring[self.pos(s)].key) & mask;
+            if (j.wrapping_sub(ideal) & mask) >= (j.wrapping_sub(hole) & mask) {
+                self.table[hole] = s;
+                self.table[j] = 0;
+                hole = j;
+            }
+            j = (j + 1) & mask;
+        }
+    }
+
+    fn resize(&mut self, len: usize) {
+        let len = len.max(MIN_TABLE);
+        let old = std::mem::replace(&mut self.table, vec![0; len]);
+        self.live = 0;
+        for s in old.into_iter().filter(|&s| s != 0) {
+            let k = self.ring[self.pos(s)].key;
+            self.insert_slot(&k, s);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TTL: u32 = 1_000;
+
+    fn k(i: u64) -> u128 {
+        // Spread like real fingerprints.
+        let x = u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
+        x ^ (x >> 67)
+    }
+
+    fn dup(c: Claim) -> bool {
+        matches!(c, Claim::Duplicate { .. })
+    }
+
+    #[test]
+    fn claim_then_duplicate_then_expiry() {
+        let mut w = Window::new();
+        assert_eq!(w.claim(k(1), 0, TTL, 100).0, Claim::Fresh);
+        assert_eq!(
+            w.claim(k(1), 999, TTL, 100).0,
+            Claim::Duplicate {
+                age: Duration::from_millis(999)
+            }
+        );
+        assert_eq!(w.claim(k(1), 1000, TTL, 100).0, Claim::Fresh);
+        assert!(dup(w.claim(k(1), 1500, TTL, 100).0));
+    }
+
+    #[test]
+    fn many_keys_survive_growth_shrink_and_deletions() {
+        let mut w = Window::new();
+        let n = 5_000;
+        for i in 0..n {
+            assert_eq!(w.claim(k(i), 0, TTL, 1 << 20).0, Claim::Fresh, "{i}");
+        }
+        for i in (0..n).step_by(3) {
+            w.remove(k(i));
+        }
+        for i in 0..n {
+            assert_eq!(dup(w.claim(k(i), 10, TTL, 1 << 20).0), i % 3 != 0, "{i}");
+        }
+        assert_eq!(w.live, n as usize);
+        // Time moves on: old keys are purged a batch per claim, the index shrinks back.
+        for j in 0..2 * n {
+            assert_eq!(w.claim(k(n + j), 1_000 + j, TTL, 1 << 20).0, Claim::Fresh);
+        }
+        assert!(w.live <= TTL as usize + 1, "live {}", w.live);
+        assert!(w.table.len() <= 4 * 1024, "table {}", w.table.len());
+        assert!(dup(w.claim(k(3 * n - 1), 1_000 + 2 * n, TTL, 1 << 20).0));
+        assert_eq!(w.claim(k(1), 1_000 + 2 * n, TTL, 1 << 20).0, Claim::Fresh);
+    }
+
+    #[test]
+    fn cap_evicts_oldest_and_counts_only_live_keys() {
+        let mut w = Window::new();
+        for i in 0..3 {
+            assert_eq!(w.claim(k(i), i, TTL, 3), (Claim::Fresh, 0));
+        }
+        assert_eq!(w.claim(k(3), 3, TTL, 3), (Claim::Fresh, 1));
+        assert_eq!(
+            w.claim(k(0), 4, TTL, 3),
+            (Claim::Fresh, 1),
+            "oldest was evicted"
+        );
+        assert!(dup(w.claim(k(2), 5, TTL, 3).0));
+        assert!(dup(w.claim(k(3), 5, TTL, 3).0));
+        // A released key still occupies its ring slot, but its eviction is not counted.
+        w.remove(k(2));
+        assert_eq!(w.claim(k(5), 6, TTL, 3), (Claim::Fresh, 0));
+    }
+
+    #[test]
+    fn released_and_reclaimed_key_outlives_its_old_entry() {
+        let mut w = Window::new();
+        assert_eq!(w.claim(k(7), 0, TTL, 10).0, Claim::Fresh);
+        w.remove(k(7));
+        assert_eq!(w.claim(k(7), 500, TTL, 10).0, Claim::Fresh);
+        // The first entry expires at 1000; the second must survive until 1500.
+        assert_eq!(w.claim(k(8), 1_200, TTL, 10).0, Claim::Fresh);
+        assert!(dup(w.claim(k(7), 1_300, TTL, 10).0));
+    }
+
+    #[test]
+    fn a_claim_with_an_earlier_clock_reading_still_sees_the_key() {
+        let mut w = Window::new();
+        assert_eq!(w.claim(k(1), 50, TTL, 10).0, Claim::Fresh);
+        // Another thread read the clock at 49 and got the lock later.
+        assert!(dup(w.claim(k(1), 49, TTL, 10).0));
+        assert!(dup(w.claim(k(1), 0, TTL, 10).0));
+    }
+
+    #[test]
+    fn silence_longer_than_ttl_clears_the_shard() {
+        let mut w = Window::new();
+        for i in 0..100 {
+            w.claim(k(i), 0, TTL, 1_000);
+        }
+        assert_eq!(w.claim(k(1_000), 5_000, TTL, 1_000).0, Claim::Fresh);
+        assert_eq!(w.live, 1);
+    }
+}

@@ -1,0 +1,280 @@
+//! `RedisStore` against a real `redis-server` started by the test on a free loopback port.
+//! These tests need real time (the server is a real process); each is bounded to seconds.
+#![cfg(feature = "redis")]
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tower::{Service, ServiceExt, service_fn};
+use wsguard_config::{DedupConfig, DedupScope, FailureMode, StoreBackend};
+use wsguard_dedup::error::{BoxError, Duplicate, StoreUnavailable};
+use wsguard_dedup::store::RedisStore;
+use wsguard_dedup::{Dedup, DedupLayer};
+
+const OP_TIMEOUT: Duration = Duration::from_millis(200);
+
+fn redis_server_binary() -> PathBuf {
+    let candidates = std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default();
+    candidates
+        .into_iter()
+        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
+        .map(|dir| dir.join("redis-server"))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| {
+            panic!(
+                "redis-server not found: the Redis store tests start a real Redis server. \
+                 Install it with `apt-get install redis-server` (scripts/test.sh does this in CI)"
+            )
+        })
+}
+
+/// A `redis-server` child process on 127.0.0.1, killed on drop.
+struct RedisServer {
+    child: Option<Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl RedisServer {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let mut server = Self {
+            child: None,
+            port,
+            dir,
+        };
+        server.restart();
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    fn restart(&mut self) {
+        let child = spawn(self.port, self.dir.path());
+        self.child = Some(child);
+        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "redis-server did not start on {addr}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn spawn(port: u16, dir: &Path) -> Child {
+    Command::new(redis_server_binary())
+        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start redis-server")
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn config(url: &str, on_error: FailureMode) -> DedupConfig {
+    let mut cfg = DedupConfig {
+        ttl: Duration::from_secs(30),
+        scope: DedupScope::Global,
+        fingerprint_key: Some("00112233445566778899aabbccddeeff".into()),
+        ..DedupConfig::default()
+    };
+    cfg.store.backend = StoreBackend::Redis;
+    cfg.store.redis.url = url.to_owned();
+    cfg.store.redis.operation_timeout = OP_TIMEOUT;
+    cfg.store.redis.on_error = on_error;
+    // A fresh prefix per test run, in case a server is ever reused.
+    cfg.store.redis.key_prefix = format!("wsguard-test:{}:", std::process::id());
+    cfg
+}
+
+type Handler = tower::util::BoxCloneSyncService<String, (), BoxError>;
+
+fn handler(calls: &Arc<AtomicUsize>) -> Handler {
+    let calls = Arc::clone(calls);
+    tower::util::BoxCloneSyncService::new(service_fn(move |msg: String| {
+        calls.fetch_add(1, Ordering::SeqCst);
+        async move {
+            if msg.contains("fail") {
+                Err::<(), BoxError>("handler failed".into())
+            } else {
+                Ok(())
+            }
+        }
+    }))
+}
+
+async fn node(cfg: &DedupConfig, calls: &Arc<AtomicUsize>) -> (DedupLayer, Dedup<Handler>) {
+    let store = RedisStore::connect(&cfg.store.redis).await.unwrap();
+    let layer = DedupLayer::new(cfg.clone()).with_store(store);
+    let svc = tower::Layer::layer(&layer, handler(calls));
+    (layer, svc)
+}
+
+async fn send(svc: &mut Dedup<Handler>, msg: &str) -> Result<(), BoxError> {
+    svc.ready().await?.call(msg.to_owned()).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_sharing_redis_deliver_each_message_exactly_once() {
+    let server = RedisServer::start();
+    let cfg = config(&server.url(), FailureMode::FailClosed);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (a_layer, mut a) = node(&cfg, &calls).await;
+    let (b_layer, mut b) = node(&cfg, &calls).await;
+
+    send(&mut a, r#"{"op":"buy","qty":1}"#).await.unwrap();
+    let err = send(&mut b, r#"{ "qty": 1, "op": "buy" }"#)
+        .await
+        .unwrap_err();
+    assert!(err.is::<Duplicate>(), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+    // Racing: both nodes get every message at the same time (each claim is in flight on
+    // both connections at once).
+    let n = 200;
+    let race = |svc: Dedup<Handler>| async move {
+        let mut passed = 0;
+        for i in 0..n {
+            if svc
+                .clone()
+                .oneshot(format!(r#"{{"seq":{i}}}"#))
+                .await
+                .is_ok()
+            {
+                passed += 1;
+            }
+        }
+        passed
+    };
+    let (pa, pb) = tokio::join!(race(a.clone()), race(b.clone()));
+    assert_eq!(pa + pb, n);
+    assert_eq!(calls.load(Ordering::SeqCst), 1 + n);
+    assert_eq!(
+        a_layer.stats().duplicates + b_layer.stats().duplicates,
+        1 + n as u64
+    );
+
+    // A failure on node A releases the key in Redis (DEL), so the retry on node B passes.
+    send(&mut a, "fail once").await.unwrap_err();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        match send(&mut b, "fail once").await {
+            Err(e) if e.is::<Duplicate>() => {
+                assert!(Instant::now() < deadline, "key never released");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(_) => break, // reached the handler (which fails again)
+            Ok(()) => unreachable!(),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_open_within_the_timeout_and_recovers() {
+    let mut server = RedisServer::start();
+    let cfg = config(&server.url(), FailureMode::FailOpen);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (layer, mut svc) = node(&cfg, &calls).await;
+    send(&mut svc, "before").await.unwrap();
+    assert!(
+        send(&mut svc, "before")
+            .await
+            .unwrap_err()
+            .is::<Duplicate>()
+    );
+
+    server.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        // Fail open: delivered even though it is a duplicate, because nobody can tell.
+        send(&mut svc, "before").await.unwrap();
+        assert!(
+            started.elapsed() < OP_TIMEOUT + Duration::from_millis(300),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 4);
+    assert!(layer.stats().store_errors >= 3);
+
+    server.restart();
+    wait_until_deduplicating(&mut svc, "after").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_down_fails_closed_within_the_timeout_and_recovers() {
+    let mut server = RedisServer::start();
+    let cfg = config(&server.url(), FailureMode::FailClosed);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (layer, mut svc) = node(&cfg, &calls).await;
+    send(&mut svc, "before").await.unwrap();
+
+    server.stop();
+    for i in 0..3 {
+        let started = Instant::now();
+        let err = send(&mut svc, &format!("new {i}")).await.unwrap_err();
+        assert!(err.is::<StoreUnavailable>(), "{err}");
+        assert!(
+            started.elapsed() < OP_TIMEOUT + Duration::from_millis(300),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "nothing delivered while Redis was down"
+    );
+    assert!(layer.stats().rejected_unavailable >= 3);
+
+    server.restart();
+    wait_until_deduplicating(&mut svc, "after").await;
+}
+
+/// After Redis comes back, the store reconnects by itself: the first copy passes and the
+/// second is a duplicate again.
+async fn wait_until_deduplicating(svc: &mut Dedup<Handler>, msg: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if send(svc, msg).await.is_ok() && send(svc, msg).await.is_err_and(|e| e.is::<Duplicate>())
+        {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recovery after Redis came back"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
