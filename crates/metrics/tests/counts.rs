@@ -306,3 +306,58 @@ async fn route_level_http_request_counts_client_from_header() {
     assert_eq!((snap.calls.ok, snap.bytes_in), (2, 14));
     assert_eq!(registry.client("hana").unwrap().messages_in, 2);
 }
+
+#[cfg(feature = "http")]
+#[tokio::test(start_paused = true)]
+async fn route_level_client_falls_back_to_peer_ip_from_connect_info() {
+    use std::net::SocketAddr;
+
+    use axum::extract::connect_info::MockConnectInfo;
+    use axum::extract::{ConnectInfo, Request};
+    use axum::{Router, body::Body, middleware, routing::get};
+
+    // The recipe of the `ClientRequest for http::Request` docs.
+    async fn peer_addr(ConnectInfo(addr): ConnectInfo<SocketAddr>, mut req: Request) -> Request {
+        req.extensions_mut().insert(addr);
+        req
+    }
+
+    let registry = MetricsRegistry::new(config());
+    let app = Router::new()
+        .route("/", get(|| async { "hi" }))
+        .layer(MetricsLayer::new(registry.clone()).route("/"))
+        .layer(middleware::map_request(peer_addr))
+        .layer(MockConnectInfo(SocketAddr::from(([192, 0, 2, 7], 40000))));
+    app.clone()
+        .oneshot(Request::get("/").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
+    let with_header = Request::get("/")
+        .header("x-client-id", "named")
+        .body(Body::empty())
+        .unwrap();
+    app.oneshot(with_header).await.unwrap();
+    assert_eq!(registry.client("192.0.2.7").unwrap().messages_in, 1);
+    assert_eq!(registry.client("named").unwrap().messages_in, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn layer_from_live_config_follows_the_handle() {
+    let handle = ConfigHandle::new(StabilityConfig::testing()).unwrap();
+    let layer = MetricsLayer::from_config(&handle);
+    let registry = layer.registry().clone();
+    let mut svc = layer.layer(service_fn(echo));
+    let mut next = StabilityConfig::testing();
+    next.metrics.top_clients = 1;
+    handle.update(next).unwrap();
+    for id in ["a", "b"] {
+        svc.ready()
+            .await
+            .unwrap()
+            .call(Msg::from(id))
+            .await
+            .unwrap();
+    }
+    let snap = registry.snapshot();
+    assert_eq!((snap.clients.tracked, snap.clients.top.len()), (2, 1));
+}
