@@ -1,10 +1,20 @@
-//! Export through the `metrics` facade: names, labels, and the handles cached per layer.
+//! Export through the `metrics` facade: names and labels.
 //!
 //! Handles are registered with the recorder installed when the registry (connection metrics) or
-//! the layer (call metrics) is built, and reused for every call: install the recorder first.
+//! the first layer of a route (call metrics) is built, then reused: install the recorder first.
+//!
+//! Call counts, bytes and in-flight calls are counted in wsguard's own per-thread counters and
+//! pushed to the facade by [`MetricsRegistry::publish`](crate::MetricsRegistry::publish): every
+//! second by the registry's background task, and whenever you call it (call it in your `/metrics`
+//! handler before rendering, and the rendered figures are exact at that moment). So the request
+//! path touches no shared cache line of the recorder. Latencies of sampled calls and connection
+//! events are recorded as they happen.
+
+use std::sync::{Arc, Mutex, PoisonError};
 
 use metrics::{Counter, Gauge, Histogram, Unit};
 
+use crate::registry::aggregate::{Counters, Totals};
 use crate::{Direction, Outcome};
 
 /// `wsguard_calls_total{route, direction, outcome}`: finished calls; `outcome` is `ok`, `error`,
@@ -25,17 +35,63 @@ pub const CLIENTS_EVICTED_TOTAL: &str = "wsguard_clients_evicted_total";
 /// `wsguard_clients_expired_total`: clients removed by the inactivity sweep.
 pub const CLIENTS_EXPIRED_TOTAL: &str = "wsguard_clients_expired_total";
 
-/// Handles of one layer (a route and a direction).
-pub(crate) struct RouteHandles {
-    pub(crate) calls: [Counter; 4],
-    pub(crate) cancelled: Counter,
-    pub(crate) in_flight: Gauge,
-    pub(crate) bytes: Counter,
-    pub(crate) duration: Histogram,
+/// The counters of one route and direction, shared by every layer built for them.
+pub(crate) struct RouteStats {
+    pub(crate) route: Arc<str>,
+    pub(crate) direction: Direction,
+    pub(crate) counters: Counters,
+    handles: RouteHandles,
+    published: Mutex<Totals>,
+}
+
+impl RouteStats {
+    pub(crate) fn new(route: Arc<str>, direction: Direction) -> Self {
+        Self {
+            handles: RouteHandles::register(&route, direction),
+            route,
+            direction,
+            counters: Counters::new(),
+            published: Mutex::new(Totals::default()),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn record_latency(&self, seconds: f64) {
+        self.handles.duration.record(seconds);
+    }
+
+    /// Pushes what changed since the last publish to the facade.
+    pub(crate) fn publish(&self) {
+        let mut last = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let now = self.counters.totals();
+        let h = &self.handles;
+        for (i, counter) in h.calls.iter().enumerate() {
+            counter.increment(now.outcomes[i].saturating_sub(last.outcomes[i]));
+        }
+        h.cancelled
+            .increment(now.cancelled.saturating_sub(last.cancelled));
+        let d = self.direction.index();
+        h.bytes
+            .increment(now.bytes[d].saturating_sub(last.bytes[d]));
+        h.in_flight.set(now.in_flight() as f64);
+        *last = now;
+    }
+}
+
+/// Handles of one route and direction.
+struct RouteHandles {
+    calls: [Counter; 4],
+    cancelled: Counter,
+    in_flight: Gauge,
+    bytes: Counter,
+    duration: Histogram,
 }
 
 impl RouteHandles {
-    pub(crate) fn register(route: &str, direction: Direction) -> Self {
+    fn register(route: &str, direction: Direction) -> Self {
         describe();
         let dir = direction.as_str();
         let call = |outcome: &'static str| metrics::counter!(CALLS_TOTAL, "route" => route.to_owned(), "direction" => dir, "outcome" => outcome);

@@ -5,7 +5,7 @@ use tower_layer::Layer;
 use wsguard_config::{ConfigSource, MetricsConfig};
 
 use crate::classify::DefaultClassifier;
-use crate::export::RouteHandles;
+use crate::export::RouteStats;
 use crate::request::ClientIdOptions;
 use crate::{Metrics, MetricsRegistry};
 
@@ -46,7 +46,7 @@ pub(crate) struct Shared<C> {
     pub(crate) registry: MetricsRegistry,
     pub(crate) route: Arc<str>,
     pub(crate) direction: Direction,
-    pub(crate) handles: RouteHandles,
+    pub(crate) stats: Arc<RouteStats>,
     pub(crate) options: ClientIdOptions,
     pub(crate) classifier: C,
 }
@@ -78,13 +78,13 @@ impl<C> MetricsLayer<C> {
         options: ClientIdOptions,
         classifier: C,
     ) -> Self {
-        let handles = RouteHandles::register(&route, direction);
+        let stats = registry.inner.route_stats(&route, direction);
         Self {
             shared: Arc::new(Shared {
                 registry,
                 route,
                 direction,
-                handles,
+                stats,
                 options,
                 classifier,
             }),

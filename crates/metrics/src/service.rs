@@ -14,9 +14,10 @@ use crate::{MetricsRegistry, Outcome};
 /// Records each call of `S` into a [`MetricsRegistry`]; built by [`MetricsLayer`](crate::MetricsLayer).
 ///
 /// Per call, always: messages and bytes (when the request knows its size) of the layer's
-/// direction, in flight, and the outcome, in per-thread striped counters and through the
-/// `metrics` facade's cached handles. On sampled calls: latency, and the client's detail. The
-/// inner service's readiness, errors and responses pass through untouched.
+/// direction, in flight, and the outcome, in per-thread striped counters (published to the
+/// `metrics` facade by [`MetricsRegistry::publish`]). On sampled calls: latency (also recorded
+/// to the facade's histogram), and the client's detail. The inner service's readiness, errors
+/// and responses pass through untouched.
 pub struct Metrics<S, C = DefaultClassifier> {
     pub(crate) inner: S,
     pub(crate) shared: Arc<Shared<C>>,
@@ -87,11 +88,7 @@ where
         }
         let direction = shared.direction;
         let size = req.size();
-        registry.counters.start(direction, size);
-        shared.handles.in_flight.increment(1.0);
-        if let Some(b) = size {
-            shared.handles.bytes.increment(b);
-        }
+        shared.stats.counters.start(direction, size);
 
         // The slot registers its connection on first sight, whether or not this call is sampled.
         let slot_entry = req
@@ -125,14 +122,11 @@ where
 impl<C> Shared<C> {
     /// Counts a finished call.
     pub(crate) fn finish(&self, outcome: Outcome, record: &CallRecord<C>) {
-        let registry = &self.registry.inner;
-        registry.counters.finish(outcome);
-        self.handles.calls[outcome.index()].increment(1);
-        self.handles.in_flight.decrement(1.0);
+        self.stats.counters.finish(outcome);
         if let Some(start) = record.start {
             let elapsed = start.elapsed();
-            registry.record_latency(self.direction, elapsed);
-            self.handles.duration.record(elapsed.as_secs_f64());
+            self.registry.inner.record_latency(self.direction, elapsed);
+            self.stats.record_latency(elapsed.as_secs_f64());
         }
         if let Some(client) = &record.client {
             client.record_outcome(outcome);
@@ -141,8 +135,6 @@ impl<C> Shared<C> {
 
     /// Counts a call dropped before it finished.
     pub(crate) fn cancel(&self) {
-        self.registry.inner.counters.cancel();
-        self.handles.cancelled.increment(1);
-        self.handles.in_flight.decrement(1.0);
+        self.stats.counters.cancel();
     }
 }

@@ -41,6 +41,8 @@ async fn prometheus_text_has_low_cardinality_names_and_labels() {
     let _other = registry.connect("bob-secret-id");
     drop(_other);
 
+    // Counts reach the recorder when published: here by the background task, within a second.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     let text = prometheus.render();
     let has = |line: &str| {
         assert!(
@@ -66,10 +68,56 @@ async fn prometheus_text_has_low_cardinality_names_and_labels() {
     );
 
     slot.release();
+    let _ = svc
+        .ready()
+        .await
+        .unwrap()
+        .call(Msg::from("carol-secret-id"))
+        .await;
+    // An explicit publish (e.g. in a `/metrics` handler) makes the rendered text exact now.
+    registry.publish();
+    let text = prometheus.render();
+    for line in [
+        "wsguard_connections_active 0",
+        r#"wsguard_calls_total{route="/ws",direction="in",outcome="ok"} 4"#,
+        r#"wsguard_bytes_total{route="/ws",direction="in"} 50"#,
+    ] {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn in_flight_gauge_and_cancelled_calls_are_published() {
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let (registry, layer) = metrics::with_local_recorder(&recorder, || {
+        let registry = MetricsRegistry::new(config());
+        (registry.clone(), MetricsLayer::new(registry).route("/slow"))
+    });
+    let (mock, mut handle) = tower_test::mock::pair::<Msg, ()>();
+    let mut svc = layer.layer(mock);
+    handle.allow(2);
+    let pending = svc.ready().await.unwrap().call(Msg::from("a"));
+    let cancelled = svc.ready().await.unwrap().call(Msg::from("a"));
+    registry.publish();
+    let text = prometheus.render();
     assert!(
-        prometheus
-            .render()
-            .lines()
-            .any(|l| l == "wsguard_connections_active 0")
+        text.contains(r#"wsguard_calls_in_flight{route="/slow",direction="in"} 2"#),
+        "{text}"
+    );
+    drop(cancelled);
+    drop(pending);
+    registry.publish();
+    let text = prometheus.render();
+    assert!(
+        text.contains(r#"wsguard_calls_in_flight{route="/slow",direction="in"} 0"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"wsguard_calls_total{route="/slow",direction="in",outcome="cancelled"} 2"#),
+        "{text}"
     );
 }

@@ -32,6 +32,17 @@ pub(crate) struct Totals {
 }
 
 impl Totals {
+    pub(crate) fn add(&mut self, other: &Totals) {
+        for d in 0..2 {
+            self.calls[d] += other.calls[d];
+            self.bytes[d] += other.bytes[d];
+        }
+        for (a, b) in self.outcomes.iter_mut().zip(&other.outcomes) {
+            *a += b;
+        }
+        self.cancelled += other.cancelled;
+    }
+
     pub(crate) fn in_flight(&self) -> u64 {
         let started = self.calls[0] + self.calls[1];
         let finished: u64 = self.outcomes.iter().sum::<u64>() + self.cancelled;

@@ -17,10 +17,10 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use wsguard_config::{ConfigSource, MetricsConfig};
 
-use self::aggregate::{Counters, LatencyHistogram};
+use self::aggregate::{LatencyHistogram, Totals};
 use self::clients::{ClientEntry, ClientTable};
 use crate::Direction;
-use crate::export::RegistryHandles;
+use crate::export::{RegistryHandles, RouteStats};
 use crate::request::bounded_id;
 use crate::sample::{self, Sampler};
 use crate::snapshot::{
@@ -38,9 +38,10 @@ use crate::snapshot::{
 ///   removes entries idle longer than `client_metrics_ttl` (never one with a live connection)
 ///   and `max_clients` caps the table, evicting the least recently active client.
 ///
-/// Built inside a tokio runtime, `new` spawns the sweep (every `cleanup_interval`); it holds only
-/// a weak reference and stops when the last clone of the registry (and the last connection
-/// guard) is dropped. Built outside one, no sweep runs: call
+/// Built inside a tokio runtime, `new` spawns a background task that publishes to the facade
+/// every second and sweeps the client table every `cleanup_interval`; it holds only a weak
+/// reference and stops when the last clone of the registry (and the last connection guard) is
+/// dropped. Built outside one, no task runs: call [`publish`](Self::publish) and
 /// [`cleanup_inactive_clients`](Self::cleanup_inactive_clients) yourself.
 ///
 /// **Sampling.** `sample_rate` applies to latency timing and to per-client detail (messages,
@@ -53,6 +54,8 @@ use crate::snapshot::{
 /// [`export`](crate::export), with low-cardinality labels only (route, direction, outcome);
 /// per-client detail stays in-process ([`snapshot`](Self::snapshot)). Install the recorder
 /// before building the registry and the layers: their handles are registered once, then reused.
+/// Call counts reach the facade through [`publish`](Self::publish), every second from the
+/// background task and whenever you call it.
 #[derive(Clone)]
 pub struct MetricsRegistry {
     pub(crate) inner: Arc<Inner>,
@@ -66,14 +69,14 @@ pub(crate) struct Inner {
     threshold: AtomicU64,
     sample_rate_bits: AtomicU64,
     sampler: Sampler,
-    pub(crate) counters: Counters,
+    routes: Mutex<Vec<Arc<RouteStats>>>,
     histograms: ArcSwap<[LatencyHistogram; 2]>,
     connections_active: AtomicU64,
     connections_total: AtomicU64,
     pub(crate) clients: ClientTable,
     epoch: Instant,
     handles: RegistryHandles,
-    // Dropping it wakes the sweep task, which then ends.
+    // Dropping it wakes the background task, which then ends.
     _stop_sweep: Option<oneshot::Sender<()>>,
 }
 
@@ -117,7 +120,7 @@ impl MetricsRegistry {
         let inner = Arc::new_cyclic(|weak: &Weak<Inner>| {
             let stop = runtime.map(|rt| {
                 let (tx, rx) = oneshot::channel();
-                rt.spawn(sweep(weak.clone(), rx, interval));
+                rt.spawn(background(weak.clone(), rx, interval));
                 tx
             });
             Inner {
@@ -128,7 +131,7 @@ impl MetricsRegistry {
                 threshold: AtomicU64::new(sample::threshold(rate)),
                 sample_rate_bits: AtomicU64::new(rate.to_bits()),
                 sampler,
-                counters: Counters::new(),
+                routes: Mutex::new(Vec::new()),
                 histograms: ArcSwap::from_pointee([
                     LatencyHistogram::new(&buckets),
                     LatencyHistogram::new(&buckets),
@@ -181,6 +184,13 @@ impl MetricsRegistry {
             .map(|e| ClientSnapshot::of(&e, now))
     }
 
+    /// Pushes the call counts, bytes and in-flight calls counted since the last publish to the
+    /// `metrics` facade. The background task does it every second; call it before rendering
+    /// (e.g. in a `/metrics` handler) for figures exact at that moment.
+    pub fn publish(&self) {
+        self.inner.publish();
+    }
+
     /// Live connections.
     pub fn active_connections(&self) -> u64 {
         self.inner.connections_active.load(Ordering::Relaxed)
@@ -203,7 +213,7 @@ impl MetricsRegistry {
     pub fn snapshot(&self) -> MetricsSnapshot {
         let inner = &self.inner;
         inner.refresh();
-        let totals = inner.counters.totals();
+        let totals = inner.totals();
         let now = inner.now();
         let top_n = inner.source.with(|c| c.top_clients);
         let histograms = inner.histograms.load();
@@ -243,6 +253,42 @@ impl MetricsRegistry {
 }
 
 impl Inner {
+    /// The counters of `route` in `direction`, created on first use and kept for the registry's
+    /// life (routes are few: they are labels).
+    pub(crate) fn route_stats(&self, route: &Arc<str>, direction: Direction) -> Arc<RouteStats> {
+        let mut routes = self.routes.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(r) = routes
+            .iter()
+            .find(|r| r.direction == direction && r.route == *route)
+        {
+            return r.clone();
+        }
+        let stats = Arc::new(RouteStats::new(route.clone(), direction));
+        routes.push(stats.clone());
+        stats
+    }
+
+    fn routes(&self) -> Vec<Arc<RouteStats>> {
+        self.routes
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn totals(&self) -> Totals {
+        let mut totals = Totals::default();
+        for r in self.routes() {
+            totals.add(&r.counters.totals());
+        }
+        totals
+    }
+
+    fn publish(&self) {
+        for r in self.routes() {
+            r.publish();
+        }
+    }
+
     /// Nanoseconds since the registry was built.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
@@ -336,10 +382,15 @@ impl Inner {
     }
 }
 
-async fn sweep(registry: Weak<Inner>, stop: oneshot::Receiver<()>, mut interval: Duration) {
+/// How often the background task publishes to the `metrics` facade.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+async fn background(registry: Weak<Inner>, stop: oneshot::Receiver<()>, interval: Duration) {
     let mut stop = pin!(stop);
+    let mut next_sweep = Instant::now() + interval;
     loop {
-        let mut tick = pin!(tokio::time::sleep(interval));
+        let wake = next_sweep.min(Instant::now() + PUBLISH_INTERVAL);
+        let mut tick = pin!(tokio::time::sleep_until(wake));
         let stopped = poll_fn(|cx| {
             if stop.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(true);
@@ -353,8 +404,11 @@ async fn sweep(registry: Weak<Inner>, stop: oneshot::Receiver<()>, mut interval:
         let Some(inner) = registry.upgrade() else {
             return;
         };
-        let ttl;
-        (ttl, interval) = inner
+        inner.publish();
+        if Instant::now() < next_sweep {
+            continue;
+        }
+        let (ttl, interval) = inner
             .source
             .with(|c| (c.client_metrics_ttl, c.cleanup_interval));
         // Shard by shard, yielding now and then, so a big table never holds a worker long.
@@ -370,6 +424,7 @@ async fn sweep(registry: Weak<Inner>, stop: oneshot::Receiver<()>, mut interval:
         if removed > 0 {
             tracing::debug!(removed, "wsguard-metrics: removed inactive clients");
         }
+        next_sweep = Instant::now() + interval;
     }
 }
 
