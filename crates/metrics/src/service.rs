@@ -95,6 +95,7 @@ where
             .connection_slot()
             .map(|slot| slot.entry(registry, || req.client_id(&shared.options)));
         let (start, client) = if registry.sample() {
+            let start = Instant::now();
             let client = match slot_entry {
                 Some(entry) => entry.cloned(),
                 None => req
@@ -102,9 +103,9 @@ where
                     .map(|id| registry.touch_client(&id)),
             };
             if let Some(c) = &client {
-                c.record_message(direction, size, registry.now());
+                c.record_message(direction, size, registry.nanos_at(start));
             }
-            (Some(Instant::now()), client)
+            (Some(start), client)
         } else {
             (None, None)
         };

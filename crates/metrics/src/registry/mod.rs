@@ -292,9 +292,13 @@ impl Inner {
     /// Nanoseconds since the registry was built.
     #[inline]
     pub(crate) fn now(&self) -> u64 {
-        Instant::now()
-            .saturating_duration_since(self.epoch)
-            .as_nanos() as u64
+        self.nanos_at(Instant::now())
+    }
+
+    /// `at` in nanoseconds since the registry was built.
+    #[inline]
+    pub(crate) fn nanos_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
     pub(crate) fn nanos_to_secs(nanos: u64) -> f64 {
