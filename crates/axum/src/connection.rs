@@ -81,6 +81,8 @@ pub(crate) async fn run<S>(
         .await;
     }
     log_close(&conn, &ending);
+    // Per-client metrics state goes with the client's last connection.
+    conn.slot.release();
 }
 
 fn log_close(conn: &ConnInfo, ending: &Ending) {

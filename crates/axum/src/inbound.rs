@@ -42,6 +42,7 @@ pub struct ConnInfo {
     pub(crate) peer_addr: Option<SocketAddr>,
     pub(crate) route: Option<Arc<str>>,
     pub(crate) sender: Outbound,
+    pub(crate) slot: wsguard_metrics::ConnectionSlot,
 }
 
 impl fmt::Debug for ConnInfo {
@@ -82,6 +83,12 @@ impl ConnInfo {
     /// The connection's sender: queue messages to the client from anywhere.
     pub fn sender(&self) -> &Outbound {
         &self.sender
+    }
+
+    /// The slot through which a `MetricsLayer` in the stack registers this connection with its
+    /// registry on the first message; the adapter releases it when the connection closes.
+    pub fn connection_slot(&self) -> &wsguard_metrics::ConnectionSlot {
+        &self.slot
     }
 }
 

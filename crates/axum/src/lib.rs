@@ -31,6 +31,7 @@ pub mod close;
 mod config;
 mod connection;
 mod inbound;
+mod layers;
 mod outbound;
 mod reply;
 mod route;
@@ -40,6 +41,7 @@ pub use axum::extract::ws::Message;
 pub use self::{
     config::WsConfig,
     inbound::{ConnInfo, ConnectionId, Inbound},
+    layers::MessageClassifier,
     outbound::{ConnectionClosed, Outbound, Queued},
     route::{ConnectionStats, WsRoute, ws_route},
 };

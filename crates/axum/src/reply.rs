@@ -3,9 +3,11 @@
 use std::borrow::Cow;
 
 use axum::extract::ws::Message;
-use wsguard_config::{ConfigSource, ConnectionConfig, DedupConfig};
+use wsguard_circuit_breaker::error::CircuitOpen;
+use wsguard_config::{ConfigSource, ConnectionConfig, DedupConfig, RejectionAction};
 
 use crate::BoxError;
+use crate::close;
 use crate::inbound::ConnInfo;
 
 /// What the connection does with one outcome.
@@ -13,7 +15,6 @@ use crate::inbound::ConnInfo;
 pub(crate) enum Action {
     Nothing,
     Reply(Message),
-    #[allow(dead_code)] // until the breaker's rejection maps to a close
     Close {
         code: u16,
         reason: Cow<'static, str>,
@@ -23,7 +24,6 @@ pub(crate) enum Action {
 /// Maps service errors to frames or closes, as the (live) config says.
 #[derive(Debug, Clone)]
 pub(crate) struct Replies {
-    #[allow(dead_code)]
     pub(crate) connection: ConfigSource<ConnectionConfig>,
     #[allow(dead_code)]
     pub(crate) dedup: ConfigSource<DedupConfig>,
@@ -31,9 +31,36 @@ pub(crate) struct Replies {
 
 impl Replies {
     pub(crate) fn for_error(&self, conn: &ConnInfo, err: &BoxError) -> Action {
+        if let Some(open) = find::<CircuitOpen>(&**err) {
+            tracing::debug!(conn = %conn.id, client = %conn.client_id, "message rejected: {open}");
+            return match self.connection.with(|c| c.on_rejection) {
+                RejectionAction::ErrorFrame => {
+                    let wait = u64::try_from(open.retry_after().as_millis()).unwrap_or(u64::MAX);
+                    Action::Reply(error_frame("circuit_open", Some(wait)))
+                }
+                RejectionAction::Close => Action::Close {
+                    code: close::AGAIN,
+                    reason: "circuit open, try again later".into(),
+                },
+            };
+        }
         tracing::warn!(conn = %conn.id, client = %conn.client_id, error = %err, "message service error");
         Action::Reply(error_frame("handler_error", None))
     }
+}
+
+/// `err` or the first error of its source chain that is an `E`.
+pub(crate) fn find<'a, E: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a E> {
+    let mut next = Some(err);
+    while let Some(err) = next {
+        if let Some(found) = err.downcast_ref::<E>() {
+            return Some(found);
+        }
+        next = err.source();
+    }
+    None
 }
 
 /// `{"type":"error","error":KIND}` plus `retry_after_ms` when known.
@@ -43,4 +70,9 @@ pub(crate) fn error_frame(kind: &str, retry_after_ms: Option<u64>) -> Message {
         frame["retry_after_ms"] = ms.into();
     }
     Message::text(frame.to_string())
+}
+
+/// Whether `err` says "duplicate message".
+pub(crate) fn is_duplicate(_err: &(dyn std::error::Error + 'static)) -> bool {
+    false
 }

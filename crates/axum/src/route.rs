@@ -136,6 +136,7 @@ where
             peer_addr,
             route,
             sender: Outbound::new(config.send_queue_capacity, config.overflow),
+            slot: wsguard_metrics::ConnectionSlot::new(),
         });
         let settings = Settings {
             idle_timeout: config.idle_timeout,

@@ -276,3 +276,59 @@ async fn silent_peer_is_pinged_then_closed_after_idle_timeout_while_a_live_one_s
     assert!(still_open, "the live client was closed");
     wait_until("the silent peer's place to free", || stats.open() == 1).await;
 }
+
+#[tokio::test]
+async fn metrics_layer_registers_the_connection_and_forgets_the_client_on_close() {
+    use tower::ServiceBuilder;
+    use wsguard_axum::MessageClassifier;
+    use wsguard_metrics::{MetricsLayer, MetricsRegistry};
+
+    let config = StabilityConfig::testing();
+    let registry = MetricsRegistry::new(config.metrics.clone());
+    let stack = ServiceBuilder::new()
+        .layer(MetricsLayer::new(registry.clone()).classifier(MessageClassifier))
+        .service(echo());
+    let addr = serve(Router::new().route("/ws", ws_route(stack, config))).await;
+    let mut client = connect(addr).await;
+    client.send(WsMessage::text("hello")).await.unwrap();
+    assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "hello");
+    assert_eq!(registry.active_connections(), 1);
+    let seen = registry.client("127.0.0.1").expect("client registered");
+    assert_eq!(seen.messages_in, 1);
+
+    client.close(None).await.unwrap();
+    wait_until("the client's state to go", || registry.client_count() == 0).await;
+    assert_eq!(registry.active_connections(), 0);
+    assert_eq!(registry.snapshot().calls.ok, 1);
+}
+
+#[tokio::test]
+async fn breaker_rejection_is_an_error_frame_or_a_1013_close() {
+    use tower::ServiceBuilder;
+    use wsguard_axum::MessageClassifier;
+    use wsguard_circuit_breaker::CircuitBreakerLayer;
+    use wsguard_config::RejectionAction;
+
+    for action in [RejectionAction::ErrorFrame, RejectionAction::Close] {
+        let config = config(|c| c.on_rejection = action);
+        let breaker =
+            CircuitBreakerLayer::new(config.circuit_breaker.clone()).classifier(MessageClassifier);
+        let handle = breaker.handle();
+        let stack = ServiceBuilder::new().layer(breaker).service(echo());
+        let addr = serve(Router::new().route("/ws", ws_route(stack, config))).await;
+        let mut client = connect(addr).await;
+        handle.force_open();
+        client.send(WsMessage::text("hello")).await.unwrap();
+        match action {
+            RejectionAction::ErrorFrame => {
+                let frame = next_frame(&mut client).await.into_text().unwrap();
+                let json: serde_json::Value = serde_json::from_str(&frame).unwrap();
+                assert_eq!(json["error"], "circuit_open", "{frame}");
+                handle.reset();
+                client.send(WsMessage::text("again")).await.unwrap();
+                assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "again");
+            }
+            RejectionAction::Close => assert_eq!(close_code(&mut client).await, 1013),
+        }
+    }
+}
