@@ -1,7 +1,8 @@
 //! Export through the `metrics` facade: names and labels.
 //!
 //! Handles are registered with the recorder installed when the registry (connection metrics) or
-//! the first layer of a route (call metrics) is built, then reused: install the recorder first.
+//! the first service of a route (call metrics, at [`Layer::layer`](tower_layer::Layer::layer))
+//! is built, then reused: install the recorder first.
 //!
 //! Call counts, bytes and in-flight calls are counted in wsguard's own per-thread counters and
 //! pushed to the facade by [`MetricsRegistry::publish`](crate::MetricsRegistry::publish): every

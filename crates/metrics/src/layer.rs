@@ -1,5 +1,5 @@
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tower_layer::Layer;
 use wsguard_config::{ConfigSource, MetricsConfig};
@@ -46,7 +46,8 @@ pub(crate) struct Shared<C> {
     pub(crate) registry: MetricsRegistry,
     pub(crate) route: Arc<str>,
     pub(crate) direction: Direction,
-    pub(crate) stats: Arc<RouteStats>,
+    // Made when the first service is built, so that builder steps leave no unused series.
+    stats: OnceLock<Arc<RouteStats>>,
     pub(crate) options: ClientIdOptions,
     pub(crate) classifier: C,
 }
@@ -78,13 +79,12 @@ impl<C> MetricsLayer<C> {
         options: ClientIdOptions,
         classifier: C,
     ) -> Self {
-        let stats = registry.inner.route_stats(&route, direction);
         Self {
             shared: Arc::new(Shared {
                 registry,
                 route,
                 direction,
-                stats,
+                stats: OnceLock::new(),
                 options,
                 classifier,
             }),
@@ -161,6 +161,16 @@ impl<C> MetricsLayer<C> {
     }
 }
 
+impl<C> Shared<C> {
+    /// The counters of this layer's route and direction, registered with the registry (and
+    /// their facade handles with the current recorder) on first use.
+    #[inline]
+    pub(crate) fn stats(&self) -> &RouteStats {
+        self.stats
+            .get_or_init(|| self.registry.inner.route_stats(&self.route, self.direction))
+    }
+}
+
 impl<C> Clone for MetricsLayer<C> {
     fn clone(&self) -> Self {
         Self {
@@ -184,6 +194,8 @@ impl<S, C> Layer<S> for MetricsLayer<C> {
     type Service = Metrics<S, C>;
 
     fn layer(&self, inner: S) -> Self::Service {
+        // Register the route's handles now, with the recorder current while the stack is built.
+        self.shared.stats();
         Metrics {
             inner,
             shared: self.shared.clone(),

@@ -88,7 +88,7 @@ where
         }
         let direction = shared.direction;
         let size = req.size();
-        shared.stats.counters.start(direction, size);
+        shared.stats().counters.start(direction, size);
 
         // The slot registers its connection on first sight, whether or not this call is sampled.
         let slot_entry = req
@@ -123,11 +123,11 @@ where
 impl<C> Shared<C> {
     /// Counts a finished call.
     pub(crate) fn finish(&self, outcome: Outcome, record: &CallRecord<C>) {
-        self.stats.counters.finish(outcome);
+        self.stats().counters.finish(outcome);
         if let Some(start) = record.start {
             let elapsed = start.elapsed();
             self.registry.inner.record_latency(self.direction, elapsed);
-            self.stats.record_latency(elapsed.as_secs_f64());
+            self.stats().record_latency(elapsed.as_secs_f64());
         }
         if let Some(client) = &record.client {
             client.record_outcome(outcome);
@@ -136,6 +136,6 @@ impl<C> Shared<C> {
 
     /// Counts a call dropped before it finished.
     pub(crate) fn cancel(&self) {
-        self.stats.counters.cancel();
+        self.stats().counters.cancel();
     }
 }

@@ -18,14 +18,14 @@ async fn prometheus_text_has_low_cardinality_names_and_labels() {
         .build_recorder();
     let prometheus = recorder.handle();
     // Handles are registered with the recorder current at construction, then reused.
-    let (registry, inbound, outbound) = metrics::with_local_recorder(&recorder, || {
+    let (registry, mut svc, mut send) = metrics::with_local_recorder(&recorder, || {
         let registry = MetricsRegistry::new(config());
         let inbound = MetricsLayer::new(registry.clone()).route("/ws");
         let outbound = inbound.clone().direction(Direction::Outbound);
-        (registry, inbound, outbound)
+        let svc = inbound.layer(service_fn(echo));
+        let send = outbound.layer(service_fn(echo));
+        (registry, svc, send)
     });
-    let mut svc = inbound.layer(service_fn(echo));
-    let mut send = outbound.layer(service_fn(echo));
     let slot = Arc::new(ConnectionSlot::new());
     for i in 0..4 {
         let msg = Msg::on(&slot, "alice-secret-id");
@@ -66,6 +66,10 @@ async fn prometheus_text_has_low_cardinality_names_and_labels() {
         !text.contains("secret"),
         "client ids never become labels:\n{text}"
     );
+    assert!(
+        !text.contains("route=\"default\""),
+        "builder steps leave no unused series:\n{text}"
+    );
 
     slot.release();
     let _ = svc
@@ -93,12 +97,14 @@ async fn prometheus_text_has_low_cardinality_names_and_labels() {
 async fn in_flight_gauge_and_cancelled_calls_are_published() {
     let recorder = PrometheusBuilder::new().build_recorder();
     let prometheus = recorder.handle();
-    let (registry, layer) = metrics::with_local_recorder(&recorder, || {
-        let registry = MetricsRegistry::new(config());
-        (registry.clone(), MetricsLayer::new(registry).route("/slow"))
-    });
     let (mock, mut handle) = tower_test::mock::pair::<Msg, ()>();
-    let mut svc = layer.layer(mock);
+    let (registry, mut svc) = metrics::with_local_recorder(&recorder, || {
+        let registry = MetricsRegistry::new(config());
+        let svc = MetricsLayer::new(registry.clone())
+            .route("/slow")
+            .layer(mock);
+        (registry, svc)
+    });
     handle.allow(2);
     let pending = svc.ready().await.unwrap().call(Msg::from("a"));
     let cancelled = svc.ready().await.unwrap().call(Msg::from("a"));
