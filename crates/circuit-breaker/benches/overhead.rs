@@ -1,2 +1,258 @@
-//! Placeholder until the benchmark lands.
-fn main() {}
+//! Per-call overhead of a closed breaker, against the bare service and two peers, for each trip
+//! mode, on one thread and on two threads sharing one breaker.
+//!
+//! Every call is driven the same way: `poll_ready`, `call`, then polling the response future
+//! with a no-op waker until it is ready (the inner service answers at once), so no executor cost
+//! hides the middleware's own. All calls succeed: this is the closed hot path.
+//!
+//! `failsafe` has no count window; its closest policy is listed under consecutive and time modes
+//! only. Overheads and ratios are computed from criterion's estimates by the script quoted in
+//! BENCHMARKS.md.
+
+// `criterion_group!` generates an undocumented public function.
+#![allow(missing_docs)]
+
+use std::future::{Future, Ready, ready};
+use std::hint::black_box;
+use std::pin::pin;
+use std::sync::{Arc, Barrier};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use tower::{Layer, Service};
+use tower_resilience_circuitbreaker::{CircuitBreakerLayer as TrLayer, SlidingWindowType};
+use wsguard_circuit_breaker::{BoxError, CircuitBreakerLayer};
+use wsguard_config::{CircuitBreakerConfig, TripMode};
+
+/// The bare service: answers at once.
+#[derive(Debug, Clone, Copy)]
+struct Echo;
+
+impl Service<u64> for Echo {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = Ready<Result<u64, BoxError>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: u64) -> Self::Future {
+        ready(Ok(req))
+    }
+}
+
+fn poll_until_ready<F: Future>(future: F, cx: &mut Context<'_>) -> F::Output {
+    let mut future = pin!(future);
+    loop {
+        if let Poll::Ready(out) = future.as_mut().poll(cx) {
+            return out;
+        }
+        std::hint::spin_loop();
+    }
+}
+
+/// Runs `n` calls through `svc`; returns the time they took.
+fn drive<S>(svc: &mut S, n: u64) -> Duration
+where
+    S: Service<u64, Response = u64>,
+    S::Error: std::fmt::Debug,
+{
+    let mut cx = Context::from_waker(Waker::noop());
+    let start = Instant::now();
+    for i in 0..n {
+        loop {
+            match svc.poll_ready(&mut cx) {
+                Poll::Ready(r) => break r.expect("ready"),
+                Poll::Pending => std::hint::spin_loop(),
+            }
+        }
+        let out = poll_until_ready(svc.call(black_box(i)), &mut cx);
+        black_box(out.expect("the call succeeds"));
+    }
+    start.elapsed()
+}
+
+/// `failsafe` wraps a future rather than a service.
+fn drive_failsafe<B: failsafe::futures::CircuitBreaker>(breaker: &B, n: u64) -> Duration {
+    let mut cx = Context::from_waker(Waker::noop());
+    let mut inner = Echo;
+    let start = Instant::now();
+    for i in 0..n {
+        let out = poll_until_ready(breaker.call(inner.call(black_box(i))), &mut cx);
+        black_box(out.expect("the call succeeds"));
+    }
+    start.elapsed()
+}
+
+/// Two threads, each with its own clone sharing one breaker, each running `n` calls; returns the
+/// wall time, so the figure is the time per call seen by each thread.
+fn two_threads<T, F>(make: impl Fn() -> T, run: F, n: u64) -> Duration
+where
+    T: Send + 'static,
+    F: Fn(&mut T, u64) -> Duration + Send + Sync + Copy + 'static,
+{
+    let barrier = Arc::new(Barrier::new(2));
+    let workers: Vec<_> = (0..2)
+        .map(|_| {
+            let mut state = make();
+            let barrier = Arc::clone(&barrier);
+            std::thread::spawn(move || {
+                barrier.wait();
+                run(&mut state, n)
+            })
+        })
+        .collect();
+    workers
+        .into_iter()
+        .map(|w| w.join().expect("worker"))
+        .max()
+        .expect("two workers")
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Mode {
+    Consecutive,
+    Count,
+    Time,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Consecutive => "consecutive",
+            Self::Count => "count_window",
+            Self::Time => "time_window",
+        }
+    }
+
+    fn wsguard(self) -> CircuitBreakerLayer {
+        let base = CircuitBreakerConfig::production();
+        let config = match self {
+            Self::Consecutive => CircuitBreakerConfig {
+                mode: TripMode::ConsecutiveFailures,
+                failure_threshold: 5,
+                ..base
+            },
+            Self::Count => base,
+            Self::Time => CircuitBreakerConfig {
+                mode: TripMode::TimeWindow,
+                window_duration: Duration::from_secs(60),
+                ..base
+            },
+        };
+        CircuitBreakerLayer::new(config)
+    }
+
+    fn tower_resilience(self) -> TrLayer {
+        let builder = TrLayer::builder()
+            .failure_rate_threshold(0.5)
+            .minimum_number_of_calls(20)
+            .slow_call_duration_threshold(Duration::from_secs(5))
+            .wait_duration_in_open(Duration::from_secs(60));
+        let builder = match self {
+            Self::Consecutive => builder.consecutive_failures(5),
+            Self::Count => builder.sliding_window_size(100),
+            Self::Time => builder
+                .sliding_window_type(SlidingWindowType::TimeBased)
+                .sliding_window_duration(Duration::from_secs(60)),
+        };
+        builder.build().expect("valid tower-resilience config")
+    }
+}
+
+fn bench_mode(c: &mut Criterion, mode: Mode) {
+    let mut group = c.benchmark_group(format!("one_thread/{}", mode.name()));
+    group.bench_function("bare", |b| b.iter_custom(|n| drive(&mut Echo, n)));
+    let layer = mode.wsguard();
+    group.bench_function("wsguard", |b| {
+        b.iter_custom(|n| drive(&mut layer.layer(Echo), n))
+    });
+    if let Mode::Consecutive = mode {
+        // The floor: same service and future types, nothing admitted or recorded.
+        let disabled = mode.wsguard();
+        disabled.handle().disable();
+        group.bench_function("wsguard_disabled", |b| {
+            b.iter_custom(|n| drive(&mut disabled.layer(Echo), n))
+        });
+    }
+    let tr = mode.tower_resilience();
+    group.bench_function("tower_resilience", |b| {
+        b.iter_custom(|n| drive(&mut tr.layer(Echo), n))
+    });
+    match mode {
+        Mode::Consecutive => {
+            let fs = failsafe::Config::new()
+                .failure_policy(failsafe::failure_policy::consecutive_failures(
+                    5,
+                    failsafe::backoff::constant(Duration::from_secs(60)),
+                ))
+                .build();
+            group.bench_function("failsafe", |b| b.iter_custom(|n| drive_failsafe(&fs, n)));
+        }
+        Mode::Time => {
+            let fs = failsafe::Config::new()
+                .failure_policy(failsafe::failure_policy::success_rate_over_time_window(
+                    0.5,
+                    20,
+                    Duration::from_secs(60),
+                    failsafe::backoff::constant(Duration::from_secs(60)),
+                ))
+                .build();
+            group.bench_function("failsafe", |b| b.iter_custom(|n| drive_failsafe(&fs, n)));
+        }
+        Mode::Count => {}
+    }
+    group.finish();
+
+    let mut group = c.benchmark_group(format!("two_threads/{}", mode.name()));
+    group.bench_function("bare", |b| {
+        b.iter_custom(|n| two_threads(|| Echo, drive, n))
+    });
+    let layer = mode.wsguard();
+    group.bench_function("wsguard", |b| {
+        b.iter_custom(|n| two_threads(|| layer.layer(Echo), drive, n))
+    });
+    let tr = mode.tower_resilience();
+    group.bench_function("tower_resilience", |b| {
+        b.iter_custom(|n| two_threads(|| tr.layer(Echo), drive, n))
+    });
+    match mode {
+        Mode::Consecutive => {
+            let fs = failsafe::Config::new()
+                .failure_policy(failsafe::failure_policy::consecutive_failures(
+                    5,
+                    failsafe::backoff::constant(Duration::from_secs(60)),
+                ))
+                .build();
+            group.bench_function("failsafe", |b| {
+                b.iter_custom(|n| two_threads(|| fs.clone(), |s, n| drive_failsafe(s, n), n))
+            });
+        }
+        Mode::Time => {
+            let fs = failsafe::Config::new()
+                .failure_policy(failsafe::failure_policy::success_rate_over_time_window(
+                    0.5,
+                    20,
+                    Duration::from_secs(60),
+                    failsafe::backoff::constant(Duration::from_secs(60)),
+                ))
+                .build();
+            group.bench_function("failsafe", |b| {
+                b.iter_custom(|n| two_threads(|| fs.clone(), |s, n| drive_failsafe(s, n), n))
+            });
+        }
+        Mode::Count => {}
+    }
+    group.finish();
+}
+
+fn overhead(c: &mut Criterion) {
+    for mode in [Mode::Consecutive, Mode::Count, Mode::Time] {
+        bench_mode(c, mode);
+    }
+}
+
+criterion_group!(benches, overhead);
+criterion_main!(benches);

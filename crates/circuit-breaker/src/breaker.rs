@@ -16,16 +16,20 @@ use crate::backoff;
 use crate::classify::Outcome;
 use crate::error::CircuitOpen;
 use crate::handle::{Event, Snapshot, State};
-use crate::shard::{Padded, shard_count, shard_hint};
+use crate::shard::{Padded, shard_count};
 use crate::window::{CountWindow, Figures, Sample, TimeWindow};
 
 const STATE_BITS: u32 = 3;
 const STATE_MASK: u64 = (1 << STATE_BITS) - 1;
 
+/// `Admitted::start` of a call whose duration does not matter (consecutive mode).
+const NOT_TIMED: u64 = u64::MAX;
+
 const CONSECUTIVE: u8 = 0;
 const COUNT: u8 = 1;
 const TIME: u8 = 2;
 
+#[inline]
 fn state_of(word: u64) -> State {
     State::from_bits((word & STATE_MASK) as u8)
 }
@@ -70,6 +74,17 @@ struct Tally {
     failures: AtomicU64,
 }
 
+/// Adds one to a counter written by one thread at a time (its shard's), without a locked
+/// instruction. Threads that share a shard may lose an increment; these counters only feed the
+/// snapshot, never a decision.
+#[inline]
+fn bump(counter: &AtomicU64) {
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(1),
+        Ordering::Relaxed,
+    );
+}
+
 /// What only transitions touch.
 #[derive(Debug)]
 struct Book {
@@ -105,6 +120,8 @@ pub(crate) struct Period {
     probes: Option<Probes>,
 }
 
+// One per period, behind an `Arc`: the size of the padded count window does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Window {
     Consecutive,
@@ -127,7 +144,8 @@ struct Probes {
 #[derive(Debug)]
 pub(crate) struct Admitted {
     word: u64,
-    start: Option<Instant>,
+    /// Nanoseconds since `Core::base` at admission, or `NOT_TIMED`.
+    start: u64,
     permit: Option<Permit>,
 }
 
@@ -240,14 +258,19 @@ impl Core {
             TripMode::CountWindow => Window::Count(CountWindow::new(config.window_size)),
             TripMode::TimeWindow => Window::Time(TimeWindow::new(
                 config.window_duration.as_secs(),
-                self.base,
+                self.nanos(Instant::now()),
                 self.tallies.len(),
             )),
         })
     }
 
+    #[inline]
     fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+        let since = at.saturating_duration_since(self.base);
+        since
+            .as_secs()
+            .saturating_mul(1_000_000_000)
+            .saturating_add(u64::from(since.subsec_nanos()))
     }
 
     fn instant(&self, nanos: u64) -> Instant {
@@ -263,6 +286,7 @@ impl Core {
     }
 
     /// Applies a changed live config: one atomic load when nothing changed.
+    #[inline]
     fn sync_config(&self) {
         let generation = self.source.generation();
         if generation != self.applied.load(Ordering::Acquire) {
@@ -313,9 +337,19 @@ impl Core {
 
     /// Whether a call made now would be rejected; `poll_ready` uses it to leave the inner service
     /// alone while the breaker is open.
+    #[inline]
     pub(crate) fn would_reject(&self) -> bool {
         self.sync_config();
         let word = self.word.load(Ordering::Acquire);
+        match state_of(word) {
+            State::Closed | State::MetricsOnly | State::Disabled => false,
+            _ => self.would_reject_slow(word),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn would_reject_slow(&self, word: u64) -> bool {
         match state_of(word) {
             State::Closed | State::MetricsOnly | State::Disabled => false,
             State::ForcedOpen => true,
@@ -339,16 +373,44 @@ impl Core {
     }
 
     /// Decides whether a call may go through now. `Ok(None)`: permitted and not recorded.
+    #[inline]
     pub(crate) fn admit(&self) -> Result<Option<Admitted>, CircuitOpen> {
         self.sync_config();
+        let word = self.word.load(Ordering::Acquire);
+        match state_of(word) {
+            State::Closed | State::MetricsOnly => {
+                let start = if self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
+                    NOT_TIMED
+                } else {
+                    self.nanos(Instant::now())
+                };
+                Ok(Some(Admitted {
+                    word,
+                    start,
+                    permit: None,
+                }))
+            }
+            State::Disabled => Ok(None),
+            _ => self.admit_slow(),
+        }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn admit_slow(&self) -> Result<Option<Admitted>, CircuitOpen> {
         loop {
             let word = self.word.load(Ordering::Acquire);
             match state_of(word) {
                 State::Closed | State::MetricsOnly => {
                     let timed = self.mode.load(Ordering::Relaxed) != CONSECUTIVE;
+                    let start = if timed {
+                        self.nanos(Instant::now())
+                    } else {
+                        NOT_TIMED
+                    };
                     return Ok(Some(Admitted {
                         word,
-                        start: timed.then(Instant::now),
+                        start,
                         permit: None,
                     }));
                 }
@@ -395,7 +457,7 @@ impl Core {
                     }
                     return Ok(Some(Admitted {
                         word,
-                        start: Some(now),
+                        start: self.nanos(now),
                         permit: Some(Permit { period }),
                     }));
                 }
@@ -425,34 +487,45 @@ impl Core {
 
     /// Records a finished call; ignored outcomes and calls admitted before the last transition
     /// record nothing. A probe's slot is given back when `admitted` drops at the end.
-    pub(crate) fn complete(&self, admitted: Admitted, outcome: Outcome) {
+    #[inline]
+    /// `shard` picks the per-thread counters (the caller's stripe index).
+    pub(crate) fn complete(&self, admitted: Admitted, outcome: Outcome, shard: usize) {
         if outcome == Outcome::Ignored || self.word.load(Ordering::Acquire) != admitted.word {
             return;
         }
         let failure = outcome == Outcome::Failure;
-        match &admitted.permit {
-            Some(permit) => self.complete_probe(&admitted, &permit.period, failure),
-            None => self.complete_closed(&admitted, failure),
-        }
-    }
-
-    fn complete_closed(&self, admitted: &Admitted, failure: bool) {
-        if self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
-            let tally = &self.tallies[shard_hint() & (self.tallies.len() - 1)].0;
-            tally.calls.fetch_add(1, Ordering::Relaxed);
-            let consecutive = &self.consecutive.0;
+        if admitted.permit.is_none() && self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
+            let tally = &self.tallies[shard & (self.tallies.len() - 1)].0;
+            bump(&tally.calls);
             if failure {
-                tally.failures.fetch_add(1, Ordering::Relaxed);
-                let n = consecutive.fetch_add(1, Ordering::AcqRel) + 1;
-                if n >= self.failure_threshold.load(Ordering::Relaxed) {
-                    self.exceeded(admitted.word, Exceeded::Consecutive(n));
-                }
-            } else if consecutive.load(Ordering::Relaxed) != 0 {
-                consecutive.store(0, Ordering::Relaxed);
+                bump(&tally.failures);
+                self.consecutive_failure(admitted.word);
+            } else if self.consecutive.0.load(Ordering::Relaxed) != 0 {
+                self.consecutive.0.store(0, Ordering::Relaxed);
             }
             return;
         }
-        let now = Instant::now();
+        self.complete_slow(&admitted, failure);
+    }
+
+    #[inline(never)]
+    fn consecutive_failure(&self, word: u64) {
+        let n = self.consecutive.0.fetch_add(1, Ordering::AcqRel) + 1;
+        if n >= self.failure_threshold.load(Ordering::Relaxed) {
+            self.exceeded(word, Exceeded::Consecutive(n));
+        }
+    }
+
+    #[inline(never)]
+    fn complete_slow(&self, admitted: &Admitted, failure: bool) {
+        match &admitted.permit {
+            Some(permit) => self.complete_probe(admitted, &permit.period, failure),
+            None => self.complete_window(admitted, failure),
+        }
+    }
+
+    fn complete_window(&self, admitted: &Admitted, failure: bool) {
+        let now = self.nanos(Instant::now());
         let sample = Sample {
             failure,
             slow: self.is_slow(admitted.start, now),
@@ -490,7 +563,7 @@ impl Core {
         }
         let sample = Sample {
             failure,
-            slow: self.is_slow(admitted.start, Instant::now()),
+            slow: self.is_slow(admitted.start, self.nanos(Instant::now())),
         };
         let figures = probes
             .window
@@ -505,11 +578,10 @@ impl Core {
         };
     }
 
-    fn is_slow(&self, start: Option<Instant>, now: Instant) -> bool {
-        start.is_some_and(|start| {
-            now.saturating_duration_since(start).as_nanos()
-                > u128::from(self.slow_nanos.load(Ordering::Relaxed))
-        })
+    #[inline]
+    /// `now` in nanoseconds since `base`.
+    fn is_slow(&self, start: u64, now: u64) -> bool {
+        start != NOT_TIMED && now.saturating_sub(start) > self.slow_nanos.load(Ordering::Relaxed)
     }
 
     /// Thresholds are inclusive: exactly 50% with a 50% threshold trips.
@@ -679,7 +751,7 @@ impl Core {
                     })
             }
             (None, Window::Count(w)) => w.figures(),
-            (None, Window::Time(w)) => w.figures(now),
+            (None, Window::Time(w)) => w.figures(self.nanos(now)),
         };
         let retry_after = match state {
             State::Open => Some(

@@ -75,6 +75,7 @@ where
 {
     type Output = Result<T, R::Error>;
 
+    #[inline]
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         match this.kind.project() {
@@ -82,7 +83,8 @@ where
                 let result = ready!(future.poll(cx));
                 if let Some(Call { stripe, admitted }) = this.call.take() {
                     let outcome = this.classifier.classify(result.as_ref());
-                    stripe.core.complete(admitted, outcome);
+                    stripe.core.complete(admitted, outcome, stripe.index);
+                    crate::service::recycle(stripe);
                 }
                 Poll::Ready(result.map_err(|e| this.reject.map_error(e)))
             }

@@ -26,6 +26,7 @@ pub enum State {
 }
 
 impl State {
+    #[inline]
     pub(crate) fn from_bits(bits: u8) -> Self {
         match bits {
             0 => Self::Closed,

@@ -1,3 +1,4 @@
+use std::cell::Cell;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -17,6 +18,7 @@ use crate::shard::shard_hint;
 #[repr(align(128))]
 pub(crate) struct Stripe {
     pub(crate) core: Arc<Core>,
+    pub(crate) index: usize,
 }
 
 /// State shared by a layer, every service it makes and every clone of them.
@@ -30,18 +32,46 @@ impl Shared {
     pub(crate) fn new(core: Core) -> Self {
         let core = Arc::new(core);
         let stripes = (0..crate::shard::shard_count())
-            .map(|_| {
+            .map(|index| {
                 Arc::new(Stripe {
                     core: Arc::clone(&core),
+                    index,
                 })
             })
             .collect();
         Self { core, stripes }
     }
 
+    /// A strong reference for a response future: the thread's spare one when it belongs to this
+    /// breaker (no reference-count traffic), else a clone of the thread's stripe.
+    #[inline]
     fn stripe(&self) -> Arc<Stripe> {
-        Arc::clone(&self.stripes[shard_hint() & (self.stripes.len() - 1)])
+        SPARE.with(|spare| match spare.take() {
+            Some(stripe) if Arc::ptr_eq(&stripe.core, &self.core) => stripe,
+            other => {
+                spare.set(other);
+                Arc::clone(&self.stripes[shard_hint() & (self.stripes.len() - 1)])
+            }
+        })
     }
+}
+
+thread_local! {
+    // One reference kept back per thread from the last finished future, handed to the next call:
+    // a request/response loop then never touches a reference count. It keeps at most one breaker
+    // per thread alive a little longer.
+    static SPARE: Cell<Option<Arc<Stripe>>> = const { Cell::new(None) };
+}
+
+/// Hands the reference of a finished future back for the next call on this thread.
+#[inline]
+pub(crate) fn recycle(stripe: Arc<Stripe>) {
+    let mut stripe = Some(stripe);
+    let _ = SPARE.try_with(|spare| {
+        if let Some(previous) = spare.replace(stripe.take()) {
+            drop(previous);
+        }
+    });
 }
 
 /// A circuit breaker around a service: rejects calls at once while open, lets a few probes
@@ -103,6 +133,7 @@ where
     type Error = R::Error;
     type Future = ResponseFuture<S::Future, C, R>;
 
+    #[inline]
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // An open breaker is not an error of readiness: report ready, reject in `call`, and
         // leave the inner service alone meanwhile.
@@ -116,6 +147,7 @@ where
             .map_err(|e| self.reject.map_error(e))
     }
 
+    #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         let classifier = self.classifier.clone();
         let reject = self.reject.clone();

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 pub(crate) struct Padded<T>(pub(crate) T);
 
 /// A small number fixed per thread; callers mask it with a power-of-two shard count.
+#[inline]
 pub(crate) fn shard_hint() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {

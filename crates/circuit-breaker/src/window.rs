@@ -3,8 +3,6 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
-use tokio::time::Instant;
-
 use crate::shard::{Padded, shard_hint};
 
 /// What one finished call adds to a window.
@@ -46,6 +44,10 @@ impl Figures {
     pub(crate) fn slow_rate(&self) -> f64 {
         percent(self.slow, self.calls)
     }
+}
+
+fn second(nanos: u64) -> u64 {
+    nanos / 1_000_000_000
 }
 
 fn percent(part: u64, whole: u64) -> f64 {
@@ -125,9 +127,10 @@ impl CountWindow {
 /// Each thread records into its own shard (the union of the shards is the window, so sharding
 /// changes nothing in the figures); a shard drops the buckets that fall out of the window when
 /// a later second is first seen. The figures sum the shards.
+///
+/// Times are nanoseconds since the breaker's base instant.
 #[derive(Debug)]
 pub(crate) struct TimeWindow {
-    base: Instant,
     secs: u64,
     shards: Box<[Padded<TimeShard>]>,
     // Last second at which the figures were checked, and whether they held enough calls then:
@@ -187,11 +190,10 @@ impl TimeShard {
 }
 
 impl TimeWindow {
-    pub(crate) fn new(secs: u64, base: Instant, shards: usize) -> Self {
+    pub(crate) fn new(secs: u64, now: u64, shards: usize) -> Self {
         let secs = secs.max(1);
-        let start = Instant::now().saturating_duration_since(base).as_secs();
+        let start = second(now);
         Self {
-            base,
             secs,
             shards: (0..shards.max(1))
                 .map(|_| {
@@ -209,15 +211,11 @@ impl TimeWindow {
         }
     }
 
-    fn second(&self, now: Instant) -> u64 {
-        now.saturating_duration_since(self.base).as_secs()
-    }
-
     /// Records `sample` taken at `now`. Returns the figures when a check is due: a bad call, the
     /// first call of a new second (older calls have left the window), or fewer than `min_calls`
     /// calls at the last check.
-    pub(crate) fn record(&self, sample: Sample, now: Instant, min_calls: u32) -> Option<Figures> {
-        let sec = self.second(now);
+    pub(crate) fn record(&self, sample: Sample, now: u64, min_calls: u32) -> Option<Figures> {
+        let sec = second(now);
         let shard = &self.shards[shard_hint() & (self.shards.len() - 1)].0;
         shard.advance(sec, self.secs);
         if sec + self.secs <= shard.head.load(Ordering::Acquire) {
@@ -247,8 +245,8 @@ impl TimeWindow {
         Some(figures)
     }
 
-    pub(crate) fn figures(&self, now: Instant) -> Figures {
-        self.figures_at(self.second(now))
+    pub(crate) fn figures(&self, now: u64) -> Figures {
+        self.figures_at(second(now))
     }
 
     fn figures_at(&self, sec: u64) -> Figures {
@@ -266,9 +264,9 @@ impl TimeWindow {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
+
+    const SEC: u64 = 1_000_000_000;
 
     const OK: Sample = Sample {
         failure: false,
@@ -347,42 +345,37 @@ mod tests {
         assert_eq!(w.figures().calls, 7);
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn time_window_forgets_calls_older_than_its_span() {
-        let base = Instant::now();
-        let w = TimeWindow::new(2, base, 2);
-        w.record(FAIL, Instant::now(), 1);
-        tokio::time::advance(Duration::from_secs(1)).await;
-        w.record(OK, Instant::now(), 1);
+    #[test]
+    fn time_window_forgets_calls_older_than_its_span() {
+        let w = TimeWindow::new(2, 0, 2);
+        w.record(FAIL, 0, 1);
+        w.record(OK, SEC, 1);
         assert_eq!(
-            w.figures(Instant::now()),
+            w.figures(SEC),
             Figures {
                 calls: 2,
                 failures: 1,
                 slow: 0
             }
         );
-        tokio::time::advance(Duration::from_secs(1)).await;
         assert_eq!(
-            w.figures(Instant::now()),
+            w.figures(2 * SEC + 5),
             Figures {
                 calls: 1,
                 failures: 0,
                 slow: 0
             }
         );
-        tokio::time::advance(Duration::from_secs(10)).await;
-        assert_eq!(w.figures(Instant::now()), Figures::default());
+        assert_eq!(w.figures(12 * SEC), Figures::default());
     }
 
-    #[tokio::test(start_paused = true)]
-    async fn time_window_checks_until_primed_then_only_bad_or_new_second() {
-        let w = TimeWindow::new(10, Instant::now(), 1);
-        assert!(w.record(OK, Instant::now(), 2).is_some());
-        assert!(w.record(OK, Instant::now(), 2).is_some());
-        assert!(w.record(OK, Instant::now(), 2).is_none(), "primed, success");
-        assert!(w.record(SLOW, Instant::now(), 2).is_some());
-        tokio::time::advance(Duration::from_secs(1)).await;
-        assert!(w.record(OK, Instant::now(), 2).is_some(), "new second");
+    #[test]
+    fn time_window_checks_until_primed_then_only_bad_or_new_second() {
+        let w = TimeWindow::new(10, 0, 1);
+        assert!(w.record(OK, 1, 2).is_some());
+        assert!(w.record(OK, 2, 2).is_some());
+        assert!(w.record(OK, 3, 2).is_none(), "primed, success");
+        assert!(w.record(SLOW, 4, 2).is_some());
+        assert!(w.record(OK, SEC, 2).is_some(), "new second");
     }
 }
