@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use axum::extract::ws::Message;
 use wsguard_circuit_breaker::classify::{Classify, Outcome as BreakerOutcome};
 use wsguard_circuit_breaker::error::CircuitOpen;
+use wsguard_dedup::{DedupRequest, Payload};
 use wsguard_metrics::{ClassifyOutcome, ClientIdOptions, ClientRequest, ConnectionSlot, Outcome};
 
 use crate::BoxError;
@@ -24,6 +25,28 @@ impl ClientRequest for Inbound {
 
     fn connection_slot(&self) -> Option<&ConnectionSlot> {
         Some(&self.conn.slot)
+    }
+}
+
+/// Text and binary payloads are deduplicated (control frames never reach the service); the
+/// connection scope is the connection id and the client scope its client id. A WebSocket message
+/// has no headers, so `key = "header"` finds no key (and falls back to the fingerprint when
+/// `fingerprint_when_missing` is on).
+impl DedupRequest for Inbound {
+    fn payload(&self) -> Option<Payload<'_>> {
+        match &self.message {
+            Message::Text(text) => Some(Payload::Text(text.as_str())),
+            Message::Binary(bytes) => Some(Payload::Binary(bytes)),
+            _ => None,
+        }
+    }
+
+    fn connection_id(&self) -> Option<u64> {
+        Some(self.conn.id().get())
+    }
+
+    fn client_id(&self) -> Option<&str> {
+        Some(self.conn.client_id())
     }
 }
 

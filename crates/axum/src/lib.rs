@@ -2,10 +2,49 @@
 //!
 //! Layers on an axum route see only the HTTP upgrade. `wsguard-axum` turns the upgraded socket
 //! into calls of a `tower::Service<Inbound>`: one call per text or binary message, answered with
-//! zero or one reply, so a `ServiceBuilder` stack of wsguard layers runs on each message.
+//! zero or one reply, so the wsguard layers (or any tower layer) run on each message. The
+//! per-message stack is one `ServiceBuilder` expression and the route is one line:
+//!
+//! ```
+//! use axum::Router;
+//! use tower::ServiceBuilder;
+//! use wsguard_axum::{BoxError, Inbound, Message, MessageClassifier, ws_route};
+//! use wsguard_circuit_breaker::CircuitBreakerLayer;
+//! use wsguard_config::{ConfigHandle, StabilityConfig};
+//! use wsguard_dedup::DedupLayer;
+//! use wsguard_metrics::{MetricsLayer, MetricsRegistry};
+//!
+//! async fn echo(request: Inbound) -> Result<Option<Message>, BoxError> {
+//!     Ok(Some(request.message))
+//! }
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! // Live-reloadable: `config.update(..)` or `config.watch_file(..)` apply without a restart.
+//! let config = ConfigHandle::new(StabilityConfig::development())?;
+//! let registry = MetricsRegistry::new(&config);
+//!
+//! let stack = ServiceBuilder::new()
+//!     .layer(MetricsLayer::new(registry.clone()).route("/ws").classifier(MessageClassifier))
+//!     .layer(DedupLayer::new(&config))
+//!     .layer(CircuitBreakerLayer::new(&config).classifier(MessageClassifier))
+//!     .service_fn(echo);
+//!
+//! let app: Router = Router::new().route("/ws", ws_route(stack, &config));
+//! // axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Put the dedup layer outside the breaker, so duplicates never count for the breaker, and the
+//! metrics layer outermost, so it sees rejections and duplicates (as `rejected` and `duplicate`
+//! through [`MessageClassifier`]).
 //!
 //! # Behaviour
 //!
+//! - [`Inbound`] carries the message and an `Arc` of the connection's [`ConnInfo`]: id, client id
+//!   (peer IP, header or query parameter, per `ConnectionConfig::client_id`), peer address,
+//!   route, sender. It implements the layers' request traits (`DedupRequest`, `ClientRequest`).
 //! - Messages of one connection are handled in order; `message_concurrency > 1` lets that many
 //!   run at once, with replies still sent in order.
 //! - Replies and [`Outbound`] sends go through a bounded queue (`send_queue_capacity`) whose
@@ -16,7 +55,16 @@
 //!   `1001` after `idle_timeout` of silence.
 //! - A message over `max_message_size` closes with `1009`; a panicking service closes that
 //!   connection with `1011` and nothing else; past `max_connections`, upgrades get `503`.
+//! - An open breaker's rejection becomes a JSON error frame
+//!   (`{"type":"error","error":"circuit_open","retry_after_ms":..}`) or a `1013` close, per
+//!   `connection.on_rejection`; a duplicate is dropped or acknowledged
+//!   (`{"type":"duplicate","age_ms":..}`) per `dedup.on_duplicate`; any other error becomes
+//!   `{"type":"error","error":"handler_error"}` and the connection stays open.
+//! - With a `MetricsLayer` in the stack the connection registers with its registry on the first
+//!   message and is released on close, so per-client state goes with the last connection.
 //! - Every close is logged through `tracing` with its code and reason.
+//! - Read and write buffers come from `read_buffer_size` and `write_buffer_size` (4 KiB by
+//!   default instead of tungstenite's 128 KiB), which keeps idle connections cheap.
 
 #![warn(
     missing_debug_implementations,

@@ -4,7 +4,10 @@ use std::borrow::Cow;
 
 use axum::extract::ws::Message;
 use wsguard_circuit_breaker::error::CircuitOpen;
-use wsguard_config::{ConfigSource, ConnectionConfig, DedupConfig, RejectionAction};
+use wsguard_config::{
+    ConfigSource, ConnectionConfig, DedupConfig, DuplicateAction, RejectionAction,
+};
+use wsguard_dedup::error::Duplicate;
 
 use crate::BoxError;
 use crate::close;
@@ -44,6 +47,17 @@ impl Replies {
                 },
             };
         }
+        if let Some(duplicate) = find::<Duplicate>(&**err) {
+            tracing::trace!(conn = %conn.id, "{duplicate}");
+            return match self.dedup.with(|d| d.on_duplicate) {
+                DuplicateAction::Drop => Action::Nothing,
+                DuplicateAction::Ack => {
+                    let age = u64::try_from(duplicate.age().as_millis()).unwrap_or(u64::MAX);
+                    let frame = serde_json::json!({ "type": "duplicate", "age_ms": age });
+                    Action::Reply(Message::text(frame.to_string()))
+                }
+            };
+        }
         tracing::warn!(conn = %conn.id, client = %conn.client_id, error = %err, "message service error");
         Action::Reply(error_frame("handler_error", None))
     }
@@ -73,6 +87,6 @@ pub(crate) fn error_frame(kind: &str, retry_after_ms: Option<u64>) -> Message {
 }
 
 /// Whether `err` says "duplicate message".
-pub(crate) fn is_duplicate(_err: &(dyn std::error::Error + 'static)) -> bool {
-    false
+pub(crate) fn is_duplicate(err: &(dyn std::error::Error + 'static)) -> bool {
+    find::<Duplicate>(err).is_some()
 }

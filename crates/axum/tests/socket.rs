@@ -332,3 +332,47 @@ async fn breaker_rejection_is_an_error_frame_or_a_1013_close() {
         }
     }
 }
+
+#[tokio::test]
+async fn duplicate_is_dropped_or_acknowledged_per_config() {
+    use tower::ServiceBuilder;
+    use wsguard_config::DuplicateAction;
+    use wsguard_dedup::DedupLayer;
+
+    for action in [DuplicateAction::Drop, DuplicateAction::Ack] {
+        let mut config = StabilityConfig::testing();
+        config.dedup.ttl = Duration::from_secs(60);
+        config.dedup.on_duplicate = action;
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = calls.clone();
+        let handler = service_fn(move |req: Inbound| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move { Ok::<_, BoxError>(Some(req.message)) }
+        });
+        let stack = ServiceBuilder::new()
+            .layer(DedupLayer::new(config.dedup.clone()))
+            .service(handler);
+        let addr = serve(Router::new().route("/ws", ws_route(stack, config))).await;
+        let mut client = connect(addr).await;
+        client
+            .send(WsMessage::text(r#"{"a":1,"b":2}"#))
+            .await
+            .unwrap();
+        client
+            .send(WsMessage::text(r#"{ "b": 2, "a": 1 }"#))
+            .await
+            .unwrap();
+        client.send(WsMessage::text("marker")).await.unwrap();
+        assert_eq!(
+            next_frame(&mut client).await.into_text().unwrap(),
+            r#"{"a":1,"b":2}"#
+        );
+        if action == DuplicateAction::Ack {
+            let ack = next_frame(&mut client).await.into_text().unwrap();
+            let json: serde_json::Value = serde_json::from_str(&ack).unwrap();
+            assert_eq!(json["type"], "duplicate", "{ack}");
+        }
+        assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "marker");
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+    }
+}
