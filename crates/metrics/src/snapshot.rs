@@ -4,8 +4,9 @@ use std::sync::atomic::Ordering;
 
 use serde::{Deserialize, Serialize};
 
+use crate::export::RouteStats;
 use crate::registry::Inner;
-use crate::registry::aggregate::LatencyHistogram;
+use crate::registry::aggregate::{LatencyHistogram, Totals};
 use crate::registry::clients::ClientEntry;
 
 /// Everything the registry knows, at one moment; see
@@ -37,8 +38,38 @@ pub struct MetricsSnapshot {
     pub latency_inbound: HistogramSnapshot,
     /// Latency of sampled outbound calls.
     pub latency_outbound: HistogramSnapshot,
+    /// The same exact counts per route and direction (the labels of the exported metrics).
+    pub routes: Vec<RouteSnapshot>,
     /// The client table.
     pub clients: ClientsSnapshot,
+}
+
+/// Exact counts of one route in one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RouteSnapshot {
+    /// The route label.
+    pub route: String,
+    /// `in` or `out`.
+    pub direction: String,
+    /// Finished calls by outcome.
+    pub calls: OutcomeCounts,
+    /// Calls in flight.
+    pub in_flight: u64,
+    /// Payload bytes of calls whose size was known.
+    pub bytes: u64,
+}
+
+impl RouteSnapshot {
+    pub(crate) fn of(stats: &RouteStats, totals: &Totals) -> Self {
+        Self {
+            route: stats.route.to_string(),
+            direction: stats.direction.as_str().to_owned(),
+            calls: OutcomeCounts::of(totals),
+            in_flight: totals.in_flight(),
+            bytes: totals.bytes[stats.direction.index()],
+        }
+    }
 }
 
 /// Finished calls by outcome.
@@ -58,6 +89,16 @@ pub struct OutcomeCounts {
 }
 
 impl OutcomeCounts {
+    pub(crate) fn of(totals: &Totals) -> Self {
+        Self {
+            ok: totals.outcomes[0],
+            error: totals.outcomes[1],
+            rejected: totals.outcomes[2],
+            duplicate: totals.outcomes[3],
+            cancelled: totals.cancelled,
+        }
+    }
+
     /// Every finished call, cancelled ones included.
     pub fn total(&self) -> u64 {
         self.ok + self.error + self.rejected + self.duplicate + self.cancelled

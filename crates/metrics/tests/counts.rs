@@ -139,6 +139,12 @@ async fn outbound_layer_counts_messages_and_bytes_out() {
     }
     let snap = registry.snapshot();
     assert_eq!((snap.messages_in, snap.messages_out), (1, 3));
+    let routes: Vec<_> = snap
+        .routes
+        .iter()
+        .map(|r| (r.route.as_str(), r.direction.as_str(), r.calls.ok, r.bytes))
+        .collect();
+    assert_eq!(routes, [("default", "in", 1, 10), ("default", "out", 3, 30)]);
     assert_eq!((snap.bytes_in, snap.bytes_out), (10, 30));
     assert_eq!(snap.latency_outbound.count, 3);
     let o = registry.client("o").unwrap();

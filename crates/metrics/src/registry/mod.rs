@@ -25,6 +25,7 @@ use crate::request::bounded_id;
 use crate::sample::{self, Sampler};
 use crate::snapshot::{
     ClientSnapshot, ClientsSnapshot, HistogramSnapshot, MetricsSnapshot, OutcomeCounts,
+    RouteSnapshot,
 };
 
 /// The figures every [`MetricsLayer`](crate::MetricsLayer) of a service records into.
@@ -36,7 +37,10 @@ use crate::snapshot::{
 /// - the per-client table: one entry per client with a live connection or recent sampled
 ///   activity. An entry goes away when the client's last connection closes; a background sweep
 ///   removes entries idle longer than `client_metrics_ttl` (never one with a live connection)
-///   and `max_clients` caps the table, evicting the least recently active client.
+///   and `max_clients` caps the table, evicting the least recently active client (clients
+///   without a live connection first). Up to 4096 clients the victim is the least recently
+///   active of the whole table; above that, of the new client's shard (the table has about one
+///   shard per 1024 clients), which bounds the work of an insert at the cap.
 ///
 /// Built inside a tokio runtime, `new` spawns a background task that publishes to the facade
 /// every second and sweeps the client table every `cleanup_interval`; it holds only a weak
@@ -213,7 +217,18 @@ impl MetricsRegistry {
     pub fn snapshot(&self) -> MetricsSnapshot {
         let inner = &self.inner;
         inner.refresh();
-        let totals = inner.totals();
+        let routes: Vec<_> = inner
+            .routes()
+            .into_iter()
+            .map(|r| {
+                let t = r.counters.totals();
+                (r, t)
+            })
+            .collect();
+        let mut totals = Totals::default();
+        for (_, t) in &routes {
+            totals.add(t);
+        }
         let now = inner.now();
         let top_n = inner.source.with(|c| c.top_clients);
         let histograms = inner.histograms.load();
@@ -221,13 +236,7 @@ impl MetricsRegistry {
         MetricsSnapshot {
             enabled: inner.enabled.load(Ordering::Relaxed),
             sample_rate: f64::from_bits(inner.sample_rate_bits.load(Ordering::Relaxed)),
-            calls: OutcomeCounts {
-                ok: totals.outcomes[0],
-                error: totals.outcomes[1],
-                rejected: totals.outcomes[2],
-                duplicate: totals.outcomes[3],
-                cancelled: totals.cancelled,
-            },
+            calls: OutcomeCounts::of(&totals),
             in_flight: totals.in_flight(),
             messages_in: totals.calls[0],
             messages_out: totals.calls[1],
@@ -237,6 +246,10 @@ impl MetricsRegistry {
             connections_total: inner.connections_total.load(Ordering::Relaxed),
             latency_inbound: HistogramSnapshot::of(inbound),
             latency_outbound: HistogramSnapshot::of(outbound),
+            routes: routes
+                .iter()
+                .map(|(r, t)| RouteSnapshot::of(r, t))
+                .collect(),
             clients: ClientsSnapshot {
                 tracked: inner.clients.len(),
                 evicted: inner.clients.evicted.load(Ordering::Relaxed),
@@ -273,14 +286,6 @@ impl Inner {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
-    }
-
-    fn totals(&self) -> Totals {
-        let mut totals = Totals::default();
-        for r in self.routes() {
-            totals.add(&r.counters.totals());
-        }
-        totals
     }
 
     fn publish(&self) {
