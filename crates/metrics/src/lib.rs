@@ -151,6 +151,7 @@ pub use self::{
     service::Metrics,
     snapshot::{
         ClientSnapshot, ClientsSnapshot, HistogramSnapshot, MetricsSnapshot, OutcomeCounts,
+        RouteSnapshot,
     },
 };
 
