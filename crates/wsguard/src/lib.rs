@@ -1,6 +1,42 @@
 //! wsguard: tower middleware that keeps WebSocket services stable.
 //!
-//! This umbrella crate re-exports the wsguard crates behind features (all on by default).
+//! One crate for the whole set, each part behind a feature (all on by default):
+//!
+//! | module | crate | feature | what |
+//! |---|---|---|---|
+//! | [`config`] | `wsguard-config` | always | `StabilityConfig`, presets, validation, loading, live reload |
+//! | `circuit_breaker` | `wsguard-circuit-breaker` | `circuit-breaker` | `CircuitBreakerLayer` |
+//! | `dedup` | `wsguard-dedup` | `dedup` (`redis` for the shared store) | `DedupLayer` |
+//! | `metrics` | `wsguard-metrics` | `metrics` | `MetricsLayer`, `MetricsRegistry` |
+//! | `axum` | `wsguard-axum` | `axum` | the layers on every WebSocket message of an axum route |
+//!
+//! [`prelude`] brings the names most servers use:
+//!
+//! ```
+//! # #[cfg(feature = "axum")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use axum::Router;
+//! use tower::ServiceBuilder;
+//! use wsguard::prelude::*;
+//!
+//! async fn echo(request: Inbound) -> Result<Option<Message>, BoxError> {
+//!     Ok(Some(request.message))
+//! }
+//!
+//! let config = ConfigHandle::new(StabilityConfig::development())?;
+//! let registry = MetricsRegistry::new(&config);
+//! let stack = ServiceBuilder::new()
+//!     .layer(MetricsLayer::new(registry.clone()).route("/ws").classifier(MessageClassifier))
+//!     .layer(DedupLayer::new(&config))
+//!     .layer(CircuitBreakerLayer::new(&config).classifier(MessageClassifier))
+//!     .service_fn(echo);
+//! let app: Router = Router::new().route("/ws", ws_route(stack, &config));
+//! # let _ = app;
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "axum"))]
+//! # fn main() {}
+//! ```
 
 #![warn(
     missing_debug_implementations,
@@ -12,11 +48,35 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
 #[cfg(feature = "axum")]
+#[cfg_attr(docsrs, doc(cfg(feature = "axum")))]
 pub use wsguard_axum as axum;
 #[cfg(feature = "circuit-breaker")]
+#[cfg_attr(docsrs, doc(cfg(feature = "circuit-breaker")))]
 pub use wsguard_circuit_breaker as circuit_breaker;
 pub use wsguard_config as config;
 #[cfg(feature = "dedup")]
+#[cfg_attr(docsrs, doc(cfg(feature = "dedup")))]
 pub use wsguard_dedup as dedup;
 #[cfg(feature = "metrics")]
+#[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use wsguard_metrics as metrics;
+
+/// The names most wsguard servers use: `use wsguard::prelude::*;`.
+pub mod prelude {
+    pub use wsguard_config::{ConfigHandle, ConfigLoader, Preset, StabilityConfig};
+
+    #[cfg(feature = "circuit-breaker")]
+    pub use wsguard_circuit_breaker::{CircuitBreakerLayer, error::CircuitOpen};
+
+    #[cfg(feature = "dedup")]
+    pub use wsguard_dedup::{DedupLayer, error::Duplicate};
+
+    #[cfg(feature = "metrics")]
+    pub use wsguard_metrics::{MetricsLayer, MetricsRegistry};
+
+    #[cfg(feature = "axum")]
+    pub use wsguard_axum::{
+        BoxError, ConnInfo, Inbound, Message, MessageClassifier, Outbound, WsConfig, WsRoute,
+        ws_route,
+    };
+}
