@@ -1,21 +1,21 @@
 //! Keyed 128-bit content fingerprints.
 //!
 //! A [`Fingerprinter`] hashes a JSON document as a *value*: key order, whitespace and string
-//! escapes do not change the result. It never builds a canonical string and never builds a
-//! `serde_json::Value`: a serde visitor feeds the tokens straight into keyed SipHash as the
-//! parser produces them. Each object entry is hashed on its own and the entries are combined
-//! by wrapping addition, which is order independent, so the result does not depend on serde_json's
-//! `preserve_order` feature or on how any map type sorts.
+//! escapes do not change the result. It never builds a canonical string, a `serde_json::Value` or
+//! any other tree: a single-pass reader validates the JSON and feeds each token straight into keyed
+//! SipHash. Each object entry is hashed on its own and the entries are combined by wrapping
+//! addition, which is order independent, so the result depends on no map type's ordering and on
+//! no serde_json feature (`preserve_order`, `arbitrary_precision`) enabled anywhere in the build.
 //!
 //! Canonical form of the values:
 //! - **Numbers** compare by mathematical value where JSON allows it: an integral number within
 //!   ±2^64 hashes as that integer, so `1`, `1.0`, `1e0` and `10e-1` are the same, and `-0` equals `0`
 //!   (as RFC 8785 and JavaScript see them; Python's `json.dumps` would write `1.0` and `1`
 //!   differently). Other numbers hash as their IEEE-754 double, so `0.1` and `0.10` agree.
-//! - **Strings** hash as their unescaped UTF-8 text: `"\u0041"` equals `"A"`.
+//! - **Strings** hash as their unescaped bytes: `"\u0041"` equals `"A"` (no Unicode normalisation).
 //! - **Objects** with a repeated key hash every occurrence (serde_json's `Value` keeps only the last).
-//! - Nesting deeper than [`MAX_DEPTH`] levels, invalid JSON, trailing garbage and non-JSON text
-//!   hash as raw bytes (under a different domain tag than any JSON value), so deep nesting can
+//! - Nesting deeper than [`MAX_DEPTH`] levels (the reader recurses once per level, so the stack
+//!   stays small), invalid JSON, trailing garbage and non-JSON text hash as raw bytes (under a different domain tag than any JSON value), so deep nesting can
 //!   neither overflow the stack nor collide with a JSON value.
 
 use std::fmt;
@@ -43,6 +43,9 @@ const TAG_STR: u8 = 0x15;
 const TAG_ARRAY: u8 = 0x16;
 const TAG_OBJECT: u8 = 0x17;
 const TAG_ENTRY: u8 = 0x18;
+const TAG_SORTED_OBJECT: u8 = 0x19;
+const TAG_END: u8 = 0x1a;
+const TAG_INT128: u8 = 0x1b;
 const TAG_SCOPE_GLOBAL: u8 = 0x20;
 const TAG_SCOPE_CONNECTION: u8 = 0x21;
 const TAG_SCOPE_CLIENT: u8 = 0x22;
@@ -186,7 +189,90 @@ pub(crate) enum Content<'a> {
 trait SipState: Hasher + Hasher128 + Clone {}
 impl<T: Hasher + Hasher128 + Clone> SipState for T {}
 
+/// Batches the many small writes of a JSON walk into 64-byte blocks: SipHash's per-call
+/// overhead, not its rounds, dominated hashing of small documents.
+#[derive(Clone)]
+struct Feed<H> {
+    h: H,
+    len: usize,
+    buf: [u8; 64],
+}
+
+impl<H: Hasher> Feed<H> {
+    /// A constant-size write: inlined moves instead of a `memcpy` call.
+    #[inline(always)]
+    fn put_fixed<const N: usize>(&mut self, bytes: [u8; N]) {
+        if self.len + N <= self.buf.len() {
+            self.buf[self.len..self.len + N].copy_from_slice(&bytes);
+            self.len += N;
+        } else {
+            self.put(&bytes);
+        }
+    }
+
+    fn new(h: H) -> Self {
+        Self {
+            h,
+            len: 0,
+            buf: [0; 64],
+        }
+    }
+
+    #[inline]
+    fn put(&mut self, bytes: &[u8]) {
+        let end = self.len + bytes.len();
+        if end <= self.buf.len() {
+            self.buf[self.len..end].copy_from_slice(bytes);
+            self.len = end;
+            return;
+        }
+        self.h.write(&self.buf[..self.len]);
+        if bytes.len() >= self.buf.len() {
+            self.h.write(bytes);
+            self.len = 0;
+        } else {
+            self.buf[..bytes.len()].copy_from_slice(bytes);
+            self.len = bytes.len();
+        }
+    }
+}
+
+impl<H: Hasher> Hasher for Feed<H> {
+    fn finish(&self) -> u64 {
+        unreachable!("fingerprints use finish128")
+    }
+
+    #[inline]
+    fn write(&mut self, bytes: &[u8]) {
+        self.put(bytes);
+    }
+
+    #[inline]
+    fn write_u8(&mut self, v: u8) {
+        self.put_fixed([v]);
+    }
+
+    #[inline]
+    fn write_u32(&mut self, v: u32) {
+        self.put_fixed(v.to_le_bytes());
+    }
+
+    #[inline]
+    fn write_u64(&mut self, v: u64) {
+        self.put_fixed(v.to_le_bytes());
+    }
+}
+
+impl<H: Hasher + Hasher128 + Clone> Hasher128 for Feed<H> {
+    fn finish128(&self) -> siphasher::sip128::Hash128 {
+        let mut h = self.h.clone();
+        h.write(&self.buf[..self.len]);
+        h.finish128()
+    }
+}
+
 fn key_with<H: SipState>(template: &H, scope: Scope<'_>, content: Content<'_>) -> Fingerprint {
+    let template = &Feed::new(template.clone());
     let mut h = template.clone();
     match scope {
         Scope::Unscoped => {}
@@ -230,7 +316,14 @@ fn key_with<H: SipState>(template: &H, scope: Scope<'_>, content: Content<'_>) -
 }
 
 fn write_bytes<H: Hasher>(h: &mut H, bytes: &[u8]) {
-    h.write_u64(bytes.len() as u64);
+    // A 4-byte length (4 GiB and longer escape to 12 bytes): fewer SipHash rounds per string.
+    match u32::try_from(bytes.len()) {
+        Ok(len) if len != u32::MAX => h.write_u32(len),
+        _ => {
+            h.write_u32(u32::MAX);
+            h.write_u64(bytes.len() as u64);
+        }
+    }
     h.write(bytes);
 }
 
@@ -244,20 +337,538 @@ fn looks_like_json(text: &[u8]) -> bool {
     }
 }
 
-fn hash_json<H: SipState>(h: &mut H, template: &H, text: &[u8]) -> Result<(), serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_slice(text);
-    HashValue {
-        h,
+fn hash_json<H: SipState>(h: &mut H, template: &H, text: &[u8]) -> Result<(), Invalid> {
+    let mut walk = Walk {
+        src: text,
+        pos: 0,
         template,
-        depth: 0,
+        scratch: Vec::new(),
+    };
+    walk.top(h)?;
+    walk.skip_ws();
+    if walk.pos == text.len() {
+        Ok(())
+    } else {
+        Err(Invalid)
     }
-    .deserialize(&mut de)?;
-    de.end()
+}
+
+/// The input is not JSON (or nests deeper than [`MAX_DEPTH`]): hash it as bytes.
+#[derive(Debug)]
+struct Invalid;
+
+/// The index of the first `"`, `\` or control byte at or after `i` (or `src.len()`), eight
+/// bytes at a time.
+#[inline]
+fn string_stop(src: &[u8], mut i: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while let Some(chunk) = src.get(i..i + 8) {
+        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+        let quote = w ^ (LO * u64::from(b'"'));
+        let backslash = w ^ (LO * u64::from(b'\\'));
+        // A set high bit marks a zero byte (a match) or a byte below 0x20; the lowest one is exact.
+        let hits = ((quote.wrapping_sub(LO) & !quote)
+            | (backslash.wrapping_sub(LO) & !backslash)
+            | (w.wrapping_sub(LO * 0x20) & !w))
+            & HI;
+        if hits != 0 {
+            return i + (hits.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < src.len() && !matches!(src[i], b'"' | b'\\' | 0..=0x1f) {
+        i += 1;
+    }
+    i
+}
+
+/// Top-level objects with at most this many entries are hashed with their entries sorted.
+const SORTED_ENTRIES: usize = 16;
+
+/// Where a string's unescaped bytes are: in the input, or (it had escapes) in the scratch buffer.
+enum Text {
+    Src(usize, usize),
+    Scratch,
+}
+
+#[derive(Clone, Copy)]
+enum KeyRef {
+    Src(usize, usize),
+    Arena(usize, usize),
+}
+
+/// A top-level entry: its key, and where its value starts.
+#[derive(Clone, Copy)]
+struct Entry {
+    key: KeyRef,
+    /// The key's first 8 bytes, big-endian and zero-padded: most comparisons stop here.
+    prefix: u64,
+    value: usize,
+}
+
+impl Entry {
+    const EMPTY: Self = Self {
+        key: KeyRef::Src(0, 0),
+        prefix: 0,
+        value: 0,
+    };
+}
+
+fn prefix(key: &[u8]) -> u64 {
+    let mut b = [0u8; 8];
+    let n = key.len().min(8);
+    b[..n].copy_from_slice(&key[..n]);
+    u64::from_be_bytes(b)
+}
+
+/// A hasher that ignores its input, for validating without hashing.
+struct Sink;
+
+impl Hasher for Sink {
+    fn finish(&self) -> u64 {
+        0
+    }
+
+    fn write(&mut self, _: &[u8]) {}
+}
+
+/// A single pass over JSON text that hashes each value as it is read, without building one.
+///
+/// Hand-written rather than a serde visitor: on small messages serde_json's generic machinery
+/// cost more than the hashing. It accepts exactly RFC 8259 JSON; strings are compared as
+/// their unescaped bytes.
+struct Walk<'a, H> {
+    src: &'a [u8],
+    pos: usize,
+    template: &'a H,
+    /// Unescaped text of a string that contains escapes (rare; allocated on first use).
+    scratch: Vec<u8>,
+}
+
+impl<H: SipState> Walk<'_, H> {
+    #[inline]
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    #[inline]
+    fn peek(&self) -> Option<u8> {
+        self.src.get(self.pos).copied()
+    }
+
+    /// The whole document. A top-level object of at most [`SORTED_ENTRIES`] entries (the usual
+    /// message) is hashed as one stream with its entries sorted by key: one hash instead of one
+    /// per entry. Larger and nested objects sum per-entry hashes. Which method applies depends
+    /// only on the value (its entry count and depth), never on how it is written.
+    fn top(&mut self, h: &mut H) -> Result<(), Invalid> {
+        self.skip_ws();
+        if self.peek() != Some(b'{') {
+            return self.value(h, 0);
+        }
+        let open = self.pos;
+        self.pos += 1;
+        let mut entries = [Entry::EMPTY; SORTED_ENTRIES];
+        let mut n = 0;
+        let mut arena = Vec::new();
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+        } else {
+            loop {
+                self.skip_ws();
+                if self.peek() != Some(b'"') {
+                    return Err(Invalid);
+                }
+                let key = match self.scan_string()? {
+                    Text::Src(start, end) => KeyRef::Src(start, end),
+                    Text::Scratch => {
+                        let start = arena.len();
+                        arena.extend_from_slice(&self.scratch);
+                        KeyRef::Arena(start, arena.len())
+                    }
+                };
+                self.skip_ws();
+                if self.peek() != Some(b':') {
+                    return Err(Invalid);
+                }
+                self.pos += 1;
+                self.skip_ws();
+                if n == SORTED_ENTRIES {
+                    // Too many to sort on the stack: per-entry hashes instead.
+                    self.pos = open;
+                    return self.value(h, 0);
+                }
+                let prefix = prefix(match key {
+                    KeyRef::Src(a, b) => &self.src[a..b],
+                    KeyRef::Arena(a, b) => &arena[a..b],
+                });
+                entries[n] = Entry {
+                    key,
+                    prefix,
+                    value: self.pos,
+                };
+                n += 1;
+                self.skip(1)?;
+                self.skip_ws();
+                match self.peek() {
+                    Some(b',') => self.pos += 1,
+                    Some(b'}') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(Invalid),
+                }
+            }
+        }
+        let end = self.pos;
+        let entries = &mut entries[..n];
+        let key = |e: &Entry| match e.key {
+            KeyRef::Src(a, b) => &self.src[a..b],
+            KeyRef::Arena(a, b) => &arena[a..b],
+        };
+        // Insertion sort: stable (repeated keys keep their order) and fast for a few entries.
+        for i in 1..entries.len() {
+            let mut j = i;
+            while j > 0 && {
+                let (a, b) = (&entries[j - 1], &entries[j]);
+                a.prefix > b.prefix || (a.prefix == b.prefix && key(a) > key(b))
+            } {
+                entries.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+        h.write_u8(TAG_SORTED_OBJECT);
+        h.write_u64(n as u64);
+        for e in entries.iter() {
+            write_bytes(h, key(e));
+        }
+        for e in entries.iter() {
+            self.pos = e.value;
+            self.value(h, 1)?;
+        }
+        self.pos = end;
+        Ok(())
+    }
+
+    /// Validates one value and moves past it, hashing nothing.
+    fn skip(&mut self, depth: u32) -> Result<(), Invalid> {
+        self.skip_ws();
+        match self.peek().ok_or(Invalid)? {
+            open @ (b'{' | b'[') => {
+                if depth + 1 > MAX_DEPTH {
+                    return Err(Invalid);
+                }
+                let (object, close) = (open == b'{', if open == b'{' { b'}' } else { b']' });
+                self.pos += 1;
+                self.skip_ws();
+                if self.peek() == Some(close) {
+                    self.pos += 1;
+                    return Ok(());
+                }
+                loop {
+                    if object {
+                        self.skip_ws();
+                        if self.peek() != Some(b'"') {
+                            return Err(Invalid);
+                        }
+                        self.scan_string()?;
+                        self.skip_ws();
+                        if self.peek() != Some(b':') {
+                            return Err(Invalid);
+                        }
+                        self.pos += 1;
+                    }
+                    self.skip(depth + 1)?;
+                    self.skip_ws();
+                    match self.peek() {
+                        Some(b',') => self.pos += 1,
+                        Some(c) if c == close => {
+                            self.pos += 1;
+                            return Ok(());
+                        }
+                        _ => return Err(Invalid),
+                    }
+                }
+            }
+            b'"' => self.scan_string().map(drop),
+            b't' => self.literal(b"true", &mut Sink, 0),
+            b'f' => self.literal(b"false", &mut Sink, 0),
+            b'n' => self.literal(b"null", &mut Sink, 0),
+            b'-' | b'0'..=b'9' => self.number(&mut Sink),
+            _ => Err(Invalid),
+        }
+    }
+
+    fn value(&mut self, h: &mut H, depth: u32) -> Result<(), Invalid> {
+        self.skip_ws();
+        match self.peek().ok_or(Invalid)? {
+            b'{' => self.object(h, depth + 1),
+            b'[' => self.array(h, depth + 1),
+            b'"' => {
+                h.write_u8(TAG_STR);
+                self.string(h)
+            }
+            b't' => self.literal(b"true", h, TAG_TRUE),
+            b'f' => self.literal(b"false", h, TAG_FALSE),
+            b'n' => self.literal(b"null", h, TAG_NULL),
+            b'-' | b'0'..=b'9' => self.number(h),
+            _ => Err(Invalid),
+        }
+    }
+
+    fn literal<W: Hasher>(&mut self, word: &[u8], h: &mut W, tag: u8) -> Result<(), Invalid> {
+        if self.src[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            h.write_u8(tag);
+            Ok(())
+        } else {
+            Err(Invalid)
+        }
+    }
+
+    fn object(&mut self, h: &mut H, depth: u32) -> Result<(), Invalid> {
+        if depth > MAX_DEPTH {
+            return Err(Invalid);
+        }
+        self.pos += 1;
+        let mut sum = 0u128;
+        let mut len = 0u64;
+        self.skip_ws();
+        if self.peek() == Some(b'}') {
+            self.pos += 1;
+        } else {
+            loop {
+                self.skip_ws();
+                if self.peek() != Some(b'"') {
+                    return Err(Invalid);
+                }
+                // Each entry is hashed on its own; the sum does not depend on their order.
+                let mut entry = self.template.clone();
+                entry.write_u8(TAG_ENTRY);
+                self.string(&mut entry)?;
+                self.skip_ws();
+                if self.peek() != Some(b':') {
+                    return Err(Invalid);
+                }
+                self.pos += 1;
+                self.value(&mut entry, depth)?;
+                sum = sum.wrapping_add(entry.finish128().as_u128());
+                len += 1;
+                self.skip_ws();
+                match self.peek() {
+                    Some(b',') => self.pos += 1,
+                    Some(b'}') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(Invalid),
+                }
+            }
+        }
+        h.write_u8(TAG_OBJECT);
+        h.write_u64(len);
+        h.write(&sum.to_le_bytes());
+        Ok(())
+    }
+
+    fn array(&mut self, h: &mut H, depth: u32) -> Result<(), Invalid> {
+        if depth > MAX_DEPTH {
+            return Err(Invalid);
+        }
+        self.pos += 1;
+        h.write_u8(TAG_ARRAY);
+        let mut len = 0u64;
+        self.skip_ws();
+        if self.peek() == Some(b']') {
+            self.pos += 1;
+        } else {
+            loop {
+                self.value(h, depth)?;
+                len += 1;
+                self.skip_ws();
+                match self.peek() {
+                    Some(b',') => self.pos += 1,
+                    Some(b']') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(Invalid),
+                }
+            }
+        }
+        // An end tag and the length close the array, so `[[1],2]` and `[[1,2]]` differ.
+        h.write_u8(TAG_END);
+        h.write_u64(len);
+        Ok(())
+    }
+
+    /// Hashes a string (at `"`) as its length and unescaped bytes.
+    fn string<W: Hasher>(&mut self, h: &mut W) -> Result<(), Invalid> {
+        match self.scan_string()? {
+            Text::Src(start, end) => write_bytes(h, &self.src[start..end]),
+            Text::Scratch => write_bytes(h, &self.scratch),
+        }
+        Ok(())
+    }
+
+    /// Reads a string (at `"`): where its unescaped bytes are.
+    fn scan_string(&mut self) -> Result<Text, Invalid> {
+        self.pos += 1;
+        let start = self.pos;
+        self.pos = string_stop(self.src, self.pos);
+        match *self.src.get(self.pos).ok_or(Invalid)? {
+            b'"' => {
+                self.pos += 1;
+                return Ok(Text::Src(start, self.pos - 1));
+            }
+            b'\\' => {}
+            _ => return Err(Invalid),
+        }
+        let mut out = std::mem::take(&mut self.scratch);
+        out.clear();
+        out.extend_from_slice(&self.src[start..self.pos]);
+        let result = self.unescape_rest(&mut out);
+        self.scratch = out;
+        result.map(|()| Text::Scratch)
+    }
+
+    fn unescape_rest(&mut self, out: &mut Vec<u8>) -> Result<(), Invalid> {
+        loop {
+            let b = *self.src.get(self.pos).ok_or(Invalid)?;
+            self.pos += 1;
+            match b {
+                b'"' => return Ok(()),
+                0..=0x1f => return Err(Invalid),
+                b'\\' => {
+                    let e = *self.src.get(self.pos).ok_or(Invalid)?;
+                    self.pos += 1;
+                    let c = match e {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => self.unicode_escape()?,
+                        _ => return Err(Invalid),
+                    };
+                    let mut utf8 = [0u8; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                }
+                _ => out.push(b),
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, Invalid> {
+        let digits = self.src.get(self.pos..self.pos + 4).ok_or(Invalid)?;
+        let mut v = 0;
+        for &d in digits {
+            v = v * 16 + (d as char).to_digit(16).ok_or(Invalid)?;
+        }
+        self.pos += 4;
+        Ok(v)
+    }
+
+    fn unicode_escape(&mut self) -> Result<char, Invalid> {
+        let hi = self.hex4()?;
+        let code = match hi {
+            0xD800..=0xDBFF => {
+                if self.src.get(self.pos..self.pos + 2) != Some(b"\\u") {
+                    return Err(Invalid);
+                }
+                self.pos += 2;
+                let lo = self.hex4()?;
+                if !(0xDC00..=0xDFFF).contains(&lo) {
+                    return Err(Invalid);
+                }
+                0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00)
+            }
+            0xDC00..=0xDFFF => return Err(Invalid),
+            _ => hi,
+        };
+        char::from_u32(code).ok_or(Invalid)
+    }
+
+    /// Validates a number by the JSON grammar and hashes its value.
+    fn number<W: Hasher>(&mut self, h: &mut W) -> Result<(), Invalid> {
+        let start = self.pos;
+        let negative = self.peek() == Some(b'-');
+        if negative {
+            self.pos += 1;
+        }
+        let int_start = self.pos;
+        match self.peek() {
+            Some(b'0') => self.pos += 1,
+            Some(b'1'..=b'9') => self.digits(),
+            _ => return Err(Invalid),
+        }
+        let int_end = self.pos;
+        let mut integral = true;
+        if self.peek() == Some(b'.') {
+            self.pos += 1;
+            integral = false;
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                return Err(Invalid);
+            }
+            self.digits();
+        }
+        if let Some(b'e' | b'E') = self.peek() {
+            self.pos += 1;
+            integral = false;
+            if let Some(b'+' | b'-') = self.peek() {
+                self.pos += 1;
+            }
+            if !matches!(self.peek(), Some(b'0'..=b'9')) {
+                return Err(Invalid);
+            }
+            self.digits();
+        }
+        if integral && int_end - int_start <= 38 {
+            // At most 38 digits always fit in an i128: no overflow check needed.
+            let mut v: i128 = 0;
+            for &d in &self.src[int_start..int_end] {
+                v = v * 10 + i128::from(d - b'0');
+            }
+            let v = if negative { -v } else { v };
+            if v.unsigned_abs() < 1 << 64 {
+                write_int(h, v);
+            } else {
+                // Past ±2^64 numbers compare as doubles, like `1e20` and its digits.
+                write_f64(h, v as f64);
+            }
+            return Ok(());
+        }
+        let text = std::str::from_utf8(&self.src[start..self.pos]).map_err(|_| Invalid)?;
+        let v: f64 = text.parse().map_err(|_| Invalid)?;
+        write_f64(h, v);
+        Ok(())
+    }
+
+    #[inline]
+    fn digits(&mut self) {
+        while let Some(b'0'..=b'9') = self.peek() {
+            self.pos += 1;
+        }
+    }
 }
 
 fn write_int<H: Hasher>(h: &mut H, v: i128) {
-    h.write_u8(TAG_INT);
-    h.write(&v.to_le_bytes());
+    match i64::try_from(v) {
+        Ok(v) => {
+            h.write_u8(TAG_INT);
+            h.write_u64(v as u64);
+        }
+        Err(_) => {
+            h.write_u8(TAG_INT128);
+            h.write(&v.to_le_bytes());
+        }
+    }
 }
 
 fn write_f64<H: Hasher>(h: &mut H, v: f64) {
@@ -267,158 +878,6 @@ fn write_f64<H: Hasher>(h: &mut H, v: f64) {
     } else {
         h.write_u8(TAG_FLOAT);
         h.write_u64(v.to_bits());
-    }
-}
-
-fn write_str<H: Hasher>(h: &mut H, s: &str) {
-    h.write_u8(TAG_STR);
-    write_bytes(h, s.as_bytes());
-}
-
-/// Hashes one JSON value into `h` as the parser reads it.
-struct HashValue<'a, H> {
-    h: &'a mut H,
-    template: &'a H,
-    depth: u32,
-}
-
-impl<'de, H: SipState> DeserializeSeed<'de> for HashValue<'_, H> {
-    type Value = ();
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de, H: SipState> Visitor<'de> for HashValue<'_, H> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON value")
-    }
-
-    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        self.h.write_u8(TAG_NULL);
-        Ok(())
-    }
-
-    fn visit_bool<E: de::Error>(self, v: bool) -> Result<(), E> {
-        self.h.write_u8(if v { TAG_TRUE } else { TAG_FALSE });
-        Ok(())
-    }
-
-    fn visit_i64<E: de::Error>(self, v: i64) -> Result<(), E> {
-        write_int(self.h, v.into());
-        Ok(())
-    }
-
-    fn visit_u64<E: de::Error>(self, v: u64) -> Result<(), E> {
-        write_int(self.h, v.into());
-        Ok(())
-    }
-
-    fn visit_f64<E: de::Error>(self, v: f64) -> Result<(), E> {
-        write_f64(self.h, v);
-        Ok(())
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<(), E> {
-        write_str(self.h, v);
-        Ok(())
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        let depth = self.depth + 1;
-        if depth > MAX_DEPTH {
-            return Err(de::Error::custom("nested too deep"));
-        }
-        self.h.write_u8(TAG_ARRAY);
-        let mut len = 0u64;
-        while seq
-            .next_element_seed(HashValue {
-                h: &mut *self.h,
-                template: self.template,
-                depth,
-            })?
-            .is_some()
-        {
-            len += 1;
-        }
-        // The length ends the array, so `[[1],2]` and `[[1,2]]` differ.
-        self.h.write_u64(len);
-        Ok(())
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let depth = self.depth + 1;
-        if depth > MAX_DEPTH {
-            return Err(de::Error::custom("nested too deep"));
-        }
-        let mut sum = 0u128;
-        let mut len = 0u64;
-        loop {
-            let mut entry = self.template.clone();
-            entry.write_u8(TAG_ENTRY);
-            let Some(is_number_token) = map.next_key_seed(HashKey { h: &mut entry })? else {
-                break;
-            };
-            if is_number_token && len == 0 {
-                // `arbitrary_precision` is on somewhere in the build: the value is the number's text.
-                let text: std::borrow::Cow<'de, str> = map.next_value()?;
-                if map.next_key::<IgnoredAny>()?.is_none() {
-                    write_number_text(self.h, &text);
-                    return Ok(());
-                }
-                return Err(de::Error::custom("unexpected entry after a number token"));
-            }
-            map.next_value_seed(HashValue {
-                h: &mut entry,
-                template: self.template,
-                depth,
-            })?;
-            sum = sum.wrapping_add(entry.finish128().as_u128());
-            len += 1;
-        }
-        self.h.write_u8(TAG_OBJECT);
-        self.h.write_u64(len);
-        self.h.write(&sum.to_le_bytes());
-        Ok(())
-    }
-}
-
-fn write_number_text<H: Hasher>(h: &mut H, text: &str) {
-    if let Ok(v) = text.parse::<i128>() {
-        write_int(h, v);
-    } else if let Ok(v) = text.parse::<f64>() {
-        write_f64(h, v);
-    } else {
-        write_str(h, text);
-    }
-}
-
-/// Hashes an object key into its entry's hasher; answers whether it is serde_json's number token.
-struct HashKey<'a, H> {
-    h: &'a mut H,
-}
-
-impl<'de, H: Hasher> DeserializeSeed<'de> for HashKey<'_, H> {
-    type Value = bool;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_str(self)
-    }
-}
-
-impl<H: Hasher> Visitor<'_> for HashKey<'_, H> {
-    type Value = bool;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("an object key")
-    }
-
-    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
-        write_bytes(self.h, v.as_bytes());
-        Ok(v == ARBITRARY_PRECISION_TOKEN)
     }
 }
 
@@ -624,6 +1083,34 @@ mod tests {
     }
 
     #[test]
+    fn large_top_level_objects_and_escaped_keys_are_order_invariant() {
+        let f = fp();
+        let entries: Vec<String> = (0..40).map(|i| format!("\"k{i}\":{i}")).collect();
+        let sizes = [1, 2, 15, 16, 17, 40];
+        for n in sizes {
+            let forward = format!("{{{}}}", entries[..n].join(","));
+            let backward: Vec<_> = entries[..n].iter().rev().cloned().collect();
+            let backward = format!("{{ {} }}", backward.join(" , "));
+            let a = f.fingerprint_json(forward.as_bytes());
+            assert_eq!(a, f.fingerprint_json(backward.as_bytes()), "{n} entries");
+            assert_ne!(a, f.fingerprint_bytes(forward.as_bytes()));
+        }
+        assert_eq!(
+            f.fingerprint_json(br#"{"\u0062":[1,{"y":2,"x":1}],"a":"\u00e9"}"#),
+            f.fingerprint_json("{\"a\":\"\u{e9}\",\"b\":[1,{\"x\":1,\"y\":2}]}".as_bytes())
+        );
+        // The same object nested and at the top level is found equal in both layouts.
+        assert_eq!(
+            f.fingerprint_json(br#"[{"a":1,"b":2}]"#),
+            f.fingerprint_json(br#"[{"b":2,"a":1}]"#)
+        );
+        assert_ne!(
+            f.fingerprint_json(br#"{"a":1,"b":2}"#),
+            f.fingerprint_json(br#"{"a":2,"b":1}"#)
+        );
+    }
+
+    #[test]
     fn escapes_are_compared_unescaped() {
         let f = fp();
         assert_eq!(
@@ -713,6 +1200,142 @@ mod tests {
         ];
         let set: std::collections::HashSet<_> = keys.iter().collect();
         assert_eq!(set.len(), keys.len());
+    }
+
+    #[test]
+    fn reader_accepts_exactly_json() {
+        let f = fp();
+        let valid: [&[u8]; 10] = [
+            b"0",
+            b"-0.5e-3",
+            b"\"\\u00e9\\ud83d\\ude00\\n\"",
+            b"[]",
+            b"{}",
+            b" [ true , false , null ] ",
+            b"{\"a\":{\"b\":[{}]}}",
+            b"1E+2",
+            b"\"\xc3\xa9\"",
+            b"123456789012345678901234567890",
+        ];
+        for v in valid {
+            assert!(serde_json::from_slice::<serde_json::Value>(v).is_ok());
+            assert_ne!(f.fingerprint_json(v), f.fingerprint_bytes(v), "{:?}", v);
+        }
+        let invalid: [&[u8]; 14] = [
+            b"01",
+            b"1.",
+            b".5",
+            b"-",
+            b"1e",
+            b"tru",
+            b"[1,]",
+            b"{\"a\"}",
+            b"{\"a\":1,}",
+            b"\"\\x\"",
+            b"\"\\ud800\"",
+            b"\"\\udc00\"",
+            b"\"tab\there\"",
+            b"[1] [2]",
+        ];
+        for v in invalid {
+            assert!(
+                serde_json::from_slice::<serde_json::Value>(v).is_err(),
+                "{:?}",
+                v
+            );
+            assert_eq!(f.fingerprint_json(v), f.fingerprint_bytes(v), "{:?}", v);
+        }
+        assert_eq!(
+            f.fingerprint_json(b"\"\\u00e9\""),
+            f.fingerprint_json("\"\u{e9}\"".as_bytes())
+        );
+        assert_eq!(
+            f.fingerprint_json(b"[1e20]"),
+            f.fingerprint_json(b"[100000000000000000000]")
+        );
+        assert_eq!(
+            f.fingerprint_json(b"[1e19]"),
+            f.fingerprint_json(b"[10000000000000000000]")
+        );
+    }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn value() -> impl Strategy<Value = serde_json::Value> {
+            use serde_json::Value;
+            let leaf = prop_oneof![
+                Just(Value::Null),
+                any::<bool>().prop_map(Value::Bool),
+                any::<i64>().prop_map(Value::from),
+                // Integral doubles equal integers by design; keep the two apart here.
+                (-1e6f64..1e6)
+                    .prop_filter("non-integral", |x| x.fract() != 0.0)
+                    .prop_map(Value::from),
+                "[a-z\\\\\"\u{e9}\u{1f600}\n]{0,8}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(4, 40, 6, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..6)
+                        .prop_map(serde_json::Value::Array),
+                    proptest::collection::btree_map("[a-z]{0,4}", inner, 0..6)
+                        .prop_map(|m| serde_json::Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
+        /// Writes `v` with object keys in reverse order and spaces everywhere.
+        fn reversed(v: &serde_json::Value, out: &mut String) {
+            use serde_json::Value;
+            match v {
+                Value::Array(a) => {
+                    out.push_str("[ ");
+                    for (i, x) in a.iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(" , ");
+                        }
+                        reversed(x, out);
+                    }
+                    out.push_str(" ]");
+                }
+                Value::Object(m) => {
+                    out.push_str("{\n");
+                    let mut entries: Vec<_> = m.iter().collect();
+                    entries.reverse();
+                    for (i, (k, x)) in entries.into_iter().enumerate() {
+                        if i > 0 {
+                            out.push_str(",\t");
+                        }
+                        out.push_str(&serde_json::to_string(k).unwrap());
+                        out.push_str(" : ");
+                        reversed(x, out);
+                    }
+                    out.push_str("\r\n}");
+                }
+                other => out.push_str(&serde_json::to_string(other).unwrap()),
+            }
+        }
+
+        proptest! {
+            #[test]
+            fn same_value_same_fingerprint_whatever_the_layout(v in value()) {
+                let f = fp();
+                let compact = serde_json::to_string(&v).unwrap();
+                let mut other = String::new();
+                reversed(&v, &mut other);
+                prop_assert_ne!(f.fingerprint_json(compact.as_bytes()), f.fingerprint_bytes(compact.as_bytes()));
+                prop_assert_eq!(f.fingerprint_json(compact.as_bytes()), f.fingerprint_json(other.as_bytes()));
+            }
+
+            #[test]
+            fn different_values_differ(a in value(), b in value()) {
+                prop_assume!(a != b);
+                let f = fp();
+                let (a, b) = (serde_json::to_vec(&a).unwrap(), serde_json::to_vec(&b).unwrap());
+                prop_assert_ne!(f.fingerprint_json(&a), f.fingerprint_json(&b));
+            }
+        }
     }
 
     #[test]
