@@ -255,7 +255,9 @@ impl Core {
     fn fresh_window(&self, config: &CircuitBreakerConfig) -> Arc<Window> {
         Arc::new(match config.mode {
             TripMode::ConsecutiveFailures => Window::Consecutive,
-            TripMode::CountWindow => Window::Count(CountWindow::new(config.window_size)),
+            TripMode::CountWindow => {
+                Window::Count(CountWindow::new(config.window_size, self.tallies.len()))
+            }
             TripMode::TimeWindow => Window::Time(TimeWindow::new(
                 config.window_duration.as_secs(),
                 self.nanos(Instant::now()),
@@ -505,7 +507,7 @@ impl Core {
             }
             return;
         }
-        self.complete_slow(&admitted, failure);
+        self.complete_slow(&admitted, failure, shard);
     }
 
     #[inline(never)]
@@ -517,14 +519,14 @@ impl Core {
     }
 
     #[inline(never)]
-    fn complete_slow(&self, admitted: &Admitted, failure: bool) {
+    fn complete_slow(&self, admitted: &Admitted, failure: bool, shard: usize) {
         match &admitted.permit {
             Some(permit) => self.complete_probe(admitted, &permit.period, failure),
-            None => self.complete_window(admitted, failure),
+            None => self.complete_window(admitted, failure, shard),
         }
     }
 
-    fn complete_window(&self, admitted: &Admitted, failure: bool) {
+    fn complete_window(&self, admitted: &Admitted, failure: bool, shard: usize) {
         let now = self.nanos(Instant::now());
         let sample = Sample {
             failure,
@@ -536,8 +538,8 @@ impl Core {
         }
         let min_calls = self.minimum_calls.load(Ordering::Relaxed);
         let figures = match &*period.window {
-            Window::Count(w) => w.record(sample),
-            Window::Time(w) => w.record(sample, now, min_calls),
+            Window::Count(w) => w.record(sample, shard),
+            Window::Time(w) => w.record(sample, shard, now, min_calls),
             Window::Consecutive => None,
         };
         if let Some(exceeded) = figures.and_then(|f| self.judge(f, min_calls)) {
@@ -567,7 +569,7 @@ impl Core {
         };
         let figures = probes
             .window
-            .record(sample)
+            .record(sample, 0)
             .unwrap_or_else(|| probes.window.figures());
         if figures.calls < u64::from(probes.min_calls) {
             return;
@@ -668,7 +670,7 @@ impl Core {
                     in_flight: AtomicU32::new(0),
                     successes: AtomicU32::new(0),
                     consecutive: config.mode == TripMode::ConsecutiveFailures,
-                    window: CountWindow::new(permitted),
+                    window: CountWindow::new(permitted, 1),
                     min_calls: config.minimum_calls.min(permitted),
                 });
                 Arc::new(Window::Consecutive)

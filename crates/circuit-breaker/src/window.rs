@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 
-use crate::shard::{Padded, shard_hint};
+use crate::shard::Padded;
 
 /// What one finished call adds to a window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,35 +65,98 @@ fn read(counter: &AtomicI64) -> u64 {
 
 /// The outcomes of the last `size` calls.
 ///
-/// Each call claims the next slot with one `fetch_add` and swaps its outcome in; the totals move
-/// by the difference between the new and the evicted outcome, so they always equal the sum of the
-/// slots once recorders have finished.
+/// Each call claims a slot and swaps its outcome in; the totals move by the difference between
+/// the new and the evicted outcome, so they equal the sum of the slots once recorders finish.
+///
+/// Slots are handed out in blocks of `block` consecutive slots, one block per shard at a time,
+/// and each block lives on its own cache line: threads on different shards share no line while
+/// they record. A block is claimed with one `fetch_add` on the shared head every `block` calls.
+/// With one thread this is exactly the last `size` calls; with several, up to `block - 1` slots
+/// per shard still hold an outcome from one lap earlier until their thread gets to them.
 #[derive(Debug)]
 pub(crate) struct CountWindow {
     head: Padded<AtomicU64>,
+    cursors: Box<[Padded<AtomicU64>]>,
+    size: u64,
+    block: u64,
     slots: Box<[AtomicU8]>,
     filled: AtomicI64,
     failures: AtomicI64,
     slow: AtomicI64,
 }
 
+/// A cursor that holds no block.
+const NO_BLOCK: u64 = u64::MAX;
+const LINE: u64 = 64;
+
 impl CountWindow {
-    pub(crate) fn new(size: u32) -> Self {
-        let size = size.max(1) as usize;
+    /// A window over `size` calls recorded from up to `shards` threads at once.
+    pub(crate) fn new(size: u32, shards: usize) -> Self {
+        let size = u64::from(size.max(1));
+        let shards = shards.max(1) as u64;
+        // Blocks small enough that unfinished ones are at most a quarter of the window.
+        let block = (size / (4 * shards)).clamp(1, LINE);
+        let block = if block.is_power_of_two() {
+            block
+        } else {
+            block.next_power_of_two() / 2
+        };
+        let len = if block == 1 {
+            size
+        } else {
+            size.div_ceil(block) * LINE
+        };
         Self {
             head: Padded(AtomicU64::new(0)),
-            slots: (0..size).map(|_| AtomicU8::new(0)).collect(),
+            cursors: (0..shards)
+                .map(|_| Padded(AtomicU64::new(NO_BLOCK)))
+                .collect(),
+            size,
+            block,
+            slots: (0..len).map(|_| AtomicU8::new(0)).collect(),
             filled: AtomicI64::new(0),
             failures: AtomicI64::new(0),
             slow: AtomicI64::new(0),
         }
     }
 
-    /// Records `sample`. Returns the figures when the rates may have risen or the number of calls
-    /// grew, `None` when they can only have stayed or fallen (no check needed).
-    pub(crate) fn record(&self, sample: Sample) -> Option<Figures> {
-        let len = self.slots.len() as u64;
-        let index = (self.head.0.fetch_add(1, Ordering::Relaxed) % len) as usize;
+    /// The next slot for a thread of `shard`, as a position in the ring.
+    #[inline]
+    fn claim(&self, shard: usize) -> usize {
+        let slot = if self.block == 1 {
+            self.head.0.fetch_add(1, Ordering::Relaxed)
+        } else {
+            let cursor = &self.cursors[shard % self.cursors.len()].0;
+            let mut current = cursor.load(Ordering::Relaxed);
+            loop {
+                let exhausted = current == NO_BLOCK || current % self.block == 0;
+                let (slot, next) = if exhausted {
+                    let start = self.head.0.fetch_add(self.block, Ordering::Relaxed);
+                    (start, start + 1)
+                } else {
+                    (current, current + 1)
+                };
+                // Only threads sharing a shard race here; a block lost to the race is skipped.
+                match cursor.compare_exchange(current, next, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => break slot,
+                    Err(actual) => current = actual,
+                }
+            }
+        };
+        let position = slot % self.size;
+        if self.block == 1 {
+            position as usize
+        } else {
+            ((position / self.block) * LINE + position % self.block) as usize
+        }
+    }
+
+    /// Records `sample` from a thread of `shard`. Returns the figures when the rates may have
+    /// risen or the number of calls grew, `None` when they can only have stayed or fallen (no
+    /// check needed).
+    #[inline]
+    pub(crate) fn record(&self, sample: Sample, shard: usize) -> Option<Figures> {
+        let index = self.claim(shard);
         let new = sample.bits();
         let old = self.slots[index].swap(new, Ordering::AcqRel);
         if old != new {
@@ -211,12 +274,18 @@ impl TimeWindow {
         }
     }
 
-    /// Records `sample` taken at `now`. Returns the figures when a check is due: a bad call, the
+    /// Records `sample` taken at `now` by a thread of `shard`. Returns the figures when a check is due: a bad call, the
     /// first call of a new second (older calls have left the window), or fewer than `min_calls`
     /// calls at the last check.
-    pub(crate) fn record(&self, sample: Sample, now: u64, min_calls: u32) -> Option<Figures> {
+    pub(crate) fn record(
+        &self,
+        sample: Sample,
+        shard: usize,
+        now: u64,
+        min_calls: u32,
+    ) -> Option<Figures> {
         let sec = second(now);
-        let shard = &self.shards[shard_hint() & (self.shards.len() - 1)].0;
+        let shard = &self.shards[shard % self.shards.len()].0;
         shard.advance(sec, self.secs);
         if sec + self.secs <= shard.head.load(Ordering::Acquire) {
             return None;
@@ -283,10 +352,10 @@ mod tests {
 
     #[test]
     fn count_window_keeps_only_last_calls() {
-        let w = CountWindow::new(3);
-        w.record(FAIL);
-        w.record(FAIL);
-        w.record(OK);
+        let w = CountWindow::new(3, 1);
+        w.record(FAIL, 0);
+        w.record(FAIL, 0);
+        w.record(OK, 0);
         assert_eq!(
             w.figures(),
             Figures {
@@ -295,8 +364,8 @@ mod tests {
                 slow: 0
             }
         );
-        w.record(OK);
-        w.record(SLOW);
+        w.record(OK, 0);
+        w.record(SLOW, 0);
         assert_eq!(
             w.figures(),
             Figures {
@@ -309,26 +378,25 @@ mod tests {
 
     #[test]
     fn count_window_skips_check_when_full_and_call_succeeds() {
-        let w = CountWindow::new(2);
-        assert!(w.record(OK).is_some(), "filling: calls grew");
-        assert!(w.record(OK).is_some());
+        let w = CountWindow::new(2, 1);
+        assert!(w.record(OK, 0).is_some(), "filling: calls grew");
+        assert!(w.record(OK, 0).is_some());
         assert!(
-            w.record(OK).is_none(),
+            w.record(OK, 0).is_none(),
             "full window, success: rates cannot rise"
         );
-        assert!(w.record(FAIL).is_some());
+        assert!(w.record(FAIL, 0).is_some());
     }
 
-    #[test]
-    fn count_window_totals_match_slots_under_threads() {
-        let w = std::sync::Arc::new(CountWindow::new(7));
+    fn totals_match_slots_under_threads(size: u32, shards: usize) {
+        let w = std::sync::Arc::new(CountWindow::new(size, shards));
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let w = w.clone();
                 std::thread::spawn(move || {
                     for i in 0..10_000 {
                         let s = if (i + t) % 3 == 0 { FAIL } else { OK };
-                        w.record(s);
+                        w.record(s, t);
                     }
                 })
             })
@@ -336,20 +404,46 @@ mod tests {
         for t in threads {
             t.join().unwrap();
         }
-        let in_slots = w
-            .slots
-            .iter()
-            .filter(|s| s.load(Ordering::Relaxed) & Sample::FAILED != 0)
-            .count() as u64;
-        assert_eq!(w.figures().failures, in_slots);
-        assert_eq!(w.figures().calls, 7);
+        let count = |bit: u8| {
+            w.slots
+                .iter()
+                .filter(|s| s.load(Ordering::Relaxed) & bit != 0)
+                .count() as u64
+        };
+        assert_eq!(w.figures().failures, count(Sample::FAILED));
+        assert_eq!(w.figures().calls, count(Sample::RECORDED));
+        assert_eq!(w.figures().calls, u64::from(size));
+    }
+
+    #[test]
+    fn count_window_totals_match_slots_under_threads() {
+        totals_match_slots_under_threads(7, 4);
+    }
+
+    #[test]
+    fn count_window_in_blocks_totals_match_slots_under_threads() {
+        totals_match_slots_under_threads(256, 4);
+    }
+
+    #[test]
+    fn count_window_in_blocks_is_exact_for_one_thread() {
+        let w = CountWindow::new(100, 2);
+        assert_eq!(w.block, 8);
+        for _ in 0..100 {
+            w.record(FAIL, 1);
+        }
+        for i in 0..99 {
+            w.record(OK, 1);
+            assert_eq!(w.figures().failures, 99 - i, "oldest failure evicted first");
+        }
+        assert_eq!(w.figures().calls, 100);
     }
 
     #[test]
     fn time_window_forgets_calls_older_than_its_span() {
         let w = TimeWindow::new(2, 0, 2);
-        w.record(FAIL, 0, 1);
-        w.record(OK, SEC, 1);
+        w.record(FAIL, 0, 0, 1);
+        w.record(OK, 0, SEC, 1);
         assert_eq!(
             w.figures(SEC),
             Figures {
@@ -372,10 +466,10 @@ mod tests {
     #[test]
     fn time_window_checks_until_primed_then_only_bad_or_new_second() {
         let w = TimeWindow::new(10, 0, 1);
-        assert!(w.record(OK, 1, 2).is_some());
-        assert!(w.record(OK, 2, 2).is_some());
-        assert!(w.record(OK, 3, 2).is_none(), "primed, success");
-        assert!(w.record(SLOW, 4, 2).is_some());
-        assert!(w.record(OK, SEC, 2).is_some(), "new second");
+        assert!(w.record(OK, 0, 1, 2).is_some());
+        assert!(w.record(OK, 0, 2, 2).is_some());
+        assert!(w.record(OK, 0, 3, 2).is_none(), "primed, success");
+        assert!(w.record(SLOW, 0, 4, 2).is_some());
+        assert!(w.record(OK, 0, SEC, 2).is_some(), "new second");
     }
 }
