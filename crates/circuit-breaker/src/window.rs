@@ -129,7 +129,7 @@ impl CountWindow {
             let cursor = &self.cursors[shard % self.cursors.len()].0;
             let mut current = cursor.load(Ordering::Relaxed);
             loop {
-                let exhausted = current == NO_BLOCK || current % self.block == 0;
+                let exhausted = current == NO_BLOCK || current.is_multiple_of(self.block);
                 let (slot, next) = if exhausted {
                     let start = self.head.0.fetch_add(self.block, Ordering::Relaxed);
                     (start, start + 1)
