@@ -482,6 +482,55 @@ async fn dropped_probe_gives_its_slot_back_and_records_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn probe_slots_never_leak_whatever_the_drop_order() {
+    let config = CircuitBreakerConfig {
+        half_open_max_calls: 3,
+        success_threshold: 10,
+        half_open_max_wait: Duration::from_secs(5),
+        ..consecutive(1)
+    };
+    let layer = layer(config);
+    let handle = layer.handle();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let mut svc = breaker(&layer, &hits);
+    to_half_open_ready(&mut svc).await;
+
+    let mut probes = Vec::new();
+    for _ in 0..3 {
+        let mut probe = task::spawn(svc.ready().await.unwrap().call(Do::Hang));
+        assert_pending!(probe.poll());
+        probes.push(Some(probe));
+    }
+    rejection(&mut svc).await;
+    for i in [2, 0, 1] {
+        probes[i] = None;
+    }
+    for _ in 0..3 {
+        let mut probe = task::spawn(svc.ready().await.unwrap().call(Do::Hang));
+        assert_pending!(probe.poll());
+        probes.push(Some(probe));
+    }
+    rejection(&mut svc).await;
+
+    // These probes outlive their half-open cycle: dropping them later must not free slots of the
+    // next cycle, nor must their slots stay taken.
+    advance(Duration::from_secs(5)).await;
+    rejection(&mut svc).await;
+    assert_eq!(handle.state(), State::Open);
+    advance(Duration::from_secs(11)).await;
+    let mut next = Vec::new();
+    for _ in 0..3 {
+        let mut probe = task::spawn(svc.ready().await.unwrap().call(Do::Hang));
+        assert_pending!(probe.poll());
+        next.push(probe);
+    }
+    probes.clear();
+    rejection(&mut svc).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 1 + 3 + 3 + 3);
+    drop(next);
+}
+
+#[tokio::test(start_paused = true)]
 async fn ignored_probe_gives_its_slot_back_and_records_nothing() {
     let config = CircuitBreakerConfig {
         success_threshold: 2,
