@@ -9,8 +9,13 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod echo;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 use wsguard_config::{ConfigHandle, ConfigLoader, FileWatcher, LoadError, Preset};
 
@@ -112,6 +117,21 @@ pub fn init_tracing() {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     tracing_subscriber::fmt().with_env_filter(filter).init();
+}
+
+/// The process's Prometheus recorder, installed as the `metrics` facade's global recorder on
+/// first use (create it before any `MetricsRegistry`, whose handles bind to the recorder).
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Fails only if another recorder is installed already; metrics then go there.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
 }
 
 /// Serves `app` on `addr` (peer addresses available to handlers) until Ctrl-C.

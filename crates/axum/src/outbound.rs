@@ -226,7 +226,7 @@ impl Outbound {
     }
 }
 
-impl<M: Into<Message>> Service<M> for Outbound {
+impl Service<Message> for Outbound {
     type Response = Queued;
     type Error = BoxError;
     type Future = Ready<Result<Queued, BoxError>>;
@@ -236,7 +236,7 @@ impl<M: Into<Message>> Service<M> for Outbound {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, message: M) -> Self::Future {
+    fn call(&mut self, message: Message) -> Self::Future {
         ready(self.send(message).map_err(Into::into))
     }
 }

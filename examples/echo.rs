@@ -1,0 +1,48 @@
+//! An echo server with the three wsguard layers on every WebSocket message.
+//!
+//! ```text
+//! cargo run --example echo                                  # 127.0.0.1:3000, development preset
+//! cargo run --example echo -- --addr 0.0.0.0:8080 --config examples/wsguard.toml
+//! WSGUARD_ADDR=127.0.0.1:9000 cargo run --example echo
+//! ```
+//!
+//! - `GET /ws`: each text or binary message comes back, through `MetricsLayer`, `DedupLayer`
+//!   (content fingerprint, per connection: a resent message, even with its JSON keys reordered,
+//!   is dropped) and `CircuitBreakerLayer`.
+//! - `GET /metrics`: Prometheus text (`wsguard_calls_total`, `wsguard_connections_active`, ...).
+//! - `GET /stats`: a JSON snapshot of the metrics registry, dedup, breaker and connections.
+//! - `GET /health`: 200.
+//!
+//! With `--config FILE`, edits of the file apply without a restart (an invalid edit is refused
+//! and logged). Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+
+use std::process::ExitCode;
+
+use wsguard_examples::{ServerArgs, echo, init_tracing, prometheus, serve};
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    let args = match ServerArgs::from_env() {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    let (config, _watcher) = match args.config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("configuration refused:\n{err}");
+            return ExitCode::from(1);
+        }
+    };
+    let app = echo::app(&config, Some(prometheus()));
+    match serve(app.router, args.addr).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("server failed: {err}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,84 @@
+//! Different per-message stacks on different WebSocket routes of one server.
+//!
+//! ```text
+//! cargo run --example per_route                             # 127.0.0.1:3000, development preset
+//! cargo run --example per_route -- --addr 127.0.0.1:8080 --config examples/wsguard.toml
+//! ```
+//!
+//! - `/ws/orders`: metrics, dedup and a circuit breaker around a handler that answers
+//!   `{"accepted": <message>}`: orders must not run twice, and a failing order backend must not
+//!   be hammered.
+//! - `/ws/chat`: metrics only, echo: resent chat lines are legitimate.
+//! - `/ws/raw`: no layers at all, echo.
+//! - `/stats`: the shared metrics registry as JSON (routes are labelled).
+
+use std::process::ExitCode;
+
+use axum::Router;
+use axum::routing::get;
+use tower::ServiceBuilder;
+use wsguard::prelude::*;
+use wsguard_examples::{ServerArgs, init_tracing, serve};
+
+async fn echo(request: Inbound) -> Result<Option<Message>, BoxError> {
+    Ok(Some(request.message))
+}
+
+async fn accept_order(request: Inbound) -> Result<Option<Message>, BoxError> {
+    let order = request.text().ok_or("orders are JSON text")?;
+    let order: serde_json::Value = serde_json::from_str(order)?;
+    let reply = serde_json::json!({ "accepted": order });
+    Ok(Some(Message::text(reply.to_string())))
+}
+
+fn app(config: &ConfigHandle) -> Router {
+    let registry = MetricsRegistry::new(config);
+    let metrics = |route: &'static str| {
+        MetricsLayer::new(registry.clone())
+            .route(route)
+            .classifier(MessageClassifier)
+    };
+
+    let orders = ServiceBuilder::new()
+        .layer(metrics("/ws/orders"))
+        .layer(DedupLayer::new(config))
+        .layer(CircuitBreakerLayer::new(config).classifier(MessageClassifier))
+        .service_fn(accept_order);
+    let chat = ServiceBuilder::new()
+        .layer(metrics("/ws/chat"))
+        .service_fn(echo);
+    let raw = tower::service_fn(echo);
+
+    let stats = move || async move { axum::Json(registry.snapshot()) };
+    Router::new()
+        .route("/ws/orders", ws_route(orders, config))
+        .route("/ws/chat", ws_route(chat, config))
+        .route("/ws/raw", ws_route(raw, config))
+        .route("/stats", get(stats))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    let args = match ServerArgs::from_env() {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    let (config, _watcher) = match args.config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("configuration refused:\n{err}");
+            return ExitCode::from(1);
+        }
+    };
+    match serve(app(&config), args.addr).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("server failed: {err}");
+            ExitCode::from(1)
+        }
+    }
+}

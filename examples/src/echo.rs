@@ -1,0 +1,133 @@
+//! The `echo` example's application, shared with the end-to-end tests.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tower::ServiceBuilder;
+use wsguard::axum::ConnectionStats;
+use wsguard::circuit_breaker::Handle as BreakerHandle;
+use wsguard::dedup::DedupHandle;
+use wsguard::prelude::*;
+
+/// The echo server's routes and the handles that look into it.
+#[derive(Debug, Clone)]
+pub struct EchoApp {
+    /// `/ws`, `/metrics`, `/stats`, `/health`.
+    pub router: Router,
+    /// The registry behind `/stats` and `/metrics`.
+    pub registry: MetricsRegistry,
+    /// The dedup layer's counters.
+    pub dedup: DedupHandle,
+    /// The breaker's handle.
+    pub breaker: BreakerHandle,
+    /// Open, accepted and refused connections of `/ws`.
+    pub connections: ConnectionStats,
+    /// Messages that reached the echo handler.
+    pub handled: Arc<AtomicU64>,
+}
+
+/// The echo server: `/ws` echoes every text or binary message through metrics, dedup (content
+/// fingerprint, per connection) and the circuit breaker; `/metrics` is Prometheus text (when a
+/// `prometheus` handle is given), `/stats` a JSON snapshot, `/health` 200.
+pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoApp {
+    let registry = MetricsRegistry::new(config);
+    let dedup = DedupLayer::new(config);
+    let breaker = CircuitBreakerLayer::new(config).classifier(MessageClassifier);
+    let (dedup_handle, breaker_handle) = (dedup.handle(), breaker.handle());
+    let handled = Arc::new(AtomicU64::new(0));
+
+    let counter = handled.clone();
+    let stack = ServiceBuilder::new()
+        .layer(
+            MetricsLayer::new(registry.clone())
+                .route("/ws")
+                .classifier(MessageClassifier),
+        )
+        .layer(dedup)
+        .layer(breaker)
+        .service_fn(move |request: Inbound| {
+            counter.fetch_add(1, Ordering::Relaxed);
+            async move { Ok::<_, BoxError>(Some(request.message)) }
+        });
+    let ws = WsRoute::new(stack, config);
+    let connections = ws.stats();
+
+    let stats = {
+        let (registry, dedup, breaker, connections, handled) = (
+            registry.clone(),
+            dedup_handle.clone(),
+            breaker_handle.clone(),
+            connections.clone(),
+            handled.clone(),
+        );
+        move || async move {
+            let body = stats_json(&registry, &dedup, &breaker, &connections, &handled);
+            axum::Json(body)
+        }
+    };
+    let metrics = move || async move {
+        match &prometheus {
+            Some(handle) => {
+                handle.run_upkeep();
+                (
+                    StatusCode::OK,
+                    [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                    handle.render(),
+                )
+                    .into_response()
+            }
+            None => (StatusCode::NOT_FOUND, "no Prometheus recorder").into_response(),
+        }
+    };
+
+    let router = Router::new()
+        .route("/ws", ws.into_method_router())
+        .route("/stats", get(stats))
+        .route("/metrics", get(metrics))
+        .route("/health", get(|| async { "ok" }));
+    EchoApp {
+        router,
+        registry,
+        dedup: dedup_handle,
+        breaker: breaker_handle,
+        connections,
+        handled,
+    }
+}
+
+fn stats_json(
+    registry: &MetricsRegistry,
+    dedup: &DedupHandle,
+    breaker: &BreakerHandle,
+    connections: &ConnectionStats,
+    handled: &AtomicU64,
+) -> serde_json::Value {
+    let d = dedup.stats();
+    let b = breaker.snapshot();
+    serde_json::json!({
+        "handled": handled.load(Ordering::Relaxed),
+        "metrics": registry.snapshot(),
+        "dedup": {
+            "checked": d.checked,
+            "duplicates": d.duplicates,
+            "evictions": d.evictions,
+            "released": d.released,
+            "store_errors": d.store_errors,
+            "remembered": d.remembered,
+        },
+        "breaker": {
+            "state": format!("{:?}", b.state),
+            "rejected": b.rejected,
+        },
+        "connections": {
+            "open": connections.open(),
+            "accepted": connections.accepted(),
+            "refused": connections.refused(),
+        },
+    })
+}
