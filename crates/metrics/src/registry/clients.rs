@@ -12,11 +12,11 @@ use crate::classify::Outcome;
 
 /// Tables up to this size find the exact least recently active client over every shard;
 /// larger ones look in the new client's shard only (bounded work per insert).
-const EXACT_EVICTION_LIMIT: usize = 4096;
+const EXACT_EVICTION_LIMIT: usize = 1024;
 /// Bounds the work of one insert when the table is over a lowered cap.
 const MAX_EVICTIONS_PER_INSERT: usize = 8;
 /// Target number of clients per shard in a full table.
-const CLIENTS_PER_SHARD: usize = 1024;
+const CLIENTS_PER_SHARD: usize = 256;
 
 /// One client's figures. Updated through atomics, so a connection that holds it (through its
 /// guard) records without touching the table.
@@ -133,7 +133,7 @@ impl ClientTable {
         let n = (cores * 4)
             .max(max_clients / CLIENTS_PER_SHARD)
             .next_power_of_two()
-            .clamp(16, 1024);
+            .clamp(16, 4096);
         let hasher = RandomState::new();
         Self {
             shards: (0..n)

@@ -38,9 +38,9 @@ use crate::snapshot::{
 ///   activity. An entry goes away when the client's last connection closes; a background sweep
 ///   removes entries idle longer than `client_metrics_ttl` (never one with a live connection)
 ///   and `max_clients` caps the table, evicting the least recently active client (clients
-///   without a live connection first). Up to 4096 clients the victim is the least recently
-///   active of the whole table; above that, of the new client's shard (the table has about one
-///   shard per 1024 clients), which bounds the work of an insert at the cap.
+///   without a live connection first). Up to 1024 clients the victim is the least recently
+///   active of the whole table; above that, of the new client's shard (the table has one shard
+///   per 256 clients, up to 4096 shards), which bounds the work of an insert at the cap.
 ///
 /// Built inside a tokio runtime, `new` spawns a background task that publishes to the facade
 /// every second and sweeps the client table every `cleanup_interval`; it holds only a weak
