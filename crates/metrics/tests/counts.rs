@@ -144,7 +144,10 @@ async fn outbound_layer_counts_messages_and_bytes_out() {
         .iter()
         .map(|r| (r.route.as_str(), r.direction.as_str(), r.calls.ok, r.bytes))
         .collect();
-    assert_eq!(routes, [("default", "in", 1, 10), ("default", "out", 3, 30)]);
+    assert_eq!(
+        routes,
+        [("default", "in", 1, 10), ("default", "out", 3, 30)]
+    );
     assert_eq!((snap.bytes_in, snap.bytes_out), (10, 30));
     assert_eq!(snap.latency_outbound.count, 3);
     let o = registry.client("o").unwrap();
