@@ -88,9 +88,15 @@ fn usage() -> ! {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
     if args.first().map(String::as_str) == Some("serve-bare") {
-        let addr: SocketAddr = args.get(1).and_then(|a| a.parse().ok()).unwrap_or_else(|| usage());
+        let addr: SocketAddr = args
+            .get(1)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| usage());
         rt.block_on(serve_bare(addr));
         return;
     }
@@ -111,7 +117,9 @@ fn main() {
         let mut value = || it.next().cloned().unwrap_or_else(|| usage());
         match arg.as_str() {
             "--url" => opts.url = value(),
-            "-c" | "--connections" => opts.connections = value().parse().unwrap_or_else(|_| usage()),
+            "-c" | "--connections" => {
+                opts.connections = value().parse().unwrap_or_else(|_| usage())
+            }
             "-n" | "--messages" => opts.messages = value().parse().unwrap_or_else(|_| usage()),
             "--mode" => {
                 opts.pipelined = match value().as_str() {
@@ -149,7 +157,10 @@ async fn serve_bare(addr: SocketAddr) {
         }
     }
     let app = Router::new()
-        .route("/ws", get(|ws: WebSocketUpgrade| async { ws.on_upgrade(echo) }))
+        .route(
+            "/ws",
+            get(|ws: WebSocketUpgrade| async { ws.on_upgrade(echo) }),
+        )
         .route("/health", get(|| async { "ok" }));
     let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
     axum::serve(listener, app).await.expect("serve");
@@ -188,10 +199,12 @@ async fn run_load(opts: &Opts) -> Report {
     let epoch = Instant::now();
     let mut sockets = Vec::with_capacity(opts.connections);
     for _ in 0..opts.connections {
-        let (ws, _) = tokio_tungstenite::connect_async(opts.url.as_str()).await.unwrap_or_else(|e| {
-            eprintln!("cannot connect to {}: {e}", opts.url);
-            std::process::exit(1)
-        });
+        let (ws, _) = tokio_tungstenite::connect_async(opts.url.as_str())
+            .await
+            .unwrap_or_else(|e| {
+                eprintln!("cannot connect to {}: {e}", opts.url);
+                std::process::exit(1)
+            });
         sockets.push(ws);
     }
     let start = Instant::now();
@@ -286,7 +299,9 @@ impl Drop for ServerProcess {
 }
 
 fn free_addr() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
 }
 
 async fn start_server(kind: &str) -> ServerProcess {
@@ -301,7 +316,10 @@ async fn start_server(kind: &str) -> ServerProcess {
         _ => {
             let echo = me.with_file_name("echo");
             if !echo.exists() {
-                eprintln!("{} not found: build it with `cargo build --release --example echo`", echo.display());
+                eprintln!(
+                    "{} not found: build it with `cargo build --release --example echo`",
+                    echo.display()
+                );
                 std::process::exit(1);
             }
             let mut c = Command::new(echo);
@@ -309,7 +327,11 @@ async fn start_server(kind: &str) -> ServerProcess {
             c
         }
     };
-    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("start server");
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start server");
     let server = ServerProcess { child, addr };
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
@@ -335,15 +357,25 @@ async fn compare_servers(opts: Opts) {
         "compare: {} connections x {} messages, {}, {} B payload, {:.0}% duplicates, {} rounds",
         opts.connections,
         opts.messages,
-        if opts.pipelined { "pipelined" } else { "ping-pong" },
+        if opts.pipelined {
+            "pipelined"
+        } else {
+            "ping-pong"
+        },
         opts.size,
         opts.dup_ratio * 100.0,
         opts.rounds
     );
     let (mut b_all, mut w_all) = (Vec::new(), Vec::new());
     for round in 0..opts.rounds {
-        for (label, server, acc) in [("bare", &bare, &mut b_all), ("wsguard", &guarded, &mut w_all)] {
-            let o = Opts { url: format!("ws://{}/ws", server.addr), ..opts.clone() };
+        for (label, server, acc) in [
+            ("bare", &bare, &mut b_all),
+            ("wsguard", &guarded, &mut w_all),
+        ] {
+            let o = Opts {
+                url: format!("ws://{}/ws", server.addr),
+                ..opts.clone()
+            };
             let r = run_load(&o).await;
             print!("round {round} ");
             r.print(label);
@@ -358,8 +390,14 @@ async fn compare_servers(opts: Opts) {
     let tw = median(&mut w_all.iter().map(Report::throughput).collect());
     let pb = median(&mut b_all.iter().map(|r| r.percentile(0.99) as f64).collect());
     let pw = median(&mut w_all.iter().map(|r| r.percentile(0.99) as f64).collect());
-    println!("median throughput: bare {tb:.0}/s, wsguard {tw:.0}/s, ratio wsguard/bare {:.3}", tw / tb);
-    println!("median p99: bare {pb:.0} us, wsguard {pw:.0} us, ratio wsguard/bare {:.3}", pw / pb);
+    println!(
+        "median throughput: bare {tb:.0}/s, wsguard {tw:.0}/s, ratio wsguard/bare {:.3}",
+        tw / tb
+    );
+    println!(
+        "median p99: bare {pb:.0} us, wsguard {pw:.0} us, ratio wsguard/bare {:.3}",
+        pw / pb
+    );
 }
 
 async fn idle_memory(k: usize) {

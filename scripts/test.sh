@@ -22,6 +22,10 @@ need_package() { # need_package COMMAND PACKAGE
 
 # The Redis store tests start their own redis-server on a free loopback port.
 need_package redis-server redis-server
+# The chat example's browser test drives Debian's Chromium through playwright-core (Node.js).
+need_package chromium chromium
+need_package node nodejs
+need_package npm npm
 
 echo "==> cargo fmt --check"
 cargo fmt --all --check
@@ -31,3 +35,12 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 
 echo "==> cargo test (unit, behaviour, end-to-end and doc tests)"
 cargo test --workspace --all-features
+
+echo "==> browser test of the chat example (headless Chromium)"
+cargo build --example chat
+target_dir="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)"
+(
+    cd tests/browser
+    npm ci --no-audit --no-fund --loglevel=error
+    CHAT_BIN="$target_dir/debug/examples/chat" CHROMIUM="$(command -v chromium)" node --test
+)

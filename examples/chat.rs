@@ -1,0 +1,322 @@
+//! The wsguard demo: a chat server whose every WebSocket message goes through the circuit
+//! breaker, the dedup window and the metrics layer, with a browser page showing them at work.
+//!
+//! ```text
+//! cargo run --release --example chat      # then open http://127.0.0.1:3000
+//! ```
+//!
+//! Address from `--addr` or `WSGUARD_ADDR` (default `127.0.0.1:3000`); configuration from
+//! `--config FILE` (watched: valid edits apply live) or the `development` preset. No external
+//! service: the dedup window is in memory.
+//!
+//! - `/` the page: join a room, send messages, see them broadcast to the room. "Resend last"
+//!   sends the last message again byte for byte; the dedup layer drops it and the panel's
+//!   duplicates figure goes up. "Fail the next N" makes the handler fail, so the breaker opens
+//!   (clients get `{"type":"error","error":"circuit_open",..}` frames), then recovers after the
+//!   open wait when probes succeed.
+//! - `/ws` the chat socket. Frames: `{"type":"join","room":..,"name":..}` and
+//!   `{"type":"say","id":..,"text":..}`; the server sends `joined` and `message` frames to the
+//!   room through each member's outbound sender service.
+//! - `/stats` JSON figures for the panel (breaker, dedup, metrics, per-client table),
+//!   `/metrics` Prometheus text, `/health` 200, `POST /fail?n=N` the failure switch.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::extract::{Query, State};
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use metrics_exporter_prometheus::PrometheusHandle;
+use serde::Deserialize;
+use serde_json::json;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use wsguard::axum::ConnectionId;
+use wsguard::prelude::*;
+use wsguard_config::{ClientIdSource, ConfigHandle, ConfigLoader, StabilityConfig};
+use wsguard_examples::{ServerArgs, init_tracing, prometheus, serve};
+
+const INDEX: &str = include_str!("chat/index.html");
+const APP_JS: &str = include_str!("chat/app.js");
+const STYLE: &str = include_str!("chat/style.css");
+
+/// Rooms and their members' outbound senders.
+#[derive(Default)]
+struct Chat {
+    rooms: Mutex<HashMap<String, HashMap<ConnectionId, Member>>>,
+    fail_next: AtomicU32,
+    handled: AtomicU64,
+}
+
+#[derive(Clone)]
+struct Member {
+    name: String,
+    sender: Outbound,
+}
+
+#[derive(Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Frame {
+    Join {
+        room: String,
+        name: String,
+    },
+    Say {
+        text: String,
+        #[serde(default)]
+        id: Option<String>,
+    },
+}
+
+impl Chat {
+    /// Handles one inbound message (after the breaker, dedup and metrics layers).
+    async fn handle(self: Arc<Self>, inbound: Inbound) -> Result<Option<Message>, BoxError> {
+        let Some(text) = inbound.text() else {
+            return Ok(Some(error_frame(
+                "binary frames are not part of the chat protocol",
+            )));
+        };
+        let frame: Frame = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            // Bad input is the client's problem, not a failure of this service: answered, and
+            // recorded by the breaker as a success.
+            Err(e) => return Ok(Some(error_frame(&format!("bad frame: {e}")))),
+        };
+        let conn = inbound.conn.id();
+        match frame {
+            Frame::Join { room, name } => {
+                let name = clip(&name, 32);
+                let room = clip(&room, 32);
+                let members = {
+                    let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                    for members in rooms.values_mut() {
+                        members.remove(&conn);
+                    }
+                    rooms.retain(|_, members| !members.is_empty());
+                    let members = rooms.entry(room.clone()).or_default();
+                    members.insert(
+                        conn,
+                        Member {
+                            name: name.clone(),
+                            sender: inbound.sender().clone(),
+                        },
+                    );
+                    members.values().cloned().collect::<Vec<_>>()
+                };
+                broadcast(
+                    members,
+                    json!({"type": "joined", "room": room, "name": name}),
+                )
+                .await;
+                Ok(None)
+            }
+            Frame::Say { text, id } => {
+                if self
+                    .fail_next
+                    .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+                    .is_ok()
+                {
+                    return Err("injected failure (fail next N)".into());
+                }
+                let (room, from, members) = {
+                    let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+                    let Some((room, members)) =
+                        rooms.iter_mut().find(|(_, m)| m.contains_key(&conn))
+                    else {
+                        return Ok(Some(error_frame("join a room first")));
+                    };
+                    // Members whose connection has gone are dropped here, on the next message.
+                    members.retain(|_, m| !m.sender.is_closed());
+                    let from = members
+                        .get(&conn)
+                        .map(|m| m.name.clone())
+                        .unwrap_or_default();
+                    (
+                        room.clone(),
+                        from,
+                        members.values().cloned().collect::<Vec<_>>(),
+                    )
+                };
+                self.handled.fetch_add(1, Ordering::Relaxed);
+                let text = clip(&text, 500);
+                broadcast(
+                    members,
+                    json!({"type": "message", "room": room, "from": from, "text": text, "id": id}),
+                )
+                .await;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Sends `frame` to every member through its outbound sender service (a bounded queue; a slow
+/// reader's overflow policy applies there, not here).
+async fn broadcast(members: Vec<Member>, frame: serde_json::Value) {
+    let text = frame.to_string();
+    for member in members {
+        let mut sender = member.sender;
+        if let Ok(ready) = sender.ready().await {
+            let _ = ready.call(Message::text(text.clone())).await;
+        }
+    }
+}
+
+fn clip(s: &str, max_chars: usize) -> String {
+    s.trim().chars().take(max_chars).collect()
+}
+
+fn error_frame(reason: &str) -> Message {
+    Message::text(json!({"type": "error", "error": reason}).to_string())
+}
+
+#[derive(Clone)]
+struct App {
+    chat: Arc<Chat>,
+    breaker: wsguard::circuit_breaker::Handle,
+    dedup: wsguard::dedup::DedupHandle,
+    registry: MetricsRegistry,
+    prometheus: PrometheusHandle,
+}
+
+async fn stats(State(app): State<App>) -> impl IntoResponse {
+    let breaker = app.breaker.snapshot();
+    let dedup = app.dedup.stats();
+    let metrics = app.registry.snapshot();
+    let clients: Vec<_> = metrics
+        .clients
+        .top
+        .iter()
+        .map(|c| {
+            json!({
+                "client": c.client_id, "connections": c.connections,
+                "messages_in": c.messages_in, "messages_out": c.messages_out,
+                "duplicates": c.duplicates, "rejections": c.rejections, "errors": c.errors,
+            })
+        })
+        .collect();
+    Json(json!({
+        "breaker": {
+            "state": state_name(breaker.state),
+            "failure_rate": breaker.failure_rate,
+            "consecutive_failures": breaker.consecutive_failures,
+            "rejected": breaker.rejected,
+            "retry_after_ms": breaker.retry_after.map(|d| d.as_millis() as u64),
+        },
+        "duplicates": dedup.duplicates,
+        "rejected": breaker.rejected,
+        "handled": app.chat.handled.load(Ordering::Relaxed),
+        "errors": metrics.calls.error,
+        "connections": metrics.connections_active,
+        "fail_next": app.chat.fail_next.load(Ordering::Relaxed),
+        "clients": clients,
+        "metrics": metrics,
+    }))
+}
+
+fn state_name(state: wsguard::circuit_breaker::State) -> &'static str {
+    use wsguard::circuit_breaker::State as S;
+    match state {
+        S::Closed => "closed",
+        S::Open => "open",
+        S::HalfOpen => "half_open",
+        S::Disabled => "disabled",
+        S::ForcedOpen => "forced_open",
+        S::MetricsOnly => "metrics_only",
+    }
+}
+
+#[derive(Deserialize)]
+struct FailQuery {
+    n: Option<u32>,
+}
+
+async fn fail(State(app): State<App>, Query(q): Query<FailQuery>) -> impl IntoResponse {
+    let n = q.n.unwrap_or(1).min(1000);
+    app.chat.fail_next.store(n, Ordering::Release);
+    Json(json!({"fail_next": n}))
+}
+
+/// The development preset with client ids taken from the page's `?client=NAME`, then the file.
+fn loader(args: &ServerArgs) -> ConfigLoader {
+    let mut base = StabilityConfig::development();
+    base.connection.client_id = ClientIdSource::Query;
+    base.connection.client_id_key = "client".to_owned();
+    let loader = ConfigLoader::new().base(base);
+    match &args.config_file {
+        Some(file) => loader.file(file),
+        None => loader,
+    }
+}
+
+fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
+    let chat = Arc::new(Chat::default());
+    let registry = MetricsRegistry::new(config);
+    let breaker = CircuitBreakerLayer::new(config).classifier(MessageClassifier);
+    let dedup = DedupLayer::new(config);
+    let state = App {
+        chat: Arc::clone(&chat),
+        breaker: breaker.handle(),
+        dedup: dedup.handle(),
+        registry: registry.clone(),
+        prometheus,
+    };
+    let stack = ServiceBuilder::new()
+        .layer(
+            MetricsLayer::new(registry)
+                .route("/ws")
+                .classifier(MessageClassifier),
+        )
+        .layer(dedup)
+        .layer(breaker)
+        .service_fn(move |inbound| Arc::clone(&chat).handle(inbound));
+    Router::new()
+        .route("/", get(|| async { Html(INDEX) }))
+        .route(
+            "/app.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], APP_JS) }),
+        )
+        .route(
+            "/style.css",
+            get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE) }),
+        )
+        .route("/ws", ws_route(stack, config))
+        .route("/stats", get(stats))
+        .route(
+            "/metrics",
+            get(|State(app): State<App>| async move { app.prometheus.render() }),
+        )
+        .route("/health", get(|| async { "ok" }))
+        .route("/fail", post(fail))
+        .with_state(state)
+}
+
+#[tokio::main]
+async fn main() {
+    init_tracing();
+    let args = ServerArgs::from_env().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
+    let loader = loader(&args);
+    let config = loader.load().unwrap_or_else(|e| {
+        eprintln!("{e}");
+        std::process::exit(2)
+    });
+    let config = ConfigHandle::new(config).expect("a loaded config is valid");
+    let _watch = args.config_file.as_ref().map(|file| {
+        config.watch_file(file, loader.clone()).unwrap_or_else(|e| {
+            eprintln!("cannot watch {}: {e}", file.display());
+            std::process::exit(2)
+        })
+    });
+    // Before any registry: its series bind to the recorder installed when they are made.
+    let prometheus = prometheus();
+    tracing::info!("open http://{}", args.addr);
+    if let Err(e) = serve(app(&config, prometheus), args.addr).await {
+        eprintln!("server error: {e}");
+        std::process::exit(1);
+    }
+}
