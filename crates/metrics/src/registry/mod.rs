@@ -516,7 +516,9 @@ impl fmt::Debug for ConnectionGuard {
 /// registry (as [`MetricsRegistry::connect`] does, with the request's client id) and stores the
 /// guard here; later calls cost one atomic check and record per-client detail straight into
 /// the client's entry, without a table lookup. Call [`release`](Self::release) (or drop the
-/// slot) when the connection closes. A slot released before any call never registers.
+/// slot) when the connection closes. A slot released before any call never registers. A slot
+/// registers with one registry, the first whose layer sees it; layers recording into another
+/// registry count its calls in their aggregates only.
 #[derive(Default)]
 pub struct ConnectionSlot {
     guard: OnceLock<ConnectionGuard>,
