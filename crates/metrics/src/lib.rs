@@ -14,8 +14,9 @@
 //! - **Sampling**: `sample_rate` applies to latency timing and per-client detail only; the
 //!   aggregate counters are always exact.
 //! - **Export**: the [`metrics`] facade with low-cardinality labels (route, direction, outcome;
-//!   never a client id), see [`export`]; and [`MetricsRegistry::snapshot`], serialisable, for a
-//!   JSON endpoint.
+//!   never a client id), see [`export`]: counts are published from the layer's own counters
+//!   every second and by [`MetricsRegistry::publish`] (call it before rendering); and
+//!   [`MetricsRegistry::snapshot`], serialisable, for a JSON endpoint.
 //!
 //! ```
 //! use axum::{Router, body::Body, http::Request, routing::get};
