@@ -10,6 +10,36 @@
 //! handler before rendering, and the rendered figures are exact at that moment). So the request
 //! path touches no shared cache line of the recorder. Latencies of sampled calls and connection
 //! events are recorded as they happen.
+//!
+//! A Prometheus endpoint with `metrics-exporter-prometheus`:
+//!
+//! ```
+//! use axum::{Router, routing::get};
+//! use metrics_exporter_prometheus::PrometheusBuilder;
+//! use wsguard_config::MetricsConfig;
+//! use wsguard_metrics::{MetricsLayer, MetricsRegistry};
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let config = MetricsConfig::default();
+//! let recorder = PrometheusBuilder::new()
+//!     .set_buckets(&config.latency_buckets)
+//!     .unwrap()
+//!     .build_recorder();
+//! let prometheus = recorder.handle();
+//! metrics::set_global_recorder(recorder).unwrap(); // first, then the registry and layers
+//!
+//! let registry = MetricsRegistry::new(config);
+//! let scrape = registry.clone();
+//! let app: Router = Router::new()
+//!     .route("/ws", get(|| async { "upgrade here" }))
+//!     .route_layer(MetricsLayer::new(registry).route("/ws"))
+//!     .route("/metrics", get(move || async move {
+//!         scrape.publish(); // exact counts at this scrape
+//!         prometheus.render()
+//!     }));
+//! # let _ = app;
+//! # }
+//! ```
 
 use std::sync::{Arc, Mutex, PoisonError};
 
