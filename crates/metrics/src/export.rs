@@ -19,6 +19,7 @@
 //! use wsguard_config::MetricsConfig;
 //! use wsguard_metrics::{MetricsLayer, MetricsRegistry};
 //!
+//! # #[cfg(feature = "http")]
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let config = MetricsConfig::default();
 //! let recorder = PrometheusBuilder::new()
@@ -39,6 +40,7 @@
 //!     }));
 //! # let _ = app;
 //! # }
+//! # #[cfg(not(feature = "http"))] fn main() {}
 //! ```
 
 use std::sync::{Arc, Mutex, PoisonError};
