@@ -95,13 +95,14 @@ where
             .connection_slot()
             .map(|slot| slot.entry(registry, || req.client_id(&shared.options)));
         let (start, client) = if registry.sample() {
-            let start = Instant::now();
             let client = match slot_entry {
                 Some(entry) => entry.cloned(),
                 None => req
                     .client_id(&shared.options)
                     .map(|id| registry.touch_client(&id)),
             };
+            // Timed from here: the latency is the inner service's, not the table lookup's.
+            let start = Instant::now();
             if let Some(c) = &client {
                 c.record_message(direction, size, registry.nanos_at(start));
             }
