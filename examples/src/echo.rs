@@ -70,9 +70,12 @@ pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoA
             axum::Json(body)
         }
     };
+    let published = registry.clone();
     let metrics = move || async move {
         match &prometheus {
             Some(handle) => {
+                // Push the exact counters to the recorder, then render.
+                published.publish();
                 handle.run_upkeep();
                 (
                     StatusCode::OK,

@@ -10,6 +10,7 @@ use wsguard_metrics::{ClassifyOutcome, ClientIdOptions, ClientRequest, Connectio
 
 use crate::BoxError;
 use crate::inbound::Inbound;
+use crate::outgoing::Outgoing;
 use crate::reply::find;
 
 /// The client id is the connection's; the size is the payload's; the connection registers with
@@ -34,11 +35,7 @@ impl ClientRequest for Inbound {
 /// `fingerprint_when_missing` is on).
 impl DedupRequest for Inbound {
     fn payload(&self) -> Option<Payload<'_>> {
-        match &self.message {
-            Message::Text(text) => Some(Payload::Text(text.as_str())),
-            Message::Binary(bytes) => Some(Payload::Binary(bytes)),
-            _ => None,
-        }
+        payload_of(&self.message)
     }
 
     fn connection_id(&self) -> Option<u64> {
@@ -47,6 +44,46 @@ impl DedupRequest for Inbound {
 
     fn client_id(&self) -> Option<&str> {
         Some(self.conn.client_id())
+    }
+}
+
+/// Sends count under the connection's client, with their payload size; the sending side does
+/// not register the connection (the inbound stack does).
+impl ClientRequest for Outgoing {
+    fn client_id(&self, _options: &ClientIdOptions) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(self.conn.client_id()))
+    }
+
+    fn size(&self) -> Option<u64> {
+        let len = match &self.message {
+            Message::Text(text) => text.len(),
+            Message::Binary(bytes) => bytes.len(),
+            _ => 0,
+        };
+        u64::try_from(len).ok()
+    }
+}
+
+/// A re-send of the same content on the same connection is a duplicate.
+impl DedupRequest for Outgoing {
+    fn payload(&self) -> Option<Payload<'_>> {
+        payload_of(&self.message)
+    }
+
+    fn connection_id(&self) -> Option<u64> {
+        Some(self.conn.id().get())
+    }
+
+    fn client_id(&self) -> Option<&str> {
+        Some(self.conn.client_id())
+    }
+}
+
+fn payload_of(message: &Message) -> Option<Payload<'_>> {
+    match message {
+        Message::Text(text) => Some(Payload::Text(text.as_str())),
+        Message::Binary(bytes) => Some(Payload::Binary(bytes)),
+        _ => None,
     }
 }
 
@@ -84,8 +121,8 @@ impl MessageClassifier {
     }
 }
 
-impl ClassifyOutcome<Option<Message>, BoxError> for MessageClassifier {
-    fn classify(&self, result: &Result<Option<Message>, BoxError>) -> Outcome {
+impl<T> ClassifyOutcome<T, BoxError> for MessageClassifier {
+    fn classify(&self, result: &Result<T, BoxError>) -> Outcome {
         match result {
             Ok(_) => Outcome::Ok,
             Err(err) => Self::error_outcome(err),

@@ -81,6 +81,7 @@ mod connection;
 mod inbound;
 mod layers;
 mod outbound;
+mod outgoing;
 mod reply;
 mod route;
 
@@ -91,6 +92,7 @@ pub use self::{
     inbound::{ConnInfo, ConnectionId, Inbound},
     layers::MessageClassifier,
     outbound::{ConnectionClosed, Outbound, Queued},
+    outgoing::{Outgoing, SendOutgoing},
     route::{ConnectionStats, WsRoute, ws_route},
 };
 

@@ -376,3 +376,32 @@ async fn duplicate_is_dropped_or_acknowledged_per_config() {
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
 }
+
+#[tokio::test]
+async fn dedup_layer_on_the_sending_side_suppresses_re_sends() {
+    use tower::{ServiceBuilder, ServiceExt};
+    use wsguard_axum::{Outgoing, SendOutgoing};
+    use wsguard_dedup::DedupLayer;
+
+    let config = StabilityConfig::testing();
+    let send = ServiceBuilder::new()
+        .layer(DedupLayer::new(config.dedup.clone()))
+        .service(SendOutgoing);
+    let handler = service_fn(move |req: Inbound| {
+        let send = send.clone();
+        async move {
+            // Every message is pushed three times; the client must hear it once.
+            for _ in 0..3 {
+                let outgoing = Outgoing::new(req.message.clone(), req.conn.clone());
+                let _ = send.clone().oneshot(outgoing).await;
+            }
+            Ok::<_, BoxError>(None)
+        }
+    });
+    let addr = serve(Router::new().route("/ws", ws_route(handler, config))).await;
+    let mut client = connect(addr).await;
+    client.send(WsMessage::text("one")).await.unwrap();
+    client.send(WsMessage::text("two")).await.unwrap();
+    assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "one");
+    assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "two");
+}
