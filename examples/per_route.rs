@@ -82,3 +82,55 @@ async fn main() -> ExitCode {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use futures_util::{SinkExt, StreamExt};
+    use tokio::time::timeout;
+    use tokio_tungstenite::connect_async;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+
+    use super::*;
+
+    async fn start() -> std::net::SocketAddr {
+        let config = ConfigHandle::new(StabilityConfig::testing()).unwrap();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app(&config)).await.unwrap() });
+        addr
+    }
+
+    /// Sends `texts` on `path`, then a marker; the replies before the marker's.
+    async fn replies(addr: std::net::SocketAddr, path: &str, texts: &[&str]) -> Vec<String> {
+        let (mut ws, _) = connect_async(format!("ws://{addr}{path}")).await.unwrap();
+        for text in texts.iter().chain(&[r#"{"marker":true}"#]) {
+            ws.send(WsMessage::text(*text)).await.unwrap();
+        }
+        let mut out = Vec::new();
+        loop {
+            let frame = timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+            let text = frame.unwrap().unwrap().into_text().unwrap().to_string();
+            if text.contains("marker") {
+                return out;
+            }
+            out.push(text);
+        }
+    }
+
+    #[tokio::test]
+    async fn routes_run_their_own_stacks() {
+        let addr = start().await;
+        let order = r#"{"item":"book","qty":1}"#;
+        let resent = r#"{ "qty": 1, "item": "book" }"#;
+        // Orders are deduplicated: the resent order is dropped.
+        let orders = replies(addr, "/ws/orders", &[order, resent]).await;
+        assert_eq!(orders, [r#"{"accepted":{"item":"book","qty":1}}"#]);
+        // Chat has no dedup layer, raw no layer at all: both echo everything.
+        let chat = replies(addr, "/ws/chat", &[order, order]).await;
+        assert_eq!(chat, [order, order]);
+        let raw = replies(addr, "/ws/raw", &[order, order]).await;
+        assert_eq!(raw, [order, order]);
+    }
+}

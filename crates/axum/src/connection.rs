@@ -221,6 +221,8 @@ async fn write_loop(
 ) {
     let out = &conn.sender;
     let mut ending = out.ending();
+    // A zero period would panic; validated configs never have one.
+    let ping_interval = ping_interval.max(Duration::from_millis(1));
     let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
 
