@@ -152,6 +152,12 @@ async fn client_that_never_reads_keeps_the_queue_bounded_by_dropping() {
         assert!(sender.len() <= 16);
         assert!(!sender.is_closed(), "{policy:?} must keep the connection");
         assert!(sender.written() < 65536);
+        // The client goes away: nothing it never read stays in memory.
+        drop(client);
+        wait_until("the queue to be discarded", || {
+            sender.is_closed() && sender.is_empty()
+        })
+        .await;
     }
 }
 

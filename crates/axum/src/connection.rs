@@ -66,6 +66,8 @@ pub(crate) async fn run<S>(
     conn.sender.end(ending);
     conn.sender.shut();
     let _ = writer.await;
+    // Whoever still holds the connection's info or sender keeps no unsent messages alive.
+    conn.sender.discard();
 
     let ending = conn
         .sender

@@ -212,6 +212,13 @@ impl Outbound {
         self.state().closed = true;
     }
 
+    /// Drops whatever is still queued (the writer is gone).
+    pub(crate) fn discard(&self) {
+        let mut state = self.state();
+        state.closed = true;
+        state.items = VecDeque::new();
+    }
+
     pub(crate) fn pop(&self) -> Option<Message> {
         let mut state = self.state();
         let message = state.items.pop_front();
