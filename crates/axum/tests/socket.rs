@@ -100,14 +100,27 @@ async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     .unwrap_or_else(|_| panic!("timed out waiting for {what}"));
 }
 
-#[tokio::test]
-async fn replies_keep_message_order_with_concurrency() {
-    let config = config(|c| c.message_concurrency = 4);
-    let addr = serve(Router::new().route("/ws", ws_route(echo(), config))).await;
+/// Sends 8 messages whose handling takes less time the later they come; checks the replies
+/// come in order; returns the most handled at once.
+async fn most_at_once(concurrency: usize) -> usize {
+    let (running, most) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (run, max) = (running.clone(), most.clone());
+    let service = service_fn(move |req: Inbound| {
+        let now = run.fetch_add(1, Ordering::SeqCst) + 1;
+        max.fetch_max(now, Ordering::SeqCst);
+        let run = run.clone();
+        async move {
+            // Later messages finish first.
+            let ms: u64 = req.text().unwrap().parse().unwrap();
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            run.fetch_sub(1, Ordering::SeqCst);
+            Ok::<_, BoxError>(Some(req.message))
+        }
+    });
+    let config = config(|c| c.message_concurrency = concurrency);
+    let addr = serve(Router::new().route("/ws", ws_route(service, config))).await;
     let mut client = connect(addr).await;
-    // Later messages finish first; replies must still come in order.
-    let sent: Vec<String> = (0..8).map(|i| format!("sleep {}", 80 - i * 10)).collect();
-    let started = tokio::time::Instant::now();
+    let sent: Vec<String> = (0..8).map(|i| (80 - i * 10).to_string()).collect();
     for text in &sent {
         client.send(WsMessage::text(text.as_str())).await.unwrap();
     }
@@ -117,12 +130,19 @@ async fn replies_keep_message_order_with_concurrency() {
             text.as_str()
         );
     }
-    // Run four at once, the eight take about two rounds, well under their 360 ms sum.
-    assert!(
-        started.elapsed() < Duration::from_millis(300),
-        "{:?}",
-        started.elapsed()
-    );
+    most.load(Ordering::SeqCst)
+}
+
+#[tokio::test]
+async fn messages_of_a_connection_run_one_at_a_time_by_default() {
+    assert_eq!(most_at_once(1).await, 1);
+}
+
+#[tokio::test]
+async fn replies_keep_message_order_with_concurrency() {
+    let most = most_at_once(4).await;
+    assert!(most > 1, "messages never overlapped");
+    assert!(most <= 4, "{most} messages ran at once, limit 4");
 }
 
 #[tokio::test]
