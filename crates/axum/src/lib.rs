@@ -49,7 +49,9 @@
 //!   run at once, with replies still sent in order.
 //! - Replies and [`Outbound`] sends go through a bounded queue (`send_queue_capacity`) whose
 //!   overflow policy drops the newest, drops the oldest, or closes with `1008`. Queued messages
-//!   are written together and flushed once.
+//!   are written together and flushed once. `Outbound` is a `tower::Service<Message>`; for layers
+//!   on the sending side, wrap [`SendOutgoing`] (a `Service<`[`Outgoing`]`>`, which carries the
+//!   connection so that dedup can suppress re-sends and metrics count them per client).
 //! - Ping/pong, the close handshake and frame assembly stay tungstenite's; the service never sees
 //!   a control frame. The server pings a quiet client every `ping_interval` and closes with
 //!   `1001` after `idle_timeout` of silence.
