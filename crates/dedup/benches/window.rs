@@ -14,9 +14,15 @@ use wsguard_dedup::{Fingerprint, Fingerprinter, MemoryStore};
 const TTL: Duration = Duration::from_secs(3600);
 
 fn key(i: u64) -> Fingerprint {
-    // Spread like real fingerprints.
-    let x = u128::from(i).wrapping_mul(0x9e37_79b9_7f4a_7c15_f39c_c060_5ced_c835);
-    Fingerprint::from_u128(x ^ (x >> 61))
+    // Uniform like real (keyed SipHash) fingerprints: splitmix64 of the id, twice.
+    let mix = |mut z: u64| {
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    };
+    let a = mix(i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    let b = mix(a ^ 0x5851_f42d_4c95_7f2d);
+    Fingerprint::from_u128(u128::from(a) << 64 | u128::from(b))
 }
 
 /// A store holding `live` ids and bounded at `live`: every fresh insert evicts the oldest, so the

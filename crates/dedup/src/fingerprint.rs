@@ -404,22 +404,42 @@ struct Entry {
     key: KeyRef,
     /// The key's first 8 bytes, big-endian and zero-padded: most comparisons stop here.
     prefix: u64,
-    value: usize,
+    value: Val,
 }
 
 impl Entry {
     const EMPTY: Self = Self {
         key: KeyRef::Src(0, 0),
         prefix: 0,
-        value: 0,
+        value: Val::Tag(0),
     };
 }
 
 fn prefix(key: &[u8]) -> u64 {
-    let mut b = [0u8; 8];
-    let n = key.len().min(8);
-    b[..n].copy_from_slice(&key[..n]);
-    u64::from_be_bytes(b)
+    match key.first_chunk::<8>() {
+        Some(first) => u64::from_be_bytes(*first),
+        // Built in registers: a short copy into a buffer and a wide load stalls the store buffer.
+        None => key
+            .iter()
+            .fold(0u64, |p, &b| p << 8 | u64::from(b))
+            .checked_shl(8 * (8 - key.len() as u32))
+            .unwrap_or(0),
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Num {
+    Int(i128),
+    Float(f64),
+}
+
+/// A top-level value as read by the first pass: scalars are kept, containers re-read.
+#[derive(Clone, Copy)]
+enum Val {
+    Str(usize, usize),
+    Num(Num),
+    Tag(u8),
+    Reread(usize),
 }
 
 /// A hasher that ignores its input, for validating without hashing.
@@ -505,13 +525,9 @@ impl<H: SipState> Walk<'_, H> {
                     KeyRef::Src(a, b) => &self.src[a..b],
                     KeyRef::Arena(a, b) => &arena[a..b],
                 });
-                entries[n] = Entry {
-                    key,
-                    prefix,
-                    value: self.pos,
-                };
+                let value = self.scalar()?;
+                entries[n] = Entry { key, prefix, value };
                 n += 1;
-                self.skip(1)?;
                 self.skip_ws();
                 match self.peek() {
                     Some(b',') => self.pos += 1,
@@ -546,11 +562,48 @@ impl<H: SipState> Walk<'_, H> {
             write_bytes(h, key(e));
         }
         for e in entries.iter() {
-            self.pos = e.value;
-            self.value(h, 1)?;
+            match e.value {
+                Val::Str(a, b) => {
+                    h.write_u8(TAG_STR);
+                    write_bytes(h, &self.src[a..b]);
+                }
+                Val::Num(Num::Int(v)) => write_int(h, v),
+                Val::Num(Num::Float(v)) => write_f64(h, v),
+                Val::Tag(tag) => h.write_u8(tag),
+                Val::Reread(at) => {
+                    self.pos = at;
+                    self.value(h, 1)?;
+                }
+            }
         }
         self.pos = end;
         Ok(())
+    }
+
+    /// Reads a top-level entry's value: a scalar is kept, a container (or an escaped string) is
+    /// validated and re-read when hashing.
+    fn scalar(&mut self) -> Result<Val, Invalid> {
+        let at = self.pos;
+        Ok(match self.peek().ok_or(Invalid)? {
+            b'"' => match self.scan_string()? {
+                Text::Src(a, b) => Val::Str(a, b),
+                Text::Scratch => Val::Reread(at),
+            },
+            b't' => self
+                .literal(b"true", &mut Sink, TAG_TRUE)
+                .map(|()| Val::Tag(TAG_TRUE))?,
+            b'f' => self
+                .literal(b"false", &mut Sink, TAG_FALSE)
+                .map(|()| Val::Tag(TAG_FALSE))?,
+            b'n' => self
+                .literal(b"null", &mut Sink, TAG_NULL)
+                .map(|()| Val::Tag(TAG_NULL))?,
+            b'-' | b'0'..=b'9' => Val::Num(self.parse_number()?),
+            _ => {
+                self.skip(1)?;
+                Val::Reread(at)
+            }
+        })
     }
 
     /// Validates one value and moves past it, hashing nothing.
@@ -797,6 +850,14 @@ impl<H: SipState> Walk<'_, H> {
 
     /// Validates a number by the JSON grammar and hashes its value.
     fn number<W: Hasher>(&mut self, h: &mut W) -> Result<(), Invalid> {
+        match self.parse_number()? {
+            Num::Int(v) => write_int(h, v),
+            Num::Float(v) => write_f64(h, v),
+        }
+        Ok(())
+    }
+
+    fn parse_number(&mut self) -> Result<Num, Invalid> {
         let start = self.pos;
         let negative = self.peek() == Some(b'-');
         if negative {
@@ -829,25 +890,30 @@ impl<H: SipState> Walk<'_, H> {
             }
             self.digits();
         }
-        if integral && int_end - int_start <= 38 {
-            // At most 38 digits always fit in an i128: no overflow check needed.
-            let mut v: i128 = 0;
-            for &d in &self.src[int_start..int_end] {
-                v = v * 10 + i128::from(d - b'0');
-            }
+        let digits = &self.src[int_start..int_end];
+        if integral && digits.len() <= 38 {
+            // At most 38 digits always fit in an i128 (18 in a u64): no overflow check needed.
+            let v = if digits.len() <= 18 {
+                i128::from(
+                    digits
+                        .iter()
+                        .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
+                )
+            } else {
+                digits
+                    .iter()
+                    .fold(0i128, |v, d| v * 10 + i128::from(d - b'0'))
+            };
             let v = if negative { -v } else { v };
-            if v.unsigned_abs() < 1 << 64 {
-                write_int(h, v);
+            return Ok(if v.unsigned_abs() < 1 << 64 {
+                Num::Int(v)
             } else {
                 // Past ±2^64 numbers compare as doubles, like `1e20` and its digits.
-                write_f64(h, v as f64);
-            }
-            return Ok(());
+                Num::Float(v as f64)
+            });
         }
         let text = std::str::from_utf8(&self.src[start..self.pos]).map_err(|_| Invalid)?;
-        let v: f64 = text.parse().map_err(|_| Invalid)?;
-        write_f64(h, v);
-        Ok(())
+        text.parse().map(Num::Float).map_err(|_| Invalid)
     }
 
     #[inline]

@@ -206,7 +206,12 @@ fn split(key: u128) -> [u32; 4] {
 }
 
 fn table_hash(key: &[u32; 4]) -> usize {
-    (key[0] as u64 | (key[1] as u64) << 32) as usize
+    // Fingerprints are already uniform, but a multiplicative mix keeps probe chains short even
+    // for structured keys (sequential test ids, a custom store key): linear probing clusters
+    // badly on lattices. The high half of the product carries the well-mixed bits.
+    let lo = u64::from(key[0]) | u64::from(key[1]) << 32;
+    let hi = u64::from(key[2]) | u64::from(key[3]) << 32;
+    ((lo ^ hi.rotate_left(29)).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 32) as usize
 }
 
 fn tag(key: &[u32; 4]) -> u32 {
