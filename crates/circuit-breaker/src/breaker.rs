@@ -48,6 +48,8 @@ pub(crate) struct Core {
     /// recorded only if the word is unchanged when it finishes.
     word: AtomicU64,
     source: ConfigSource<CircuitBreakerConfig>,
+    /// The source can change (a `ConfigHandle`); a fixed one is never checked again.
+    live: bool,
     applied: AtomicU64,
     // Copies of the fields read on every call, refreshed when the config generation changes.
     mode: AtomicU8,
@@ -149,6 +151,16 @@ pub(crate) struct Admitted {
     permit: Option<Permit>,
 }
 
+impl Admitted {
+    pub(crate) fn closed(word: u64, start: u64) -> Self {
+        Self {
+            word,
+            start,
+            permit: None,
+        }
+    }
+}
+
 #[derive(Debug)]
 struct Permit {
     period: Arc<Period>,
@@ -200,6 +212,7 @@ impl Core {
         let shards = shard_count();
         let core = Self {
             word: AtomicU64::new(word),
+            live: source.handle().is_some(),
             applied: AtomicU64::new(source.generation()),
             mode: AtomicU8::new(0),
             failure_threshold: AtomicU32::new(0),
@@ -290,6 +303,9 @@ impl Core {
     /// Applies a changed live config: one atomic load when nothing changed.
     #[inline]
     fn sync_config(&self) {
+        if !self.live {
+            return;
+        }
         let generation = self.source.generation();
         if generation != self.applied.load(Ordering::Acquire) {
             self.reconfigure(generation);
@@ -372,6 +388,23 @@ impl Core {
                         .is_some_and(|p| p.in_flight.load(Ordering::Acquire) >= max_calls)
             }
         }
+    }
+
+    /// The fast path of [`admit`](Self::admit): the state word and start time of a call admitted
+    /// by a closed (or metrics-only) breaker, `None` for every other state.
+    #[inline]
+    pub(crate) fn admit_closed(&self) -> Option<(u64, u64)> {
+        self.sync_config();
+        let word = self.word.load(Ordering::Acquire);
+        if !matches!(state_of(word), State::Closed | State::MetricsOnly) {
+            return None;
+        }
+        let start = if self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
+            NOT_TIMED
+        } else {
+            self.nanos(Instant::now())
+        };
+        Some((word, start))
     }
 
     /// Decides whether a call may go through now. `Ok(None)`: permitted and not recorded.
@@ -488,10 +521,10 @@ impl Core {
     }
 
     /// Records a finished call; ignored outcomes and calls admitted before the last transition
-    /// record nothing. A probe's slot is given back when `admitted` drops at the end.
+    /// record nothing. A probe's slot is given back when the caller drops `admitted`.
     #[inline]
     /// `shard` picks the per-thread counters (the caller's stripe index).
-    pub(crate) fn complete(&self, admitted: Admitted, outcome: Outcome, shard: usize) {
+    pub(crate) fn complete(&self, admitted: &Admitted, outcome: Outcome, shard: usize) {
         if outcome == Outcome::Ignored || self.word.load(Ordering::Acquire) != admitted.word {
             return;
         }
@@ -507,7 +540,7 @@ impl Core {
             }
             return;
         }
-        self.complete_slow(&admitted, failure, shard);
+        self.complete_slow(admitted, failure, shard);
     }
 
     #[inline(never)]

@@ -43,8 +43,34 @@ pin_project! {
 /// An admitted call to record when it finishes.
 #[derive(Debug)]
 pub(crate) struct Call {
-    pub(crate) stripe: Arc<Stripe>,
-    pub(crate) admitted: Admitted,
+    // `Some` until dropped, when it goes back to the thread's spare slot.
+    stripe: Option<Arc<Stripe>>,
+    admitted: Admitted,
+}
+
+impl Call {
+    pub(crate) fn new(stripe: Arc<Stripe>, admitted: Admitted) -> Self {
+        Self {
+            stripe: Some(stripe),
+            admitted,
+        }
+    }
+
+    #[inline]
+    fn finish(&self, outcome: crate::classify::Outcome) {
+        if let Some(stripe) = &self.stripe {
+            stripe.core.complete(&self.admitted, outcome, stripe.index);
+        }
+    }
+}
+
+impl Drop for Call {
+    #[inline]
+    fn drop(&mut self) {
+        if let Some(stripe) = self.stripe.take() {
+            crate::service::recycle(stripe);
+        }
+    }
 }
 
 impl<F, C, R> ResponseFuture<F, C, R> {
@@ -81,11 +107,11 @@ where
         match this.kind.project() {
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                if let Some(Call { stripe, admitted }) = this.call.take() {
-                    let outcome = this.classifier.classify(result.as_ref());
-                    stripe.core.complete(admitted, outcome, stripe.index);
-                    crate::service::recycle(stripe);
+                if let Some(call) = this.call.as_ref() {
+                    call.finish(this.classifier.classify(result.as_ref()));
                 }
+                // Gives a probe slot back, and the reference to the thread's spare slot.
+                *this.call = None;
                 Poll::Ready(result.map_err(|e| this.reject.map_error(e)))
             }
             KindProj::Rejected { open } => {

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::breaker::Core;
+use crate::breaker::{Admitted, Core};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::future::{Call, ResponseFuture};
 use crate::handle::Handle;
@@ -149,6 +149,29 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
+        // Closed: two words in registers, nothing else to decide.
+        if !self.rejecting
+            && let Some((word, start)) = self.shared.core.admit_closed()
+        {
+            let call = Call::new(self.shared.stripe(), Admitted::closed(word, start));
+            return ResponseFuture::called(
+                self.inner.call(req),
+                Some(call),
+                self.classifier.clone(),
+                self.reject.clone(),
+            );
+        }
+        self.call_slow(req)
+    }
+}
+
+impl<S, C, R> CircuitBreaker<S, C, R> {
+    fn call_slow<Req>(&mut self, req: Req) -> ResponseFuture<S::Future, C, R>
+    where
+        S: Service<Req>,
+        C: Clone,
+        R: Clone,
+    {
         let classifier = self.classifier.clone();
         let reject = self.reject.clone();
         if std::mem::take(&mut self.rejecting) {
@@ -157,10 +180,7 @@ where
         }
         match self.shared.core.admit() {
             Ok(admitted) => {
-                let call = admitted.map(|admitted| Call {
-                    stripe: self.shared.stripe(),
-                    admitted,
-                });
+                let call = admitted.map(|admitted| Call::new(self.shared.stripe(), admitted));
                 ResponseFuture::called(self.inner.call(req), call, classifier, reject)
             }
             Err(open) => ResponseFuture::rejected(open, classifier, reject),
