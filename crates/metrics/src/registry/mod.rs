@@ -81,7 +81,7 @@ pub(crate) struct Inner {
     epoch: Instant,
     handles: RegistryHandles,
     // Dropping it wakes the background task, which then ends.
-    _stop_sweep: Option<oneshot::Sender<()>>,
+    _stop_background: Option<oneshot::Sender<()>>,
 }
 
 impl fmt::Debug for MetricsRegistry {
@@ -145,7 +145,7 @@ impl MetricsRegistry {
                 clients: ClientTable::new(max_clients, handles.clients_evicted.clone()),
                 epoch: Instant::now(),
                 handles,
-                _stop_sweep: stop,
+                _stop_background: stop,
             }
         });
         Self { inner }
