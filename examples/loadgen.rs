@@ -421,11 +421,45 @@ async fn idle_memory(k: usize) {
         tokio::time::sleep(Duration::from_secs(1)).await;
         let during = rss_kib(pid);
         let per = (during.saturating_sub(before) as f64 * 1024.0) / held.len().max(1) as f64;
+        let n = held.len();
+        for mut ws in held {
+            let _ = ws.close(None).await;
+        }
+        // Give the server time to see every close and drop the connections' state.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let after = rss_kib(pid);
         println!(
-            "{kind:>8}: {} idle connections, server RSS {before} KiB -> {during} KiB, {:.1} KB per connection",
-            held.len(),
+            "{kind:>8}: {n} idle connections, server RSS {before} KiB -> {during} KiB ({:.1} KB per connection), {after} KiB after they closed",
             per / 1000.0
         );
-        drop(held);
+        if let Some(stats) = get_json(server.addr, "/stats").await {
+            let field = |path: &[&str]| {
+                path.iter()
+                    .try_fold(&stats, |v, k| v.get(k))
+                    .map_or_else(|| "-".to_owned(), ToString::to_string)
+            };
+            println!(
+                "{kind:>8}: after close: open connections {}, tracked clients {}, remembered dedup keys {}",
+                field(&["connections", "open"]),
+                field(&["metrics", "clients", "tracked"]),
+                field(&["dedup", "remembered"]),
+            );
+        }
     }
+}
+
+/// `GET path` on `addr`, parsed as JSON; `None` when the server has no such route.
+async fn get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await.ok()?;
+    let response = String::from_utf8_lossy(&response);
+    if !response.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let body = response.split_once("\r\n\r\n")?.1;
+    serde_json::from_str(body).ok()
 }
