@@ -425,3 +425,27 @@ async fn dedup_layer_on_the_sending_side_suppresses_re_sends() {
     assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "one");
     assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "two");
 }
+
+#[tokio::test]
+async fn a_live_config_changes_the_connection_limit_without_a_restart() {
+    let handle = wsguard_config::ConfigHandle::new(StabilityConfig::testing()).unwrap();
+    let route = WsRoute::new(echo(), &handle);
+    let stats = route.stats();
+    let addr = serve(Router::new().route("/ws", route.into_method_router())).await;
+    let _first = connect(addr).await;
+    let _second = connect(addr).await;
+
+    let mut tighter = StabilityConfig::testing();
+    tighter.connection.max_connections = 2;
+    handle.update(tighter).unwrap();
+    match connect_async(format!("ws://{addr}/ws")).await {
+        Err(tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("expected 503, got {other:?}"),
+    }
+    assert_eq!(stats.refused(), 1);
+
+    handle.update(StabilityConfig::testing()).unwrap();
+    let mut third = connect(addr).await;
+    third.send(WsMessage::text("in")).await.unwrap();
+    assert_eq!(next_frame(&mut third).await.into_text().unwrap(), "in");
+}
