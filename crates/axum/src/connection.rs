@@ -6,6 +6,7 @@ use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
@@ -136,10 +137,14 @@ where
                         return end;
                     }
                 }
-                ready = poll_fn(|cx| self.service.poll_ready(cx)), if pending.is_some() => {
-                    if let Err(err) = ready {
-                        tracing::error!(conn = %self.conn.id, error = %err, "message service failed");
-                        return Ending::close(close::ERROR, "service unavailable");
+                ready = poll_ready_unwinding(&mut self.service), if pending.is_some() => {
+                    match ready {
+                        Ok(Ok(())) => {}
+                        Ok(Err(err)) => {
+                            tracing::error!(conn = %self.conn.id, error = %err, "message service failed");
+                            return Ending::close(close::ERROR, "service unavailable");
+                        }
+                        Err(panic) => return panicked(&self.conn, panic),
                     }
                     let request = pending.take().expect("branch enabled by pending");
                     let service = &mut self.service;
@@ -190,6 +195,23 @@ where
             Action::Close { code, reason } => Some(Ending::close(code, reason)),
         }
     }
+}
+
+/// `poll_ready` with a panic caught, as the calls' panics are.
+async fn poll_ready_unwinding<S, R>(
+    service: &mut S,
+) -> Result<Result<(), S::Error>, Box<dyn Any + Send>>
+where
+    S: Service<R>,
+{
+    poll_fn(
+        |cx| match std::panic::catch_unwind(AssertUnwindSafe(|| service.poll_ready(cx))) {
+            Ok(Poll::Pending) => Poll::Pending,
+            Ok(Poll::Ready(ready)) => Poll::Ready(Ok(ready)),
+            Err(panic) => Poll::Ready(Err(panic)),
+        },
+    )
+    .await
 }
 
 fn panicked(conn: &ConnInfo, panic: Box<dyn Any + Send>) -> Ending {

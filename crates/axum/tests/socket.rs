@@ -449,3 +449,42 @@ async fn a_live_config_changes_the_connection_limit_without_a_restart() {
     third.send(WsMessage::text("in")).await.unwrap();
     assert_eq!(next_frame(&mut third).await.into_text().unwrap(), "in");
 }
+
+/// Echoes; after the message "arm", its next `poll_ready` panics.
+#[derive(Clone, Default)]
+struct PanicsWhenArmed(Arc<std::sync::atomic::AtomicBool>);
+
+impl tower::Service<Inbound> for PanicsWhenArmed {
+    type Response = Option<Message>;
+    type Error = BoxError;
+    type Future = std::future::Ready<Result<Option<Message>, BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        assert!(!self.0.load(Ordering::SeqCst), "poll_ready asked to panic");
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Inbound) -> Self::Future {
+        if req.text() == Some("arm") {
+            self.0.store(true, Ordering::SeqCst);
+        }
+        std::future::ready(Ok(Some(req.message)))
+    }
+}
+
+#[tokio::test]
+async fn panic_in_poll_ready_closes_that_connection_with_1011() {
+    let service = PanicsWhenArmed::default();
+    let route = WsRoute::new(service, StabilityConfig::testing());
+    let stats = route.stats();
+    let addr = serve(Router::new().route("/ws", route.into_method_router())).await;
+    let mut client = connect(addr).await;
+    client.send(WsMessage::text("arm")).await.unwrap();
+    assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "arm");
+    client.send(WsMessage::text("boom")).await.unwrap();
+    assert_eq!(close_code(&mut client).await, 1011);
+    wait_until("the connection's place to free", || stats.open() == 0).await;
+}
