@@ -299,10 +299,10 @@ async fn write_loop(
 }
 
 /// Writes everything queued, then flushes once.
-async fn write_queued(
-    sink: &mut SplitSink<WebSocket, Message>,
-    out: &crate::Outbound,
-) -> Result<(), axum::Error> {
+async fn write_queued<K>(sink: &mut K, out: &crate::Outbound) -> Result<(), K::Error>
+where
+    K: futures_util::Sink<Message> + Unpin,
+{
     let mut fed = false;
     while let Some(message) = out.pop() {
         sink.feed(message).await?;
@@ -319,5 +319,67 @@ async fn ended(ending: &mut watch::Receiver<Option<Ending>>) {
     if ending.wait_for(Option::is_some).await.is_err() {
         // The sender lives as long as the connection's `Outbound`; never reached.
         std::future::pending::<()>().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::pin::Pin;
+    use std::task::Context;
+
+    use wsguard_config::OverflowPolicy;
+
+    use super::*;
+    use crate::Outbound;
+
+    /// Records what the writer does to the socket.
+    #[derive(Default)]
+    struct Recorder {
+        sent: Vec<Message>,
+        flushes: usize,
+    }
+
+    impl futures_util::Sink<Message> for Recorder {
+        type Error = std::convert::Infallible;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.sent.push(item);
+            Ok(())
+        }
+
+        fn poll_flush(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Result<(), Self::Error>> {
+            self.flushes += 1;
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn queued_messages_are_written_in_order_then_flushed_once() {
+        let out = Outbound::new(8, OverflowPolicy::DropNewest);
+        for text in ["a", "b", "c", "d", "e"] {
+            out.send(text).unwrap();
+        }
+        let mut socket = Recorder::default();
+        write_queued(&mut socket, &out).await.unwrap();
+        let sent: Vec<_> = socket.sent.iter().map(|m| m.to_text().unwrap()).collect();
+        assert_eq!(sent, ["a", "b", "c", "d", "e"]);
+        assert_eq!(socket.flushes, 1);
+        assert!(out.is_empty());
+        assert_eq!(out.written(), 5);
+
+        // Nothing queued: no write, no flush.
+        write_queued(&mut socket, &out).await.unwrap();
+        assert_eq!(socket.flushes, 1);
     }
 }
