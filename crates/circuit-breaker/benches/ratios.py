@@ -1,0 +1,49 @@
+#!/usr/bin/env python3
+"""Ratios of the `overhead` bench, read from criterion's estimates of the last run.
+
+Usage: python3 crates/circuit-breaker/benches/ratios.py [target/criterion]
+Overhead = mean time per call minus the bare service's, in the same group of the same run.
+"""
+import json
+import os
+import sys
+
+root = sys.argv[1] if len(sys.argv) > 1 else "target/criterion"
+
+
+def mean(group, bench):
+    path = os.path.join(root, group, bench, "new", "estimates.json")
+    try:
+        with open(path) as f:
+            estimates = json.load(f)
+    except FileNotFoundError:
+        return None
+    # iter_custom samples linearly: criterion reports the slope (time per iteration).
+    return (estimates.get("slope") or estimates["mean"])["point_estimate"]
+
+
+print("| mode | threads | bare ns | wsguard ns | tower-resilience ns | failsafe ns | wsguard overhead / fastest peer overhead |")
+print("|---|---|---|---|---|---|---|")
+one = {}
+for mode in ["consecutive", "count_window", "time_window"]:
+    for threads in ["one_thread", "two_threads"]:
+        group = f"{threads}_{mode}"
+        bare = mean(group, "bare")
+        ws = mean(group, "wsguard")
+        tr = mean(group, "tower_resilience")
+        fs = mean(group, "failsafe")
+        peers = [p - bare for p in (tr, fs) if p is not None]
+        ratio = (ws - bare) / min(peers)
+        one.setdefault(mode, {})[threads] = (ws, bare)
+        fmt = lambda v: "n/a" if v is None else f"{v:.1f}"
+        print(f"| {mode} | {1 if threads == 'one_thread' else 2} | {fmt(bare)} | {fmt(ws)} | {fmt(tr)} | {fmt(fs)} | {ratio:.2f} |")
+print()
+print("| mode | wsguard 2 threads / 1 thread, per call | bare 2 threads / 1 thread (machine load) |")
+print("|---|---|---|")
+for mode, t in one.items():
+    (ws2, bare2), (ws1, bare1) = t["two_threads"], t["one_thread"]
+    print(f"| {mode} | {ws2 / ws1:.2f} | {bare2 / bare1:.2f} |")
+d = mean("one_thread_consecutive", "wsguard_disabled")
+if d is not None:
+    print()
+    print(f"Disabled breaker (same types, nothing admitted or recorded): {d:.1f} ns per call.")
