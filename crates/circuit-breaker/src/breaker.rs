@@ -62,29 +62,14 @@ pub(crate) struct Core {
     open_until: AtomicU64,
     half_open_since: AtomicU64,
     consecutive: Padded<AtomicU32>,
-    tallies: Box<[Padded<Tally>]>,
+    /// Failures since the last transition (consecutive mode, which keeps no window).
+    failures: Padded<AtomicU64>,
+    /// Shards of the per-thread structures (windows, stripes).
+    shards: usize,
     period: ArcSwap<Period>,
     rejected: Padded<AtomicU64>,
     book: Mutex<Book>,
     events: broadcast::Sender<Event>,
-}
-
-/// Calls and failures of the consecutive mode, per thread.
-#[derive(Debug, Default)]
-struct Tally {
-    calls: AtomicU64,
-    failures: AtomicU64,
-}
-
-/// Adds one to a counter written by one thread at a time (its shard's), without a locked
-/// instruction. Threads that share a shard may lose an increment; these counters only feed the
-/// snapshot, never a decision.
-#[inline]
-fn bump(counter: &AtomicU64) {
-    counter.store(
-        counter.load(Ordering::Relaxed).wrapping_add(1),
-        Ordering::Relaxed,
-    );
 }
 
 /// What only transitions touch.
@@ -224,7 +209,8 @@ impl Core {
             open_until: AtomicU64::new(0),
             half_open_since: AtomicU64::new(0),
             consecutive: Padded(AtomicU32::new(0)),
-            tallies: (0..shards).map(|_| Padded(Tally::default())).collect(),
+            failures: Padded(AtomicU64::new(0)),
+            shards,
             period: ArcSwap::from_pointee(Period {
                 word,
                 window: Arc::new(Window::Consecutive),
@@ -269,12 +255,12 @@ impl Core {
         Arc::new(match config.mode {
             TripMode::ConsecutiveFailures => Window::Consecutive,
             TripMode::CountWindow => {
-                Window::Count(CountWindow::new(config.window_size, self.tallies.len()))
+                Window::Count(CountWindow::new(config.window_size, self.shards))
             }
             TripMode::TimeWindow => Window::Time(TimeWindow::new(
                 config.window_duration.as_secs(),
                 self.nanos(Instant::now()),
-                self.tallies.len(),
+                self.shards,
             )),
         })
     }
@@ -530,10 +516,7 @@ impl Core {
         }
         let failure = outcome == Outcome::Failure;
         if admitted.permit.is_none() && self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
-            let tally = &self.tallies[shard & (self.tallies.len() - 1)].0;
-            bump(&tally.calls);
             if failure {
-                bump(&tally.failures);
                 self.consecutive_failure(admitted.word);
             } else if self.consecutive.0.load(Ordering::Relaxed) != 0 {
                 self.consecutive.0.store(0, Ordering::Relaxed);
@@ -545,6 +528,7 @@ impl Core {
 
     #[inline(never)]
     fn consecutive_failure(&self, word: u64) {
+        self.failures.0.fetch_add(1, Ordering::Relaxed);
         let n = self.consecutive.0.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= self.failure_threshold.load(Ordering::Relaxed) {
             self.exceeded(word, Exceeded::Consecutive(n));
@@ -737,10 +721,7 @@ impl Core {
 
     fn reset_counters(&self) {
         self.consecutive.0.store(0, Ordering::Relaxed);
-        for tally in self.tallies.iter() {
-            tally.0.calls.store(0, Ordering::Relaxed);
-            tally.0.failures.store(0, Ordering::Relaxed);
-        }
+        self.failures.0.store(0, Ordering::Relaxed);
     }
 
     pub(crate) fn reset(&self) {
@@ -776,15 +757,11 @@ impl Core {
                 slow: 0,
             },
             (Some(probes), _) => probes.window.figures(),
-            (None, Window::Consecutive) => {
-                self.tallies
-                    .iter()
-                    .fold(Figures::default(), |mut total, tally| {
-                        total.calls += tally.0.calls.load(Ordering::Relaxed);
-                        total.failures += tally.0.failures.load(Ordering::Relaxed);
-                        total
-                    })
-            }
+            (None, Window::Consecutive) => Figures {
+                calls: 0,
+                failures: self.failures.0.load(Ordering::Relaxed),
+                slow: 0,
+            },
             (None, Window::Count(w)) => w.figures(),
             (None, Window::Time(w)) => w.figures(self.nanos(now)),
         };

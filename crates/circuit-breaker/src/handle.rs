@@ -77,10 +77,11 @@ pub enum Event {
 pub struct Snapshot {
     /// Current state.
     pub state: State,
-    /// Calls in the window (consecutive mode: calls since the last transition; half-open in
-    /// consecutive mode: successful probes).
+    /// Calls in the window; half-open, the probes recorded (consecutive mode: the successful
+    /// probes). The consecutive mode keeps no window, so while closed it reports 0 calls and 0
+    /// rates, and counts only `failures` and `consecutive_failures`.
     pub calls: u64,
-    /// Failed calls among them.
+    /// Failed calls among them (consecutive mode: failures since the last transition).
     pub failures: u64,
     /// Slow calls among them (rate modes).
     pub slow_calls: u64,

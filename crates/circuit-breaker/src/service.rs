@@ -81,6 +81,8 @@ pub(crate) fn recycle(stripe: Arc<Stripe>) {
 /// the same layer makes, shares one state.
 pub struct CircuitBreaker<S, C = DefaultClassifier, R = ReturnError> {
     inner: S,
+    // Also reachable through `shared`; held directly to save a pointer hop per call.
+    core: Arc<Core>,
     shared: Arc<Shared>,
     classifier: C,
     reject: R,
@@ -93,6 +95,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C, reject: R) -> Self {
         Self {
             inner,
+            core: Arc::clone(&shared.core),
             shared,
             classifier,
             reject,
@@ -118,7 +121,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
     /// A handle on the shared state.
     pub fn handle(&self) -> Handle {
         Handle {
-            core: Arc::clone(&self.shared.core),
+            core: Arc::clone(&self.core),
         }
     }
 }
@@ -137,7 +140,7 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // An open breaker is not an error of readiness: report ready, reject in `call`, and
         // leave the inner service alone meanwhile.
-        if self.shared.core.would_reject() {
+        if self.core.would_reject() {
             self.rejecting = true;
             return Poll::Ready(Ok(()));
         }
@@ -151,7 +154,7 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         // Closed: two words in registers, nothing else to decide.
         if !self.rejecting
-            && let Some((word, start)) = self.shared.core.admit_closed()
+            && let Some((word, start)) = self.core.admit_closed()
         {
             let call = Call::new(self.shared.stripe(), Admitted::closed(word, start));
             return ResponseFuture::called(
@@ -175,10 +178,10 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
         let classifier = self.classifier.clone();
         let reject = self.reject.clone();
         if std::mem::take(&mut self.rejecting) {
-            let open = self.shared.core.rejection();
+            let open = self.core.rejection();
             return ResponseFuture::rejected(open, classifier, reject);
         }
-        match self.shared.core.admit() {
+        match self.core.admit() {
             Ok(admitted) => {
                 let call = admitted.map(|admitted| Call::new(self.shared.stripe(), admitted));
                 ResponseFuture::called(self.inner.call(req), call, classifier, reject)
@@ -204,7 +207,7 @@ impl<S: fmt::Debug, C, R> fmt::Debug for CircuitBreaker<S, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CircuitBreaker")
             .field("inner", &self.inner)
-            .field("state", &self.shared.core.state())
+            .field("state", &self.core.state())
             .finish_non_exhaustive()
     }
 }

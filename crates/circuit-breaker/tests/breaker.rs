@@ -183,7 +183,11 @@ async fn ignored_outcomes_neither_count_nor_break_the_run() {
     let mut svc = breaker(&layer, &Arc::default());
     run(&mut svc, &[Do::Fail, Do::Ignore, Do::Ignore]).await;
     assert_eq!(handle.state(), State::Closed);
-    assert_eq!(handle.snapshot().calls, 1, "ignored calls are not recorded");
+    assert_eq!(
+        handle.snapshot().failures,
+        1,
+        "ignored calls are not recorded"
+    );
     run(&mut svc, &[Do::Fail]).await;
     assert_eq!(handle.state(), State::Open);
 }
@@ -659,7 +663,7 @@ async fn disabled_permits_everything_and_records_nothing() {
     run(&mut svc, &[Do::Fail; 10]).await;
     assert_eq!(handle.state(), State::Disabled);
     assert_eq!(hits.load(Ordering::SeqCst), 10);
-    assert_eq!(handle.snapshot().calls, 0);
+    assert_eq!(handle.snapshot().failures, 0);
     handle.reset();
     run(&mut svc, &[Do::Fail]).await;
     assert_eq!(handle.state(), State::Open);
@@ -675,7 +679,7 @@ async fn enabled_false_in_config_permits_everything() {
     let mut svc = breaker(&layer, &Arc::default());
     run(&mut svc, &[Do::Fail; 5]).await;
     assert_eq!(layer.handle().state(), State::Disabled);
-    assert_eq!(layer.handle().snapshot().calls, 0);
+    assert_eq!(layer.handle().snapshot().failures, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -690,7 +694,7 @@ async fn metrics_only_records_and_reports_once_but_never_opens() {
     assert_eq!(handle.state(), State::MetricsOnly);
     assert_eq!(hits.load(Ordering::SeqCst), 5);
     let snap = handle.snapshot();
-    assert_eq!((snap.calls, snap.failures), (5, 5));
+    assert_eq!((snap.failures, snap.consecutive_failures), (5, 5));
     assert!(matches!(
         events.try_recv().unwrap(),
         Event::Transition {
@@ -715,7 +719,7 @@ async fn reset_closes_with_empty_metrics() {
     handle.reset();
     let snap = handle.snapshot();
     assert_eq!(snap.state, State::Closed);
-    assert_eq!((snap.calls, snap.rejected, snap.open_cycles), (0, 0, 0));
+    assert_eq!((snap.failures, snap.rejected, snap.open_cycles), (0, 0, 0));
     run(&mut svc, &[Do::Ok]).await;
 }
 
