@@ -94,8 +94,13 @@ impl CountWindow {
     pub(crate) fn new(size: u32, shards: usize) -> Self {
         let size = u64::from(size.max(1));
         let shards = shards.max(1) as u64;
-        // Blocks small enough that unfinished ones are at most a quarter of the window.
-        let block = (size / (4 * shards)).clamp(1, LINE);
+        // Blocks small enough that unfinished ones are at most a quarter of the window; none
+        // for one shard, which every thread shares (the probes of a half-open breaker).
+        let block = if shards == 1 {
+            1
+        } else {
+            (size / (4 * shards)).clamp(1, LINE)
+        };
         let block = if block.is_power_of_two() {
             block
         } else {
@@ -429,6 +434,7 @@ mod tests {
     fn count_window_in_blocks_is_exact_for_one_thread() {
         let w = CountWindow::new(100, 2);
         assert_eq!(w.block, 8);
+        assert_eq!(CountWindow::new(100, 1).block, 1);
         for _ in 0..100 {
             w.record(FAIL, 1);
         }
