@@ -68,6 +68,25 @@ impl<P> DedupLayer<P> {
         self.with_shared_store(Arc::new(store))
     }
 
+    /// Connects the store that `store.backend` names: for `redis`, a
+    /// [`RedisStore`](crate::store::RedisStore) from `store.redis`; for `memory`, the layer is
+    /// returned as it is. Fails if Redis cannot be reached.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub async fn connect_store(self) -> Result<Self, crate::error::StoreError> {
+        let (backend, redis) = self
+            .shared
+            .config
+            .with(|cfg| (cfg.store.backend, cfg.store.redis.clone()));
+        match backend {
+            wsguard_config::StoreBackend::Memory => Ok(self),
+            wsguard_config::StoreBackend::Redis => {
+                let store = crate::store::RedisStore::connect(&redis).await?;
+                Ok(self.with_store(store))
+            }
+        }
+    }
+
     /// Uses a store that other layers use too: they then share one window.
     pub fn with_shared_store(self, store: Arc<dyn DedupStore>) -> Self {
         Self {

@@ -151,7 +151,10 @@ async fn two_nodes_sharing_redis_deliver_each_message_exactly_once() {
     let cfg = config(&server.url(), FailureMode::FailClosed);
     let calls = Arc::new(AtomicUsize::new(0));
     let (a_layer, mut a) = node(&cfg, &calls).await;
-    let (b_layer, mut b) = node(&cfg, &calls).await;
+    // The second node picks its store from the config.
+    let b_layer = DedupLayer::new(cfg.clone()).connect_store().await.unwrap();
+    assert!(b_layer.handle().store().is_shared());
+    let mut b = tower::Layer::layer(&b_layer, handler(&calls));
 
     send(&mut a, r#"{"op":"buy","qty":1}"#).await.unwrap();
     let err = send(&mut b, r#"{ "qty": 1, "op": "buy" }"#)

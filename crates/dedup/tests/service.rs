@@ -1,6 +1,5 @@
 //! Behaviour of `Dedup` on a tower service (memory store, paused time).
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -200,6 +199,7 @@ async fn json_field_key_uses_the_client_id_and_falls_back_per_config() {
     assert_eq!(counter.calls(), 1);
 }
 
+#[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn header_key_deduplicates_http_requests_with_409() {
     use axum::body::Body;
@@ -209,7 +209,7 @@ async fn header_key_deduplicates_http_requests_with_409() {
     let seen = Arc::clone(&calls);
     let handler = service_fn(move |_req: Request<Body>| {
         seen.fetch_add(1, Ordering::SeqCst);
-        async { Ok::<_, Infallible>(Response::new(Body::empty())) }
+        async { Ok::<_, std::convert::Infallible>(Response::new(Body::empty())) }
     });
     let cfg = DedupConfig {
         key: KeySource::Header,
@@ -226,7 +226,7 @@ async fn header_key_deduplicates_http_requests_with_409() {
         }
         b.body(Body::empty()).unwrap()
     };
-    let status = |r: Result<Response<Body>, Infallible>| r.unwrap().status();
+    let status = |r: Result<Response<Body>, std::convert::Infallible>| r.unwrap().status();
     assert_eq!(
         status(svc.clone().oneshot(req(Some("k1"))).await),
         StatusCode::OK
@@ -255,6 +255,7 @@ async fn header_key_deduplicates_http_requests_with_409() {
     );
 }
 
+#[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn http_5xx_releases_the_key() {
     use axum::body::Body;
@@ -269,7 +270,7 @@ async fn http_5xx_releases_the_key() {
             if n == 0 {
                 *res.status_mut() = StatusCode::BAD_GATEWAY;
             }
-            Ok::<_, Infallible>(res)
+            Ok::<_, std::convert::Infallible>(res)
         }
     });
     let cfg = DedupConfig {
@@ -284,7 +285,7 @@ async fn http_5xx_releases_the_key() {
             .body(Body::empty())
             .unwrap()
     };
-    let s = |r: Result<Response<Body>, Infallible>| r.unwrap().status();
+    let s = |r: Result<Response<Body>, std::convert::Infallible>| r.unwrap().status();
     assert_eq!(s(svc.clone().oneshot(req()).await), StatusCode::BAD_GATEWAY);
     assert_eq!(s(svc.clone().oneshot(req()).await), StatusCode::OK);
     assert_eq!(s(svc.clone().oneshot(req()).await), StatusCode::CONFLICT);
