@@ -304,7 +304,9 @@ fn free_addr() -> SocketAddr {
         .expect("free port")
 }
 
-async fn start_server(kind: &str) -> ServerProcess {
+/// Starts a server; `max_connections` raises the wsguard server's connection limit (the
+/// development preset allows 1000) through its `WSGUARD_` environment override.
+async fn start_server(kind: &str, max_connections: usize) -> ServerProcess {
     let me = std::env::current_exe().expect("own path");
     let addr = free_addr();
     let mut cmd = match kind {
@@ -324,6 +326,7 @@ async fn start_server(kind: &str) -> ServerProcess {
             }
             let mut c = Command::new(echo);
             c.arg("--addr").arg(addr.to_string());
+            c.env("WSGUARD_CONNECTION__MAX_CONNECTIONS", max_connections.max(1000).to_string());
             c
         }
     };
@@ -351,8 +354,8 @@ fn rss_kib(pid: u32) -> u64 {
 }
 
 async fn compare_servers(opts: Opts) {
-    let bare = start_server("bare").await;
-    let guarded = start_server("wsguard").await;
+    let bare = start_server("bare", opts.connections).await;
+    let guarded = start_server("wsguard", opts.connections).await;
     println!(
         "compare: {} connections x {} messages, {}, {} B payload, {:.0}% duplicates, {} rounds",
         opts.connections,
@@ -402,7 +405,7 @@ async fn compare_servers(opts: Opts) {
 
 async fn idle_memory(k: usize) {
     for kind in ["bare", "wsguard"] {
-        let server = start_server(kind).await;
+        let server = start_server(kind, k + 16).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         let pid = server.child.id();
         let before = rss_kib(pid);
