@@ -326,7 +326,10 @@ async fn start_server(kind: &str, max_connections: usize) -> ServerProcess {
             }
             let mut c = Command::new(echo);
             c.arg("--addr").arg(addr.to_string());
-            c.env("WSGUARD_CONNECTION__MAX_CONNECTIONS", max_connections.max(1000).to_string());
+            c.env(
+                "WSGUARD_CONNECTION__MAX_CONNECTIONS",
+                max_connections.max(1000).to_string(),
+            );
             c
         }
     };
