@@ -186,8 +186,36 @@ pub(crate) enum Content<'a> {
     IdInt(i128),
 }
 
-trait SipState: Hasher + Hasher128 + Clone {}
-impl<T: Hasher + Hasher128 + Clone> SipState for T {}
+/// The hasher state a JSON walk writes into (a [`Feed`]).
+trait SipState: Hasher + Hasher128 + Clone {
+    /// Writes `whole[start..end]` as [`write_bytes`] does.
+    fn write_span(&mut self, whole: &[u8], start: usize, end: usize);
+}
+
+impl<S: Hasher + Hasher128 + Clone> SipState for Feed<S> {
+    #[inline]
+    fn write_span(&mut self, whole: &[u8], start: usize, end: usize) {
+        let len = end - start;
+        // Short strings (most keys and values) are copied as one fixed-size block from the
+        // input, which inlines; bytes past `end` are overwritten by the next write.
+        if len <= 16 && self.len + 4 + 16 <= self.buf.len() {
+            if let Some(block) = whole.get(start..).and_then(|w| w.first_chunk::<16>()) {
+                self.put_fixed((len as u32).to_le_bytes());
+                self.buf[self.len..self.len + 16].copy_from_slice(block);
+                self.len += len;
+                return;
+            }
+        } else if len <= 32 && self.len + 4 + 32 <= self.buf.len() {
+            if let Some(block) = whole.get(start..).and_then(|w| w.first_chunk::<32>()) {
+                self.put_fixed((len as u32).to_le_bytes());
+                self.buf[self.len..self.len + 32].copy_from_slice(block);
+                self.len += len;
+                return;
+            }
+        }
+        write_bytes(self, &whole[start..end]);
+    }
+}
 
 /// Batches the many small writes of a JSON walk into 64-byte blocks: SipHash's per-call
 /// overhead, not its rounds, dominated hashing of small documents.
@@ -271,30 +299,21 @@ impl<H: Hasher + Hasher128 + Clone> Hasher128 for Feed<H> {
     }
 }
 
-fn key_with<H: SipState>(template: &H, scope: Scope<'_>, content: Content<'_>) -> Fingerprint {
+fn key_with<S: Hasher + Hasher128 + Clone>(
+    template: &S,
+    scope: Scope<'_>,
+    content: Content<'_>,
+) -> Fingerprint {
     let template = &Feed::new(template.clone());
-    let mut h = template.clone();
-    match scope {
-        Scope::Unscoped => {}
-        Scope::Global => h.write_u8(TAG_SCOPE_GLOBAL),
-        Scope::Connection(id) => {
-            h.write_u8(TAG_SCOPE_CONNECTION);
-            h.write_u64(id);
-        }
-        Scope::Client(id) => {
-            h.write_u8(TAG_SCOPE_CLIENT);
-            write_bytes(&mut h, id.as_bytes());
-        }
-    }
+    let mut h = scoped(template, scope);
     match content {
         Content::Text(text) => {
             if looks_like_json(text) {
-                let before = h.clone();
                 h.write_u8(TAG_JSON);
                 if hash_json(&mut h, template, text).is_ok() {
                     return Fingerprint(h.finish128().as_u128());
                 }
-                h = before;
+                h = scoped(template, scope);
             }
             h.write_u8(TAG_BYTES);
             write_bytes(&mut h, text);
@@ -313,6 +332,23 @@ fn key_with<H: SipState>(template: &H, scope: Scope<'_>, content: Content<'_>) -
         }
     }
     Fingerprint(h.finish128().as_u128())
+}
+
+fn scoped<H: Hasher + Clone>(template: &H, scope: Scope<'_>) -> H {
+    let mut h = template.clone();
+    match scope {
+        Scope::Unscoped => {}
+        Scope::Global => h.write_u8(TAG_SCOPE_GLOBAL),
+        Scope::Connection(id) => {
+            h.write_u8(TAG_SCOPE_CONNECTION);
+            h.write_u64(id);
+        }
+        Scope::Client(id) => {
+            h.write_u8(TAG_SCOPE_CLIENT);
+            write_bytes(&mut h, id.as_bytes());
+        }
+    }
+    h
 }
 
 fn write_bytes<H: Hasher>(h: &mut H, bytes: &[u8]) {
@@ -559,13 +595,16 @@ impl<H: SipState> Walk<'_, H> {
         h.write_u8(TAG_SORTED_OBJECT);
         h.write_u64(n as u64);
         for e in entries.iter() {
-            write_bytes(h, key(e));
+            match e.key {
+                KeyRef::Src(a, b) => h.write_span(self.src, a, b),
+                KeyRef::Arena(a, b) => write_bytes(h, &arena[a..b]),
+            }
         }
         for e in entries.iter() {
             match e.value {
                 Val::Str(a, b) => {
                     h.write_u8(TAG_STR);
-                    write_bytes(h, &self.src[a..b]);
+                    h.write_span(self.src, a, b);
                 }
                 Val::Num(Num::Int(v)) => write_int(h, v),
                 Val::Num(Num::Float(v)) => write_f64(h, v),
@@ -759,9 +798,9 @@ impl<H: SipState> Walk<'_, H> {
     }
 
     /// Hashes a string (at `"`) as its length and unescaped bytes.
-    fn string<W: Hasher>(&mut self, h: &mut W) -> Result<(), Invalid> {
+    fn string(&mut self, h: &mut H) -> Result<(), Invalid> {
         match self.scan_string()? {
-            Text::Src(start, end) => write_bytes(h, &self.src[start..end]),
+            Text::Src(start, end) => h.write_span(self.src, start, end),
             Text::Scratch => write_bytes(h, &self.scratch),
         }
         Ok(())
@@ -893,17 +932,16 @@ impl<H: SipState> Walk<'_, H> {
         let digits = &self.src[int_start..int_end];
         if integral && digits.len() <= 38 {
             // At most 38 digits always fit in an i128 (18 in a u64): no overflow check needed.
-            let v = if digits.len() <= 18 {
-                i128::from(
-                    digits
-                        .iter()
-                        .fold(0u64, |v, d| v * 10 + u64::from(d - b'0')),
-                )
-            } else {
-                digits
+            if digits.len() <= 18 {
+                // The common case: fits an i64, no conversion to think about.
+                let v = digits
                     .iter()
-                    .fold(0i128, |v, d| v * 10 + i128::from(d - b'0'))
-            };
+                    .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
+                return Ok(Num::Int(i128::from(if negative { -v } else { v })));
+            }
+            let v = digits
+                .iter()
+                .fold(0i128, |v, d| v * 10 + i128::from(d - b'0'));
             let v = if negative { -v } else { v };
             return Ok(if v.unsigned_abs() < 1 << 64 {
                 Num::Int(v)
