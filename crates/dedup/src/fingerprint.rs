@@ -198,22 +198,34 @@ impl<S: Hasher + Hasher128 + Clone> SipState for Feed<S> {
         let len = end - start;
         // Short strings (most keys and values) are copied as one fixed-size block from the
         // input, which inlines; bytes past `end` are overwritten by the next write.
-        if len <= 16 && self.len + 4 + 16 <= self.buf.len() {
-            if let Some(block) = whole.get(start..).and_then(|w| w.first_chunk::<16>()) {
-                self.put_fixed((len as u32).to_le_bytes());
-                self.buf[self.len..self.len + 16].copy_from_slice(block);
-                self.len += len;
-                return;
-            }
-        } else if len <= 32 && self.len + 4 + 32 <= self.buf.len() {
-            if let Some(block) = whole.get(start..).and_then(|w| w.first_chunk::<32>()) {
-                self.put_fixed((len as u32).to_le_bytes());
-                self.buf[self.len..self.len + 32].copy_from_slice(block);
-                self.len += len;
-                return;
-            }
+        let done = if len <= 16 {
+            self.put_block::<16>(whole, start, len)
+        } else if len <= 32 {
+            self.put_block::<32>(whole, start, len)
+        } else {
+            false
+        };
+        if !done {
+            write_bytes(self, &whole[start..end]);
         }
-        write_bytes(self, &whole[start..end]);
+    }
+}
+
+impl<S: Hasher> Feed<S> {
+    /// Writes the length and then `len <= N` bytes of `whole` from `start` by copying a whole
+    /// `N`-byte block, if the input and the buffer have room for it.
+    #[inline(always)]
+    fn put_block<const N: usize>(&mut self, whole: &[u8], start: usize, len: usize) -> bool {
+        if self.len + 4 + N > self.buf.len() {
+            return false;
+        }
+        let Some(block) = whole.get(start..).and_then(|w| w.first_chunk::<N>()) else {
+            return false;
+        };
+        self.put_fixed((len as u32).to_le_bytes());
+        self.buf[self.len..self.len + N].copy_from_slice(block);
+        self.len += len;
+        true
     }
 }
 
