@@ -25,6 +25,12 @@ fn key(i: u64) -> Fingerprint {
     Fingerprint::from_u128(u128::from(a) << 64 | u128::from(b))
 }
 
+/// The original design's benchmark message (`seed_dedup.py`), as JSON text.
+fn message(seq: u64) -> String {
+    let text = "hello world ".repeat(4);
+    format!(r#"{{"type": "chat", "seq": {seq}, "room": "lobby", "text": "{text}"}}"#)
+}
+
 /// A store holding `live` ids and bounded at `live`: every fresh insert evicts the oldest, so the
 /// number of live ids stays `live` for the whole measurement.
 fn filled_store(live: u64) -> MemoryStore {
@@ -41,6 +47,7 @@ fn check_and_insert(c: &mut Criterion) {
         .build()
         .unwrap();
     let _guard = rt.enter();
+    let fp = Fingerprinter::random(true);
     let mut group = c.benchmark_group("check_and_insert");
     for live in [1_000u64, 100_000, 1_000_000, 10_000_000] {
         let store = filled_store(live);
@@ -63,6 +70,16 @@ fn check_and_insert(c: &mut Criterion) {
                     probe - 1
                 };
                 black_box(store.check_and_insert(key(probe), TTL))
+            })
+        });
+        // The whole per-message path on the same window: fingerprint a fresh message, then
+        // check-and-insert it.
+        let mut seq = 0u64;
+        group.bench_function(BenchmarkId::new("fingerprint_and_check", live), |b| {
+            b.iter(|| {
+                seq += 1;
+                let msg = message(seq);
+                black_box(store.check_and_insert(fp.fingerprint_json(msg.as_bytes()), TTL))
             })
         });
         drop(store);
@@ -96,7 +113,6 @@ fn seed_path(c: &mut Criterion) {
         .unwrap();
     let _guard = rt.enter();
     let fp = Fingerprinter::random(true);
-    let text = "hello world ".repeat(4);
     let mut group = c.benchmark_group("seed_path");
     for live in [1_000u64, 10_000, 100_000] {
         let store = filled_store(live);
@@ -104,9 +120,7 @@ fn seed_path(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("fingerprint_and_check", live), |b| {
             b.iter(|| {
                 seq += 1;
-                let msg = format!(
-                    r#"{{"type": "chat", "seq": {seq}, "room": "lobby", "text": "{text}"}}"#
-                );
+                let msg = message(seq);
                 black_box(store.check_and_insert(fp.fingerprint_json(msg.as_bytes()), TTL))
             })
         });
