@@ -214,6 +214,11 @@ fn bench_mode(c: &mut Criterion, mode: Mode) {
     group.bench_function("wsguard", |b| {
         b.iter_custom(|n| two_threads(|| layer.layer(Echo), drive, n))
     });
+    // Control: the same two threads, each with a breaker of its own (nothing shared), to tell
+    // sharing costs from what the machine does to two busy threads.
+    group.bench_function("wsguard_unshared", |b| {
+        b.iter_custom(|n| two_threads(|| mode.wsguard().layer(Echo), drive, n))
+    });
     let tr = mode.tower_resilience();
     group.bench_function("tower_resilience", |b| {
         b.iter_custom(|n| two_threads(|| tr.layer(Echo), drive, n))

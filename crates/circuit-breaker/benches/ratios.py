@@ -38,11 +38,13 @@ for mode in ["consecutive", "count_window", "time_window"]:
         fmt = lambda v: "n/a" if v is None else f"{v:.1f}"
         print(f"| {mode} | {1 if threads == 'one_thread' else 2} | {fmt(bare)} | {fmt(ws)} | {fmt(tr)} | {fmt(fs)} | {ratio:.2f} |")
 print()
-print("| mode | wsguard 2 threads / 1 thread, per call | bare 2 threads / 1 thread (machine load) |")
-print("|---|---|---|")
+print("| mode | wsguard shared, 2 threads / 1 thread | control: unshared breakers, 2 threads / 1 thread | bare, 2 threads / 1 thread |")
+print("|---|---|---|---|")
 for mode, t in one.items():
     (ws2, bare2), (ws1, bare1) = t["two_threads"], t["one_thread"]
-    print(f"| {mode} | {ws2 / ws1:.2f} | {bare2 / bare1:.2f} |")
+    unshared = mean(f"two_threads_{mode}", "wsguard_unshared")
+    control = "n/a" if unshared is None else f"{unshared / ws1:.2f}"
+    print(f"| {mode} | {ws2 / ws1:.2f} | {control} | {bare2 / bare1:.2f} |")
 d = mean("one_thread_consecutive", "wsguard_disabled")
 if d is not None:
     print()
