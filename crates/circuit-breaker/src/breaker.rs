@@ -1,7 +1,8 @@
 //! The state machine shared by every clone of a breaker.
 //!
-//! The closed path reads one state word and, on completion, touches only per-thread counters (or
-//! the lock-free window); the mutex below is taken only to change state.
+//! The closed path reads one state word at admission; at completion the consecutive mode reads
+//! the failure run (and writes it only when a run ends or grows), the rate modes record into a
+//! lock-free window. The mutex below is taken only to change state.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -79,6 +80,7 @@ struct Book {
     rng: u64,
     disabled_by_config: bool,
     shape: Shape,
+    /// State word of the metrics-only period whose threshold event was emitted.
     reported: u64,
 }
 
@@ -126,8 +128,8 @@ struct Probes {
     min_calls: u32,
 }
 
-/// A call the breaker let through. Dropping it without [`Core::complete`] records nothing and
-/// gives a half-open probe slot back.
+/// A call the breaker let through. It is recorded only through [`Core::complete`]; dropping it
+/// (completed or not) gives a half-open probe slot back.
 #[derive(Debug)]
 pub(crate) struct Admitted {
     word: u64,
