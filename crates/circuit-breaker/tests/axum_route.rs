@@ -1,5 +1,7 @@
 //! The HTTP flavour on axum routes: 5xx trips it, a rejection is `503` + `Retry-After`.
 
+#![cfg(feature = "http")]
+
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -143,4 +145,24 @@ async fn forced_open_route_says_when_to_retry() {
     let resp = app.oneshot(get_req("/flaky")).await.unwrap();
     assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(resp.headers()[header::RETRY_AFTER], "10");
+}
+
+#[tokio::test(start_paused = true)]
+async fn another_tower_http_classifier_can_count_client_errors() {
+    use tower_http::classify::StatusInRangeAsFailures;
+
+    let layer = CircuitBreakerLayer::new_for_http(config())
+        .classifier(StatusInRangeAsFailures::new(400..=599).into_make_classifier());
+    let handle = layer.handle();
+    let app = Router::new().route(
+        "/missing",
+        get(|| async { StatusCode::NOT_FOUND }).layer(layer),
+    );
+    for _ in 0..2 {
+        let resp = app.clone().oneshot(get_req("/missing")).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+    }
+    assert_eq!(handle.state(), State::Open);
+    let resp = app.oneshot(get_req("/missing")).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::SERVICE_UNAVAILABLE);
 }

@@ -916,3 +916,24 @@ fn every_transition_is_a_tracing_event() {
     });
     assert_eq!(seen.load(Ordering::SeqCst), 5);
 }
+
+#[tokio::test(start_paused = true)]
+async fn metrics_only_reports_a_rate_crossing_once_and_keeps_recording() {
+    let layer = layer(count_window(4, 2, 50.0));
+    let handle = layer.handle();
+    let mut events = handle.subscribe();
+    handle.metrics_only();
+    let mut svc = breaker(&layer, &Arc::default());
+    run(&mut svc, &[Do::Fail, Do::Fail, Do::Fail, Do::Ok, Do::Fail]).await;
+    assert_eq!(handle.state(), State::MetricsOnly);
+    let snap = handle.snapshot();
+    assert_eq!(
+        (snap.calls, snap.failures),
+        (4, 3),
+        "the window keeps sliding"
+    );
+    let exceeded: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+        .filter(|e| matches!(e, Event::FailureRateExceeded { .. }))
+        .collect();
+    assert_eq!(exceeded, [Event::FailureRateExceeded { rate: 100.0 }]);
+}
