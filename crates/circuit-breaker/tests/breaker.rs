@@ -937,3 +937,30 @@ async fn metrics_only_reports_a_rate_crossing_once_and_keeps_recording() {
         .collect();
     assert_eq!(exceeded, [Event::FailureRateExceeded { rate: 100.0 }]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_windows_trip_when_many_threads_fail_together() {
+    for config in [count_window(256, 64, 50.0), time_window(60, 64, 50.0)] {
+        let layer = layer(CircuitBreakerConfig {
+            timeout: Duration::from_secs(3600),
+            ..config
+        });
+        let handle = layer.handle();
+        let tasks: Vec<_> = (0..8)
+            .map(|i| {
+                let mut svc = breaker(&layer, &Arc::default());
+                tokio::spawn(async move {
+                    for n in 0..100 {
+                        let d = if (n + i) % 4 == 0 { Do::Ok } else { Do::Fail };
+                        let _ = call(&mut svc, d).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(handle.state(), State::Open, "75% failures must open it");
+        assert!(handle.snapshot().rejected > 0);
+    }
+}
