@@ -146,6 +146,12 @@ impl Admitted {
             permit: None,
         }
     }
+
+    /// Gives a half-open probe slot back.
+    #[inline]
+    pub(crate) fn release(&mut self) {
+        self.permit = None;
+    }
 }
 
 #[derive(Debug)]

@@ -43,7 +43,7 @@ pin_project! {
 /// An admitted call to record when it finishes.
 #[derive(Debug)]
 pub(crate) struct Call {
-    // `Some` until dropped, when it goes back to the thread's spare slot.
+    // `Some` until the call is finished or dropped; then it goes back to the thread's spare slot.
     stripe: Option<Arc<Stripe>>,
     admitted: Admitted,
 }
@@ -56,10 +56,13 @@ impl Call {
         }
     }
 
+    /// Records the outcome once, gives a probe slot back and recycles the reference.
     #[inline]
-    fn finish(&self, outcome: crate::classify::Outcome) {
-        if let Some(stripe) = &self.stripe {
+    fn finish(&mut self, outcome: crate::classify::Outcome) {
+        if let Some(stripe) = self.stripe.take() {
             stripe.core.complete(&self.admitted, outcome, stripe.index);
+            self.admitted.release();
+            crate::service::recycle(stripe);
         }
     }
 }
@@ -107,11 +110,9 @@ where
         match this.kind.project() {
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                if let Some(call) = this.call.as_ref() {
+                if let Some(call) = this.call.as_mut() {
                     call.finish(this.classifier.classify(result.as_ref()));
                 }
-                // Gives a probe slot back, and the reference to the thread's spare slot.
-                *this.call = None;
                 Poll::Ready(result.map_err(|e| this.reject.map_error(e)))
             }
             KindProj::Rejected { open } => {
