@@ -431,8 +431,10 @@ fn string_stop(src: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Top-level objects with at most this many entries are hashed with their entries sorted.
+/// Objects with at most this many entries are hashed with their entries sorted...
 const SORTED_ENTRIES: usize = 16;
+/// ...when they are nested at most this deep (the top-level object is at depth 1).
+const SORTED_DEPTH: u32 = 3;
 
 /// Where a string's unescaped bytes are: in the input, or (it had escapes) in the scratch buffer.
 enum Text {
@@ -527,15 +529,18 @@ impl<H: SipState> Walk<'_, H> {
         self.src.get(self.pos).copied()
     }
 
-    /// The whole document. A top-level object of at most [`SORTED_ENTRIES`] entries (the usual
-    /// message) is hashed as one stream with its entries sorted by key: one hash instead of one
-    /// per entry. Larger and nested objects sum per-entry hashes. Which method applies depends
-    /// only on the value (its entry count and depth), never on how it is written.
+    /// The whole document.
     fn top(&mut self, h: &mut H) -> Result<(), Invalid> {
-        self.skip_ws();
-        if self.peek() != Some(b'{') {
-            return self.value(h, 0);
-        }
+        self.value(h, 0)
+    }
+
+    /// An object (at `{`) of at most [`SORTED_ENTRIES`] entries within [`SORTED_DEPTH`] levels
+    /// (the usual message) is hashed in the same stream as its parent with its entries sorted by
+    /// key: no hash per entry. Its entries are read twice (once to find and sort them, once to
+    /// hash the containers among their values), which the depth bound keeps to a small factor.
+    /// Larger and deeper objects sum per-entry hashes. Which method applies depends only on the
+    /// value (its entry count and depth), never on how it is written.
+    fn sorted_object(&mut self, h: &mut H, depth: u32) -> Result<(), Invalid> {
         let open = self.pos;
         self.pos += 1;
         let mut entries = [Entry::EMPTY; SORTED_ENTRIES];
@@ -567,13 +572,13 @@ impl<H: SipState> Walk<'_, H> {
                 if n == SORTED_ENTRIES {
                     // Too many to sort on the stack: per-entry hashes instead.
                     self.pos = open;
-                    return self.value(h, 0);
+                    return self.object(h, depth);
                 }
                 let prefix = prefix(match key {
                     KeyRef::Src(a, b) => &self.src[a..b],
                     KeyRef::Arena(a, b) => &arena[a..b],
                 });
-                let value = self.scalar()?;
+                let value = self.scalar(depth)?;
                 entries[n] = Entry { key, prefix, value };
                 n += 1;
                 self.skip_ws();
@@ -623,7 +628,7 @@ impl<H: SipState> Walk<'_, H> {
                 Val::Tag(tag) => h.write_u8(tag),
                 Val::Reread(at) => {
                     self.pos = at;
-                    self.value(h, 1)?;
+                    self.value(h, depth)?;
                 }
             }
         }
@@ -633,7 +638,7 @@ impl<H: SipState> Walk<'_, H> {
 
     /// Reads a top-level entry's value: a scalar is kept, a container (or an escaped string) is
     /// validated and re-read when hashing.
-    fn scalar(&mut self) -> Result<Val, Invalid> {
+    fn scalar(&mut self, depth: u32) -> Result<Val, Invalid> {
         let at = self.pos;
         Ok(match self.peek().ok_or(Invalid)? {
             b'"' => match self.scan_string()? {
@@ -651,7 +656,7 @@ impl<H: SipState> Walk<'_, H> {
                 .map(|()| Val::Tag(TAG_NULL))?,
             b'-' | b'0'..=b'9' => Val::Num(self.parse_number()?),
             _ => {
-                self.skip(1)?;
+                self.skip(depth)?;
                 Val::Reread(at)
             }
         })
@@ -709,6 +714,7 @@ impl<H: SipState> Walk<'_, H> {
     fn value(&mut self, h: &mut H, depth: u32) -> Result<(), Invalid> {
         self.skip_ws();
         match self.peek().ok_or(Invalid)? {
+            b'{' if depth < SORTED_DEPTH => self.sorted_object(h, depth + 1),
             b'{' => self.object(h, depth + 1),
             b'[' => self.array(h, depth + 1),
             b'"' => {

@@ -10,7 +10,7 @@
 //!   as a value, whatever its key order and whitespace; everything else as bytes), a client
 //!   message id in a JSON field, or a header. Scoped per connection, per client or global.
 //! - **Window** ([`DedupStore`]): the embedded [`MemoryStore`] (sharded, O(1) check-and-insert
-//!   and expiry, bounded by `max_entries`, about 30 bytes per key), or `RedisStore` (feature
+//!   and expiry, bounded by `max_entries`, 33 to 40 bytes per key measured), or `RedisStore` (feature
 //!   `redis`) to share one window between nodes, failing open or closed when Redis fails.
 //! - **At-least-once kept**: when the inner service fails (or its future is dropped unfinished),
 //!   the key is released so that a retry passes (`release_on_failure`, on by default).
@@ -19,7 +19,19 @@
 //!   and keeps the inner error type, as axum needs.
 //! - **Counters** ([`DedupHandle`]): duplicates dropped, evictions, store errors, releases.
 //!
-//! Settings come from `wsguard_config::DedupConfig`, fixed or live through a `ConfigHandle`.
+//! Settings come from `wsguard_config::DedupConfig`, fixed or live through a `ConfigHandle`
+//! (a change of `ttl`, `max_entries`, `key`, `scope` or the fingerprint key applies to the next
+//! request; the remembered keys are kept).
+//!
+//! # Semantics worth knowing
+//!
+//! - A key is remembered from the moment `call` admits the request, before the inner service
+//!   runs: a copy arriving while the first is still being handled is a duplicate. If the inner
+//!   service then fails (per [`DedupPolicy::is_failure`]) or its future is dropped, the key is
+//!   released.
+//! - Payloads that are `None` or empty are never deduplicated (control frames, empty messages).
+//! - Changing `fingerprint_key`, `use_fast_hash` or `scope` changes every key: messages seen
+//!   before the change are not recognised after it.
 //!
 //! # Example: `Idempotency-Key` on an axum route
 //!
