@@ -26,6 +26,15 @@
 //! Calls admitted before a transition that finish after it are not recorded: a half-open
 //! verdict rests on its own probes only.
 //!
+//! # Cost
+//!
+//! A closed breaker takes no lock, allocates nothing and boxes no future: admission is one atomic
+//! load of the state word; recording is a load (consecutive mode) or an O(1) lock-free update of
+//! a window whose hot counters are per thread. The rate modes read the clock twice per call to
+//! spot slow calls. The reference count a response future needs is recycled through one spare
+//! slot per thread, which may keep a dropped breaker's state alive until that thread's next call
+//! through another breaker or its exit. Figures against other crates are in `BENCHMARKS.md`.
+//!
 //! # On an axum route
 //!
 //! [`CircuitBreakerLayer::new_for_http`] keeps the inner error type, so axum's `Infallible`
