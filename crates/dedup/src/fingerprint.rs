@@ -487,7 +487,8 @@ enum Num {
 #[derive(Clone, Copy)]
 enum Val {
     Str(usize, usize),
-    Num(Num),
+    Int(i64),
+    Float(f64),
     Tag(u8),
     Reread(usize),
 }
@@ -593,38 +594,41 @@ impl<H: SipState> Walk<'_, H> {
             }
         }
         let end = self.pos;
-        let entries = &mut entries[..n];
         let key = |e: &Entry| match e.key {
             KeyRef::Src(a, b) => &self.src[a..b],
             KeyRef::Arena(a, b) => &arena[a..b],
         };
-        // Insertion sort: stable (repeated keys keep their order) and fast for a few entries.
-        for i in 1..entries.len() {
+        // Insertion sort of indices: stable (repeated keys keep their order), fast for a few
+        // entries, and it moves bytes, not entries.
+        let mut order = [0u8; SORTED_ENTRIES];
+        for i in 0..n {
+            order[i] = i as u8;
             let mut j = i;
             while j > 0 && {
-                let (a, b) = (&entries[j - 1], &entries[j]);
+                let (a, b) = (&entries[order[j - 1] as usize], &entries[order[j] as usize]);
                 a.prefix > b.prefix || (a.prefix == b.prefix && key(a) > key(b))
             } {
-                entries.swap(j - 1, j);
+                order.swap(j - 1, j);
                 j -= 1;
             }
         }
+        let sorted = order[..n].iter().map(|&i| entries[i as usize]);
         h.write_u8(TAG_SORTED_OBJECT);
         h.write_u64(n as u64);
-        for e in entries.iter() {
+        for e in sorted.clone() {
             match e.key {
                 KeyRef::Src(a, b) => h.write_span(self.src, a, b),
                 KeyRef::Arena(a, b) => write_bytes(h, &arena[a..b]),
             }
         }
-        for e in entries.iter() {
+        for e in sorted {
             match e.value {
                 Val::Str(a, b) => {
                     h.write_u8(TAG_STR);
                     h.write_span(self.src, a, b);
                 }
-                Val::Num(Num::Int(v)) => write_int(h, v),
-                Val::Num(Num::Float(v)) => write_f64(h, v),
+                Val::Int(v) => write_int(h, v.into()),
+                Val::Float(v) => write_f64(h, v),
                 Val::Tag(tag) => h.write_u8(tag),
                 Val::Reread(at) => {
                     self.pos = at;
@@ -654,7 +658,10 @@ impl<H: SipState> Walk<'_, H> {
             b'n' => self
                 .literal(b"null", &mut Sink, TAG_NULL)
                 .map(|()| Val::Tag(TAG_NULL))?,
-            b'-' | b'0'..=b'9' => Val::Num(self.parse_number()?),
+            b'-' | b'0'..=b'9' => match self.parse_number()? {
+                Num::Int(v) => i64::try_from(v).map_or(Val::Reread(at), Val::Int),
+                Num::Float(v) => Val::Float(v),
+            },
             _ => {
                 self.skip(depth)?;
                 Val::Reread(at)
