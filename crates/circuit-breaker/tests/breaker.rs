@@ -877,46 +877,6 @@ async fn a_clone_does_not_inherit_the_rejection_decided_by_poll_ready() {
     );
 }
 
-/// Counts the events of the breaker's `tracing` target.
-struct TransitionEvents(Arc<AtomicUsize>);
-
-impl tracing::Subscriber for TransitionEvents {
-    fn enabled(&self, meta: &tracing::Metadata<'_>) -> bool {
-        meta.target() == "wsguard::circuit_breaker"
-    }
-    fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
-        tracing::span::Id::from_u64(1)
-    }
-    fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
-    fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
-    fn event(&self, event: &tracing::Event<'_>) {
-        if event.metadata().target() == "wsguard::circuit_breaker"
-            && event.fields().any(|f| f.name() == "from")
-        {
-            self.0.fetch_add(1, Ordering::SeqCst);
-        }
-    }
-    fn enter(&self, _: &tracing::span::Id) {}
-    fn exit(&self, _: &tracing::span::Id) {}
-}
-
-#[test]
-fn every_transition_is_a_tracing_event() {
-    let seen = Arc::new(AtomicUsize::new(0));
-    let subscriber = TransitionEvents(Arc::clone(&seen));
-    tracing::subscriber::with_default(subscriber, || {
-        let layer = layer(consecutive(1));
-        let handle = layer.handle();
-        let mut svc = breaker(&layer, &Arc::default());
-        tokio_test::block_on(run(&mut svc, &[Do::Fail])); // Closed -> Open
-        handle.force_open();
-        handle.metrics_only();
-        handle.disable();
-        handle.reset();
-    });
-    assert_eq!(seen.load(Ordering::SeqCst), 5);
-}
-
 #[tokio::test(start_paused = true)]
 async fn metrics_only_reports_a_rate_crossing_once_and_keeps_recording() {
     let layer = layer(count_window(4, 2, 50.0));
