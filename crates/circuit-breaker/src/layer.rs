@@ -43,7 +43,7 @@ impl CircuitBreakerLayer<crate::classify::HttpClassifier, crate::reject::Respond
     /// A breaker for `http::Request -> http::Response` services: `5xx` responses and errors
     /// count as failures, a rejected call is answered `503 Service Unavailable` with
     /// `Retry-After`, and the inner error type is kept (axum's `Infallible` holds).
-    pub fn new_for_http(config: impl Into<ConfigSource<CircuitBreakerConfig>>) -> Self {
+    pub fn http(config: impl Into<ConfigSource<CircuitBreakerConfig>>) -> Self {
         Self {
             shared: Arc::new(Shared::new(Core::new(config.into()))),
             classifier: crate::classify::HttpClassifier::new(Default::default()),

@@ -37,7 +37,7 @@
 //!
 //! # On an axum route
 //!
-//! [`CircuitBreakerLayer::new_for_http`] keeps the inner error type, so axum's `Infallible`
+//! [`CircuitBreakerLayer::http`] keeps the inner error type, so axum's `Infallible`
 //! holds, counts `5xx` responses as failures and answers a rejected request with
 //! `503 Service Unavailable` and `Retry-After`.
 //!
@@ -48,7 +48,7 @@
 //! use wsguard_config::CircuitBreakerConfig;
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
-//! let breaker = CircuitBreakerLayer::new_for_http(CircuitBreakerConfig::production());
+//! let breaker = CircuitBreakerLayer::http(CircuitBreakerConfig::production());
 //! let handle = breaker.handle();
 //!
 //! let app = Router::new()

@@ -58,7 +58,7 @@ fn app(
 
 #[tokio::test(start_paused = true)]
 async fn open_breaker_answers_503_with_retry_after_and_spares_the_handler() {
-    let layer = CircuitBreakerLayer::new_for_http(config());
+    let layer = CircuitBreakerLayer::http(config());
     let handle = layer.handle();
     let status = Arc::new(AtomicUsize::new(500));
     let hits = Arc::new(AtomicUsize::new(0));
@@ -101,7 +101,7 @@ async fn open_breaker_answers_503_with_retry_after_and_spares_the_handler() {
 
 #[tokio::test(start_paused = true)]
 async fn client_errors_do_not_trip_the_http_breaker() {
-    let layer = CircuitBreakerLayer::new_for_http(config());
+    let layer = CircuitBreakerLayer::http(config());
     let handle = layer.handle();
     let app = app(
         layer,
@@ -118,7 +118,7 @@ async fn client_errors_do_not_trip_the_http_breaker() {
 
 #[tokio::test(start_paused = true)]
 async fn state_survives_routers_built_again_from_the_same_layer() {
-    let layer = CircuitBreakerLayer::new_for_http(config());
+    let layer = CircuitBreakerLayer::http(config());
     let handle = layer.handle();
     let status = Arc::new(AtomicUsize::new(503));
     let hits = Arc::new(AtomicUsize::new(0));
@@ -135,7 +135,7 @@ async fn state_survives_routers_built_again_from_the_same_layer() {
 
 #[tokio::test(start_paused = true)]
 async fn forced_open_route_says_when_to_retry() {
-    let layer = CircuitBreakerLayer::new_for_http(config());
+    let layer = CircuitBreakerLayer::http(config());
     layer.handle().force_open();
     let app = app(
         layer,
@@ -151,7 +151,7 @@ async fn forced_open_route_says_when_to_retry() {
 async fn another_tower_http_classifier_can_count_client_errors() {
     use tower_http::classify::StatusInRangeAsFailures;
 
-    let layer = CircuitBreakerLayer::new_for_http(config())
+    let layer = CircuitBreakerLayer::http(config())
         .classifier(StatusInRangeAsFailures::new(400..=599).into_make_classifier());
     let handle = layer.handle();
     let app = Router::new().route(
