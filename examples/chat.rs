@@ -228,6 +228,12 @@ fn state_name(state: wsguard::circuit_breaker::State) -> &'static str {
     }
 }
 
+/// Prometheus text; the registry's call counts are published first so that they are current.
+async fn metrics(State(app): State<App>) -> String {
+    app.registry.publish();
+    app.prometheus.render()
+}
+
 #[derive(Deserialize)]
 struct FailQuery {
     n: Option<u32>,
@@ -284,10 +290,7 @@ fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
         )
         .route("/ws", ws_route(stack, config))
         .route("/stats", get(stats))
-        .route(
-            "/metrics",
-            get(|State(app): State<App>| async move { app.prometheus.render() }),
-        )
+        .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok" }))
         .route("/fail", post(fail))
         .with_state(state)
