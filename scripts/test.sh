@@ -22,7 +22,8 @@ need_package() { # need_package COMMAND PACKAGE
 
 # The Redis store tests start their own redis-server on a free loopback port.
 need_package redis-server redis-server
-# The chat example's browser test drives Debian's Chromium through playwright-core (Node.js).
+# The chat example's browser test drives Debian's Chromium through playwright-core (Node.js 20 or
+# newer; the machine image has it, Debian's own nodejs package is only the fallback).
 need_package chromium chromium
 need_package node nodejs
 need_package npm npm
