@@ -7,6 +7,8 @@ use std::fmt;
 pub const NORMAL: u16 = 1000;
 /// `1001 Going Away`: the server closes an idle connection.
 pub const AWAY: u16 = 1001;
+/// `1005 No Status Received`: logged when a peer's close frame carried no code.
+pub const NO_STATUS: u16 = 1005;
 /// `1006 Abnormal Closure`: logged when a peer vanished without a close frame.
 pub const ABNORMAL: u16 = 1006;
 /// `1008 Policy Violation`: the send queue overflowed under the `close` policy.

@@ -158,7 +158,8 @@ where
                     self.heard.store(true, Ordering::Relaxed);
                     match frame {
                         None => {
-                            let code = peer_close.flatten();
+                            // A close frame without a code is 1005; no close frame at all, 1006 (logged).
+                            let code = peer_close.map(|code| code.unwrap_or(close::NO_STATUS));
                             return Ending::peer(code, if peer_close.is_some() { "close handshake" } else { "connection dropped" });
                         }
                         Some(Err(err)) => return read_error(err),
