@@ -35,7 +35,7 @@ use serde_json::json;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use wsguard::axum::ConnectionId;
 use wsguard::prelude::*;
-use wsguard_config::{ClientIdSource, ConfigHandle, ConfigLoader, StabilityConfig};
+use wsguard_config::{ClientIdSource, ConfigHandle, StabilityConfig};
 use wsguard_examples::{ServerArgs, init_tracing, prometheus, serve};
 
 const INDEX: &str = include_str!("chat/index.html");
@@ -45,9 +45,64 @@ const STYLE: &str = include_str!("chat/style.css");
 /// Rooms and their members' outbound senders.
 #[derive(Default)]
 struct Chat {
-    rooms: Mutex<HashMap<String, HashMap<ConnectionId, Member>>>,
+    rooms: Mutex<Rooms>,
     fail_next: AtomicU32,
     handled: AtomicU64,
+}
+
+/// Each room's members, and each member's room, so that a message finds its room without a scan.
+#[derive(Default)]
+struct Rooms {
+    members: HashMap<String, HashMap<ConnectionId, Member>>,
+    room_of: HashMap<ConnectionId, String>,
+}
+
+impl Rooms {
+    /// Moves `conn` into `room` and returns the room's live members, itself included.
+    fn join(&mut self, conn: ConnectionId, room: String, member: Member) -> Vec<Member> {
+        if let Some(old) = self.room_of.insert(conn, room.clone()) {
+            self.leave(&old, conn);
+        }
+        self.members
+            .entry(room.clone())
+            .or_default()
+            .insert(conn, member);
+        self.live_members(&room)
+    }
+
+    /// The room of `conn`, its name there, and the room's live members.
+    fn speak(&mut self, conn: ConnectionId) -> Option<(String, String, Vec<Member>)> {
+        let room = self.room_of.get(&conn)?.clone();
+        let from = self.members.get(&room)?.get(&conn)?.name.clone();
+        let members = self.live_members(&room);
+        Some((room, from, members))
+    }
+
+    /// The members of `room` whose connection is open; the others are dropped here, the next
+    /// time their room is used (the handler hears of no disconnect).
+    fn live_members(&mut self, room: &str) -> Vec<Member> {
+        let Some(members) = self.members.get_mut(room) else {
+            return Vec::new();
+        };
+        let room_of = &mut self.room_of;
+        members.retain(|id, m| {
+            let open = !m.sender.is_closed();
+            if !open {
+                room_of.remove(id);
+            }
+            open
+        });
+        members.values().cloned().collect()
+    }
+
+    fn leave(&mut self, room: &str, conn: ConnectionId) {
+        if let Some(members) = self.members.get_mut(room) {
+            members.remove(&conn);
+            if members.is_empty() {
+                self.members.remove(room);
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -89,22 +144,15 @@ impl Chat {
             Frame::Join { room, name } => {
                 let name = clip(&name, 32);
                 let room = clip(&room, 32);
-                let members = {
-                    let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-                    for members in rooms.values_mut() {
-                        members.remove(&conn);
-                    }
-                    rooms.retain(|_, members| !members.is_empty());
-                    let members = rooms.entry(room.clone()).or_default();
-                    members.insert(
-                        conn,
-                        Member {
-                            name: name.clone(),
-                            sender: inbound.sender().clone(),
-                        },
-                    );
-                    members.values().cloned().collect::<Vec<_>>()
+                let member = Member {
+                    name: name.clone(),
+                    sender: inbound.sender().clone(),
                 };
+                let members = self.rooms.lock().unwrap_or_else(|e| e.into_inner()).join(
+                    conn,
+                    room.clone(),
+                    member,
+                );
                 broadcast(
                     members,
                     json!({"type": "joined", "room": room, "name": name}),
@@ -120,24 +168,13 @@ impl Chat {
                 {
                     return Err("injected failure (fail next N)".into());
                 }
-                let (room, from, members) = {
-                    let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
-                    let Some((room, members)) =
-                        rooms.iter_mut().find(|(_, m)| m.contains_key(&conn))
-                    else {
-                        return Ok(Some(error_frame("join a room first")));
-                    };
-                    // Members whose connection has gone are dropped here, on the next message.
-                    members.retain(|_, m| !m.sender.is_closed());
-                    let from = members
-                        .get(&conn)
-                        .map(|m| m.name.clone())
-                        .unwrap_or_default();
-                    (
-                        room.clone(),
-                        from,
-                        members.values().cloned().collect::<Vec<_>>(),
-                    )
+                let spoken = self
+                    .rooms
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .speak(conn);
+                let Some((room, from, members)) = spoken else {
+                    return Ok(Some(error_frame("join a room first")));
                 };
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 let text = clip(&text, 500);
@@ -245,16 +282,12 @@ async fn fail(State(app): State<App>, Query(q): Query<FailQuery>) -> impl IntoRe
     Json(json!({"fail_next": n}))
 }
 
-/// The development preset with client ids taken from the page's `?client=NAME`, then the file.
-fn loader(args: &ServerArgs) -> ConfigLoader {
+/// The development preset with client ids taken from the page's `?client=NAME`.
+fn base_config() -> StabilityConfig {
     let mut base = StabilityConfig::development();
     base.connection.client_id = ClientIdSource::Query;
     base.connection.client_id_key = "client".to_owned();
-    let loader = ConfigLoader::new().base(base);
-    match &args.config_file {
-        Some(file) => loader.file(file),
-        None => loader,
-    }
+    base
 }
 
 fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
@@ -303,17 +336,9 @@ async fn main() {
         eprintln!("{e}");
         std::process::exit(2)
     });
-    let loader = loader(&args);
-    let config = loader.load().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    });
-    let config = ConfigHandle::new(config).expect("a loaded config is valid");
-    let _watch = args.config_file.as_ref().map(|file| {
-        config.watch_file(file, loader.clone()).unwrap_or_else(|e| {
-            eprintln!("cannot watch {}: {e}", file.display());
-            std::process::exit(2)
-        })
+    let (config, _watcher) = args.config_from(base_config()).unwrap_or_else(|e| {
+        eprintln!("configuration refused:\n{e}");
+        std::process::exit(1)
     });
     // Before any registry: its series bind to the recorder installed when they are made.
     let prometheus = prometheus();

@@ -23,7 +23,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
-use wsguard_config::{ConfigHandle, ConfigLoader, FileWatcher, LoadError, Preset};
+use wsguard_config::{ConfigHandle, ConfigLoader, FileWatcher, LoadError, Preset, StabilityConfig};
 
 /// Where a server listens when neither `--addr` nor `WSGUARD_ADDR` says.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
@@ -81,7 +81,12 @@ impl ServerArgs {
     /// The configuration loader: `--config FILE` (with `WSGUARD_` environment overrides) or the
     /// `development` preset.
     pub fn loader(&self) -> ConfigLoader {
-        let loader = ConfigLoader::new().preset(Preset::Development);
+        self.loader_from(Preset::Development.config())
+    }
+
+    /// As [`loader`](Self::loader), starting from `base` instead of the `development` preset.
+    pub fn loader_from(&self, base: StabilityConfig) -> ConfigLoader {
+        let loader = ConfigLoader::new().base(base);
         match &self.config_file {
             Some(file) => loader.file(file),
             None => loader,
@@ -91,7 +96,15 @@ impl ServerArgs {
     /// A live configuration; with `--config FILE`, edits of the file are applied while the
     /// returned watcher lives (an invalid edit is refused and logged).
     pub fn config(&self) -> Result<(ConfigHandle, Option<FileWatcher>), String> {
-        let loader = self.loader();
+        self.config_from(Preset::Development.config())
+    }
+
+    /// As [`config`](Self::config), starting from `base` instead of the `development` preset.
+    pub fn config_from(
+        &self,
+        base: StabilityConfig,
+    ) -> Result<(ConfigHandle, Option<FileWatcher>), String> {
+        let loader = self.loader_from(base);
         let config = loader.load().map_err(describe)?;
         let handle = ConfigHandle::new(config).map_err(|e| e.to_string())?;
         let watcher = match &self.config_file {
