@@ -83,3 +83,40 @@ async fn client_state_is_removed_on_disconnect_and_metrics_carry_the_expected_na
     );
     assert!(!text.contains("alice"), "client ids must not become labels");
 }
+
+#[tokio::test]
+async fn idle_connections_are_registered_when_they_open() {
+    let mut config = StabilityConfig::testing();
+    config.connection.client_id = ClientIdSource::Query;
+    config.connection.client_id_key = "client".to_owned();
+    let config = ConfigHandle::new(config).unwrap();
+    let app = echo::app(&config, Some(prometheus()));
+    let addr = serve(app.router.clone()).await;
+
+    // Neither client sends a message.
+    let mut carol = connect(addr, "/ws?client=carol").await;
+    let mut dave = connect(addr, "/ws?client=dave").await;
+    wait_until("both connections to register", || {
+        app.registry.active_connections() == 2
+    })
+    .await;
+    assert_eq!(app.registry.client("carol").unwrap().connections, 1);
+    assert_eq!(app.registry.client("dave").unwrap().messages_in, 0);
+    let (_, body) = http_get(addr, "/stats").await;
+    let stats: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(stats["metrics"]["connections_active"], 2, "{body}");
+    assert_eq!(stats["metrics"]["clients"]["tracked"], 2, "{body}");
+
+    // A message afterwards does not register the connection a second time.
+    carol.send(WsMessage::text("c1")).await.unwrap();
+    assert_eq!(next_text(&mut carol).await, "c1");
+    assert_eq!(app.registry.snapshot().connections_total, 2);
+    assert_eq!(app.registry.client("carol").unwrap().messages_in, 1);
+
+    carol.close(None).await.unwrap();
+    dave.close(None).await.unwrap();
+    wait_until("both registrations to end", || {
+        app.registry.active_connections() == 0 && app.registry.client_count() == 0
+    })
+    .await;
+}

@@ -85,8 +85,8 @@ impl ConnInfo {
         &self.sender
     }
 
-    /// The slot through which a `MetricsLayer` in the stack registers this connection with its
-    /// registry on the first message; the adapter releases it when the connection closes.
+    /// The slot through which a `MetricsLayer` in the stack registered this connection with its
+    /// registry when it opened; the adapter releases it when the connection closes.
     pub fn connection_slot(&self) -> &wsguard_metrics::ConnectionSlot {
         &self.slot
     }

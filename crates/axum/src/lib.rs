@@ -62,8 +62,11 @@
 //!   `connection.on_rejection`; a duplicate is dropped or acknowledged
 //!   (`{"type":"duplicate","age_ms":..}`) per `dedup.on_duplicate`; any other error becomes
 //!   `{"type":"error","error":"handler_error"}` and the connection stays open.
-//! - With a `MetricsLayer` in the stack the connection registers with its registry on the first
-//!   message and is released on close, so per-client state goes with the last connection.
+//! - With a `MetricsLayer` in the stack the connection registers with its registry when it opens
+//!   (found while the connection takes its clone of the stack; no message needed, no readiness
+//!   reserved) and is released on close, so idle connections are counted and per-client state goes
+//!   with the last connection. A `MetricsLayer` behind a `Buffer` is not cloned per connection;
+//!   it registers the connection on its first message instead.
 //! - Every close is logged through `tracing` with its code and reason.
 //! - Read and write buffers come from `read_buffer_size` and `write_buffer_size` (4 KiB by
 //!   default instead of tungstenite's 128 KiB), which keeps idle connections cheap.

@@ -22,12 +22,15 @@ use crate::reply::Replies;
 /// A WebSocket route whose every inbound message is a call of `service`.
 ///
 /// Each upgraded connection gets a clone of `service` (so state belongs in the layers' shared
-/// `Arc`s, as with any tower stack). The connection is refused with `503` past
+/// `Arc`s, as with any tower stack), taken when the connection opens: a `MetricsLayer` in the
+/// stack registers the connection with its registry at that moment (see
+/// [`ConnectionSlot::open`](wsguard_metrics::ConnectionSlot::open)), so idle connections are
+/// counted too, and the adapter releases the registration when the connection closes. The connection is refused with `503` past
 /// `max_connections`; [`stats`](Self::stats) counts open, accepted and refused connections.
 ///
 /// Most routes need only [`ws_route`]; keep a `WsRoute` when you want its stats.
 pub struct WsRoute<S> {
-    service: S,
+    service: Arc<S>,
     config: WsConfig,
     stats: ConnectionStats,
 }
@@ -42,7 +45,7 @@ impl<S: fmt::Debug> fmt::Debug for WsRoute<S> {
     }
 }
 
-impl<S: Clone> Clone for WsRoute<S> {
+impl<S> Clone for WsRoute<S> {
     fn clone(&self) -> Self {
         Self {
             service: self.service.clone(),
@@ -80,7 +83,7 @@ where
     /// A route calling `service` for every message, configured by `config`.
     pub fn new(service: S, config: impl Into<WsConfig>) -> Self {
         Self {
-            service,
+            service: Arc::new(service),
             config: config.into(),
             stats: ConnectionStats::default(),
         }
@@ -155,6 +158,7 @@ where
             .max_frame_size(config.max_message_size)
             .on_failed_upgrade(|err| tracing::debug!(error = %err, "websocket upgrade failed"))
             .on_upgrade(move |socket| async move {
+                let service = conn.slot.open(&*service, Some(&conn.client_id));
                 connection::run(socket, service, conn, settings, replies).await;
                 drop(permit);
             })

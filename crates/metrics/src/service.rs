@@ -45,8 +45,11 @@ impl<S, C> Metrics<S, C> {
     }
 }
 
+/// A clone made inside [`ConnectionSlot::open`](crate::ConnectionSlot::open) also registers
+/// that connection with this service's registry (if no outer `Metrics` did).
 impl<S: Clone, C> Clone for Metrics<S, C> {
     fn clone(&self) -> Self {
+        crate::registry::note_cloned(&self.shared.registry.inner);
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),

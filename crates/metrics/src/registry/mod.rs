@@ -4,6 +4,7 @@ pub(crate) mod aggregate;
 pub(crate) mod clients;
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
 use std::future::poll_fn;
 use std::pin::pin;
@@ -511,14 +512,20 @@ impl fmt::Debug for ConnectionGuard {
 /// A place for a long-lived connection's registration, owned by the connection.
 ///
 /// Give each connection a slot and expose it through
-/// [`ClientRequest::connection_slot`](crate::ClientRequest::connection_slot): the first call
-/// the [`Metrics`](crate::Metrics) service sees with the slot registers the connection with its
-/// registry (as [`MetricsRegistry::connect`] does, with the request's client id) and stores the
-/// guard here; later calls cost one atomic check and record per-client detail straight into
-/// the client's entry, without a table lookup. Call [`release`](Self::release) (or drop the
-/// slot) when the connection closes. A slot released before any call never registers. A slot
-/// registers with one registry, the first whose layer sees it; layers recording into another
-/// registry count its calls in their aggregates only.
+/// [`ClientRequest::connection_slot`](crate::ClientRequest::connection_slot). The connection is
+/// registered with a registry (as [`MetricsRegistry::connect`] does) and the guard stored here,
+/// whichever comes first:
+/// - when it opens, if its owner takes its copy of the service stack with
+///   [`open`](Self::open): the registry is that of the first [`Metrics`](crate::Metrics)
+///   service in the stack, so an idle connection is counted and listed from its first moment;
+/// - on the first call the [`Metrics`](crate::Metrics) service sees with the slot, with the
+///   request's client id.
+///
+/// Later calls cost one atomic check and record per-client detail straight into the client's
+/// entry, without a table lookup. Call [`release`](Self::release) (or drop the slot) when the
+/// connection closes. A slot released before it registered never registers. A slot registers
+/// with one registry; layers recording into another registry count its calls in their
+/// aggregates only.
 #[derive(Default)]
 pub struct ConnectionSlot {
     guard: OnceLock<ConnectionGuard>,
@@ -528,6 +535,46 @@ impl ConnectionSlot {
     /// An empty slot.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// Clones `service` for the connection this slot belongs to, which opens now, and registers
+    /// the connection with the registry of the first [`Metrics`](crate::Metrics) service the
+    /// clone passes through (the outermost one), under `client_id` (`None`: counted in the
+    /// aggregates only).
+    ///
+    /// Use it where a connection takes its own copy of a shared service stack, as `wsguard-axum`
+    /// does for every upgraded WebSocket. The stack is found by cloning, so it needs no trait
+    /// beyond `Clone` and works through any layers that clone their inner service (tower's own,
+    /// `BoxCloneService`); no call is made and no readiness is reserved. If no `Metrics`
+    /// service is cloned along the way (there is none, or it sits behind a `Buffer`, whose
+    /// clones share one worker), the slot stays empty and registers on its first call instead.
+    ///
+    /// ```
+    /// use tower::{Layer, service_fn};
+    /// use wsguard_metrics::{ConnectionSlot, MetricsLayer, MetricsRegistry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// let registry = MetricsRegistry::new(wsguard_config::MetricsConfig::development());
+    /// let stack = MetricsLayer::new(registry.clone())
+    ///     .layer(service_fn(|msg: String| async move { Ok::<_, std::convert::Infallible>(msg) }));
+    ///
+    /// let slot = ConnectionSlot::new();
+    /// let _per_connection = slot.open(&stack, Some("alice"));
+    /// assert_eq!(registry.active_connections(), 1);
+    /// assert_eq!(registry.client("alice").unwrap().connections, 1);
+    ///
+    /// slot.release(); // the connection closed
+    /// assert_eq!(registry.active_connections(), 0);
+    /// assert!(registry.client("alice").is_none());
+    /// # }
+    /// ```
+    pub fn open<S: Clone>(&self, service: &S, client_id: Option<&str>) -> S {
+        let finding = FindRegistry::start();
+        let service = service.clone();
+        if let Some(registry) = finding.finish() {
+            self.guard.get_or_init(|| registry.connect(client_id));
+        }
+        service
     }
 
     /// Ends the connection's registration, if any, and keeps the slot from registering again.
@@ -569,5 +616,53 @@ impl fmt::Debug for ConnectionSlot {
         f.debug_struct("ConnectionSlot")
             .field("guard", &self.guard.get())
             .finish()
+    }
+}
+
+thread_local! {
+    /// While [`ConnectionSlot::open`] clones a stack on this thread: `Some`, holding the registry
+    /// of the first `Metrics` service cloned so far, if any.
+    static FINDING: Cell<Option<Option<Arc<Inner>>>> = const { Cell::new(None) };
+}
+
+/// Called by every `Metrics` clone: notes its registry if a slot is opening on this thread and
+/// none was noted yet.
+#[inline]
+pub(crate) fn note_cloned(registry: &Arc<Inner>) {
+    FINDING.with(|finding| {
+        let state = finding.take();
+        finding.set(match state {
+            Some(None) => Some(Some(registry.clone())),
+            other => other,
+        });
+    });
+}
+
+/// One search for a registry during a clone; restores the thread's previous search (slots may
+/// open inside a clone) when finished, and on unwind.
+struct FindRegistry {
+    outer: Option<Option<Arc<Inner>>>,
+    done: bool,
+}
+
+impl FindRegistry {
+    fn start() -> Self {
+        Self {
+            outer: FINDING.replace(Some(None)),
+            done: false,
+        }
+    }
+
+    fn finish(mut self) -> Option<Arc<Inner>> {
+        self.done = true;
+        FINDING.replace(self.outer.take()).flatten()
+    }
+}
+
+impl Drop for FindRegistry {
+    fn drop(&mut self) {
+        if !self.done {
+            FINDING.set(self.outer.take());
+        }
     }
 }
