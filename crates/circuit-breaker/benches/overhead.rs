@@ -53,7 +53,9 @@ fn poll_until_ready<F: Future>(future: F, cx: &mut Context<'_>) -> F::Output {
     }
 }
 
-/// Runs `n` calls through `svc`; returns the time they took.
+/// Runs `n` calls through `svc`; returns the time they took. Never inlined, so that every
+/// variant's loop is compiled on its own, the same wherever it is called from.
+#[inline(never)]
 fn drive<S>(svc: &mut S, n: u64) -> Duration
 where
     S: Service<u64, Response = u64>,
@@ -74,7 +76,49 @@ where
     start.elapsed()
 }
 
+/// A control for the interleaved run: the least a wrapping tower service can do in this
+/// harness. Its service and response future only forward.
+#[derive(Debug, Clone)]
+struct Forward<S> {
+    inner: S,
+}
+
+impl<S: Service<u64>> Service<u64> for Forward<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = ForwardFuture<S::Future>;
+
+    #[inline]
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    #[inline]
+    fn call(&mut self, req: u64) -> Self::Future {
+        ForwardFuture {
+            future: self.inner.call(req),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    struct ForwardFuture<F> {
+        #[pin]
+        future: F,
+    }
+}
+
+impl<F: Future> Future for ForwardFuture<F> {
+    type Output = F::Output;
+
+    #[inline]
+    fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.project().future.poll(cx)
+    }
+}
+
 /// `failsafe` wraps a future rather than a service.
+#[inline(never)]
 fn drive_failsafe<B: failsafe::futures::CircuitBreaker>(breaker: &B, n: u64) -> Duration {
     let mut cx = Context::from_waker(Waker::noop());
     let mut inner = Echo;
@@ -253,7 +297,55 @@ fn bench_mode(c: &mut Criterion, mode: Mode) {
     group.finish();
 }
 
+fn failsafe_consecutive() -> impl failsafe::futures::CircuitBreaker {
+    failsafe::Config::new()
+        .failure_policy(failsafe::failure_policy::consecutive_failures(
+            5,
+            failsafe::backoff::constant(Duration::from_secs(60)),
+        ))
+        .build()
+}
+
+/// Consecutive mode, one thread: short rounds of the bare service, a forwarding wrapper, wsguard,
+/// wsguard disabled and failsafe in turn, keeping each one's best round, so that load changing
+/// while criterion runs its groups one after another does not decide the ratio. Printed before
+/// the criterion groups.
+fn interleaved_consecutive() {
+    const ROUNDS: usize = 40;
+    const CALLS: u64 = 1_000_000;
+    let layer = Mode::Consecutive.wsguard();
+    let disabled = Mode::Consecutive.wsguard();
+    disabled.handle().disable();
+    let fs = failsafe_consecutive();
+    let mut best = [Duration::MAX; 5];
+    for _ in 0..ROUNDS {
+        let times = [
+            drive(&mut Echo, CALLS),
+            drive(&mut Forward { inner: Echo }, CALLS),
+            drive(&mut layer.layer(Echo), CALLS),
+            drive(&mut disabled.layer(Echo), CALLS),
+            drive_failsafe(&fs, CALLS),
+        ];
+        for (best, time) in best.iter_mut().zip(times) {
+            *best = (*best).min(time);
+        }
+    }
+    let ns = best.map(|d| d.as_secs_f64() * 1e9 / CALLS as f64);
+    println!(
+        "interleaved consecutive, best of {ROUNDS} rounds of {CALLS} calls: bare {:.2} ns, \
+         forwarding wrapper {:.2} ns, wsguard {:.2} ns, wsguard disabled {:.2} ns, \
+         failsafe {:.2} ns; wsguard overhead / failsafe overhead = {:.2}",
+        ns[0],
+        ns[1],
+        ns[2],
+        ns[3],
+        ns[4],
+        (ns[2] - ns[0]) / (ns[4] - ns[0]),
+    );
+}
+
 fn overhead(c: &mut Criterion) {
+    interleaved_consecutive();
     for mode in [Mode::Consecutive, Mode::Count, Mode::Time] {
         bench_mode(c, mode);
     }
