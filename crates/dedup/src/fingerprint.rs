@@ -2,10 +2,10 @@
 //!
 //! A [`Fingerprinter`] hashes a JSON document as a *value*: key order, whitespace and string
 //! escapes do not change the result. It never builds a canonical string, a `serde_json::Value` or
-//! any other tree: a single-pass reader validates the JSON and feeds each token straight into keyed
-//! SipHash. Each object entry is hashed on its own and the entries are combined by wrapping
-//! addition, which is order independent, so the result depends on no map type's ordering and on
-//! no serde_json feature (`preserve_order`, `arbitrary_precision`) enabled anywhere in the build.
+//! any other tree: a single-pass reader validates the JSON and feeds a canonical encoding of each
+//! token, as whole 64-bit words, straight into keyed SipHash-128. The result depends on no map
+//! type's ordering and on no serde_json feature (`preserve_order`, `arbitrary_precision`) enabled
+//! anywhere in the build.
 //!
 //! Canonical form of the values:
 //! - **Numbers** compare by mathematical value where JSON allows it: an integral number within
@@ -13,42 +13,67 @@
 //!   (as RFC 8785 and JavaScript see them; Python's `json.dumps` would write `1.0` and `1`
 //!   differently). Other numbers hash as their IEEE-754 double, so `0.1` and `0.10` agree.
 //! - **Strings** hash as their unescaped bytes: `"\u0041"` equals `"A"` (no Unicode normalisation).
+//! - **Objects** of up to 16 entries hash their entries sorted by key (then by value, so that
+//!   repeated keys do not depend on their order either); larger objects hash each entry on its
+//!   own and add the entry hashes, which is order independent. An object or array that is the
+//!   value of an entry hashes as its own keyed 128-bit hash, so the reader never reads any part
+//!   of the input twice.
 //! - **Objects** with a repeated key hash every occurrence (serde_json's `Value` keeps only the last).
 //! - Nesting deeper than [`MAX_DEPTH`] levels (the reader recurses once per level, so the stack
-//!   stays small), invalid JSON, trailing garbage and non-JSON text hash as raw bytes (under a different domain tag than any JSON value), so deep nesting can
-//!   neither overflow the stack nor collide with a JSON value.
+//!   stays small), invalid JSON, trailing garbage and non-JSON text hash as raw bytes (under a
+//!   different domain tag than any JSON value), so deep nesting can neither overflow the stack nor
+//!   collide with a JSON value.
+//!
+//! The encoding is a sequence of words that can be decoded back: every item starts with a word
+//! whose low byte is a tag, and a string's first word also holds its length, so no two inputs of
+//! different kinds or values share an encoding.
 
+mod sip;
+
+use std::cell::RefCell;
 use std::fmt;
-use std::hash::Hasher;
 use std::sync::OnceLock;
 
 use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use siphasher::sip128::{Hasher128, SipHasher13, SipHasher24};
 use wsguard_config::DedupConfig;
+
+use sip::Sip;
 
 /// Deepest JSON nesting hashed as a value; deeper documents are hashed as bytes.
 pub const MAX_DEPTH: u32 = 64;
 
-// Domain tags: every hashed item starts with one, so no two kinds of input share an encoding.
-const TAG_JSON: u8 = 0x01;
-const TAG_BYTES: u8 = 0x02;
-const TAG_ID_STR: u8 = 0x03;
-const TAG_ID_INT: u8 = 0x04;
-const TAG_NULL: u8 = 0x10;
-const TAG_FALSE: u8 = 0x11;
-const TAG_TRUE: u8 = 0x12;
-const TAG_INT: u8 = 0x13;
-const TAG_FLOAT: u8 = 0x14;
-const TAG_STR: u8 = 0x15;
-const TAG_ARRAY: u8 = 0x16;
-const TAG_OBJECT: u8 = 0x17;
-const TAG_ENTRY: u8 = 0x18;
-const TAG_SORTED_OBJECT: u8 = 0x19;
-const TAG_END: u8 = 0x1a;
-const TAG_INT128: u8 = 0x1b;
-const TAG_SCOPE_GLOBAL: u8 = 0x20;
-const TAG_SCOPE_CONNECTION: u8 = 0x21;
-const TAG_SCOPE_CLIENT: u8 = 0x22;
+// Domain tags (the low byte of an item's first word): no two kinds of input share an encoding.
+const TAG_JSON: u64 = 0x01;
+const TAG_BYTES: u64 = 0x02;
+const TAG_ID_STR: u64 = 0x03;
+const TAG_ID_INT: u64 = 0x04;
+const TAG_NULL: u64 = 0x10;
+const TAG_FALSE: u64 = 0x11;
+const TAG_TRUE: u64 = 0x12;
+/// An integer that fits in 56 bits, in the word's upper seven bytes.
+const TAG_INT: u64 = 0x13;
+const TAG_FLOAT: u64 = 0x14;
+const TAG_STR: u64 = 0x15;
+const TAG_ARRAY: u64 = 0x16;
+/// A large object: entry count, then the sum of the entry hashes.
+const TAG_OBJECT: u64 = 0x17;
+/// First word of an entry hash.
+const TAG_ENTRY: u64 = 0x18;
+const TAG_SORTED_OBJECT: u64 = 0x19;
+const TAG_END: u64 = 0x1a;
+const TAG_INT128: u64 = 0x1b;
+/// Any other `i64`, in the next word.
+const TAG_INT64: u64 = 0x1c;
+/// A container that is an entry's value: its hash follows.
+const TAG_NESTED: u64 = 0x1d;
+/// First word of such a container's own hash.
+const TAG_NESTED_HASH: u64 = 0x1e;
+const TAG_SCOPE_GLOBAL: u64 = 0x20;
+const TAG_SCOPE_CONNECTION: u64 = 0x21;
+const TAG_SCOPE_CLIENT: u64 = 0x22;
+
+/// A string's length in its first word: three bytes, all ones meaning "in the next word".
+const LONG: usize = 0xff_ffff;
 
 // serde_json's `arbitrary_precision` feature hands numbers over as this one-entry map.
 const ARBITRARY_PRECISION_TOKEN: &str = "$serde_json::private::Number";
@@ -101,21 +126,18 @@ impl fmt::Display for Fingerprint {
 /// ```
 #[derive(Clone)]
 pub struct Fingerprinter {
-    hasher: Sip,
-}
-
-#[derive(Clone)]
-enum Sip {
-    Fast(SipHasher13),
-    Strong(SipHasher24),
+    key: [u8; 16],
+    /// SipHash-1-3 rather than SipHash-2-4.
+    fast: bool,
 }
 
 impl fmt::Debug for Fingerprinter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the key.
-        let algorithm = match self.hasher {
-            Sip::Fast(_) => "SipHash-1-3-128",
-            Sip::Strong(_) => "SipHash-2-4-128",
+        let algorithm = if self.fast {
+            "SipHash-1-3-128"
+        } else {
+            "SipHash-2-4-128"
         };
         f.debug_struct("Fingerprinter")
             .field("algorithm", &algorithm)
@@ -126,12 +148,7 @@ impl fmt::Debug for Fingerprinter {
 impl Fingerprinter {
     /// A fingerprinter keyed with `key`; `fast` selects SipHash-1-3, otherwise SipHash-2-4.
     pub fn new(key: [u8; 16], fast: bool) -> Self {
-        let hasher = if fast {
-            Sip::Fast(SipHasher13::new_with_key(&key))
-        } else {
-            Sip::Strong(SipHasher24::new_with_key(&key))
-        };
-        Self { hasher }
+        Self { key, fast }
     }
 
     /// A fingerprinter keyed with this process's random key (the same key for every call in
@@ -161,10 +178,11 @@ impl Fingerprinter {
     }
 
     pub(crate) fn key(&self, scope: Scope<'_>, content: Content<'_>) -> Fingerprint {
-        match &self.hasher {
-            Sip::Fast(h) => key_with(h, scope, content),
-            Sip::Strong(h) => key_with(h, scope, content),
-        }
+        Fingerprint(if self.fast {
+            key_with(Sip::<1, 3>::new(self.key), scope, content)
+        } else {
+            key_with(Sip::<2, 4>::new(self.key), scope, content)
+        })
     }
 }
 
@@ -186,193 +204,94 @@ pub(crate) enum Content<'a> {
     IdInt(i128),
 }
 
-/// The hasher state a JSON walk writes into (a [`Feed`]).
-trait SipState: Hasher + Hasher128 + Clone {
-    /// Writes `whole[start..end]` as [`write_bytes`] does.
-    fn write_span(&mut self, whole: &[u8], start: usize, end: usize);
-}
-
-impl<S: Hasher + Hasher128 + Clone> SipState for Feed<S> {
-    #[inline]
-    fn write_span(&mut self, whole: &[u8], start: usize, end: usize) {
-        let len = end - start;
-        // Short strings (most keys and values) are copied as one fixed-size block from the
-        // input, which inlines; bytes past `end` are overwritten by the next write.
-        let done = if len <= 16 {
-            self.put_block::<16>(whole, start, len)
-        } else if len <= 32 {
-            self.put_block::<32>(whole, start, len)
-        } else {
-            false
-        };
-        if !done {
-            write_bytes(self, &whole[start..end]);
-        }
-    }
-}
-
-impl<S: Hasher> Feed<S> {
-    /// Writes the length and then `len <= N` bytes of `whole` from `start` by copying a whole
-    /// `N`-byte block, if the input and the buffer have room for it.
-    #[inline(always)]
-    fn put_block<const N: usize>(&mut self, whole: &[u8], start: usize, len: usize) -> bool {
-        if self.len + 4 + N > self.buf.len() {
-            return false;
-        }
-        let Some(block) = whole.get(start..).and_then(|w| w.first_chunk::<N>()) else {
-            return false;
-        };
-        self.put_fixed((len as u32).to_le_bytes());
-        self.buf[self.len..self.len + N].copy_from_slice(block);
-        self.len += len;
-        true
-    }
-}
-
-/// Batches the many small writes of a JSON walk into 64-byte blocks: SipHash's per-call
-/// overhead, not its rounds, dominated hashing of small documents.
-#[derive(Clone)]
-struct Feed<H> {
-    h: H,
-    len: usize,
-    buf: [u8; 64],
-}
-
-impl<H: Hasher> Feed<H> {
-    /// A constant-size write: inlined moves instead of a `memcpy` call.
-    #[inline(always)]
-    fn put_fixed<const N: usize>(&mut self, bytes: [u8; N]) {
-        if self.len + N <= self.buf.len() {
-            self.buf[self.len..self.len + N].copy_from_slice(&bytes);
-            self.len += N;
-        } else {
-            self.put(&bytes);
-        }
-    }
-
-    fn new(h: H) -> Self {
-        Self {
-            h,
-            len: 0,
-            buf: [0; 64],
-        }
-    }
-
-    #[inline]
-    fn put(&mut self, bytes: &[u8]) {
-        let end = self.len + bytes.len();
-        if end <= self.buf.len() {
-            self.buf[self.len..end].copy_from_slice(bytes);
-            self.len = end;
-            return;
-        }
-        self.h.write(&self.buf[..self.len]);
-        if bytes.len() >= self.buf.len() {
-            self.h.write(bytes);
-            self.len = 0;
-        } else {
-            self.buf[..bytes.len()].copy_from_slice(bytes);
-            self.len = bytes.len();
-        }
-    }
-}
-
-impl<H: Hasher> Hasher for Feed<H> {
-    fn finish(&self) -> u64 {
-        unreachable!("fingerprints use finish128")
-    }
-
-    #[inline]
-    fn write(&mut self, bytes: &[u8]) {
-        self.put(bytes);
-    }
-
-    #[inline]
-    fn write_u8(&mut self, v: u8) {
-        self.put_fixed([v]);
-    }
-
-    #[inline]
-    fn write_u32(&mut self, v: u32) {
-        self.put_fixed(v.to_le_bytes());
-    }
-
-    #[inline]
-    fn write_u64(&mut self, v: u64) {
-        self.put_fixed(v.to_le_bytes());
-    }
-}
-
-impl<H: Hasher + Hasher128 + Clone> Hasher128 for Feed<H> {
-    fn finish128(&self) -> siphasher::sip128::Hash128 {
-        let mut h = self.h.clone();
-        h.write(&self.buf[..self.len]);
-        h.finish128()
-    }
-}
-
-fn key_with<S: Hasher + Hasher128 + Clone>(
-    template: &S,
+fn key_with<const C: usize, const D: usize>(
+    init: Sip<C, D>,
     scope: Scope<'_>,
     content: Content<'_>,
-) -> Fingerprint {
-    let template = &Feed::new(template.clone());
-    let mut h = scoped(template, scope);
+) -> u128 {
+    let mut h = init;
+    match scope {
+        Scope::Unscoped => {}
+        Scope::Global => h.word(TAG_SCOPE_GLOBAL),
+        Scope::Connection(id) => {
+            h.word(TAG_SCOPE_CONNECTION);
+            h.word(id);
+        }
+        Scope::Client(id) => put_bytes(&mut h, TAG_SCOPE_CLIENT, id.as_bytes(), 0, id.len()),
+    }
     match content {
         Content::Text(text) => {
             if looks_like_json(text) {
-                h.write_u8(TAG_JSON);
-                if hash_json(&mut h, template, text).is_ok() {
-                    return Fingerprint(h.finish128().as_u128());
+                let mut json = h;
+                json.word(TAG_JSON);
+                if hash_json(&mut json, init, text).is_ok() {
+                    return json.finish();
                 }
-                h = scoped(template, scope);
             }
-            h.write_u8(TAG_BYTES);
-            write_bytes(&mut h, text);
+            put_bytes(&mut h, TAG_BYTES, text, 0, text.len());
         }
-        Content::Bytes(bytes) => {
-            h.write_u8(TAG_BYTES);
-            write_bytes(&mut h, bytes);
-        }
-        Content::IdStr(id) => {
-            h.write_u8(TAG_ID_STR);
-            write_bytes(&mut h, id);
-        }
+        Content::Bytes(bytes) => put_bytes(&mut h, TAG_BYTES, bytes, 0, bytes.len()),
+        Content::IdStr(id) => put_bytes(&mut h, TAG_ID_STR, id, 0, id.len()),
         Content::IdInt(id) => {
-            h.write_u8(TAG_ID_INT);
-            h.write(&id.to_le_bytes());
+            h.word(TAG_ID_INT);
+            h.word(id as u64);
+            h.word((id >> 64) as u64);
         }
     }
-    Fingerprint(h.finish128().as_u128())
+    h.finish()
 }
 
-fn scoped<H: Hasher + Clone>(template: &H, scope: Scope<'_>) -> H {
-    let mut h = template.clone();
-    match scope {
-        Scope::Unscoped => {}
-        Scope::Global => h.write_u8(TAG_SCOPE_GLOBAL),
-        Scope::Connection(id) => {
-            h.write_u8(TAG_SCOPE_CONNECTION);
-            h.write_u64(id);
-        }
-        Scope::Client(id) => {
-            h.write_u8(TAG_SCOPE_CLIENT);
-            write_bytes(&mut h, id.as_bytes());
-        }
+/// `whole[at..at + n]` (`n <= 8`) as a little-endian word, zero-extended.
+#[inline(always)]
+fn load(whole: &[u8], at: usize, n: usize) -> u64 {
+    match whole.get(at..).and_then(|rest| rest.first_chunk::<8>()) {
+        // One unaligned load; the bytes past `n` (still inside the input) are masked off.
+        Some(chunk) => u64::from_le_bytes(*chunk) & low_bytes(n),
+        None => whole[at..at + n]
+            .iter()
+            .rev()
+            .fold(0, |w, &b| w << 8 | u64::from(b)),
     }
-    h
 }
 
-fn write_bytes<H: Hasher>(h: &mut H, bytes: &[u8]) {
-    // A 4-byte length (4 GiB and longer escape to 12 bytes): fewer SipHash rounds per string.
-    match u32::try_from(bytes.len()) {
-        Ok(len) if len != u32::MAX => h.write_u32(len),
-        _ => {
-            h.write_u32(u32::MAX);
-            h.write_u64(bytes.len() as u64);
-        }
+/// A mask of the low `n <= 8` bytes.
+#[inline(always)]
+fn low_bytes(n: usize) -> u64 {
+    ((1u128 << (8 * n)) - 1) as u64
+}
+
+/// Writes `tag`, the length and the bytes `whole[start..end]`: the first word holds the tag, a
+/// three-byte length and the first four bytes; then come eight bytes a word, the last one
+/// zero-padded (the length tells the padding from data).
+#[inline(always)]
+fn put_bytes<const C: usize, const D: usize>(
+    out: &mut Sip<C, D>,
+    tag: u64,
+    whole: &[u8],
+    start: usize,
+    end: usize,
+) {
+    // A local copy stays in registers (through `out` it would be stored after every word, as a
+    // bounds check could panic in between).
+    let mut h = *out;
+    let len = end - start;
+    let mut at = start;
+    if len < LONG {
+        let head = len.min(4);
+        h.word(tag | (len as u64) << 8 | load(whole, start, head) << 32);
+        at += head;
+    } else {
+        h.word(tag | (LONG as u64) << 8);
+        h.word(len as u64);
     }
-    h.write(bytes);
+    while end - at >= 8 {
+        h.word(load(whole, at, 8));
+        at += 8;
+    }
+    if at < end {
+        h.word(load(whole, at, end - at));
+    }
+    *out = h;
 }
 
 fn looks_like_json(text: &[u8]) -> bool {
@@ -385,34 +304,18 @@ fn looks_like_json(text: &[u8]) -> bool {
     }
 }
 
-fn hash_json<H: SipState>(h: &mut H, template: &H, text: &[u8]) -> Result<(), Invalid> {
-    let mut walk = Walk {
-        src: text,
-        pos: 0,
-        template,
-        scratch: Vec::new(),
-    };
-    walk.top(h)?;
-    walk.skip_ws();
-    if walk.pos == text.len() {
-        Ok(())
-    } else {
-        Err(Invalid)
-    }
-}
-
 /// The input is not JSON (or nests deeper than [`MAX_DEPTH`]): hash it as bytes.
 #[derive(Debug)]
 struct Invalid;
 
 /// The index of the first `"`, `\` or control byte at or after `i` (or `src.len()`), eight
 /// bytes at a time.
-#[inline]
+#[inline(always)]
 fn string_stop(src: &[u8], mut i: usize) -> usize {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
-    while let Some(chunk) = src.get(i..i + 8) {
-        let w = u64::from_le_bytes(chunk.try_into().expect("8 bytes"));
+    while let Some(chunk) = src.get(i..).and_then(|rest| rest.first_chunk::<8>()) {
+        let w = u64::from_le_bytes(*chunk);
         let quote = w ^ (LO * u64::from(b'"'));
         let backslash = w ^ (LO * u64::from(b'\\'));
         // A set high bit marks a zero byte (a match) or a byte below 0x20; the lowest one is exact.
@@ -431,50 +334,86 @@ fn string_stop(src: &[u8], mut i: usize) -> usize {
     i
 }
 
-/// Objects with at most this many entries are hashed with their entries sorted...
+/// Objects with at most this many entries are hashed with their entries sorted, in their
+/// parent's stream; larger ones sum per-entry hashes.
 const SORTED_ENTRIES: usize = 16;
-/// ...when they are nested at most this deep (the top-level object is at depth 1).
-const SORTED_DEPTH: u32 = 3;
 
-/// Where a string's unescaped bytes are: in the input, or (it had escapes) in the scratch buffer.
-enum Text {
-    Src(usize, usize),
-    Scratch,
-}
-
+/// Where a string's unescaped bytes are. Positions below the input's length are in the input;
+/// a string with escapes is unescaped into the arena, and its positions are those in the arena
+/// plus the input's length. (A string in the input starts before its closing quote, so below
+/// the input's length.)
 #[derive(Clone, Copy)]
-enum KeyRef {
-    Src(usize, usize),
-    Arena(usize, usize),
+struct Span {
+    start: usize,
+    end: usize,
 }
 
-/// A top-level entry: its key, and where its value starts.
+/// A value read but not yet hashed: `n` words of a scalar (or of a nested container's hash),
+/// or (`n == 0`) a string at the span `w[0]..w[1]`. Plain words, so that it lives in registers.
+#[derive(Clone, Copy)]
+struct Val {
+    n: u64,
+    w: [u64; 3],
+}
+
+impl Val {
+    const ZERO: Self = Self { n: 0, w: [0; 3] };
+
+    const fn one(word: u64) -> Self {
+        Self {
+            n: 1,
+            w: [word, 0, 0],
+        }
+    }
+
+    const fn str(s: Span) -> Self {
+        Self {
+            n: 0,
+            w: [s.start as u64, s.end as u64, 0],
+        }
+    }
+
+    fn span(&self) -> Option<Span> {
+        (self.n == 0).then(|| Span {
+            start: self.w[0] as usize,
+            end: self.w[1] as usize,
+        })
+    }
+
+    fn int(v: i128) -> Self {
+        match i64::try_from(v) {
+            Ok(v) if (v << 8) >> 8 == v => Self::one(TAG_INT | (v as u64) << 8),
+            Ok(v) => Self {
+                n: 2,
+                w: [TAG_INT64, v as u64, 0],
+            },
+            Err(_) => Self {
+                n: 3,
+                w: [TAG_INT128, v as u64, (v >> 64) as u64],
+            },
+        }
+    }
+
+    fn float(v: f64) -> Self {
+        // Integral values within ±2^64 hash as integers so that 1.0 == 1 (and -0.0 == 0).
+        if v.fract() == 0.0 && v.abs() < 18_446_744_073_709_551_616.0 {
+            Self::int(v as i128)
+        } else {
+            Self {
+                n: 2,
+                w: [TAG_FLOAT, v.to_bits(), 0],
+            }
+        }
+    }
+}
+
+/// An object entry read but not yet hashed.
 #[derive(Clone, Copy)]
 struct Entry {
-    key: KeyRef,
     /// The key's first 8 bytes, big-endian and zero-padded: most comparisons stop here.
     prefix: u64,
-    value: Val,
-}
-
-impl Entry {
-    const EMPTY: Self = Self {
-        key: KeyRef::Src(0, 0),
-        prefix: 0,
-        value: Val::Tag(0),
-    };
-}
-
-fn prefix(key: &[u8]) -> u64 {
-    match key.first_chunk::<8>() {
-        Some(first) => u64::from_be_bytes(*first),
-        // Built in registers: a short copy into a buffer and a wide load stalls the store buffer.
-        None => key
-            .iter()
-            .fold(0u64, |p, &b| p << 8 | u64::from(b))
-            .checked_shl(8 * (8 - key.len() as u32))
-            .unwrap_or(0),
-    }
+    key: Span,
+    val: Val,
 }
 
 #[derive(Clone, Copy)]
@@ -483,300 +422,241 @@ enum Num {
     Float(f64),
 }
 
-/// A top-level value as read by the first pass: scalars are kept, containers re-read.
-#[derive(Clone, Copy)]
-enum Val {
-    Str(usize, usize),
-    Int(i64),
-    Float(f64),
-    Tag(u8),
-    Reread(usize),
-}
-
-/// A hasher that ignores its input, for validating without hashing.
-struct Sink;
-
-impl Hasher for Sink {
-    fn finish(&self) -> u64 {
-        0
-    }
-
-    fn write(&mut self, _: &[u8]) {}
-}
-
 /// A single pass over JSON text that hashes each value as it is read, without building one.
 ///
 /// Hand-written rather than a serde visitor: on small messages serde_json's generic machinery
 /// cost more than the hashing. It accepts exactly RFC 8259 JSON; strings are compared as
 /// their unescaped bytes.
-struct Walk<'a, H> {
+struct Walk<'a, const C: usize, const D: usize> {
     src: &'a [u8],
     pos: usize,
-    template: &'a H,
-    /// Unescaped text of a string that contains escapes (rare; allocated on first use).
-    scratch: Vec<u8>,
+    /// The keyed initial state, for entry and nested container hashes.
+    init: Sip<C, D>,
+    /// Unescaped text of the strings that contain escapes (rare; allocated on first use).
+    arena: Vec<u8>,
 }
 
-impl<H: SipState> Walk<'_, H> {
-    #[inline]
-    fn skip_ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
-            self.pos += 1;
+thread_local! {
+    /// Entry buffers reused by every walk on this thread: no allocation, and no kilobyte of
+    /// stack to initialise, per object. Bounded by [`MAX_DEPTH`] times [`SORTED_ENTRIES`].
+    static ENTRIES: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Hashes the JSON document `text` into `h`.
+fn hash_json<const C: usize, const D: usize>(
+    h: &mut Sip<C, D>,
+    init: Sip<C, D>,
+    text: &[u8],
+) -> Result<(), Invalid> {
+    ENTRIES.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut entries) => {
+            entries.clear();
+            Walk::hash_with(h, init, text, &mut entries)
         }
-    }
+        // Not reached (a walk never starts another), but correct if it were.
+        Err(_) => Walk::hash_with(h, init, text, &mut Vec::new()),
+    })
+}
 
-    #[inline]
-    fn peek(&self) -> Option<u8> {
-        self.src.get(self.pos).copied()
-    }
-
-    /// The whole document.
-    fn top(&mut self, h: &mut H) -> Result<(), Invalid> {
-        self.value(h, 0)
-    }
-
-    /// An object (at `{`) of at most [`SORTED_ENTRIES`] entries within [`SORTED_DEPTH`] levels
-    /// (the usual message) is hashed in the same stream as its parent with its entries sorted by
-    /// key: no hash per entry. Its entries are read twice (once to find and sort them, once to
-    /// hash the containers among their values), which the depth bound keeps to a small factor.
-    /// Larger and deeper objects sum per-entry hashes. Which method applies depends only on the
-    /// value (its entry count and depth), never on how it is written.
-    fn sorted_object(&mut self, h: &mut H, depth: u32) -> Result<(), Invalid> {
-        let open = self.pos;
-        self.pos += 1;
-        let mut entries = [Entry::EMPTY; SORTED_ENTRIES];
-        let mut n = 0;
-        let mut arena = Vec::new();
-        self.skip_ws();
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-        } else {
-            loop {
-                self.skip_ws();
-                if self.peek() != Some(b'"') {
-                    return Err(Invalid);
-                }
-                let key = match self.scan_string()? {
-                    Text::Src(start, end) => KeyRef::Src(start, end),
-                    Text::Scratch => {
-                        let start = arena.len();
-                        arena.extend_from_slice(&self.scratch);
-                        KeyRef::Arena(start, arena.len())
-                    }
-                };
-                self.skip_ws();
-                if self.peek() != Some(b':') {
-                    return Err(Invalid);
-                }
-                self.pos += 1;
-                self.skip_ws();
-                if n == SORTED_ENTRIES {
-                    // Too many to sort on the stack: per-entry hashes instead.
-                    self.pos = open;
-                    return self.object(h, depth);
-                }
-                let prefix = prefix(match key {
-                    KeyRef::Src(a, b) => &self.src[a..b],
-                    KeyRef::Arena(a, b) => &arena[a..b],
-                });
-                let value = self.scalar(depth)?;
-                entries[n] = Entry { key, prefix, value };
-                n += 1;
-                self.skip_ws();
-                match self.peek() {
-                    Some(b',') => self.pos += 1,
-                    Some(b'}') => {
-                        self.pos += 1;
-                        break;
-                    }
-                    _ => return Err(Invalid),
-                }
-            }
-        }
-        let end = self.pos;
-        let key = |e: &Entry| match e.key {
-            KeyRef::Src(a, b) => &self.src[a..b],
-            KeyRef::Arena(a, b) => &arena[a..b],
+impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
+    /// Hashes the document `text` into `h`.
+    fn hash_with(
+        h: &mut Sip<C, D>,
+        init: Sip<C, D>,
+        text: &'a [u8],
+        es: &mut Vec<Entry>,
+    ) -> Result<(), Invalid> {
+        let mut walk = Self {
+            src: text,
+            pos: 0,
+            init,
+            arena: Vec::new(),
         };
-        // Insertion sort of indices: stable (repeated keys keep their order), fast for a few
-        // entries, and it moves bytes, not entries.
-        let mut order = [0u8; SORTED_ENTRIES];
-        for i in 0..n {
-            order[i] = i as u8;
-            let mut j = i;
-            while j > 0 && {
-                let (a, b) = (&entries[order[j - 1] as usize], &entries[order[j] as usize]);
-                a.prefix > b.prefix || (a.prefix == b.prefix && key(a) > key(b))
-            } {
-                order.swap(j - 1, j);
-                j -= 1;
-            }
-        }
-        let sorted = order[..n].iter().map(|&i| entries[i as usize]);
-        h.write_u8(TAG_SORTED_OBJECT);
-        h.write_u64(n as u64);
-        for e in sorted.clone() {
-            match e.key {
-                KeyRef::Src(a, b) => h.write_span(self.src, a, b),
-                KeyRef::Arena(a, b) => write_bytes(h, &arena[a..b]),
-            }
-        }
-        for e in sorted {
-            match e.value {
-                Val::Str(a, b) => {
-                    h.write_u8(TAG_STR);
-                    h.write_span(self.src, a, b);
-                }
-                Val::Int(v) => write_int(h, v.into()),
-                Val::Float(v) => write_f64(h, v),
-                Val::Tag(tag) => h.write_u8(tag),
-                Val::Reread(at) => {
-                    self.pos = at;
-                    self.value(h, depth)?;
-                }
-            }
-        }
-        self.pos = end;
-        Ok(())
-    }
-
-    /// Reads a top-level entry's value: a scalar is kept, a container (or an escaped string) is
-    /// validated and re-read when hashing.
-    fn scalar(&mut self, depth: u32) -> Result<Val, Invalid> {
-        let at = self.pos;
-        Ok(match self.peek().ok_or(Invalid)? {
-            b'"' => match self.scan_string()? {
-                Text::Src(a, b) => Val::Str(a, b),
-                Text::Scratch => Val::Reread(at),
-            },
-            b't' => self
-                .literal(b"true", &mut Sink, TAG_TRUE)
-                .map(|()| Val::Tag(TAG_TRUE))?,
-            b'f' => self
-                .literal(b"false", &mut Sink, TAG_FALSE)
-                .map(|()| Val::Tag(TAG_FALSE))?,
-            b'n' => self
-                .literal(b"null", &mut Sink, TAG_NULL)
-                .map(|()| Val::Tag(TAG_NULL))?,
-            b'-' | b'0'..=b'9' => match self.parse_number()? {
-                Num::Int(v) => i64::try_from(v).map_or(Val::Reread(at), Val::Int),
-                Num::Float(v) => Val::Float(v),
-            },
-            _ => {
-                self.skip(depth)?;
-                Val::Reread(at)
-            }
-        })
-    }
-
-    /// Validates one value and moves past it, hashing nothing.
-    fn skip(&mut self, depth: u32) -> Result<(), Invalid> {
-        self.skip_ws();
-        match self.peek().ok_or(Invalid)? {
-            open @ (b'{' | b'[') => {
-                if depth + 1 > MAX_DEPTH {
-                    return Err(Invalid);
-                }
-                let (object, close) = (open == b'{', if open == b'{' { b'}' } else { b']' });
-                self.pos += 1;
-                self.skip_ws();
-                if self.peek() == Some(close) {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                loop {
-                    if object {
-                        self.skip_ws();
-                        if self.peek() != Some(b'"') {
-                            return Err(Invalid);
-                        }
-                        self.scan_string()?;
-                        self.skip_ws();
-                        if self.peek() != Some(b':') {
-                            return Err(Invalid);
-                        }
-                        self.pos += 1;
-                    }
-                    self.skip(depth + 1)?;
-                    self.skip_ws();
-                    match self.peek() {
-                        Some(b',') => self.pos += 1,
-                        Some(c) if c == close => {
-                            self.pos += 1;
-                            return Ok(());
-                        }
-                        _ => return Err(Invalid),
-                    }
-                }
-            }
-            b'"' => self.scan_string().map(drop),
-            b't' => self.literal(b"true", &mut Sink, 0),
-            b'f' => self.literal(b"false", &mut Sink, 0),
-            b'n' => self.literal(b"null", &mut Sink, 0),
-            b'-' | b'0'..=b'9' => self.number(&mut Sink),
-            _ => Err(Invalid),
-        }
-    }
-
-    fn value(&mut self, h: &mut H, depth: u32) -> Result<(), Invalid> {
-        self.skip_ws();
-        match self.peek().ok_or(Invalid)? {
-            b'{' if depth < SORTED_DEPTH => self.sorted_object(h, depth + 1),
-            b'{' => self.object(h, depth + 1),
-            b'[' => self.array(h, depth + 1),
-            b'"' => {
-                h.write_u8(TAG_STR);
-                self.string(h)
-            }
-            b't' => self.literal(b"true", h, TAG_TRUE),
-            b'f' => self.literal(b"false", h, TAG_FALSE),
-            b'n' => self.literal(b"null", h, TAG_NULL),
-            b'-' | b'0'..=b'9' => self.number(h),
-            _ => Err(Invalid),
-        }
-    }
-
-    fn literal<W: Hasher>(&mut self, word: &[u8], h: &mut W, tag: u8) -> Result<(), Invalid> {
-        if self.src[self.pos..].starts_with(word) {
-            self.pos += word.len();
-            h.write_u8(tag);
+        walk.skip_ws();
+        walk.value(h, 0, es)?;
+        walk.skip_ws();
+        if walk.pos == text.len() {
             Ok(())
         } else {
             Err(Invalid)
         }
     }
 
-    fn object(&mut self, h: &mut H, depth: u32) -> Result<(), Invalid> {
+    #[inline(always)]
+    fn skip_ws(&mut self) {
+        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.src.get(self.pos) {
+            self.pos += 1;
+        }
+    }
+
+    #[inline(always)]
+    fn peek(&self) -> Option<u8> {
+        self.src.get(self.pos).copied()
+    }
+
+    /// The bytes a span refers to, as (buffer, start, end).
+    #[inline(always)]
+    fn bytes(&self, s: Span) -> (&[u8], usize, usize) {
+        let n = self.src.len();
+        if s.start < n {
+            (self.src, s.start, s.end)
+        } else {
+            (&self.arena[..], s.start - n, s.end - n)
+        }
+    }
+
+    #[inline(always)]
+    fn put_str(&self, h: &mut Sip<C, D>, s: Span) {
+        let (whole, start, end) = self.bytes(s);
+        put_bytes(h, TAG_STR, whole, start, end);
+    }
+
+    #[inline(always)]
+    fn put_val(&self, h: &mut Sip<C, D>, v: &Val) {
+        if let Some(s) = v.span() {
+            return self.put_str(h, s);
+        }
+        h.word(v.w[0]);
+        if v.n > 1 {
+            h.word(v.w[1]);
+            if v.n > 2 {
+                h.word(v.w[2]);
+            }
+        }
+    }
+
+    /// A value (at its first byte).
+    ///
+    /// `es` holds the entries of the objects being read, innermost last (at most
+    /// [`SORTED_ENTRIES`] per level of nesting); it is kept apart from `self` so that a value
+    /// can be read straight into its entry.
+    fn value(&mut self, h: &mut Sip<C, D>, depth: u32, es: &mut Vec<Entry>) -> Result<(), Invalid> {
+        match self.peek() {
+            Some(b'{') => self.object(h, depth + 1, es),
+            Some(b'[') => self.array(h, depth + 1, es),
+            _ => {
+                let mut v = Val::ZERO;
+                self.scalar(&mut v)?;
+                self.put_val(h, &v);
+                Ok(())
+            }
+        }
+    }
+
+    /// A string, number or literal (at its first byte), into `out` (written in place: moving
+    /// a value read as words through wider copies stalls store forwarding).
+    #[inline(always)]
+    fn scalar(&mut self, out: &mut Val) -> Result<(), Invalid> {
+        *out = match self.peek() {
+            Some(b'"') => Val::str(self.string()?),
+            Some(b'-' | b'0'..=b'9') => match self.parse_number()? {
+                Num::Int(v) => Val::int(v),
+                Num::Float(v) => Val::float(v),
+            },
+            Some(b't') => self.literal(b"true", TAG_TRUE)?,
+            Some(b'f') => self.literal(b"false", TAG_FALSE)?,
+            Some(b'n') => self.literal(b"null", TAG_NULL)?,
+            _ => return Err(Invalid),
+        };
+        Ok(())
+    }
+
+    fn literal(&mut self, word: &[u8], tag: u64) -> Result<Val, Invalid> {
+        if self.src[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Ok(Val::one(tag))
+        } else {
+            Err(Invalid)
+        }
+    }
+
+    /// A container that is an entry's value, hashed on its own.
+    fn nested(&mut self, depth: u32, es: &mut Vec<Entry>) -> Result<Val, Invalid> {
+        let mut nested = self.init;
+        nested.word(TAG_NESTED_HASH);
+        self.value(&mut nested, depth, es)?;
+        let hash = nested.finish();
+        Ok(Val {
+            n: 3,
+            w: [TAG_NESTED, hash as u64, (hash >> 64) as u64],
+        })
+    }
+
+    /// An object (at `{`). Its entries are read once, with container values hashed on their own,
+    /// and then hashed sorted (up to [`SORTED_ENTRIES`]) or summed as entry hashes.
+    fn object(
+        &mut self,
+        h: &mut Sip<C, D>,
+        depth: u32,
+        es: &mut Vec<Entry>,
+    ) -> Result<(), Invalid> {
         if depth > MAX_DEPTH {
             return Err(Invalid);
         }
         self.pos += 1;
+        // This object's entries are `entries[base..]`; nested objects push theirs above and
+        // truncate back.
+        let base = es.len();
+        let mut spare = Entry {
+            prefix: 0,
+            key: Span { start: 0, end: 0 },
+            val: Val::ZERO,
+        };
+        let mut n = 0;
         let mut sum = 0u128;
-        let mut len = 0u64;
         self.skip_ws();
         if self.peek() == Some(b'}') {
             self.pos += 1;
         } else {
             loop {
-                self.skip_ws();
                 if self.peek() != Some(b'"') {
                     return Err(Invalid);
                 }
-                // Each entry is hashed on its own; the sum does not depend on their order.
-                let mut entry = self.template.clone();
-                entry.write_u8(TAG_ENTRY);
-                self.string(&mut entry)?;
+                let key = self.string()?;
                 self.skip_ws();
                 if self.peek() != Some(b':') {
                     return Err(Invalid);
                 }
                 self.pos += 1;
-                self.value(&mut entry, depth)?;
-                sum = sum.wrapping_add(entry.finish128().as_u128());
-                len += 1;
+                self.skip_ws();
+                let prefix = self.prefix(key);
+                let sorted = n < SORTED_ENTRIES;
+                if sorted {
+                    es.push(Entry {
+                        prefix,
+                        key,
+                        val: Val::ZERO,
+                    });
+                } else {
+                    spare.prefix = prefix;
+                    spare.key = key;
+                }
+                // The value is read straight into its entry: moving it from a temporary
+                // through wide copies stalls on the narrow stores that wrote it.
+                if let Some(b'{' | b'[') = self.peek() {
+                    let v = self.nested(depth, es)?;
+                    es.last_mut().filter(|_| sorted).unwrap_or(&mut spare).val = v;
+                } else {
+                    let slot = es.last_mut().filter(|_| sorted).unwrap_or(&mut spare);
+                    self.scalar(&mut slot.val)?;
+                }
+                if !sorted {
+                    if n == SORTED_ENTRIES {
+                        // Too many to sort: per-entry hashes instead.
+                        for e in &es[base..] {
+                            sum = sum.wrapping_add(self.entry_hash(e));
+                        }
+                        es.truncate(base);
+                    }
+                    sum = sum.wrapping_add(self.entry_hash(&spare));
+                }
+                n += 1;
                 self.skip_ws();
                 match self.peek() {
-                    Some(b',') => self.pos += 1,
+                    Some(b',') => {
+                        self.pos += 1;
+                        self.skip_ws();
+                    }
                     Some(b'}') => {
                         self.pos += 1;
                         break;
@@ -785,29 +665,93 @@ impl<H: SipState> Walk<'_, H> {
                 }
             }
         }
-        h.write_u8(TAG_OBJECT);
-        h.write_u64(len);
-        h.write(&sum.to_le_bytes());
+        if n > SORTED_ENTRIES {
+            h.word(TAG_OBJECT | (n as u64) << 8);
+            h.word(sum as u64);
+            h.word((sum >> 64) as u64);
+            return Ok(());
+        }
+        let entries = &es[base..];
+        // Insertion sort of indices: fast for a few entries, and it moves bytes, not entries.
+        let mut order = [0u8; SORTED_ENTRIES];
+        for i in 0..n {
+            order[i] = i as u8;
+            let mut j = i;
+            while j > 0 && self.after(&entries[order[j - 1] as usize], &entries[order[j] as usize])
+            {
+                order.swap(j - 1, j);
+                j -= 1;
+            }
+        }
+        let mut out = *h;
+        out.word(TAG_SORTED_OBJECT | (n as u64) << 8);
+        for &i in &order[..n] {
+            let e = &entries[i as usize];
+            self.put_str(&mut out, e.key);
+            self.put_val(&mut out, &e.val);
+        }
+        *h = out;
+        es.truncate(base);
         Ok(())
     }
 
-    fn array(&mut self, h: &mut H, depth: u32) -> Result<(), Invalid> {
+    #[inline(always)]
+    fn prefix(&self, key: Span) -> u64 {
+        let (whole, start, end) = self.bytes(key);
+        load(whole, start, (end - start).min(8)).swap_bytes()
+    }
+
+    /// Whether `a` sorts after `b`: by key, then (for a repeated key) by value.
+    #[inline(always)]
+    fn after(&self, a: &Entry, b: &Entry) -> bool {
+        a.prefix > b.prefix || (a.prefix == b.prefix && self.compare(a, b).is_gt())
+    }
+
+    #[cold]
+    fn compare(&self, a: &Entry, b: &Entry) -> std::cmp::Ordering {
+        let text = |s: Span| {
+            let (whole, start, end) = self.bytes(s);
+            &whole[start..end]
+        };
+        text(a.key)
+            .cmp(text(b.key))
+            .then_with(|| match (a.val.span(), b.val.span()) {
+                (Some(x), Some(y)) => text(x).cmp(text(y)),
+                _ => (a.val.n, a.val.w).cmp(&(b.val.n, b.val.w)),
+            })
+    }
+
+    /// The hash of one entry of a large object.
+    fn entry_hash(&self, e: &Entry) -> u128 {
+        let mut h = self.init;
+        h.word(TAG_ENTRY);
+        self.put_str(&mut h, e.key);
+        self.put_val(&mut h, &e.val);
+        h.finish()
+    }
+
+    /// An array (at `[`): its elements in order, then an end tag with the count, so `[[1],2]`
+    /// and `[[1,2]]` differ.
+    fn array(&mut self, h: &mut Sip<C, D>, depth: u32, es: &mut Vec<Entry>) -> Result<(), Invalid> {
         if depth > MAX_DEPTH {
             return Err(Invalid);
         }
         self.pos += 1;
-        h.write_u8(TAG_ARRAY);
+        h.word(TAG_ARRAY);
         let mut len = 0u64;
         self.skip_ws();
         if self.peek() == Some(b']') {
             self.pos += 1;
         } else {
             loop {
-                self.value(h, depth)?;
+                self.value(h, depth, es)?;
                 len += 1;
                 self.skip_ws();
                 match self.peek() {
-                    Some(b',') => self.pos += 1,
+                    Some(b',') => {
+                        self.pos += 1;
+                        self.skip_ws();
+                    }
                     Some(b']') => {
                         self.pos += 1;
                         break;
@@ -816,52 +760,45 @@ impl<H: SipState> Walk<'_, H> {
                 }
             }
         }
-        // An end tag and the length close the array, so `[[1],2]` and `[[1,2]]` differ.
-        h.write_u8(TAG_END);
-        h.write_u64(len);
-        Ok(())
-    }
-
-    /// Hashes a string (at `"`) as its length and unescaped bytes.
-    fn string(&mut self, h: &mut H) -> Result<(), Invalid> {
-        match self.scan_string()? {
-            Text::Src(start, end) => h.write_span(self.src, start, end),
-            Text::Scratch => write_bytes(h, &self.scratch),
-        }
+        h.word(TAG_END | len << 8);
         Ok(())
     }
 
     /// Reads a string (at `"`): where its unescaped bytes are.
-    fn scan_string(&mut self) -> Result<Text, Invalid> {
-        self.pos += 1;
-        let start = self.pos;
-        self.pos = string_stop(self.src, self.pos);
-        match *self.src.get(self.pos).ok_or(Invalid)? {
-            b'"' => {
-                self.pos += 1;
-                return Ok(Text::Src(start, self.pos - 1));
+    #[inline(always)]
+    fn string(&mut self) -> Result<Span, Invalid> {
+        let start = self.pos + 1;
+        let stop = string_stop(self.src, start);
+        match self.src.get(stop) {
+            Some(b'"') => {
+                self.pos = stop + 1;
+                Ok(Span { start, end: stop })
             }
-            b'\\' => {}
-            _ => return Err(Invalid),
+            Some(b'\\') => self.unescape(start, stop),
+            _ => Err(Invalid),
         }
-        let mut out = std::mem::take(&mut self.scratch);
-        out.clear();
-        out.extend_from_slice(&self.src[start..self.pos]);
-        let result = self.unescape_rest(&mut out);
-        self.scratch = out;
-        result.map(|()| Text::Scratch)
     }
 
-    fn unescape_rest(&mut self, out: &mut Vec<u8>) -> Result<(), Invalid> {
+    /// The rest of a string with escapes (`src[start..stop]` has none): unescaped into the arena.
+    #[cold]
+    #[inline(never)]
+    fn unescape(&mut self, start: usize, mut stop: usize) -> Result<Span, Invalid> {
+        let base = self.src.len();
+        let first = base + self.arena.len();
+        let mut from = start;
         loop {
-            let b = *self.src.get(self.pos).ok_or(Invalid)?;
-            self.pos += 1;
-            match b {
-                b'"' => return Ok(()),
-                0..=0x1f => return Err(Invalid),
-                b'\\' => {
-                    let e = *self.src.get(self.pos).ok_or(Invalid)?;
-                    self.pos += 1;
+            self.arena.extend_from_slice(&self.src[from..stop]);
+            match self.src.get(stop) {
+                Some(b'"') => {
+                    self.pos = stop + 1;
+                    return Ok(Span {
+                        start: first,
+                        end: base + self.arena.len(),
+                    });
+                }
+                Some(b'\\') => {
+                    let e = *self.src.get(stop + 1).ok_or(Invalid)?;
+                    self.pos = stop + 2;
                     let c = match e {
                         b'"' => '"',
                         b'\\' => '\\',
@@ -875,9 +812,12 @@ impl<H: SipState> Walk<'_, H> {
                         _ => return Err(Invalid),
                     };
                     let mut utf8 = [0u8; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                    self.arena
+                        .extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                    from = self.pos;
+                    stop = string_stop(self.src, from);
                 }
-                _ => out.push(b),
+                _ => return Err(Invalid),
             }
         }
     }
@@ -912,15 +852,8 @@ impl<H: SipState> Walk<'_, H> {
         char::from_u32(code).ok_or(Invalid)
     }
 
-    /// Validates a number by the JSON grammar and hashes its value.
-    fn number<W: Hasher>(&mut self, h: &mut W) -> Result<(), Invalid> {
-        match self.parse_number()? {
-            Num::Int(v) => write_int(h, v),
-            Num::Float(v) => write_f64(h, v),
-        }
-        Ok(())
-    }
-
+    /// Validates a number by the JSON grammar and reads its value.
+    #[inline]
     fn parse_number(&mut self) -> Result<Num, Invalid> {
         let start = self.pos;
         let negative = self.peek() == Some(b'-');
@@ -955,15 +888,26 @@ impl<H: SipState> Walk<'_, H> {
             self.digits();
         }
         let digits = &self.src[int_start..int_end];
+        if integral && digits.len() <= 18 {
+            // The common case: fits an i64, no overflow check needed.
+            let v = digits
+                .iter()
+                .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
+            return Ok(Num::Int(i128::from(if negative { -v } else { v })));
+        }
+        self.slow_number(start, integral, negative, digits)
+    }
+
+    #[cold]
+    fn slow_number(
+        &self,
+        start: usize,
+        integral: bool,
+        negative: bool,
+        digits: &[u8],
+    ) -> Result<Num, Invalid> {
         if integral && digits.len() <= 38 {
-            // At most 38 digits always fit in an i128 (18 in a u64): no overflow check needed.
-            if digits.len() <= 18 {
-                // The common case: fits an i64, no conversion to think about.
-                let v = digits
-                    .iter()
-                    .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
-                return Ok(Num::Int(i128::from(if negative { -v } else { v })));
-            }
+            // At most 38 digits always fit in an i128: no overflow check needed.
             let v = digits
                 .iter()
                 .fold(0i128, |v, d| v * 10 + i128::from(d - b'0'));
@@ -979,34 +923,11 @@ impl<H: SipState> Walk<'_, H> {
         text.parse().map(Num::Float).map_err(|_| Invalid)
     }
 
-    #[inline]
+    #[inline(always)]
     fn digits(&mut self) {
         while let Some(b'0'..=b'9') = self.peek() {
             self.pos += 1;
         }
-    }
-}
-
-fn write_int<H: Hasher>(h: &mut H, v: i128) {
-    match i64::try_from(v) {
-        Ok(v) => {
-            h.write_u8(TAG_INT);
-            h.write_u64(v as u64);
-        }
-        Err(_) => {
-            h.write_u8(TAG_INT128);
-            h.write(&v.to_le_bytes());
-        }
-    }
-}
-
-fn write_f64<H: Hasher>(h: &mut H, v: f64) {
-    // Integral values within ±2^64 hash as integers so that 1.0 == 1 (and -0.0 == 0).
-    if v.fract() == 0.0 && v.abs() < 18_446_744_073_709_551_616.0 {
-        write_int(h, v as i128);
-    } else {
-        h.write_u8(TAG_FLOAT);
-        h.write_u64(v.to_bits());
     }
 }
 
