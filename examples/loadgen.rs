@@ -428,6 +428,7 @@ async fn idle_memory(k: usize) {
         let during = rss_kib(pid);
         let per = (during.saturating_sub(before) as f64 * 1024.0) / held.len().max(1) as f64;
         let n = held.len();
+        let open_stats = get_json(server.addr, "/stats").await;
         for mut ws in held {
             let _ = ws.close(None).await;
         }
@@ -438,17 +439,24 @@ async fn idle_memory(k: usize) {
             "{kind:>8}: {n} idle connections, server RSS {before} KiB -> {during} KiB ({:.1} KB per connection), {after} KiB after they closed",
             per / 1000.0
         );
+        let field = |stats: &serde_json::Value, path: &[&str]| {
+            path.iter()
+                .try_fold(stats, |v, k| v.get(k))
+                .map_or_else(|| "-".to_owned(), ToString::to_string)
+        };
+        if let Some(stats) = open_stats {
+            println!(
+                "{kind:>8}: while open: open connections {}, connections registered with the metrics {}",
+                field(&stats, &["connections", "open"]),
+                field(&stats, &["metrics", "connections_active"]),
+            );
+        }
         if let Some(stats) = get_json(server.addr, "/stats").await {
-            let field = |path: &[&str]| {
-                path.iter()
-                    .try_fold(&stats, |v, k| v.get(k))
-                    .map_or_else(|| "-".to_owned(), ToString::to_string)
-            };
             println!(
                 "{kind:>8}: after close: open connections {}, tracked clients {}, remembered dedup keys {}",
-                field(&["connections", "open"]),
-                field(&["metrics", "clients", "tracked"]),
-                field(&["dedup", "remembered"]),
+                field(&stats, &["connections", "open"]),
+                field(&stats, &["metrics", "clients", "tracked"]),
+                field(&stats, &["dedup", "remembered"]),
             );
         }
     }
