@@ -72,8 +72,8 @@ const TAG_SCOPE_GLOBAL: u64 = 0x20;
 const TAG_SCOPE_CONNECTION: u64 = 0x21;
 const TAG_SCOPE_CLIENT: u64 = 0x22;
 
-/// A string's length in its first word: three bytes, all ones meaning "in the next word".
-const LONG: usize = 0xff_ffff;
+/// A string's length in its first word: two bytes, all ones meaning "in the next word".
+const LONG: usize = 0xffff;
 
 // serde_json's `arbitrary_precision` feature hands numbers over as this one-entry map.
 const ARBITRARY_PRECISION_TOKEN: &str = "$serde_json::private::Number";
@@ -217,7 +217,7 @@ fn key_with<const C: usize, const D: usize>(
             h.word(TAG_SCOPE_CONNECTION);
             h.word(id);
         }
-        Scope::Client(id) => put_bytes(&mut h, TAG_SCOPE_CLIENT, id.as_bytes(), 0, id.len()),
+        Scope::Client(id) => put_bytes(&mut h, TAG_SCOPE_CLIENT, id.as_bytes()),
     }
     match content {
         Content::Text(text) => {
@@ -228,10 +228,10 @@ fn key_with<const C: usize, const D: usize>(
                     return json.finish();
                 }
             }
-            put_bytes(&mut h, TAG_BYTES, text, 0, text.len());
+            put_bytes(&mut h, TAG_BYTES, text);
         }
-        Content::Bytes(bytes) => put_bytes(&mut h, TAG_BYTES, bytes, 0, bytes.len()),
-        Content::IdStr(id) => put_bytes(&mut h, TAG_ID_STR, id, 0, id.len()),
+        Content::Bytes(bytes) => put_bytes(&mut h, TAG_BYTES, bytes),
+        Content::IdStr(id) => put_bytes(&mut h, TAG_ID_STR, id),
         Content::IdInt(id) => {
             h.word(TAG_ID_INT);
             h.word(id as u64);
@@ -245,7 +245,7 @@ fn key_with<const C: usize, const D: usize>(
 #[inline(always)]
 fn load(whole: &[u8], at: usize, n: usize) -> u64 {
     match whole.get(at..).and_then(|rest| rest.first_chunk::<8>()) {
-        // One unaligned load; the bytes past `n` (still inside the input) are masked off.
+        // One unaligned load; the bytes past `n` (still inside the buffer) are masked off.
         Some(chunk) => u64::from_le_bytes(*chunk) & low_bytes(n),
         None => whole[at..at + n]
             .iter()
@@ -260,38 +260,76 @@ fn low_bytes(n: usize) -> u64 {
     ((1u128 << (8 * n)) - 1) as u64
 }
 
-/// Writes `tag`, the length and the bytes `whole[start..end]`: the first word holds the tag, a
-/// three-byte length and the first four bytes; then come eight bytes a word, the last one
-/// zero-padded (the length tells the padding from data).
-#[inline(always)]
-fn put_bytes<const C: usize, const D: usize>(
-    out: &mut Sip<C, D>,
-    tag: u64,
-    whole: &[u8],
-    start: usize,
+/// A string (or byte string) ready to hash: its first word, then the bytes `rest..end` of its
+/// buffer.
+///
+/// The first word holds the tag, a two-byte length and the first [`HEAD`] bytes; a length of
+/// [`LONG`] or more is written as all ones there and in full in the next word, and then `rest`
+/// is the string's start. The remaining bytes follow eight a word, the last one zero-padded (the
+/// length tells the padding from data). Most keys and many values are a single word.
+#[derive(Clone, Copy)]
+struct Str {
+    first: u64,
+    rest: usize,
     end: usize,
-) {
-    // A local copy stays in registers (through `out` it would be stored after every word, as a
-    // bounds check could panic in between).
-    let mut h = *out;
-    let len = end - start;
-    let mut at = start;
-    if len < LONG {
-        let head = len.min(4);
-        h.word(tag | (len as u64) << 8 | load(whole, start, head) << 32);
-        at += head;
-    } else {
-        h.word(tag | (LONG as u64) << 8);
-        h.word(len as u64);
+}
+
+impl Str {
+    /// `tag` and `whole[start..end]`, whose first bytes are the low bytes of `head` (at least
+    /// [`HEAD`] of them, or all; more are masked off).
+    #[inline(always)]
+    fn new(tag: u64, start: usize, end: usize, head: u64) -> Self {
+        let len = end - start;
+        if len < LONG {
+            let n = len.min(HEAD);
+            Self {
+                first: tag | (len as u64) << 8 | (head & low_bytes(n)) << 24,
+                rest: start + n,
+                end,
+            }
+        } else {
+            Self {
+                first: tag | (LONG as u64) << 8,
+                rest: start,
+                end,
+            }
+        }
     }
-    while end - at >= 8 {
-        h.word(load(whole, at, 8));
-        at += 8;
+
+    /// `tag` and `whole[start..end]`.
+    #[inline(always)]
+    fn of(tag: u64, whole: &[u8], start: usize, end: usize) -> Self {
+        Self::new(tag, start, end, load(whole, start, (end - start).min(HEAD)))
     }
-    if at < end {
-        h.word(load(whole, at, end - at));
+
+    /// Hashes the string; `whole` is the buffer `rest..end` are in.
+    #[inline(always)]
+    fn put<const C: usize, const D: usize>(&self, out: &mut Sip<C, D>, whole: &[u8]) {
+        // A local copy stays in registers (through `out` it would be stored after every word, as
+        // a bounds check could panic in between).
+        let mut h = *out;
+        h.word(self.first);
+        let (mut at, end) = (self.rest, self.end);
+        if (self.first >> 8) & 0xffff == LONG as u64 {
+            h.word((end - at) as u64);
+        }
+        while end - at >= 8 {
+            h.word(load(whole, at, 8));
+            at += 8;
+        }
+        if at < end {
+            h.word(load(whole, at, end - at));
+        }
+        *out = h;
     }
-    *out = h;
+}
+
+/// Bytes of a string in its first word.
+const HEAD: usize = 5;
+
+/// Hashes `tag` and `bytes`.
+fn put_bytes<const C: usize, const D: usize>(h: &mut Sip<C, D>, tag: u64, bytes: &[u8]) {
+    Str::of(tag, bytes, 0, bytes.len()).put(h, bytes);
 }
 
 fn looks_like_json(text: &[u8]) -> bool {
@@ -308,21 +346,28 @@ fn looks_like_json(text: &[u8]) -> bool {
 #[derive(Debug)]
 struct Invalid;
 
-/// The index of the first `"`, `\` or control byte at or after `i` (or `src.len()`), eight
-/// bytes at a time.
+/// The bytes of `w` that end a plain run of string text (`"`, `\` or a control byte): the high
+/// bit of each such byte is set, and the lowest set bit is exact.
 #[inline(always)]
-fn string_stop(src: &[u8], mut i: usize) -> usize {
+fn stops(w: u64) -> u64 {
     const LO: u64 = 0x0101_0101_0101_0101;
     const HI: u64 = 0x8080_8080_8080_8080;
+    let quote = w ^ (LO * u64::from(b'"'));
+    let backslash = w ^ (LO * u64::from(b'\\'));
+    // A zero byte (a match) or a byte below 0x20 sets its high bit; a borrow can set more only
+    // above the lowest match.
+    ((quote.wrapping_sub(LO) & !quote)
+        | (backslash.wrapping_sub(LO) & !backslash)
+        | (w.wrapping_sub(LO * 0x20) & !w))
+        & HI
+}
+
+/// The index of the first `"`, `\` or control byte at or after `i` (or `src.len()`), eight
+/// bytes at a time.
+#[inline]
+fn string_stop(src: &[u8], mut i: usize) -> usize {
     while let Some(chunk) = src.get(i..).and_then(|rest| rest.first_chunk::<8>()) {
-        let w = u64::from_le_bytes(*chunk);
-        let quote = w ^ (LO * u64::from(b'"'));
-        let backslash = w ^ (LO * u64::from(b'\\'));
-        // A set high bit marks a zero byte (a match) or a byte below 0x20; the lowest one is exact.
-        let hits = ((quote.wrapping_sub(LO) & !quote)
-            | (backslash.wrapping_sub(LO) & !backslash)
-            | (w.wrapping_sub(LO * 0x20) & !w))
-            & HI;
+        let hits = stops(u64::from_le_bytes(*chunk));
         if hits != 0 {
             return i + (hits.trailing_zeros() / 8) as usize;
         }
@@ -338,18 +383,9 @@ fn string_stop(src: &[u8], mut i: usize) -> usize {
 /// parent's stream; larger ones sum per-entry hashes.
 const SORTED_ENTRIES: usize = 16;
 
-/// Where a string's unescaped bytes are. Positions below the input's length are in the input;
-/// a string with escapes is unescaped into the arena, and its positions are those in the arena
-/// plus the input's length. (A string in the input starts before its closing quote, so below
-/// the input's length.)
-#[derive(Clone, Copy)]
-struct Span {
-    start: usize,
-    end: usize,
-}
-
 /// A value read but not yet hashed: `n` words of a scalar (or of a nested container's hash),
-/// or (`n == 0`) a string at the span `w[0]..w[1]`. Plain words, so that it lives in registers.
+/// or (`n == 0`) a string: `w` are its [`Str`]'s fields. Plain words, so that it lives in
+/// registers.
 #[derive(Clone, Copy)]
 struct Val {
     n: u64,
@@ -366,27 +402,36 @@ impl Val {
         }
     }
 
-    const fn str(s: Span) -> Self {
+    const fn str(s: Str) -> Self {
         Self {
             n: 0,
-            w: [s.start as u64, s.end as u64, 0],
+            w: [s.first, s.rest as u64, s.end as u64],
         }
     }
 
-    fn span(&self) -> Option<Span> {
-        (self.n == 0).then(|| Span {
-            start: self.w[0] as usize,
-            end: self.w[1] as usize,
+    fn as_str(&self) -> Option<Str> {
+        (self.n == 0).then(|| Str {
+            first: self.w[0],
+            rest: self.w[1] as usize,
+            end: self.w[2] as usize,
         })
+    }
+
+    #[inline(always)]
+    fn int64(v: i64) -> Self {
+        if (v << 8) >> 8 == v {
+            Self::one(TAG_INT | (v as u64) << 8)
+        } else {
+            Self {
+                n: 2,
+                w: [TAG_INT64, v as u64, 0],
+            }
+        }
     }
 
     fn int(v: i128) -> Self {
         match i64::try_from(v) {
-            Ok(v) if (v << 8) >> 8 == v => Self::one(TAG_INT | (v as u64) << 8),
-            Ok(v) => Self {
-                n: 2,
-                w: [TAG_INT64, v as u64, 0],
-            },
+            Ok(v) => Self::int64(v),
             Err(_) => Self {
                 n: 3,
                 w: [TAG_INT128, v as u64, (v >> 64) as u64],
@@ -410,16 +455,8 @@ impl Val {
 /// An object entry read but not yet hashed.
 #[derive(Clone, Copy)]
 struct Entry {
-    /// The key's first 8 bytes, big-endian and zero-padded: most comparisons stop here.
-    prefix: u64,
-    key: Span,
+    key: Str,
     val: Val,
-}
-
-#[derive(Clone, Copy)]
-enum Num {
-    Int(i128),
-    Float(f64),
 }
 
 /// A single pass over JSON text that hashes each value as it is read, without building one.
@@ -433,6 +470,8 @@ struct Walk<'a, const C: usize, const D: usize> {
     /// The keyed initial state, for entry and nested container hashes.
     init: Sip<C, D>,
     /// Unescaped text of the strings that contain escapes (rare; allocated on first use).
+    /// Positions in it are offset by `src.len()`: a string in the input ends before the input
+    /// does, so a [`Str`]'s `rest` tells which buffer it is in.
     arena: Vec<u8>,
 }
 
@@ -494,27 +533,27 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
         self.src.get(self.pos).copied()
     }
 
-    /// The bytes a span refers to, as (buffer, start, end).
+    /// The buffer a string's remaining bytes are in, and their range in it.
     #[inline(always)]
-    fn bytes(&self, s: Span) -> (&[u8], usize, usize) {
+    fn rest(&self, s: &Str) -> (&[u8], usize, usize) {
         let n = self.src.len();
-        if s.start < n {
-            (self.src, s.start, s.end)
+        if s.rest < n {
+            (self.src, s.rest, s.end)
         } else {
-            (&self.arena[..], s.start - n, s.end - n)
+            (&self.arena[..], s.rest - n, s.end - n)
         }
     }
 
     #[inline(always)]
-    fn put_str(&self, h: &mut Sip<C, D>, s: Span) {
-        let (whole, start, end) = self.bytes(s);
-        put_bytes(h, TAG_STR, whole, start, end);
+    fn put_str(&self, h: &mut Sip<C, D>, s: &Str) {
+        let (whole, rest, end) = self.rest(s);
+        Str { rest, end, ..*s }.put(h, whole);
     }
 
     #[inline(always)]
     fn put_val(&self, h: &mut Sip<C, D>, v: &Val) {
-        if let Some(s) = v.span() {
-            return self.put_str(h, s);
+        if let Some(s) = v.as_str() {
+            return self.put_str(h, &s);
         }
         h.word(v.w[0]);
         if v.n > 1 {
@@ -549,10 +588,7 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
     fn scalar(&mut self, out: &mut Val) -> Result<(), Invalid> {
         *out = match self.peek() {
             Some(b'"') => Val::str(self.string()?),
-            Some(b'-' | b'0'..=b'9') => match self.parse_number()? {
-                Num::Int(v) => Val::int(v),
-                Num::Float(v) => Val::float(v),
-            },
+            Some(b'-' | b'0'..=b'9') => self.number()?,
             Some(b't') => self.literal(b"true", TAG_TRUE)?,
             Some(b'f') => self.literal(b"false", TAG_FALSE)?,
             Some(b'n') => self.literal(b"null", TAG_NULL)?,
@@ -594,12 +630,15 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
             return Err(Invalid);
         }
         self.pos += 1;
-        // This object's entries are `entries[base..]`; nested objects push theirs above and
+        // This object's entries are `es[base..]`; nested objects push theirs above and
         // truncate back.
         let base = es.len();
         let mut spare = Entry {
-            prefix: 0,
-            key: Span { start: 0, end: 0 },
+            key: Str {
+                first: 0,
+                rest: 0,
+                end: 0,
+            },
             val: Val::ZERO,
         };
         let mut n = 0;
@@ -619,16 +658,13 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
                 }
                 self.pos += 1;
                 self.skip_ws();
-                let prefix = self.prefix(key);
                 let sorted = n < SORTED_ENTRIES;
                 if sorted {
                     es.push(Entry {
-                        prefix,
                         key,
                         val: Val::ZERO,
                     });
                 } else {
-                    spare.prefix = prefix;
                     spare.key = key;
                 }
                 // The value is read straight into its entry: moving it from a temporary
@@ -672,22 +708,29 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
             return Ok(());
         }
         let entries = &es[base..];
-        // Insertion sort of indices: fast for a few entries, and it moves bytes, not entries.
-        let mut order = [0u8; SORTED_ENTRIES];
-        for i in 0..n {
-            order[i] = i as u8;
+        // Sorted by their keys' first words (length and first bytes; any total order of the
+        // keys would do), with each entry's index in place of the tag byte that all keys share:
+        // an insertion sort of plain words.
+        let mut order = [0u64; SORTED_ENTRIES];
+        for (i, e) in entries.iter().enumerate() {
+            let k = e.key.first & !0xff | i as u64;
             let mut j = i;
-            while j > 0 && self.after(&entries[order[j - 1] as usize], &entries[order[j] as usize])
-            {
-                order.swap(j - 1, j);
+            while j > 0 && order[j - 1] > k {
+                order[j] = order[j - 1];
                 j -= 1;
             }
+            order[j] = k;
+        }
+        let order = &mut order[..n];
+        if order.windows(2).any(|w| w[0] >> 8 == w[1] >> 8) {
+            // Keys that share a first word (the same length and first bytes).
+            self.sort_ties(entries, order);
         }
         let mut out = *h;
         out.word(TAG_SORTED_OBJECT | (n as u64) << 8);
-        for &i in &order[..n] {
-            let e = &entries[i as usize];
-            self.put_str(&mut out, e.key);
+        for &k in order.iter() {
+            let e = &entries[(k & 0xff) as usize];
+            self.put_str(&mut out, &e.key);
             self.put_val(&mut out, &e.val);
         }
         *h = out;
@@ -695,28 +738,27 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
         Ok(())
     }
 
-    #[inline(always)]
-    fn prefix(&self, key: Span) -> u64 {
-        let (whole, start, end) = self.bytes(key);
-        load(whole, start, (end - start).min(8)).swap_bytes()
-    }
-
-    /// Whether `a` sorts after `b`: by key, then (for a repeated key) by value.
-    #[inline(always)]
-    fn after(&self, a: &Entry, b: &Entry) -> bool {
-        a.prefix > b.prefix || (a.prefix == b.prefix && self.compare(a, b).is_gt())
-    }
-
+    /// Sorts `order` (first words with an entry index in the low byte) fully: by first word,
+    /// then by the rest of the key, then (a repeated key) by value.
     #[cold]
+    fn sort_ties(&self, entries: &[Entry], order: &mut [u64]) {
+        order.sort_by(|&x, &y| {
+            let (a, b) = (&entries[(x & 0xff) as usize], &entries[(y & 0xff) as usize]);
+            (x >> 8).cmp(&(y >> 8)).then_with(|| self.compare(a, b))
+        });
+    }
+
+    /// The order of two entries whose keys have the same first word: by the rest of the key,
+    /// then by value.
     fn compare(&self, a: &Entry, b: &Entry) -> std::cmp::Ordering {
-        let text = |s: Span| {
-            let (whole, start, end) = self.bytes(s);
-            &whole[start..end]
+        let text = |s: &Str| {
+            let (whole, rest, end) = self.rest(s);
+            &whole[rest..end]
         };
-        text(a.key)
-            .cmp(text(b.key))
-            .then_with(|| match (a.val.span(), b.val.span()) {
-                (Some(x), Some(y)) => text(x).cmp(text(y)),
+        text(&a.key)
+            .cmp(text(&b.key))
+            .then_with(|| match (a.val.as_str(), b.val.as_str()) {
+                (Some(x), Some(y)) => x.first.cmp(&y.first).then_with(|| text(&x).cmp(text(&y))),
                 _ => (a.val.n, a.val.w).cmp(&(b.val.n, b.val.w)),
             })
     }
@@ -725,7 +767,7 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
     fn entry_hash(&self, e: &Entry) -> u128 {
         let mut h = self.init;
         h.word(TAG_ENTRY);
-        self.put_str(&mut h, e.key);
+        self.put_str(&mut h, &e.key);
         self.put_val(&mut h, &e.val);
         h.finish()
     }
@@ -764,37 +806,67 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
         Ok(())
     }
 
-    /// Reads a string (at `"`): where its unescaped bytes are.
+    /// Reads a string (at `"`).
+    ///
+    /// Everything but unescaping is inlined: a string returned by a call comes back through
+    /// memory, and reading it back wider than it was written stalls.
     #[inline(always)]
-    fn string(&mut self) -> Result<Span, Invalid> {
+    fn string(&mut self) -> Result<Str, Invalid> {
         let start = self.pos + 1;
-        let stop = string_stop(self.src, start);
+        // The first eight bytes: most keys and many values end in them, and they are the
+        // string's first word whatever its length.
+        let (stop, head) = match self
+            .src
+            .get(start..)
+            .and_then(|rest| rest.first_chunk::<8>())
+        {
+            Some(chunk) => {
+                let head = u64::from_le_bytes(*chunk);
+                let hits = stops(head);
+                let stop = if hits != 0 {
+                    start + (hits.trailing_zeros() / 8) as usize
+                } else {
+                    string_stop(self.src, start + 8)
+                };
+                (stop, head)
+            }
+            None => {
+                let stop = string_stop(self.src, start);
+                (stop, load(self.src, start, (stop - start).min(HEAD)))
+            }
+        };
         match self.src.get(stop) {
             Some(b'"') => {
                 self.pos = stop + 1;
-                Ok(Span { start, end: stop })
+                Ok(Str::new(TAG_STR, start, stop, head))
             }
-            Some(b'\\') => self.unescape(start, stop),
+            Some(b'\\') => {
+                let first = self.unescape(start, stop)?;
+                let s = Str::of(TAG_STR, &self.arena, first, self.arena.len());
+                let base = self.src.len();
+                Ok(Str {
+                    rest: s.rest + base,
+                    end: s.end + base,
+                    ..s
+                })
+            }
             _ => Err(Invalid),
         }
     }
 
-    /// The rest of a string with escapes (`src[start..stop]` has none): unescaped into the arena.
+    /// A string with escapes (`src[start..stop]` has none, `src[stop]` is `\`): unescaped onto
+    /// the end of the arena; where in the arena it starts.
     #[cold]
     #[inline(never)]
-    fn unescape(&mut self, start: usize, mut stop: usize) -> Result<Span, Invalid> {
-        let base = self.src.len();
-        let first = base + self.arena.len();
+    fn unescape(&mut self, start: usize, mut stop: usize) -> Result<usize, Invalid> {
+        let first = self.arena.len();
         let mut from = start;
         loop {
             self.arena.extend_from_slice(&self.src[from..stop]);
             match self.src.get(stop) {
                 Some(b'"') => {
                     self.pos = stop + 1;
-                    return Ok(Span {
-                        start: first,
-                        end: base + self.arena.len(),
-                    });
+                    return Ok(first);
                 }
                 Some(b'\\') => {
                     let e = *self.src.get(stop + 1).ok_or(Invalid)?;
@@ -852,9 +924,34 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
         char::from_u32(code).ok_or(Invalid)
     }
 
-    /// Validates a number by the JSON grammar and reads its value.
-    #[inline]
-    fn parse_number(&mut self) -> Result<Num, Invalid> {
+    /// A number (at `-` or a digit). Integers of up to 18 digits are read here; anything else
+    /// by [`Self::number_slow`].
+    #[inline(always)]
+    fn number(&mut self) -> Result<Val, Invalid> {
+        let start = self.pos;
+        let negative = self.peek() == Some(b'-');
+        let first = start + usize::from(negative);
+        self.pos = first;
+        let mut v = 0i64;
+        while let Some(d @ b'0'..=b'9') = self.peek() {
+            // Wraps past 18 digits, which go the slow way below.
+            v = v.wrapping_mul(10).wrapping_add(i64::from(d - b'0'));
+            self.pos += 1;
+        }
+        let digits = self.pos - first;
+        let simple = matches!(digits, 1..=18)
+            && (digits == 1 || self.src[first] != b'0')
+            && !matches!(self.peek(), Some(b'.' | b'e' | b'E'));
+        if !simple {
+            self.pos = start;
+            return self.number_slow();
+        }
+        Ok(Val::int64(if negative { -v } else { v }))
+    }
+
+    /// Any number (at `-` or a digit), by the JSON grammar.
+    #[cold]
+    fn number_slow(&mut self) -> Result<Val, Invalid> {
         let start = self.pos;
         let negative = self.peek() == Some(b'-');
         if negative {
@@ -888,24 +985,6 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
             self.digits();
         }
         let digits = &self.src[int_start..int_end];
-        if integral && digits.len() <= 18 {
-            // The common case: fits an i64, no overflow check needed.
-            let v = digits
-                .iter()
-                .fold(0i64, |v, d| v * 10 + i64::from(d - b'0'));
-            return Ok(Num::Int(i128::from(if negative { -v } else { v })));
-        }
-        self.slow_number(start, integral, negative, digits)
-    }
-
-    #[cold]
-    fn slow_number(
-        &self,
-        start: usize,
-        integral: bool,
-        negative: bool,
-        digits: &[u8],
-    ) -> Result<Num, Invalid> {
         if integral && digits.len() <= 38 {
             // At most 38 digits always fit in an i128: no overflow check needed.
             let v = digits
@@ -913,14 +992,14 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
                 .fold(0i128, |v, d| v * 10 + i128::from(d - b'0'));
             let v = if negative { -v } else { v };
             return Ok(if v.unsigned_abs() < 1 << 64 {
-                Num::Int(v)
+                Val::int(v)
             } else {
                 // Past ±2^64 numbers compare as doubles, like `1e20` and its digits.
-                Num::Float(v as f64)
+                Val::float(v as f64)
             });
         }
         let text = std::str::from_utf8(&self.src[start..self.pos]).map_err(|_| Invalid)?;
-        text.parse().map(Num::Float).map_err(|_| Invalid)
+        text.parse().map(Val::float).map_err(|_| Invalid)
     }
 
     #[inline(always)]
