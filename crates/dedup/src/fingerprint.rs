@@ -1388,6 +1388,166 @@ mod tests {
         );
     }
 
+    /// `s` as a JSON string with every character written as a `\u` escape.
+    fn all_escaped(s: &str) -> String {
+        let mut out = String::from("\"");
+        for unit in s.encode_utf16() {
+            out.push_str(&format!("\\u{unit:04x}"));
+        }
+        out.push('"');
+        out
+    }
+
+    #[test]
+    fn strings_of_every_length_in_every_place() {
+        let f = fp();
+        for len in 0..=40 {
+            let s: String = (0..len).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+            let plain = format!("\"{s}\"");
+            let escaped = all_escaped(&s);
+            // At the very end of the input, with room after it, and unescaped into the arena.
+            let top = f.fingerprint_json(plain.as_bytes());
+            assert_eq!(
+                top,
+                f.fingerprint_json(format!("{plain}        ").as_bytes())
+            );
+            assert_eq!(top, f.fingerprint_json(escaped.as_bytes()), "{len}");
+            // As a key and as a value, in each of those forms.
+            let obj = f.fingerprint_json(format!("{{{plain}:{plain}}}").as_bytes());
+            assert_eq!(
+                obj,
+                f.fingerprint_json(format!("{{ {escaped} : {escaped} }}").as_bytes())
+            );
+            assert_eq!(
+                f.fingerprint_json(format!("[{plain},1]").as_bytes()),
+                f.fingerprint_json(format!("[{escaped},1]").as_bytes())
+            );
+            // A trailing NUL is data, not padding; one byte more or less is another string.
+            let nul = f.fingerprint_json(format!("\"{s}\\u0000\"").as_bytes());
+            assert_ne!(top, nul, "{len}");
+            if len > 0 {
+                let shorter = format!("\"{}\"", &s[..len - 1]);
+                assert_ne!(top, f.fingerprint_json(shorter.as_bytes()));
+                let other = format!("{{\"{}_\":\"{s}\"}}", &s[..len - 1]);
+                assert_ne!(obj, f.fingerprint_json(other.as_bytes()));
+            }
+            // Raw bytes of every length are told apart too.
+            assert_ne!(
+                f.fingerprint_bytes(s.as_bytes()),
+                f.fingerprint_bytes(format!("{s}\0").as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn long_strings_keep_their_length() {
+        let f = fp();
+        for len in [LONG - 1, LONG, LONG + 1, LONG + 8] {
+            let s = "x".repeat(len);
+            let doc = format!("{{\"{s}\":\"{s}\"}}");
+            let a = f.fingerprint_json(doc.as_bytes());
+            let escaped = format!("{{\"\\u0078{}\":\"{s}\"}}", &s[1..]);
+            assert_eq!(a, f.fingerprint_json(escaped.as_bytes()), "{len}");
+            let longer = format!("{{\"{s}\":\"{s}x\"}}");
+            assert_ne!(a, f.fingerprint_json(longer.as_bytes()), "{len}");
+        }
+    }
+
+    #[test]
+    fn keys_that_share_their_first_bytes_and_repeated_keys_are_order_invariant() {
+        let f = fp();
+        let pairs: [(&[u8], &[u8]); 6] = [
+            (br#"{"abcdeX":1,"abcdeY":2}"#, br#"{"abcdeY":2,"abcdeX":1}"#),
+            (br#"{"a":1,"a":2}"#, br#"{"a":2,"a":1}"#),
+            (br#"{"a":"x","a":1}"#, br#"{"a":1,"a":"x"}"#),
+            (
+                br#"{"k":"abcdefgh1","k":"abcdefgh2"}"#,
+                br#"{"k":"abcdefgh2","k":"abcdefgh1"}"#,
+            ),
+            (br#"{"a":[1],"a":{},"b":0}"#, br#"{"b":0,"a":{},"a":[1]}"#),
+            (br#"{"a":null,"a":null}"#, br#"{ "a" : null , "a" : null }"#),
+        ];
+        for (a, b) in pairs {
+            assert_eq!(f.fingerprint_json(a), f.fingerprint_json(b), "{:?}", a);
+        }
+        assert_ne!(
+            f.fingerprint_json(br#"{"abcdeX":1,"abcdeY":2}"#),
+            f.fingerprint_json(br#"{"abcdeX":2,"abcdeY":1}"#)
+        );
+        // Repeated keys past the sorted size, where entry hashes are summed.
+        let many: Vec<String> = (0..20).map(|i| format!("\"k\":{}", i % 3)).collect();
+        let mut reversed = many.clone();
+        reversed.reverse();
+        assert_eq!(
+            f.fingerprint_json(format!("{{{}}}", many.join(",")).as_bytes()),
+            f.fingerprint_json(format!("{{{}}}", reversed.join(",")).as_bytes())
+        );
+    }
+
+    #[test]
+    fn large_objects_with_nested_values_are_order_invariant() {
+        let f = fp();
+        for n in [15, 16, 17, 18, 40] {
+            let entries: Vec<String> = (0..n)
+                .map(|i| match i % 4 {
+                    0 => format!("\"key{i}\":{{\"x\":[{i},{{\"y\":\"{i}\",\"z\":null}}]}}"),
+                    1 => format!("\"key{i}\":[\"long enough to take three words {i}\"]"),
+                    2 => format!("\"key{i}\":{i}.5"),
+                    _ => format!("\"k\\u0065y{i}\":\"v\\n{i}\""),
+                })
+                .collect();
+            let forward = format!("{{{}}}", entries.join(","));
+            let mut backward = entries.clone();
+            backward.reverse();
+            let backward = format!("{{\n  {}\n}}", backward.join(",\n  "));
+            let a = f.fingerprint_json(forward.as_bytes());
+            assert_eq!(a, f.fingerprint_json(backward.as_bytes()), "{n} entries");
+            // One nested value changed changes the whole.
+            let changed = forward.replacen("\"z\":null", "\"z\":false", 1);
+            assert_ne!(a, f.fingerprint_json(changed.as_bytes()), "{n} entries");
+            // The same object as an array element.
+            assert_eq!(
+                f.fingerprint_json(format!("[{forward}]").as_bytes()),
+                f.fingerprint_json(format!("[{backward}]").as_bytes())
+            );
+        }
+    }
+
+    #[test]
+    fn integers_at_the_word_boundaries() {
+        let f = fp();
+        let edges: [i128; 10] = [
+            (1 << 55) - 1,
+            1 << 55,
+            -(1 << 55),
+            -(1 << 55) - 1,
+            i64::MAX as i128,
+            i64::MIN as i128,
+            i64::MAX as i128 + 1,
+            i64::MIN as i128 - 1,
+            999_999_999_999_999_999,
+            1_000_000_000_000_000_000,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for v in edges {
+            let a = f.fingerprint_json(format!("[{v}]").as_bytes());
+            assert!(seen.insert(a), "{v}");
+            // Written as a float with the same value where a double holds it exactly.
+            if v.unsigned_abs() <= 1 << 53 || v.unsigned_abs().trailing_zeros() >= 11 {
+                assert_eq!(a, f.fingerprint_json(format!("[{v}.0]").as_bytes()), "{v}");
+                assert_eq!(
+                    a,
+                    f.fingerprint_json(format!("[{}e0]", v).as_bytes()),
+                    "{v}"
+                );
+            }
+        }
+        assert_eq!(
+            f.fingerprint_json(b"[1000000000000000000]"),
+            f.fingerprint_json(b"[1e18]")
+        );
+    }
+
     mod properties {
         use super::*;
         use proptest::prelude::*;
@@ -1414,8 +1574,37 @@ mod tests {
             })
         }
 
+        /// Wide objects (past the sorted size) of keys that often share their first bytes, long
+        /// strings and strings with control characters.
+        fn wide_value() -> impl Strategy<Value = serde_json::Value> {
+            use serde_json::Value;
+            let leaf = prop_oneof![
+                any::<i64>().prop_map(Value::from),
+                "[a-z\u{1}\t\"\\\\]{0,40}".prop_map(Value::String),
+            ];
+            leaf.prop_recursive(3, 80, 24, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                    proptest::collection::btree_map("[ab]{4,7}", inner, 0..24)
+                        .prop_map(|m| Value::Object(m.into_iter().collect())),
+                ]
+            })
+        }
+
         /// Writes `v` with object keys in reverse order and spaces everywhere.
         fn reversed(v: &serde_json::Value, out: &mut String) {
+            write_reversed(v, out, false);
+        }
+
+        /// As [`reversed`], with every string written as `\u` escapes if `escape`.
+        fn write_reversed(v: &serde_json::Value, out: &mut String, escape: bool) {
+            let string = |s: &str| {
+                if escape {
+                    all_escaped(s)
+                } else {
+                    serde_json::to_string(s).unwrap()
+                }
+            };
             use serde_json::Value;
             match v {
                 Value::Array(a) => {
@@ -1424,7 +1613,7 @@ mod tests {
                         if i > 0 {
                             out.push_str(" , ");
                         }
-                        reversed(x, out);
+                        write_reversed(x, out, escape);
                     }
                     out.push_str(" ]");
                 }
@@ -1436,12 +1625,13 @@ mod tests {
                         if i > 0 {
                             out.push_str(",\t");
                         }
-                        out.push_str(&serde_json::to_string(k).unwrap());
+                        out.push_str(&string(k));
                         out.push_str(" : ");
-                        reversed(x, out);
+                        write_reversed(x, out, escape);
                     }
                     out.push_str("\r\n}");
                 }
+                Value::String(s) => out.push_str(&string(s)),
                 other => out.push_str(&serde_json::to_string(other).unwrap()),
             }
         }
@@ -1455,6 +1645,59 @@ mod tests {
                 reversed(&v, &mut other);
                 prop_assert_ne!(f.fingerprint_json(compact.as_bytes()), f.fingerprint_bytes(compact.as_bytes()));
                 prop_assert_eq!(f.fingerprint_json(compact.as_bytes()), f.fingerprint_json(other.as_bytes()));
+            }
+
+            #[test]
+            fn wide_objects_escapes_and_layout_do_not_matter(v in wide_value()) {
+                let f = fp();
+                let compact = serde_json::to_string(&v).unwrap();
+                let a = f.fingerprint_json(compact.as_bytes());
+                let mut other = String::new();
+                reversed(&v, &mut other);
+                prop_assert_eq!(a, f.fingerprint_json(other.as_bytes()));
+                let mut escaped = String::new();
+                write_reversed(&v, &mut escaped, true);
+                prop_assert_eq!(a, f.fingerprint_json(escaped.as_bytes()));
+                prop_assert_ne!(a, f.fingerprint_bytes(compact.as_bytes()));
+            }
+
+            #[test]
+            fn wide_different_values_differ(a in wide_value(), b in wide_value()) {
+                prop_assume!(a != b);
+                let f = fp();
+                let (a, b) = (serde_json::to_vec(&a).unwrap(), serde_json::to_vec(&b).unwrap());
+                prop_assert_ne!(f.fingerprint_json(&a), f.fingerprint_json(&b));
+            }
+
+            /// Every cut of a document is JSON exactly when serde_json says so, and hashes as
+            /// bytes otherwise.
+            #[test]
+            fn truncated_documents_hash_as_bytes(v in value()) {
+                let f = fp();
+                let doc = serde_json::to_vec(&v).unwrap();
+                for cut in 0..doc.len() {
+                    let part = &doc[..cut];
+                    let json = serde_json::from_slice::<serde_json::Value>(part).is_ok();
+                    prop_assert_eq!(
+                        json,
+                        f.fingerprint_json(part) != f.fingerprint_bytes(part),
+                        "{:?}",
+                        String::from_utf8_lossy(part)
+                    );
+                }
+            }
+
+            #[test]
+            fn number_forms_compare_by_value(n in any::<i32>(), x in -1e6f64..1e6) {
+                let f = fp();
+                let one = |text: String| f.fingerprint_json(format!("{{\"n\":[{text}]}}").as_bytes());
+                let int = one(n.to_string());
+                for form in [format!("{n}.0"), format!("{n}e0"), format!("{n}0e-1"), format!("{n}.000E+0")] {
+                    prop_assert_eq!(int, one(form));
+                }
+                prop_assert_ne!(int, one(format!("{}", i64::from(n) + 1)));
+                prop_assert_eq!(one(format!("{x}")), one(format!("{x:e}")));
+                prop_assert_eq!(one(format!("{x:e}")), one(format!("{x:E}")));
             }
 
             #[test]
