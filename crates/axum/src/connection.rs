@@ -1,29 +1,39 @@
-//! One upgraded connection: a reader that calls the message service, a writer that drains the
-//! send queue, heartbeats, and the close that ends both.
+//! One upgraded connection, served by a single task: it reads frames and calls the message
+//! service, writes queued messages and heartbeats, and ends with the close handshake.
+//!
+//! One task rather than a reader and a writer: a reply is written by the task that produced it,
+//! without waking another task (which, on a multi-threaded runtime, often meant waking another
+//! worker thread per message), and an idle connection costs one task.
 
 use std::any::Any;
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::Poll;
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures_util::future::CatchUnwind;
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
-use futures_util::{FutureExt, SinkExt, StreamExt};
+use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
 use tokio::sync::watch;
-use tokio::time::{Instant, sleep_until, timeout};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
 use tower_service::Service;
 
 use crate::BoxError;
+use crate::Outbound;
 use crate::close::{self, Ending};
 use crate::inbound::{ConnInfo, Inbound};
 use crate::reply::{Action, Replies};
 
 /// Longest wait for the close handshake (our close frame out, the peer's back).
 const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Replies queued before the connection stops reading to write them: frames that are already
+/// buffered are read first, so that replies go out in batches with one flush, but never more
+/// than this many wait for a socket that can take them.
+const WRITE_BATCH: usize = 32;
 
 /// Settings read once when the connection opens.
 #[derive(Debug, Clone)]
@@ -32,6 +42,8 @@ pub(crate) struct Settings {
     pub(crate) ping_interval: Duration,
     pub(crate) message_concurrency: usize,
 }
+
+type Sender = SplitSink<WebSocket, Message>;
 
 pub(crate) async fn run<S>(
     socket: WebSocket,
@@ -43,46 +55,52 @@ pub(crate) async fn run<S>(
     S: Service<Inbound, Response = Option<Message>, Error = BoxError> + Send + 'static,
     S::Future: Send + 'static,
 {
-    let (sink, mut stream) = socket.split();
-    let heard = Arc::new(AtomicBool::new(false));
+    let (mut sink, mut stream) = socket.split();
     tracing::debug!(
         conn = %conn.id, client = %conn.client_id, route = conn.route.as_deref().unwrap_or(""),
         "websocket connection opened"
     );
 
-    let writer = tokio::spawn(write_loop(
-        sink,
-        conn.clone(),
-        settings.ping_interval,
-        heard.clone(),
-    ));
-    let mut reader = Reader {
+    let mut connection = Connection {
         service,
         conn: conn.clone(),
         settings,
         replies,
-        heard,
+        writes: Writes::default(),
     };
-    let ending = reader.read(&mut stream).await;
+    let ending = connection.serve(&mut stream, &mut sink).await;
+    // The first reason recorded wins (a `close` asked by the handler, say, over what followed).
     conn.sender.end(ending);
     conn.sender.shut();
-    let _ = writer.await;
-    // Whoever still holds the connection's info or sender keeps no unsent messages alive.
-    conn.sender.discard();
-
     let ending = conn
         .sender
         .ending()
         .borrow()
         .clone()
-        .expect("set before the writer is awaited");
-    if matches!(ending, Ending::Close { .. }) {
+        .expect("recorded just above");
+
+    if let Ending::Close { code, reason } = &ending {
+        let mut writes = connection.writes;
+        let _ = timeout(CLOSE_WAIT, async {
+            if *code != close::POLICY {
+                // Replies queued before the close still go out; an overflowing queue does not.
+                poll_fn(|cx| writes.poll_write(Pin::new(&mut sink), &conn.sender, cx)).await?;
+            }
+            let frame = CloseFrame {
+                code: *code,
+                reason: reason.as_ref().into(),
+            };
+            sink.send(Message::Close(Some(frame))).await
+        })
+        .await;
         // Let the peer answer our close frame, so the handshake completes cleanly.
         let _ = timeout(CLOSE_WAIT, async {
             while let Some(Ok(_)) = stream.next().await {}
         })
         .await;
     }
+    // Whoever still holds the connection's info or sender keeps no unsent messages alive.
+    conn.sender.discard();
     log_close(&conn, &ending);
     // Per-client metrics state goes with the client's last connection.
     conn.slot.release();
@@ -106,34 +124,62 @@ fn log_close(conn: &ConnInfo, ending: &Ending) {
 type Call<F> = CatchUnwind<AssertUnwindSafe<F>>;
 type Outcome = Result<Result<Option<Message>, BoxError>, Box<dyn Any + Send>>;
 
-struct Reader<S> {
+struct Connection<S> {
     service: S,
     conn: Arc<ConnInfo>,
     settings: Settings,
     replies: Replies,
-    heard: Arc<AtomicBool>,
+    writes: Writes,
 }
 
-impl<S> Reader<S>
+impl<S> Connection<S>
 where
     S: Service<Inbound, Response = Option<Message>, Error = BoxError>,
 {
-    async fn read(&mut self, stream: &mut SplitStream<WebSocket>) -> Ending {
-        let mut ending = self.conn.sender.ending();
+    /// Serves the connection until it ends; returns why.
+    async fn serve(&mut self, stream: &mut SplitStream<WebSocket>, sink: &mut Sender) -> Ending {
+        let out = self.conn.sender.clone();
+        let mut ended = pin!(ended(out.ending()));
         let mut in_flight: FuturesOrdered<Call<S::Future>> = FuturesOrdered::new();
         let mut pending: Option<Inbound> = None;
         let mut peer_close: Option<Option<u16>> = None;
         let concurrency = self.settings.message_concurrency.max(1);
-        let mut deadline = Instant::now() + self.settings.idle_timeout;
 
+        // One timer for the idle timeout, moved on only when it fires: a frame just records the
+        // time it was heard.
+        let idle_timeout = self.settings.idle_timeout;
+        let mut last_heard = Instant::now();
+        let mut idle = pin!(sleep_until(last_heard + idle_timeout));
+        // Ping only a quiet peer; any frame from it proves it alive. A zero period would panic;
+        // validated configs never have one.
+        let ping_interval = self.settings.ping_interval.max(Duration::from_millis(1));
+        let mut ping = interval_at(Instant::now() + ping_interval, ping_interval);
+        ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut heard = false;
+
+        // Two branches write, at different priorities; only one is polled at a time.
+        let io = Mutex::new((Pin::new(sink), &mut self.writes));
+        let lock = || io.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
+            let queued = out.len();
+            let (write_first, write_later) = {
+                let io = lock();
+                let first = io.1.ping_due || queued >= WRITE_BATCH;
+                (first, !first && (queued > 0 || io.1.unflushed))
+            };
+            let write = || {
+                poll_fn(|cx| {
+                    let (sink, writes) = &mut *lock();
+                    writes.poll_write(sink.as_mut(), &out, cx)
+                })
+            };
             tokio::select! {
                 biased;
-                () = ended(&mut ending) => {
-                    return ending.borrow().clone().expect("waited for");
+                () = &mut ended => {
+                    return out.ending().borrow().clone().expect("waited for");
                 }
                 Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Some(end) = self.on_outcome(outcome) {
+                    if let Some(end) = on_outcome(&self.conn, &self.replies, outcome) {
                         return end;
                     }
                 }
@@ -153,9 +199,14 @@ where
                         Err(panic) => return panicked(&self.conn, panic),
                     }
                 }
+                written = write(), if write_first => {
+                    if let Err(err) = written {
+                        return Ending::peer(None, format!("write error: {err}"));
+                    }
+                }
                 frame = stream.next(), if pending.is_none() && in_flight.len() < concurrency => {
-                    deadline = Instant::now() + self.settings.idle_timeout;
-                    self.heard.store(true, Ordering::Relaxed);
+                    last_heard = Instant::now();
+                    heard = true;
                     match frame {
                         None => {
                             // A close frame without a code is 1005; no close frame at all, 1006 (logged).
@@ -173,28 +224,88 @@ where
                         }
                     }
                 }
-                () = sleep_until(deadline) => {
-                    return Ending::close(close::AWAY, "idle timeout");
+                written = write(), if write_later => {
+                    if let Err(err) = written {
+                        return Ending::peer(None, format!("write error: {err}"));
+                    }
+                }
+                // A message queued by another task: the next turn writes it.
+                () = out.queued() => {}
+                _ = ping.tick() => {
+                    if !std::mem::take(&mut heard) {
+                        lock().1.ping_due = true;
+                    }
+                }
+                () = &mut idle => {
+                    let deadline = last_heard + idle_timeout;
+                    if Instant::now() >= deadline {
+                        return Ending::close(close::AWAY, "idle timeout");
+                    }
+                    idle.as_mut().reset(deadline);
                 }
             }
         }
     }
+}
 
-    fn on_outcome(&mut self, outcome: Outcome) -> Option<Ending> {
-        let action = match outcome {
-            Err(panic) => return Some(panicked(&self.conn, panic)),
-            Ok(Ok(reply)) => reply.map_or(Action::Nothing, Action::Reply),
-            Ok(Err(err)) => self.replies.for_error(&self.conn, &err),
-        };
-        match action {
-            Action::Nothing => None,
-            Action::Reply(message) => {
-                // A closed queue means the connection is ending; the ending branch reports why.
-                let _ = self.conn.sender.send(message);
-                None
-            }
-            Action::Close { code, reason } => Some(Ending::close(code, reason)),
+fn on_outcome(conn: &ConnInfo, replies: &Replies, outcome: Outcome) -> Option<Ending> {
+    let action = match outcome {
+        Err(panic) => return Some(panicked(conn, panic)),
+        Ok(Ok(reply)) => reply.map_or(Action::Nothing, Action::Reply),
+        Ok(Err(err)) => replies.for_error(conn, &err),
+    };
+    match action {
+        Action::Nothing => None,
+        Action::Reply(message) => {
+            // A closed queue means the connection is ending; the ending branch reports why.
+            let _ = conn.sender.send(message);
+            None
         }
+        Action::Close { code, reason } => Some(Ending::close(code, reason)),
+    }
+}
+
+/// What the connection owes the socket besides the queue.
+#[derive(Debug, Default)]
+struct Writes {
+    /// A ping is to go out before the queued messages.
+    ping_due: bool,
+    /// Frames were handed to the socket and not yet flushed.
+    unflushed: bool,
+}
+
+impl Writes {
+    /// Writes a due ping, then everything queued, then flushes once.
+    ///
+    /// Cancel-safe: a message leaves the queue only once the socket has room for it, and an
+    /// unfinished flush is remembered and finished by the next call.
+    fn poll_write<K>(
+        &mut self,
+        mut sink: Pin<&mut K>,
+        out: &Outbound,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), K::Error>>
+    where
+        K: Sink<Message> + ?Sized,
+    {
+        if self.ping_due {
+            ready!(sink.as_mut().poll_ready(cx))?;
+            sink.as_mut()
+                .start_send(Message::Ping(Default::default()))?;
+            self.ping_due = false;
+            self.unflushed = true;
+        }
+        while !out.is_empty() {
+            ready!(sink.as_mut().poll_ready(cx))?;
+            let Some(message) = out.pop() else { break };
+            sink.as_mut().start_send(message)?;
+            self.unflushed = true;
+        }
+        if self.unflushed {
+            ready!(sink.as_mut().poll_flush(cx))?;
+            self.unflushed = false;
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -238,85 +349,8 @@ fn read_error(err: axum::Error) -> Ending {
     }
 }
 
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    conn: Arc<ConnInfo>,
-    ping_interval: Duration,
-    heard: Arc<AtomicBool>,
-) {
-    let out = &conn.sender;
-    let mut ending = out.ending();
-    // A zero period would panic; validated configs never have one.
-    let ping_interval = ping_interval.max(Duration::from_millis(1));
-    let mut ping = tokio::time::interval_at(Instant::now() + ping_interval, ping_interval);
-    ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-
-    loop {
-        let written = tokio::select! {
-            biased;
-            () = ended(&mut ending) => break,
-            written = write_queued(&mut sink, out) => written,
-        };
-        if let Err(err) = written {
-            out.end(Ending::peer(None, format!("write error: {err}")));
-            return;
-        }
-        tokio::select! {
-            biased;
-            () = ended(&mut ending) => break,
-            () = out.queued() => {}
-            _ = ping.tick() => {
-                // Ping only a quiet peer; any frame from it proves it alive.
-                if !heard.swap(false, Ordering::Relaxed) {
-                    let sent = tokio::select! {
-                        biased;
-                        () = ended(&mut ending) => break,
-                        sent = sink.send(Message::Ping(Default::default())) => sent,
-                    };
-                    if let Err(err) = sent {
-                        out.end(Ending::peer(None, format!("write error: {err}")));
-                        return;
-                    }
-                }
-            }
-        }
-    }
-
-    let end = ending.borrow().clone();
-    if let Some(Ending::Close { code, reason }) = end {
-        let _ = timeout(CLOSE_WAIT, async {
-            if code != close::POLICY {
-                // Replies queued before the close still go out; an overflowing queue does not.
-                write_queued(&mut sink, out).await?;
-            }
-            let frame = CloseFrame {
-                code,
-                reason: reason.as_ref().into(),
-            };
-            sink.send(Message::Close(Some(frame))).await
-        })
-        .await;
-    }
-}
-
-/// Writes everything queued, then flushes once.
-async fn write_queued<K>(sink: &mut K, out: &crate::Outbound) -> Result<(), K::Error>
-where
-    K: futures_util::Sink<Message> + Unpin,
-{
-    let mut fed = false;
-    while let Some(message) = out.pop() {
-        sink.feed(message).await?;
-        fed = true;
-    }
-    if fed {
-        sink.flush().await?;
-    }
-    Ok(())
-}
-
 /// Resolves once the connection's ending is known.
-async fn ended(ending: &mut watch::Receiver<Option<Ending>>) {
+async fn ended(mut ending: watch::Receiver<Option<Ending>>) {
     if ending.wait_for(Option::is_some).await.is_err() {
         // The sender lives as long as the connection's `Outbound`; never reached.
         std::future::pending::<()>().await;
@@ -325,13 +359,9 @@ async fn ended(ending: &mut watch::Receiver<Option<Ending>>) {
 
 #[cfg(test)]
 mod tests {
-    use std::pin::Pin;
-    use std::task::Context;
-
     use wsguard_config::OverflowPolicy;
 
     use super::*;
-    use crate::Outbound;
 
     /// Records what the writer does to the socket.
     #[derive(Default)]
@@ -372,15 +402,115 @@ mod tests {
             out.send(text).unwrap();
         }
         let mut socket = Recorder::default();
-        write_queued(&mut socket, &out).await.unwrap();
-        let sent: Vec<_> = socket.sent.iter().map(|m| m.to_text().unwrap()).collect();
+        let mut writes = Writes {
+            ping_due: true,
+            unflushed: false,
+        };
+        poll_fn(|cx| writes.poll_write(Pin::new(&mut socket), &out, cx))
+            .await
+            .unwrap();
+        assert!(
+            matches!(socket.sent[0], Message::Ping(_)),
+            "a due ping goes first"
+        );
+        let sent: Vec<_> = socket.sent[1..]
+            .iter()
+            .map(|m| m.to_text().unwrap())
+            .collect();
         assert_eq!(sent, ["a", "b", "c", "d", "e"]);
         assert_eq!(socket.flushes, 1);
         assert!(out.is_empty());
         assert_eq!(out.written(), 5);
+        assert!(!writes.ping_due && !writes.unflushed);
 
         // Nothing queued: no write, no flush.
-        write_queued(&mut socket, &out).await.unwrap();
+        poll_fn(|cx| writes.poll_write(Pin::new(&mut socket), &out, cx))
+            .await
+            .unwrap();
         assert_eq!(socket.flushes, 1);
+    }
+
+    /// A socket that takes `room` frames, then is full until `room` is raised; flushes only
+    /// when `flushable`.
+    struct Tight {
+        sent: Vec<Message>,
+        room: usize,
+        flushable: bool,
+    }
+
+    impl futures_util::Sink<Message> for Tight {
+        type Error = std::convert::Infallible;
+
+        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.room > 0 {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
+            self.room -= 1;
+            self.sent.push(item);
+            Ok(())
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.flushable {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[test]
+    fn an_interrupted_write_loses_nothing_and_finishes_its_flush_later() {
+        let out = Outbound::new(8, OverflowPolicy::DropNewest);
+        for text in ["a", "b", "c"] {
+            out.send(text).unwrap();
+        }
+        let mut socket = Tight {
+            sent: Vec::new(),
+            room: 2,
+            flushable: false,
+        };
+        let mut writes = Writes::default();
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+
+        // The socket takes two frames, then is full: the third stays queued.
+        assert!(
+            writes
+                .poll_write(Pin::new(&mut socket), &out, &mut cx)
+                .is_pending()
+        );
+        assert_eq!(socket.sent.len(), 2);
+        assert_eq!(out.len(), 1, "nothing left the queue without room for it");
+
+        // Room again, but the flush cannot finish yet: the write is remembered as unflushed.
+        socket.room = 8;
+        assert!(
+            writes
+                .poll_write(Pin::new(&mut socket), &out, &mut cx)
+                .is_pending()
+        );
+        assert_eq!(socket.sent.len(), 3);
+        assert!(out.is_empty());
+        assert!(writes.unflushed);
+
+        // With an empty queue the next call still finishes the flush.
+        socket.flushable = true;
+        assert!(
+            writes
+                .poll_write(Pin::new(&mut socket), &out, &mut cx)
+                .is_ready()
+        );
+        assert!(!writes.unflushed);
+        let sent: Vec<_> = socket.sent.iter().map(|m| m.to_text().unwrap()).collect();
+        assert_eq!(sent, ["a", "b", "c"]);
     }
 }

@@ -488,3 +488,39 @@ async fn panic_in_poll_ready_closes_that_connection_with_1011() {
     assert_eq!(close_code(&mut client).await, 1011);
     wait_until("the connection's place to free", || stats.open() == 0).await;
 }
+
+#[tokio::test]
+async fn messages_queued_by_another_task_reach_an_idle_connection_before_its_close() {
+    let held: Arc<std::sync::Mutex<Option<wsguard_axum::Outbound>>> = Arc::default();
+    let hold = held.clone();
+    let service = service_fn(move |req: Inbound| {
+        *hold.lock().unwrap() = Some(req.sender().clone());
+        async move { Ok::<_, BoxError>(Some(Message::text("joined"))) }
+    });
+    // No heartbeat for a long while: only the sends themselves can wake the connection.
+    let config = config(|c| {
+        c.ping_interval = Duration::from_secs(60);
+        c.idle_timeout = Duration::from_secs(120);
+    });
+    let addr = serve(Router::new().route("/ws", ws_route(service, config))).await;
+    let mut client = connect(addr).await;
+    client.send(WsMessage::text("join")).await.unwrap();
+    assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "joined");
+
+    // The connection now waits for frames; this task sends to it.
+    let sender = held
+        .lock()
+        .unwrap()
+        .take()
+        .expect("the handler kept the sender");
+    for text in ["one", "two", "three"] {
+        sender.send(text).unwrap();
+    }
+    for text in ["one", "two", "three"] {
+        assert_eq!(next_frame(&mut client).await.into_text().unwrap(), text);
+    }
+    sender.send("last").unwrap();
+    sender.close(4000, "bye");
+    assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "last");
+    assert_eq!(close_code(&mut client).await, 4000);
+}
