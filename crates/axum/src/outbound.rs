@@ -1,4 +1,4 @@
-//! The outbound direction of a connection: a bounded queue drained by the connection's writer.
+//! The outbound direction of a connection: a bounded queue drained by the connection's task.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -16,7 +16,7 @@ use crate::close::Ending;
 
 /// The sending half of one connection: cheap to clone, safe to use from any task.
 ///
-/// Messages go into a bounded queue of `send_queue_capacity` that the connection's writer drains,
+/// Messages go into a bounded queue of `send_queue_capacity` that the connection's task drains,
 /// writing everything queued before it flushes once. When the client reads too slowly and the
 /// queue is full, the configured [`OverflowPolicy`] applies: drop the new message, drop the
 /// oldest queued one, or close the connection with `1008 Policy Violation`. Memory per connection
@@ -48,7 +48,7 @@ struct State {
 /// What happened to a message given to [`Outbound::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Queued {
-    /// It waits in the queue for the writer.
+    /// It waits in the queue to be written.
     Queued,
     /// The queue was full and the policy is `drop_newest`: this message was dropped.
     DroppedNewest,
@@ -212,7 +212,7 @@ impl Outbound {
         self.state().closed = true;
     }
 
-    /// Drops whatever is still queued (the writer is gone).
+    /// Drops whatever is still queued (the connection has ended).
     pub(crate) fn discard(&self) {
         let mut state = self.state();
         state.closed = true;
