@@ -25,8 +25,10 @@ use crate::reply::Replies;
 /// `Arc`s, as with any tower stack), taken when the connection opens: a `MetricsLayer` in the
 /// stack registers the connection with its registry at that moment (see
 /// [`ConnectionSlot::open`](wsguard_metrics::ConnectionSlot::open)), so idle connections are
-/// counted too, and the adapter releases the registration when the connection closes. The connection is refused with `503` past
-/// `max_connections`; [`stats`](Self::stats) counts open, accepted and refused connections.
+/// counted too, and the adapter releases the registration when the connection closes.
+///
+/// The connection is refused with `503` past `max_connections`; [`stats`](Self::stats) counts
+/// open, accepted and refused connections.
 ///
 /// Most routes need only [`ws_route`]; keep a `WsRoute` when you want its stats.
 pub struct WsRoute<S> {
