@@ -257,7 +257,8 @@ fn load(whole: &[u8], at: usize, n: usize) -> u64 {
 /// A mask of the low `n <= 8` bytes.
 #[inline(always)]
 fn low_bytes(n: usize) -> u64 {
-    ((1u128 << (8 * n)) - 1) as u64
+    // A shift and a conditional move (a 128-bit shift costs branches).
+    u64::MAX.checked_shr(64 - 8 * n as u32).unwrap_or(0)
 }
 
 /// A string (or byte string) ready to hash: its first word, then the bytes `rest..end` of its
@@ -456,6 +457,8 @@ impl Val {
 #[derive(Clone, Copy)]
 struct Entry {
     key: Str,
+    /// The key's first eight bytes, big-endian and zero-padded: most comparisons stop here.
+    prefix: u64,
     val: Val,
 }
 
@@ -639,6 +642,7 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
                 rest: 0,
                 end: 0,
             },
+            prefix: 0,
             val: Val::ZERO,
         };
         let mut n = 0;
@@ -651,7 +655,7 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
                 if self.peek() != Some(b'"') {
                     return Err(Invalid);
                 }
-                let key = self.string()?;
+                let (key, prefix) = self.key()?;
                 self.skip_ws();
                 if self.peek() != Some(b':') {
                     return Err(Invalid);
@@ -662,10 +666,12 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
                 if sorted {
                     es.push(Entry {
                         key,
+                        prefix,
                         val: Val::ZERO,
                     });
                 } else {
                     spare.key = key;
+                    spare.prefix = prefix;
                 }
                 // The value is read straight into its entry: moving it from a temporary
                 // through wide copies stalls on the narrow stores that wrote it.
@@ -708,28 +714,25 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
             return Ok(());
         }
         let entries = &es[base..];
-        // Sorted by their keys' first words (length and first bytes; any total order of the
-        // keys would do), with each entry's index in place of the tag byte that all keys share:
-        // an insertion sort of plain words.
-        let mut order = [0u64; SORTED_ENTRIES];
+        // Insertion sort of indices by key (then value), most comparisons on the eight-byte
+        // prefix alone: no work on keys that come sorted already.
+        let mut order = [0u8; SORTED_ENTRIES];
         for (i, e) in entries.iter().enumerate() {
-            let k = e.key.first & !0xff | i as u64;
             let mut j = i;
-            while j > 0 && order[j - 1] > k {
+            while j > 0 && {
+                let before = &entries[order[j - 1] as usize];
+                before.prefix > e.prefix
+                    || (before.prefix == e.prefix && self.compare(before, e).is_gt())
+            } {
                 order[j] = order[j - 1];
                 j -= 1;
             }
-            order[j] = k;
-        }
-        let order = &mut order[..n];
-        if order.windows(2).any(|w| w[0] >> 8 == w[1] >> 8) {
-            // Keys that share a first word (the same length and first bytes).
-            self.sort_ties(entries, order);
+            order[j] = i as u8;
         }
         let mut out = *h;
         out.word(TAG_SORTED_OBJECT | (n as u64) << 8);
-        for &k in order.iter() {
-            let e = &entries[(k & 0xff) as usize];
+        for &i in &order[..n] {
+            let e = &entries[i as usize];
             self.put_str(&mut out, &e.key);
             self.put_val(&mut out, &e.val);
         }
@@ -738,27 +741,24 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
         Ok(())
     }
 
-    /// Sorts `order` (first words with an entry index in the low byte) fully: by first word,
-    /// then by the rest of the key, then (a repeated key) by value.
+    /// The order of two entries whose keys have the same prefix: by key, then (a repeated key)
+    /// by value.
     #[cold]
-    fn sort_ties(&self, entries: &[Entry], order: &mut [u64]) {
-        order.sort_by(|&x, &y| {
-            let (a, b) = (&entries[(x & 0xff) as usize], &entries[(y & 0xff) as usize]);
-            (x >> 8).cmp(&(y >> 8)).then_with(|| self.compare(a, b))
-        });
-    }
-
-    /// The order of two entries whose keys have the same first word: by the rest of the key,
-    /// then by value.
     fn compare(&self, a: &Entry, b: &Entry) -> std::cmp::Ordering {
+        // The whole of a string, from the end of its buffer and its length.
         let text = |s: &Str| {
             let (whole, rest, end) = self.rest(s);
-            &whole[rest..end]
+            let len = if (s.first >> 8) & 0xffff == LONG as u64 {
+                end - rest
+            } else {
+                ((s.first >> 8) & 0xffff) as usize
+            };
+            &whole[end - len..end]
         };
         text(&a.key)
             .cmp(text(&b.key))
             .then_with(|| match (a.val.as_str(), b.val.as_str()) {
-                (Some(x), Some(y)) => x.first.cmp(&y.first).then_with(|| text(&x).cmp(text(&y))),
+                (Some(x), Some(y)) => text(&x).cmp(text(&y)),
                 _ => (a.val.n, a.val.w).cmp(&(b.val.n, b.val.w)),
             })
     }
@@ -807,15 +807,24 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
     }
 
     /// Reads a string (at `"`).
+    #[inline(always)]
+    fn string(&mut self) -> Result<Str, Invalid> {
+        self.key().map(|(s, _)| s)
+    }
+
+    /// Reads a string (at `"`), and its sort prefix (its first eight bytes, big-endian and
+    /// zero-padded).
     ///
     /// Everything but unescaping is inlined: a string returned by a call comes back through
     /// memory, and reading it back wider than it was written stalls.
     #[inline(always)]
-    fn string(&mut self) -> Result<Str, Invalid> {
+    fn key(&mut self) -> Result<(Str, u64), Invalid> {
         let start = self.pos + 1;
         // The first eight bytes: most keys and many values end in them, and they are the
         // string's first word whatever its length.
-        let (stop, head) = match self
+        // The byte that ends the plain text, 0 at the end of the input (neither `"` nor `\`).
+        let byte_at = |stop: usize| self.src.get(stop).copied().unwrap_or(0);
+        let (stop, head, end) = match self
             .src
             .get(start..)
             .and_then(|rest| rest.first_chunk::<8>())
@@ -823,32 +832,39 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
             Some(chunk) => {
                 let head = u64::from_le_bytes(*chunk);
                 let hits = stops(head);
-                let stop = if hits != 0 {
-                    start + (hits.trailing_zeros() / 8) as usize
+                if hits != 0 {
+                    // The stop is in the eight bytes already loaded.
+                    let bit = hits.trailing_zeros();
+                    (start + (bit / 8) as usize, head, (head >> (bit & !7)) as u8)
                 } else {
-                    string_stop(self.src, start + 8)
-                };
-                (stop, head)
+                    let stop = string_stop(self.src, start + 8);
+                    (stop, head, byte_at(stop))
+                }
             }
             None => {
                 let stop = string_stop(self.src, start);
-                (stop, load(self.src, start, (stop - start).min(HEAD)))
+                let head = load(self.src, start, (stop - start).min(8));
+                (stop, head, byte_at(stop))
             }
         };
-        match self.src.get(stop) {
-            Some(b'"') => {
+        match end {
+            b'"' => {
                 self.pos = stop + 1;
-                Ok(Str::new(TAG_STR, start, stop, head))
+                let prefix = (head & low_bytes((stop - start).min(8))).swap_bytes();
+                Ok((Str::new(TAG_STR, start, stop, head), prefix))
             }
-            Some(b'\\') => {
+            b'\\' => {
                 let first = self.unescape(start, stop)?;
-                let s = Str::of(TAG_STR, &self.arena, first, self.arena.len());
+                let (arena, len) = (&self.arena, self.arena.len() - first);
+                let s = Str::of(TAG_STR, arena, first, first + len);
+                let prefix = load(arena, first, len.min(8)).swap_bytes();
                 let base = self.src.len();
-                Ok(Str {
+                let s = Str {
                     rest: s.rest + base,
                     end: s.end + base,
                     ..s
-                })
+                };
+                Ok((s, prefix))
             }
             _ => Err(Invalid),
         }
