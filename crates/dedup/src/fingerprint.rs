@@ -247,7 +247,19 @@ fn load(whole: &[u8], at: usize, n: usize) -> u64 {
     match whole.get(at..).and_then(|rest| rest.first_chunk::<8>()) {
         // One unaligned load; the bytes past `n` (still inside the buffer) are masked off.
         Some(chunk) => u64::from_le_bytes(*chunk) & low_bytes(n),
-        None => whole[at..at + n]
+        None => tail(whole, at) & low_bytes(n),
+    }
+}
+
+/// `whole[at..]`, fewer than eight bytes, as a little-endian word, zero-padded: the buffer's last
+/// eight bytes shifted down (one load, no loop), unless the whole buffer is shorter.
+#[inline(always)]
+fn tail(whole: &[u8], at: usize) -> u64 {
+    match whole.last_chunk::<8>() {
+        Some(last) => u64::from_le_bytes(*last)
+            .checked_shr(8 * (at + 8 - whole.len()) as u32)
+            .unwrap_or(0),
+        None => whole[at..]
             .iter()
             .rev()
             .fold(0, |w, &b| w << 8 | u64::from(b)),
@@ -310,16 +322,17 @@ impl Str {
         // a bounds check could panic in between).
         let mut h = *out;
         h.word(self.first);
-        let (mut at, end) = (self.rest, self.end);
+        let end = self.end;
         if (self.first >> 8) & 0xffff == LONG as u64 {
-            h.word((end - at) as u64);
+            h.word((end - self.rest) as u64);
         }
-        while end - at >= 8 {
-            h.word(load(whole, at, 8));
-            at += 8;
+        let mut words = whole[self.rest..end].chunks_exact(8);
+        for w in &mut words {
+            h.word(u64::from_le_bytes(w.try_into().expect("8 bytes")));
         }
-        if at < end {
-            h.word(load(whole, at, end - at));
+        let tail = words.remainder().len();
+        if tail > 0 {
+            h.word(load(whole, end - tail, tail));
         }
         *out = h;
     }
@@ -374,10 +387,9 @@ fn string_stop(src: &[u8], mut i: usize) -> usize {
         }
         i += 8;
     }
-    while i < src.len() && !matches!(src[i], b'"' | b'\\' | 0..=0x1f) {
-        i += 1;
-    }
-    i
+    // The last few bytes, zero-padded: a zero counts as a stop, so past the end means none.
+    let hits = stops(tail(src, i));
+    (i + (hits.trailing_zeros() / 8) as usize).min(src.len())
 }
 
 /// Objects with at most this many entries are hashed with their entries sorted, in their
@@ -549,6 +561,10 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
 
     #[inline(always)]
     fn put_str(&self, h: &mut Sip<C, D>, s: &Str) {
+        if s.rest == s.end {
+            // Short: all in the first word.
+            return h.word(s.first);
+        }
         let (whole, rest, end) = self.rest(s);
         Str { rest, end, ..*s }.put(h, whole);
     }
@@ -822,30 +838,24 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
         let start = self.pos + 1;
         // The first eight bytes: most keys and many values end in them, and they are the
         // string's first word whatever its length.
-        // The byte that ends the plain text, 0 at the end of the input (neither `"` nor `\`).
-        let byte_at = |stop: usize| self.src.get(stop).copied().unwrap_or(0);
-        let (stop, head, end) = match self
+        let head = match self
             .src
             .get(start..)
             .and_then(|rest| rest.first_chunk::<8>())
         {
-            Some(chunk) => {
-                let head = u64::from_le_bytes(*chunk);
-                let hits = stops(head);
-                if hits != 0 {
-                    // The stop is in the eight bytes already loaded.
-                    let bit = hits.trailing_zeros();
-                    (start + (bit / 8) as usize, head, (head >> (bit & !7)) as u8)
-                } else {
-                    let stop = string_stop(self.src, start + 8);
-                    (stop, head, byte_at(stop))
-                }
-            }
-            None => {
-                let stop = string_stop(self.src, start);
-                let head = load(self.src, start, (stop - start).min(8));
-                (stop, head, byte_at(stop))
-            }
+            Some(chunk) => u64::from_le_bytes(*chunk),
+            // Near the end of the input: zero-padded, and a zero is a stop (the end byte then
+            // reads as 0, neither `"` nor `\`).
+            None => tail(self.src, start.min(self.src.len())),
+        };
+        let hits = stops(head);
+        let (stop, end) = if hits != 0 {
+            // The stop is in the eight bytes already loaded.
+            let bit = hits.trailing_zeros();
+            (start + (bit / 8) as usize, (head >> (bit & !7)) as u8)
+        } else {
+            let stop = string_stop(self.src, start + 8);
+            (stop, self.src.get(stop).copied().unwrap_or(0))
         };
         match end {
             b'"' => {
