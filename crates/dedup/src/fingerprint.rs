@@ -526,13 +526,26 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
             init,
             arena: Vec::new(),
         };
-        walk.skip_ws();
-        walk.value(h, 0, es)?;
+        let first = walk.token();
+        walk.value(h, 0, es, first)?;
         walk.skip_ws();
         if walk.pos == text.len() {
             Ok(())
         } else {
             Err(Invalid)
+        }
+    }
+
+    /// The next byte that is not whitespace (not consumed), or 0 at the end of the input (0 is
+    /// no JSON token either).
+    #[inline(always)]
+    fn token(&mut self) -> u8 {
+        loop {
+            let b = self.src.get(self.pos).copied().unwrap_or(0);
+            if b > b' ' || !matches!(b, b' ' | b'\n' | b'\r' | b'\t') {
+                return b;
+            }
+            self.pos += 1;
         }
     }
 
@@ -583,34 +596,40 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
         }
     }
 
-    /// A value (at its first byte).
+    /// A value (at its first byte, `first`).
     ///
     /// `es` holds the entries of the objects being read, innermost last (at most
     /// [`SORTED_ENTRIES`] per level of nesting); it is kept apart from `self` so that a value
     /// can be read straight into its entry.
-    fn value(&mut self, h: &mut Sip<C, D>, depth: u32, es: &mut Vec<Entry>) -> Result<(), Invalid> {
-        match self.peek() {
-            Some(b'{') => self.object(h, depth + 1, es),
-            Some(b'[') => self.array(h, depth + 1, es),
+    fn value(
+        &mut self,
+        h: &mut Sip<C, D>,
+        depth: u32,
+        es: &mut Vec<Entry>,
+        first: u8,
+    ) -> Result<(), Invalid> {
+        match first {
+            b'{' => self.object(h, depth + 1, es),
+            b'[' => self.array(h, depth + 1, es),
             _ => {
                 let mut v = Val::ZERO;
-                self.scalar(&mut v)?;
+                self.scalar(first, &mut v)?;
                 self.put_val(h, &v);
                 Ok(())
             }
         }
     }
 
-    /// A string, number or literal (at its first byte), into `out` (written in place: moving
-    /// a value read as words through wider copies stalls store forwarding).
+    /// A string, number or literal (at its first byte, `first`), into `out` (written in place:
+    /// moving a value read as words through wider copies stalls store forwarding).
     #[inline(always)]
-    fn scalar(&mut self, out: &mut Val) -> Result<(), Invalid> {
-        *out = match self.peek() {
-            Some(b'"') => Val::str(self.string()?),
-            Some(b'-' | b'0'..=b'9') => self.number()?,
-            Some(b't') => self.literal(b"true", TAG_TRUE)?,
-            Some(b'f') => self.literal(b"false", TAG_FALSE)?,
-            Some(b'n') => self.literal(b"null", TAG_NULL)?,
+    fn scalar(&mut self, first: u8, out: &mut Val) -> Result<(), Invalid> {
+        *out = match first {
+            b'"' => Val::str(self.string()?),
+            b'-' | b'0'..=b'9' => self.number()?,
+            b't' => self.literal(b"true", TAG_TRUE)?,
+            b'f' => self.literal(b"false", TAG_FALSE)?,
+            b'n' => self.literal(b"null", TAG_NULL)?,
             _ => return Err(Invalid),
         };
         Ok(())
@@ -626,10 +645,10 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
     }
 
     /// A container that is an entry's value, hashed on its own.
-    fn nested(&mut self, depth: u32, es: &mut Vec<Entry>) -> Result<Val, Invalid> {
+    fn nested(&mut self, depth: u32, es: &mut Vec<Entry>, first: u8) -> Result<Val, Invalid> {
         let mut nested = self.init;
         nested.word(TAG_NESTED_HASH);
-        self.value(&mut nested, depth, es)?;
+        self.value(&mut nested, depth, es, first)?;
         let hash = nested.finish();
         Ok(Val {
             n: 3,
@@ -663,21 +682,20 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
         };
         let mut n = 0;
         let mut sum = 0u128;
-        self.skip_ws();
-        if self.peek() == Some(b'}') {
+        let mut t = self.token();
+        if t == b'}' {
             self.pos += 1;
         } else {
             loop {
-                if self.peek() != Some(b'"') {
+                if t != b'"' {
                     return Err(Invalid);
                 }
                 let (key, prefix) = self.key()?;
-                self.skip_ws();
-                if self.peek() != Some(b':') {
+                if self.token() != b':' {
                     return Err(Invalid);
                 }
                 self.pos += 1;
-                self.skip_ws();
+                let first = self.token();
                 let sorted = n < SORTED_ENTRIES;
                 if sorted {
                     es.push(Entry {
@@ -691,12 +709,12 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
                 }
                 // The value is read straight into its entry: moving it from a temporary
                 // through wide copies stalls on the narrow stores that wrote it.
-                if let Some(b'{' | b'[') = self.peek() {
-                    let v = self.nested(depth, es)?;
+                if let b'{' | b'[' = first {
+                    let v = self.nested(depth, es, first)?;
                     es.last_mut().filter(|_| sorted).unwrap_or(&mut spare).val = v;
                 } else {
                     let slot = es.last_mut().filter(|_| sorted).unwrap_or(&mut spare);
-                    self.scalar(&mut slot.val)?;
+                    self.scalar(first, &mut slot.val)?;
                 }
                 if !sorted {
                     if n == SORTED_ENTRIES {
@@ -709,13 +727,12 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
                     sum = sum.wrapping_add(self.entry_hash(&spare));
                 }
                 n += 1;
-                self.skip_ws();
-                match self.peek() {
-                    Some(b',') => {
+                match self.token() {
+                    b',' => {
                         self.pos += 1;
-                        self.skip_ws();
+                        t = self.token();
                     }
-                    Some(b'}') => {
+                    b'}' => {
                         self.pos += 1;
                         break;
                     }
@@ -797,20 +814,19 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
         self.pos += 1;
         h.word(TAG_ARRAY);
         let mut len = 0u64;
-        self.skip_ws();
-        if self.peek() == Some(b']') {
+        let mut t = self.token();
+        if t == b']' {
             self.pos += 1;
         } else {
             loop {
-                self.value(h, depth, es)?;
+                self.value(h, depth, es, t)?;
                 len += 1;
-                self.skip_ws();
-                match self.peek() {
-                    Some(b',') => {
+                match self.token() {
+                    b',' => {
                         self.pos += 1;
-                        self.skip_ws();
+                        t = self.token();
                     }
-                    Some(b']') => {
+                    b']' => {
                         self.pos += 1;
                         break;
                     }
