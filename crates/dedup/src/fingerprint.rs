@@ -16,7 +16,7 @@
 //! - **Objects** of up to 16 entries hash their entries sorted by key (then by value, so that
 //!   repeated keys do not depend on their order either); larger objects hash each entry on its
 //!   own and add the entry hashes, which is order independent. An object or array that is the
-//!   value of an entry hashes as its own keyed 128-bit hash, so the reader never reads any part
+//!   value of an entry hashes as its own keyed 128-bit hash, so the reader never parses any part
 //!   of the input twice.
 //! - **Objects** with a repeated key hash every occurrence (serde_json's `Value` keeps only the last).
 //! - Nesting deeper than [`MAX_DEPTH`] levels (the reader recurses once per level, so the stack
@@ -502,14 +502,17 @@ fn hash_json<const C: usize, const D: usize>(
     init: Sip<C, D>,
     text: &[u8],
 ) -> Result<(), Invalid> {
-    ENTRIES.with(|cell| match cell.try_borrow_mut() {
-        Ok(mut entries) => {
+    let reused = ENTRIES.try_with(|cell| {
+        cell.try_borrow_mut().ok().map(|mut entries| {
             entries.clear();
             Walk::hash_with(h, init, text, &mut entries)
-        }
-        // Not reached (a walk never starts another), but correct if it were.
-        Err(_) => Walk::hash_with(h, init, text, &mut Vec::new()),
-    })
+        })
+    });
+    match reused {
+        Ok(Some(result)) => result,
+        // The buffer is in use or gone (a thread-local destructor hashing): a fresh one.
+        _ => Walk::hash_with(h, init, text, &mut Vec::new()),
+    }
 }
 
 impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
