@@ -21,7 +21,8 @@ pin_project! {
     pub struct ResponseFuture<F, C, R> {
         #[pin]
         kind: Kind<F>,
-        call: Option<Call>,
+        // Records the outcome of an admitted call; empty for calls that record nothing.
+        call: Call,
         classifier: C,
         reject: R,
     }
@@ -56,6 +57,14 @@ impl Call {
         }
     }
 
+    /// A call that records nothing.
+    fn none() -> Self {
+        Self {
+            stripe: None,
+            admitted: Admitted::closed(0, 0),
+        }
+    }
+
     /// Records the outcome once, gives a probe slot back and recycles the reference.
     #[inline]
     fn finish(&mut self, outcome: crate::classify::Outcome) {
@@ -80,7 +89,7 @@ impl<F, C, R> ResponseFuture<F, C, R> {
     pub(crate) fn called(future: F, call: Option<Call>, classifier: C, reject: R) -> Self {
         Self {
             kind: Kind::Called { future },
-            call,
+            call: call.unwrap_or_else(Call::none),
             classifier,
             reject,
         }
@@ -89,7 +98,7 @@ impl<F, C, R> ResponseFuture<F, C, R> {
     pub(crate) fn rejected(open: CircuitOpen, classifier: C, reject: R) -> Self {
         Self {
             kind: Kind::Rejected { open: Some(open) },
-            call: None,
+            call: Call::none(),
             classifier,
             reject,
         }
@@ -110,8 +119,8 @@ where
         match this.kind.project() {
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                if let Some(call) = this.call.as_mut() {
-                    call.finish(this.classifier.classify(result.as_ref()));
+                if this.call.stripe.is_some() {
+                    this.call.finish(this.classifier.classify(result.as_ref()));
                 }
                 Poll::Ready(result.map_err(|e| this.reject.map_error(e)))
             }
@@ -131,7 +140,7 @@ impl<F, C, R> fmt::Debug for ResponseFuture<F, C, R> {
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
-            .field("recorded", &self.call.is_some())
+            .field("recorded", &self.call.stripe.is_some())
             .finish_non_exhaustive()
     }
 }

@@ -64,7 +64,7 @@ thread_local! {
 }
 
 /// Hands the reference of a finished future back for the next call on this thread.
-#[inline]
+#[inline(always)]
 pub(crate) fn recycle(stripe: Arc<Stripe>) {
     let mut stripe = Some(stripe);
     let _ = SPARE.try_with(|spare| {
