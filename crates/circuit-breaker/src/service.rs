@@ -7,6 +7,7 @@ use tower_service::Service;
 
 use crate::breaker::{Admitted, Core};
 use crate::classify::{Classify, DefaultClassifier};
+use crate::error::CircuitOpen;
 use crate::future::{Call, ResponseFuture};
 use crate::handle::Handle;
 use crate::reject::{Reject, ReturnError};
@@ -152,42 +153,46 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        // Closed: two words in registers, nothing else to decide.
-        if !self.rejecting
+        // Closed: two words in registers, nothing else to decide. Every admitted call builds its
+        // future at this one place.
+        let call = if !self.rejecting
             && let Some((word, start)) = self.core.admit_closed()
         {
-            let call = Call::new(self.shared.stripe(), Admitted::closed(word, start));
-            return ResponseFuture::called(
-                self.inner.call(req),
-                Some(call),
-                self.classifier.clone(),
-                self.reject.clone(),
-            );
-        }
-        self.call_slow(req)
+            Some(Call::new(
+                self.shared.stripe(),
+                Admitted::closed(word, start),
+            ))
+        } else {
+            match self.decide() {
+                Ok(call) => call,
+                Err(open) => {
+                    return ResponseFuture::rejected(
+                        open,
+                        self.classifier.clone(),
+                        self.reject.clone(),
+                    );
+                }
+            }
+        };
+        ResponseFuture::called(
+            self.inner.call(req),
+            call,
+            self.classifier.clone(),
+            self.reject.clone(),
+        )
     }
 }
 
 impl<S, C, R> CircuitBreaker<S, C, R> {
-    fn call_slow<Req>(&mut self, req: Req) -> ResponseFuture<S::Future, C, R>
-    where
-        S: Service<Req>,
-        C: Clone,
-        R: Clone,
-    {
-        let classifier = self.classifier.clone();
-        let reject = self.reject.clone();
+    /// Admission in every state but closed: the call record of an admitted call (`None` when it
+    /// records nothing), or the rejection.
+    #[inline(never)]
+    fn decide(&mut self) -> Result<Option<Call>, CircuitOpen> {
         if std::mem::take(&mut self.rejecting) {
-            let open = self.core.rejection();
-            return ResponseFuture::rejected(open, classifier, reject);
+            return Err(self.core.rejection());
         }
-        match self.core.admit() {
-            Ok(admitted) => {
-                let call = admitted.map(|admitted| Call::new(self.shared.stripe(), admitted));
-                ResponseFuture::called(self.inner.call(req), call, classifier, reject)
-            }
-            Err(open) => ResponseFuture::rejected(open, classifier, reject),
-        }
+        let admitted = self.core.admit()?;
+        Ok(admitted.map(|admitted| Call::new(self.shared.stripe(), admitted)))
     }
 }
 
