@@ -700,23 +700,30 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
                 self.pos += 1;
                 let first = self.token();
                 let sorted = n < SORTED_ENTRIES;
-                if sorted {
-                    es.push(Entry {
-                        key,
-                        prefix,
-                        val: Val::ZERO,
-                    });
-                } else {
-                    spare.key = key;
-                    spare.prefix = prefix;
-                }
-                // The value is read straight into its entry: moving it from a temporary
-                // through wide copies stalls on the narrow stores that wrote it.
                 if let b'{' | b'[' = first {
-                    let v = self.nested(depth, es, first)?;
-                    es.last_mut().filter(|_| sorted).unwrap_or(&mut spare).val = v;
+                    let val = self.nested(depth, es, first)?;
+                    let entry = Entry { key, prefix, val };
+                    if sorted {
+                        es.push(entry);
+                    } else {
+                        spare = entry;
+                    }
                 } else {
-                    let slot = es.last_mut().filter(|_| sorted).unwrap_or(&mut spare);
+                    // The value is read straight into its entry: moving it from a temporary
+                    // through wide copies stalls on the narrow stores that wrote it.
+                    let slot = if sorted {
+                        es.push(Entry {
+                            key,
+                            prefix,
+                            val: Val::ZERO,
+                        });
+                        let last = es.len() - 1;
+                        &mut es[last]
+                    } else {
+                        spare.key = key;
+                        spare.prefix = prefix;
+                        &mut spare
+                    };
                     self.scalar(first, &mut slot.val)?;
                 }
                 if !sorted {
