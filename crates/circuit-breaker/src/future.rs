@@ -79,9 +79,21 @@ impl Call {
 impl Drop for Call {
     #[inline]
     fn drop(&mut self) {
+        // Only a future dropped before it finished still holds its reference.
+        if self.stripe.is_some() {
+            self.unfinished();
+        }
+    }
+}
+
+impl Call {
+    #[cold]
+    #[inline(never)]
+    fn unfinished(&mut self) {
         if let Some(stripe) = self.stripe.take() {
             crate::service::recycle(stripe);
         }
+        self.admitted.release();
     }
 }
 
