@@ -477,8 +477,9 @@ struct Entry {
 /// A single pass over JSON text that hashes each value as it is read, without building one.
 ///
 /// Hand-written rather than a serde visitor: on small messages serde_json's generic machinery
-/// cost more than the hashing. It accepts exactly RFC 8259 JSON; strings are compared as
-/// their unescaped bytes.
+/// cost more than the hashing. It accepts RFC 8259 JSON, except that it does not check that
+/// strings are valid UTF-8 (such a string is compared as its bytes like any other); strings are
+/// compared as their unescaped bytes.
 struct Walk<'a, const C: usize, const D: usize> {
     src: &'a [u8],
     pos: usize,
@@ -980,24 +981,25 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
     /// by [`Self::number_slow`].
     #[inline(always)]
     fn number(&mut self) -> Result<Val, Invalid> {
-        let start = self.pos;
-        let negative = self.peek() == Some(b'-');
+        let (src, start) = (self.src, self.pos);
+        let negative = src.get(start) == Some(&b'-');
         let first = start + usize::from(negative);
-        self.pos = first;
+        // A local index: `self.pos` would be stored on every digit.
+        let mut at = first;
         let mut v = 0i64;
-        while let Some(d @ b'0'..=b'9') = self.peek() {
+        while let Some(&d @ b'0'..=b'9') = src.get(at) {
             // Wraps past 18 digits, which go the slow way below.
             v = v.wrapping_mul(10).wrapping_add(i64::from(d - b'0'));
-            self.pos += 1;
+            at += 1;
         }
-        let digits = self.pos - first;
+        let digits = at - first;
         let simple = matches!(digits, 1..=18)
-            && (digits == 1 || self.src[first] != b'0')
-            && !matches!(self.peek(), Some(b'.' | b'e' | b'E'));
+            && (digits == 1 || src[first] != b'0')
+            && !matches!(src.get(at), Some(b'.' | b'e' | b'E'));
         if !simple {
-            self.pos = start;
             return self.number_slow();
         }
+        self.pos = at;
         Ok(Val::int64(if negative { -v } else { v }))
     }
 
