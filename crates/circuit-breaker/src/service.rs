@@ -44,11 +44,12 @@ impl Shared {
     }
 
     /// A strong reference for a response future: the thread's spare one when it belongs to this
-    /// breaker (no reference-count traffic), else a clone of the thread's stripe.
+    /// breaker (no reference-count traffic), else a clone of the thread's stripe. `core` is this
+    /// breaker's, passed by the caller that already holds it.
     #[inline]
-    fn stripe(&self) -> Arc<Stripe> {
+    fn stripe(&self, core: &Arc<Core>) -> Arc<Stripe> {
         SPARE.with(|spare| match spare.take() {
-            Some(stripe) if Arc::ptr_eq(&stripe.core, &self.core) => stripe,
+            Some(stripe) if Arc::ptr_eq(&stripe.core, core) => stripe,
             other => {
                 spare.set(other);
                 Arc::clone(&self.stripes[shard_hint() & (self.stripes.len() - 1)])
@@ -159,7 +160,7 @@ where
             && let Some((word, start)) = self.core.admit_closed()
         {
             Some(Call::new(
-                self.shared.stripe(),
+                self.shared.stripe(&self.core),
                 Admitted::closed(word, start),
             ))
         } else {
@@ -192,7 +193,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
             return Err(self.core.rejection());
         }
         let admitted = self.core.admit()?;
-        Ok(admitted.map(|admitted| Call::new(self.shared.stripe(), admitted)))
+        Ok(admitted.map(|admitted| Call::new(self.shared.stripe(&self.core), admitted)))
     }
 }
 
