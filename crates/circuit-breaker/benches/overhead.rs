@@ -383,9 +383,45 @@ fn interleaved_time_window() {
     );
 }
 
+/// Consecutive mode, two threads against one, the same way: one thread alone, then two threads
+/// sharing one breaker, then two threads with a breaker each (the control), in turn; best rounds.
+fn interleaved_two_threads() {
+    const ROUNDS: usize = 20;
+    const CALLS: u64 = 1_000_000;
+    let layer = Mode::Consecutive.wsguard();
+    let mut best = [Duration::MAX; 5];
+    for _ in 0..ROUNDS {
+        let times = [
+            drive(&mut layer.layer(Echo), CALLS),
+            two_threads(|| layer.layer(Echo), drive, CALLS),
+            two_threads(|| Mode::Consecutive.wsguard().layer(Echo), drive, CALLS),
+            drive(&mut Echo, CALLS),
+            two_threads(|| Echo, drive, CALLS),
+        ];
+        for (best, time) in best.iter_mut().zip(times) {
+            *best = (*best).min(time);
+        }
+    }
+    let ns = best.map(|d| d.as_secs_f64() * 1e9 / CALLS as f64);
+    println!(
+        "interleaved two threads (consecutive), best of {ROUNDS} rounds of {CALLS} calls per \
+         thread: wsguard 1 thread {:.2} ns, 2 threads sharing one breaker {:.2} ns ({:.2}x), \
+         2 threads with a breaker each {:.2} ns ({:.2}x); bare 1 thread {:.2} ns, 2 threads \
+         {:.2} ns",
+        ns[0],
+        ns[1],
+        ns[1] / ns[0],
+        ns[2],
+        ns[2] / ns[0],
+        ns[3],
+        ns[4],
+    );
+}
+
 fn overhead(c: &mut Criterion) {
     interleaved_consecutive();
     interleaved_time_window();
+    interleaved_two_threads();
     for mode in [Mode::Consecutive, Mode::Count, Mode::Time] {
         bench_mode(c, mode);
     }
