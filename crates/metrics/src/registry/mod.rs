@@ -629,7 +629,8 @@ thread_local! {
 /// none was noted yet.
 #[inline]
 pub(crate) fn note_cloned(registry: &Arc<Inner>) {
-    FINDING.with(|finding| {
+    // `try_with`: a clone made while the thread's locals are being destroyed notes nothing.
+    let _ = FINDING.try_with(|finding| {
         let state = finding.take();
         finding.set(match state {
             Some(None) => Some(Some(registry.clone())),
