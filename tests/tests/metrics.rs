@@ -6,12 +6,17 @@ use wsguard::config::{ClientIdSource, ConfigHandle, StabilityConfig};
 use wsguard_examples::{echo, prometheus};
 use wsguard_tests::{connect, http_get, next_text, serve, wait_until};
 
-#[tokio::test]
-async fn client_state_is_removed_on_disconnect_and_metrics_carry_the_expected_names() {
+/// The testing preset, with the client named by the `client` query parameter.
+fn clients_by_query() -> ConfigHandle {
     let mut config = StabilityConfig::testing();
     config.connection.client_id = ClientIdSource::Query;
     config.connection.client_id_key = "client".to_owned();
-    let config = ConfigHandle::new(config).unwrap();
+    ConfigHandle::new(config).unwrap()
+}
+
+#[tokio::test]
+async fn client_state_is_removed_on_disconnect_and_metrics_carry_the_expected_names() {
+    let config = clients_by_query();
     // The recorder first: the registry binds its exported series to it.
     let app = echo::app(&config, Some(prometheus()));
     let addr = serve(app.router.clone()).await;
@@ -86,10 +91,7 @@ async fn client_state_is_removed_on_disconnect_and_metrics_carry_the_expected_na
 
 #[tokio::test]
 async fn idle_connections_are_registered_when_they_open() {
-    let mut config = StabilityConfig::testing();
-    config.connection.client_id = ClientIdSource::Query;
-    config.connection.client_id_key = "client".to_owned();
-    let config = ConfigHandle::new(config).unwrap();
+    let config = clients_by_query();
     let app = echo::app(&config, Some(prometheus()));
     let addr = serve(app.router.clone()).await;
 

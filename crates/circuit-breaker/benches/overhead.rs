@@ -227,23 +227,11 @@ fn bench_mode(c: &mut Criterion, mode: Mode) {
     });
     match mode {
         Mode::Consecutive => {
-            let fs = failsafe::Config::new()
-                .failure_policy(failsafe::failure_policy::consecutive_failures(
-                    5,
-                    failsafe::backoff::constant(Duration::from_secs(60)),
-                ))
-                .build();
+            let fs = failsafe_consecutive();
             group.bench_function("failsafe", |b| b.iter_custom(|n| drive_failsafe(&fs, n)));
         }
         Mode::Time => {
-            let fs = failsafe::Config::new()
-                .failure_policy(failsafe::failure_policy::success_rate_over_time_window(
-                    0.5,
-                    20,
-                    Duration::from_secs(60),
-                    failsafe::backoff::constant(Duration::from_secs(60)),
-                ))
-                .build();
+            let fs = failsafe_time_window();
             group.bench_function("failsafe", |b| b.iter_custom(|n| drive_failsafe(&fs, n)));
         }
         Mode::Count => {}
@@ -269,25 +257,13 @@ fn bench_mode(c: &mut Criterion, mode: Mode) {
     });
     match mode {
         Mode::Consecutive => {
-            let fs = failsafe::Config::new()
-                .failure_policy(failsafe::failure_policy::consecutive_failures(
-                    5,
-                    failsafe::backoff::constant(Duration::from_secs(60)),
-                ))
-                .build();
+            let fs = failsafe_consecutive();
             group.bench_function("failsafe", |b| {
                 b.iter_custom(|n| two_threads(|| fs.clone(), |s, n| drive_failsafe(s, n), n))
             });
         }
         Mode::Time => {
-            let fs = failsafe::Config::new()
-                .failure_policy(failsafe::failure_policy::success_rate_over_time_window(
-                    0.5,
-                    20,
-                    Duration::from_secs(60),
-                    failsafe::backoff::constant(Duration::from_secs(60)),
-                ))
-                .build();
+            let fs = failsafe_time_window();
             group.bench_function("failsafe", |b| {
                 b.iter_custom(|n| two_threads(|| fs.clone(), |s, n| drive_failsafe(s, n), n))
             });
@@ -297,7 +273,8 @@ fn bench_mode(c: &mut Criterion, mode: Mode) {
     group.finish();
 }
 
-fn failsafe_consecutive() -> impl failsafe::futures::CircuitBreaker {
+/// failsafe's closest policy to consecutive mode: 5 consecutive failures, 60 s open.
+fn failsafe_consecutive() -> impl failsafe::futures::CircuitBreaker + Clone + Send + 'static {
     failsafe::Config::new()
         .failure_policy(failsafe::failure_policy::consecutive_failures(
             5,
@@ -344,7 +321,8 @@ fn interleaved_consecutive() {
     );
 }
 
-fn failsafe_time_window() -> impl failsafe::futures::CircuitBreaker {
+/// failsafe's closest policy to time-window mode: success rate over 60 s, at least 20 calls.
+fn failsafe_time_window() -> impl failsafe::futures::CircuitBreaker + Clone + Send + 'static {
     failsafe::Config::new()
         .failure_policy(failsafe::failure_policy::success_rate_over_time_window(
             0.5,

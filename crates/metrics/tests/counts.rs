@@ -4,7 +4,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{BoxError, Msg, config, echo};
+use support::{BoxError, Msg, config, echo, send};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use wsguard_config::{ConfigHandle, MetricsConfig, StabilityConfig};
 use wsguard_metrics::{Direction, MetricsLayer, MetricsRegistry, Outcome, Sampler};
@@ -66,12 +66,7 @@ async fn sampling_rate_within_statistical_bound() {
     let registry = MetricsRegistry::with_sampler(cfg, Sampler::seeded(0x5eed));
     let mut svc = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
     for _ in 0..CALLS {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Msg::from("sam"))
-            .await
-            .unwrap();
+        send(&mut svc, Msg::from("sam")).await;
     }
     let snap = registry.snapshot();
     // Aggregates are never sampled.
@@ -102,12 +97,7 @@ async fn seeded_sampling_is_reproducible() {
         let registry = MetricsRegistry::with_sampler(cfg, Sampler::seeded(99));
         let mut svc = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
         for _ in 0..1000 {
-            svc.ready()
-                .await
-                .unwrap()
-                .call(Msg::from("x"))
-                .await
-                .unwrap();
+            send(&mut svc, Msg::from("x")).await;
         }
         registry.snapshot().latency_inbound.count
     };
@@ -165,12 +155,7 @@ async fn latency_lands_in_the_configured_bucket() {
         tokio::time::sleep(Duration::from_millis(50)).await;
         Ok::<_, BoxError>(())
     }));
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::from("l"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::from("l")).await;
     let h = registry.snapshot().latency_inbound;
     assert_eq!(h.counts, vec![0, 1, 0]);
     assert_eq!(h.overflow, 0);
@@ -182,24 +167,14 @@ async fn live_config_changes_sampling_buckets_and_enabled_keeping_counts() {
     let handle = ConfigHandle::new(StabilityConfig::testing()).unwrap();
     let registry = MetricsRegistry::new(&handle);
     let mut svc = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::from("c"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::from("c")).await;
     assert_eq!(registry.snapshot().latency_inbound.count, 1);
 
     let mut next = StabilityConfig::testing();
     next.metrics.sample_rate = 0.0;
     next.metrics.latency_buckets = vec![0.5, 1.0];
     handle.update(next.clone()).unwrap();
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::from("c"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::from("c")).await;
     let snap = registry.snapshot();
     assert_eq!(snap.messages_in, 2, "counters kept across the change");
     assert_eq!(snap.sample_rate, 0.0);
@@ -208,12 +183,7 @@ async fn live_config_changes_sampling_buckets_and_enabled_keeping_counts() {
 
     next.metrics.enabled = false;
     handle.update(next).unwrap();
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::from("c"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::from("c")).await;
     assert_eq!(
         registry.snapshot().messages_in,
         2,
@@ -270,12 +240,7 @@ async fn snapshot_serialises_with_top_clients_by_activity() {
     let mut svc = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
     for (id, n) in [("quiet", 1), ("busy", 9), ("mid", 4)] {
         for _ in 0..n {
-            svc.ready()
-                .await
-                .unwrap()
-                .call(Msg::from(id))
-                .await
-                .unwrap();
+            send(&mut svc, Msg::from(id)).await;
         }
     }
     let json = serde_json::to_value(registry.snapshot()).unwrap();
@@ -360,12 +325,7 @@ async fn layer_from_live_config_follows_the_handle() {
     next.metrics.top_clients = 1;
     handle.update(next).unwrap();
     for id in ["a", "b"] {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Msg::from(id))
-            .await
-            .unwrap();
+        send(&mut svc, Msg::from(id)).await;
     }
     let snap = registry.snapshot();
     assert_eq!((snap.clients.tracked, snap.clients.top.len()), (2, 1));

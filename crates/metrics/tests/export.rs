@@ -32,12 +32,7 @@ async fn prometheus_text_has_low_cardinality_names_and_labels() {
         let msg = if i == 3 { msg.failing() } else { msg };
         let _ = svc.ready().await.unwrap().call(msg).await;
     }
-    send.ready()
-        .await
-        .unwrap()
-        .call(Msg::on(&slot, "alice-secret-id"))
-        .await
-        .unwrap();
+    support::send(&mut send, Msg::on(&slot, "alice-secret-id")).await;
     let _other = registry.connect("bob-secret-id");
     drop(_other);
 

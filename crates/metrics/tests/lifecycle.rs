@@ -5,7 +5,7 @@ mod support;
 use std::sync::Arc;
 use std::time::Duration;
 
-use support::{Msg, config, echo};
+use support::{Msg, config, echo, send};
 use tokio_test::{assert_pending, assert_ready_ok, task};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use wsguard_config::MetricsConfig;
@@ -40,12 +40,7 @@ async fn slot_registers_once_and_release_removes_client() {
     assert!(!slot.is_registered());
 
     for _ in 0..5 {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Msg::on(&slot, "alice"))
-            .await
-            .unwrap();
+        send(&mut svc, Msg::on(&slot, "alice")).await;
     }
     assert!(slot.is_registered());
     assert_eq!(slot.client_id(), Some("alice"));
@@ -63,12 +58,7 @@ async fn slot_registers_once_and_release_removes_client() {
     assert_eq!(registry.client_count(), 0);
     assert_eq!(registry.active_connections(), 0);
     // Calls after the release still count in the aggregates but register nothing.
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::on(&slot, "alice"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::on(&slot, "alice")).await;
     assert_eq!(registry.client_count(), 0);
     assert_eq!(registry.snapshot().messages_in, 6);
 }
@@ -78,12 +68,7 @@ async fn dropping_the_slot_disconnects() {
     let registry = MetricsRegistry::new(config());
     let mut svc = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
     let slot = Arc::new(ConnectionSlot::new());
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::on(&slot, "carol"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::on(&slot, "carol")).await;
     assert_eq!(registry.client_count(), 1);
     drop(slot);
     assert_eq!(registry.client_count(), 0);
@@ -96,12 +81,7 @@ async fn slot_released_before_any_call_never_registers() {
     let mut svc = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
     let slot = Arc::new(ConnectionSlot::new());
     slot.release();
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::on(&slot, "dave"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::on(&slot, "dave")).await;
     assert_eq!(registry.snapshot().connections_total, 0);
     assert_eq!(registry.client_count(), 0);
 }
@@ -116,19 +96,9 @@ async fn cleanup_removes_inactive_clients_after_ttl_never_connected_ones() {
     });
     let mut svc = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
     let _live = registry.connect("live");
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::from("idle"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::from("idle")).await;
     tokio::time::advance(Duration::from_secs(3)).await;
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::from("recent"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::from("recent")).await;
     assert_eq!(registry.client_count(), 3);
 
     // Custom TTL: only `idle` is older than 2 s.
@@ -157,12 +127,7 @@ async fn background_sweep_uses_configured_ttl_and_stops_with_the_registry() {
     let registry = MetricsRegistry::new(config());
     assert_eq!(tasks(), before + 1, "the sweep task runs");
     let mut svc = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::from("eve"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::from("eve")).await;
     let _live = registry.connect("frank");
 
     tokio::time::sleep(Duration::from_millis(4500)).await;
@@ -195,28 +160,13 @@ async fn cap_evicts_the_least_recently_active_client() {
     let registry = MetricsRegistry::new(cfg);
     let mut svc = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
     for id in ["a", "b", "c"] {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Msg::from(id))
-            .await
-            .unwrap();
+        send(&mut svc, Msg::from(id)).await;
         tokio::time::advance(Duration::from_secs(1)).await;
     }
     // `a` is active again, so `b` is now the least recently active.
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::from("a"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::from("a")).await;
     tokio::time::advance(Duration::from_secs(1)).await;
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::from("d"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::from("d")).await;
 
     assert_eq!(registry.client_count(), 3);
     assert!(registry.client("b").is_none());
@@ -235,12 +185,7 @@ async fn cap_holds_under_a_flood_of_new_clients() {
     let registry = MetricsRegistry::new(cfg);
     let mut svc = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
     for i in 0..30_000 {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Msg::from(&format!("flood-{i}")))
-            .await
-            .unwrap();
+        send(&mut svc, Msg::from(&format!("flood-{i}"))).await;
     }
     assert_eq!(registry.client_count(), 10_000);
     assert_eq!(registry.snapshot().clients.evicted, 20_000);
@@ -257,18 +202,8 @@ async fn churn_of_100k_clients_leaves_the_table_empty() {
     for i in 0..100_000u32 {
         let slot = Arc::new(ConnectionSlot::new());
         let id = format!("client-{i}");
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Msg::on(&slot, &id))
-            .await
-            .unwrap();
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Msg::on(&slot, &id))
-            .await
-            .unwrap();
+        send(&mut svc, Msg::on(&slot, &id)).await;
+        send(&mut svc, Msg::on(&slot, &id)).await;
         open.push(slot);
         // Connections overlap: up to 1000 open at once, closed oldest first.
         if open.len() == 1000 {
@@ -330,12 +265,7 @@ async fn open_registers_an_idle_connection_and_calls_reuse_it() {
     assert_eq!((alice.connections, alice.messages_in), (1, 0));
 
     for _ in 0..3 {
-        svc.ready()
-            .await
-            .unwrap()
-            .call(Msg::on(&slot, "alice"))
-            .await
-            .unwrap();
+        send(&mut svc, Msg::on(&slot, "alice")).await;
     }
     let snap = registry.snapshot();
     assert_eq!(
@@ -386,12 +316,7 @@ async fn open_without_metrics_in_the_stack_leaves_the_slot_to_the_first_call() {
     let mut svc = layered.clone();
     assert_eq!(registry.active_connections(), 0);
     // ... its first call with the slot does.
-    svc.ready()
-        .await
-        .unwrap()
-        .call(Msg::on(&slot, "carol"))
-        .await
-        .unwrap();
+    send(&mut svc, Msg::on(&slot, "carol")).await;
     assert!(slot.is_registered());
     assert_eq!(registry.client("carol").unwrap().connections, 1);
 }

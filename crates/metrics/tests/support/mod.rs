@@ -4,6 +4,7 @@
 use std::borrow::Cow;
 use std::sync::Arc;
 
+use tower::{Service, ServiceExt};
 use wsguard_config::MetricsConfig;
 use wsguard_metrics::{ClientIdOptions, ClientRequest, ConnectionSlot};
 
@@ -61,6 +62,15 @@ pub(crate) async fn echo(msg: Msg) -> Result<(), BoxError> {
     } else {
         Ok(())
     }
+}
+
+/// One call through `svc`, which must succeed.
+pub(crate) async fn send<S>(svc: &mut S, msg: Msg)
+where
+    S: Service<Msg>,
+    S::Error: std::fmt::Debug,
+{
+    svc.ready().await.unwrap().call(msg).await.unwrap();
 }
 
 /// Every call sampled, small table, short TTL.
