@@ -267,6 +267,15 @@ impl Window {
         self.purge(now32, ttl);
 
         let k = split(key);
+        if self.ring.len() >= cap {
+            // A full shard evicts its oldest key below, which looks up that key's slot. Load
+            // the slot now, so that the miss overlaps the lookup of `key` instead of following
+            // it: a large window costs one memory latency per claim rather than two.
+            if let Some(front) = self.ring.front() {
+                let mask = self.table.len() - 1;
+                std::hint::black_box(self.table[table_hash(&front.key) & mask]);
+            }
+        }
         if let Some((slot, pos)) = self.find(&k) {
             let age = now32.wrapping_sub(self.ring[pos].at);
             if age < ttl {
