@@ -44,7 +44,9 @@ pin_project! {
 /// An admitted call to record when it finishes.
 #[derive(Debug)]
 pub(crate) struct Call {
-    // `Some` until the call is finished or dropped; then it goes back to the thread's spare slot.
+    // `Some` until the call is finished; then it goes back to the thread's spare slot. A future
+    // dropped unfinished drops it, and its permit, with no `Drop` of its own: that would keep the
+    // whole future out of registers on every call.
     stripe: Option<Arc<Stripe>>,
     admitted: Admitted,
 }
@@ -73,27 +75,6 @@ impl Call {
             self.admitted.release();
             crate::service::recycle(stripe);
         }
-    }
-}
-
-impl Drop for Call {
-    #[inline]
-    fn drop(&mut self) {
-        // Only a future dropped before it finished still holds its reference.
-        if self.stripe.is_some() {
-            self.unfinished();
-        }
-    }
-}
-
-impl Call {
-    #[cold]
-    #[inline(never)]
-    fn unfinished(&mut self) {
-        if let Some(stripe) = self.stripe.take() {
-            crate::service::recycle(stripe);
-        }
-        self.admitted.release();
     }
 }
 
