@@ -137,25 +137,14 @@ where
     T: Send + 'static,
     F: Fn(&mut T, u64) -> Duration + Send + Sync + Copy + 'static,
 {
-    on_threads(2, make, run, n)
-}
-
-/// `count` spawned threads, each with its own state from `make`, each running `n` calls at the
-/// stack offset of [`stack_pad`]; returns the wall time. One spawned thread is the fair baseline
-/// for two: its stack is placed like theirs, unlike the main thread's.
-fn on_threads<T, F>(count: usize, make: impl Fn() -> T, run: F, n: u64) -> Duration
-where
-    T: Send + 'static,
-    F: Fn(&mut T, u64) -> Duration + Send + Sync + Copy + 'static,
-{
-    let barrier = Arc::new(Barrier::new(count));
-    let workers: Vec<_> = (0..count)
+    let barrier = Arc::new(Barrier::new(2));
+    let workers: Vec<_> = (0..2)
         .map(|_| {
             let mut state = make();
             let barrier = Arc::clone(&barrier);
             std::thread::spawn(move || {
                 barrier.wait();
-                padded(|| run(&mut state, n))
+                run(&mut state, n)
             })
         })
         .collect();
@@ -163,44 +152,7 @@ where
         .into_iter()
         .map(|w| w.join().expect("worker"))
         .max()
-        .expect("at least one worker")
-}
-
-/// Bytes by which the interleaved checks move the stack, from `WSGUARD_BENCH_STACK_PAD`
-/// (rounded down to a multiple of 64, below 4096; 0 when unset). On the benchmark machine a
-/// process's figures depend on where in a page its stack starts (4K aliasing between stack
-/// stores and later loads); `benches/offsets.py` runs the checks at every offset.
-fn stack_pad() -> usize {
-    static PAD: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *PAD.get_or_init(|| {
-        std::env::var("WSGUARD_BENCH_STACK_PAD")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .map_or(0, |pad| pad % 4096 / 64 * 64)
-    })
-}
-
-/// Runs `f` with the stack [`stack_pad`] bytes deeper.
-fn padded<R, F: FnOnce() -> R>(f: F) -> R {
-    macro_rules! at {
-        ($($k:literal)*) => {
-            match stack_pad() / 64 {
-                $($k => below::<{ $k * 64 }, R, F>(f),)*
-                _ => f(),
-            }
-        };
-    }
-    at!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32
-        33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62
-        63)
-}
-
-/// Calls `f` below a frame of `N` more bytes.
-#[inline(never)]
-fn below<const N: usize, R, F: FnOnce() -> R>(f: F) -> R {
-    let pad = [0u8; N];
-    black_box(&pad);
-    f()
+        .expect("two workers")
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -345,11 +297,11 @@ fn interleaved_consecutive() {
     let mut best = [Duration::MAX; 5];
     for _ in 0..ROUNDS {
         let times = [
-            padded(|| drive(&mut Echo, CALLS)),
-            padded(|| drive(&mut Forward { inner: Echo }, CALLS)),
-            padded(|| drive(&mut layer.layer(Echo), CALLS)),
-            padded(|| drive(&mut disabled.layer(Echo), CALLS)),
-            padded(|| drive_failsafe(&fs, CALLS)),
+            drive(&mut Echo, CALLS),
+            drive(&mut Forward { inner: Echo }, CALLS),
+            drive(&mut layer.layer(Echo), CALLS),
+            drive(&mut disabled.layer(Echo), CALLS),
+            drive_failsafe(&fs, CALLS),
         ];
         for (best, time) in best.iter_mut().zip(times) {
             *best = (*best).min(time);
@@ -390,9 +342,9 @@ fn interleaved_time_window() {
     let mut best = [Duration::MAX; 3];
     for _ in 0..ROUNDS {
         let times = [
-            padded(|| drive(&mut Echo, CALLS)),
-            padded(|| drive(&mut layer.layer(Echo), CALLS)),
-            padded(|| drive_failsafe(&fs, CALLS)),
+            drive(&mut Echo, CALLS),
+            drive(&mut layer.layer(Echo), CALLS),
+            drive_failsafe(&fs, CALLS),
         ];
         for (best, time) in best.iter_mut().zip(times) {
             *best = (*best).min(time);
@@ -409,9 +361,8 @@ fn interleaved_time_window() {
     );
 }
 
-/// Consecutive mode, two threads against one, the same way: one spawned thread alone, then two
-/// threads sharing one breaker, then two threads with a breaker each (the control), in turn; best
-/// rounds. All of them run on spawned threads, whose stacks are placed alike.
+/// Consecutive mode, two threads against one, the same way: one thread alone, then two threads
+/// sharing one breaker, then two threads with a breaker each (the control), in turn; best rounds.
 fn interleaved_two_threads() {
     const ROUNDS: usize = 20;
     const CALLS: u64 = 1_000_000;
@@ -419,10 +370,10 @@ fn interleaved_two_threads() {
     let mut best = [Duration::MAX; 5];
     for _ in 0..ROUNDS {
         let times = [
-            on_threads(1, || layer.layer(Echo), drive, CALLS),
+            drive(&mut layer.layer(Echo), CALLS),
             two_threads(|| layer.layer(Echo), drive, CALLS),
             two_threads(|| Mode::Consecutive.wsguard().layer(Echo), drive, CALLS),
-            on_threads(1, || Echo, drive, CALLS),
+            drive(&mut Echo, CALLS),
             two_threads(|| Echo, drive, CALLS),
         ];
         for (best, time) in best.iter_mut().zip(times) {
@@ -432,7 +383,7 @@ fn interleaved_two_threads() {
     let ns = best.map(|d| d.as_secs_f64() * 1e9 / CALLS as f64);
     println!(
         "interleaved two threads (consecutive), best of {ROUNDS} rounds of {CALLS} calls per \
-         spawned thread: wsguard 1 thread {:.2} ns, 2 threads sharing one breaker {:.2} ns ({:.2}x), \
+         thread: wsguard 1 thread {:.2} ns, 2 threads sharing one breaker {:.2} ns ({:.2}x), \
          2 threads with a breaker each {:.2} ns ({:.2}x); bare 1 thread {:.2} ns, 2 threads \
          {:.2} ns",
         ns[0],
