@@ -41,8 +41,18 @@ fn filled_store(live: u64) -> MemoryStore {
     store
 }
 
+/// The id inserted before `probe` that is still live (the most recent `live` inserts up to
+/// `next`), wrapping round to `next`.
+fn previous_live(probe: u64, next: u64, live: u64) -> u64 {
+    if probe <= next - live + 1 {
+        next
+    } else {
+        probe - 1
+    }
+}
+
 /// One size of window for the interleaved check: the store, and where each variant is up to.
-struct Sized {
+struct Filled {
     live: u64,
     store: MemoryStore,
     chain: Vec<u64>,
@@ -52,7 +62,7 @@ struct Sized {
     at: usize,
 }
 
-impl Sized {
+impl Filled {
     fn new(live: u64) -> Self {
         let store = filled_store(live);
         let chain = random_cycle(store.heap_bytes() / 8);
@@ -79,11 +89,7 @@ impl Sized {
         let fresh = per_op(start);
         let start = Instant::now();
         for _ in 0..n {
-            self.probe = if self.probe <= self.next - self.live + 1 {
-                self.next
-            } else {
-                self.probe - 1
-            };
+            self.probe = previous_live(self.probe, self.next, self.live);
             black_box(self.store.check_and_insert(key(self.probe), TTL));
         }
         let duplicate = per_op(start);
@@ -118,7 +124,7 @@ fn interleaved_flatness() {
         .unwrap();
     let _guard = rt.enter();
     let fp = Fingerprinter::random(true);
-    let mut sizes = [Sized::new(1_000), Sized::new(10_000_000)];
+    let mut sizes = [Filled::new(1_000), Filled::new(10_000_000)];
     let mut best = [[f64::MAX; 4]; 2];
     for _ in 0..ROUNDS {
         for (size, best) in sizes.iter_mut().zip(best.iter_mut()) {
@@ -174,12 +180,7 @@ fn check_and_insert(c: &mut Criterion) {
         let mut probe = next;
         group.bench_function(BenchmarkId::new("memory_store_duplicate", live), |b| {
             b.iter(|| {
-                // Ids still live: the most recent `live` inserts.
-                probe = if probe <= next - live + 1 {
-                    next
-                } else {
-                    probe - 1
-                };
+                probe = previous_live(probe, next, live);
                 black_box(store.check_and_insert(key(probe), TTL))
             })
         });

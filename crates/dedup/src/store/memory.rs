@@ -270,7 +270,7 @@ impl Window {
         if self.ring.len() >= cap {
             // A full shard evicts its oldest key below, which looks up that key's slot. Load
             // the slot now, so that the miss overlaps the lookup of `key` instead of following
-            // it: a large window costs one memory latency per claim rather than two.
+            // it: a claim on a large window then costs close to one memory latency, not two.
             if let Some(front) = self.ring.front() {
                 let mask = self.table.len() - 1;
                 std::hint::black_box(self.table[table_hash(&front.key) & mask]);
