@@ -2,7 +2,6 @@
 //! because it installs the process-wide subscriber that captures the server's events.
 
 use std::fmt::Debug;
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -14,6 +13,8 @@ use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tower::service_fn;
 use wsguard_axum::{BoxError, Inbound, ws_route};
 use wsguard_config::StabilityConfig;
+
+mod support;
 
 /// The `code`, `reason`/`detail` and message of every event that has a `code` field.
 #[derive(Default)]
@@ -93,17 +94,7 @@ async fn server_and_client_closes_are_logged_with_code_and_reason() {
     let mut config = StabilityConfig::testing();
     config.connection.max_message_size = 1024;
     let echo = service_fn(|req: Inbound| async move { Ok::<_, BoxError>(Some(req.message)) });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let app = Router::new().route("/ws", ws_route(echo, config));
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
+    let addr = support::serve(Router::new().route("/ws", ws_route(echo, config))).await;
 
     // Closed by the server: a message over max_message_size.
     let (mut client, _) = connect_async(format!("ws://{addr}/ws")).await.unwrap();

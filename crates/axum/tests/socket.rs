@@ -16,22 +16,13 @@ use tower::service_fn;
 use wsguard_axum::{BoxError, ConnectionStats, Inbound, Message, WsRoute, ws_route};
 use wsguard_config::{ConnectionConfig, StabilityConfig};
 
-type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
-const WAIT: Duration = Duration::from_secs(10);
+mod support;
 
-async fn serve(app: Router) -> SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<SocketAddr>(),
-        )
-        .await
-        .unwrap();
-    });
-    addr
-}
+use support::serve;
+
+type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+const WAIT: Duration = Duration::from_secs(10);
 
 async fn connect(addr: SocketAddr) -> Client {
     timeout(WAIT, connect_async(format!("ws://{addr}/ws")))

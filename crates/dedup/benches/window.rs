@@ -9,7 +9,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
-use wsguard_dedup::{Fingerprint, Fingerprinter, MemoryStore};
+use wsguard_dedup::{Claim, Fingerprint, Fingerprinter, MemoryStore};
 
 const TTL: Duration = Duration::from_secs(3600);
 
@@ -29,6 +29,20 @@ fn key(i: u64) -> Fingerprint {
 fn message(seq: u64) -> String {
     let text = "hello world ".repeat(4);
     format!(r#"{{"type": "chat", "seq": {seq}, "room": "lobby", "text": "{text}"}}"#)
+}
+
+/// The store's clock is tokio's: every bench enters one of these.
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap()
+}
+
+/// The whole per-message path: format message `seq`, fingerprint it, check-and-insert it.
+fn fingerprint_and_check(store: &MemoryStore, fp: &Fingerprinter, seq: u64) -> Claim {
+    let msg = message(seq);
+    store.check_and_insert(fp.fingerprint_json(msg.as_bytes()), TTL)
 }
 
 /// A store holding `live` ids and bounded at `live`: every fresh insert evicts the oldest, so the
@@ -96,11 +110,7 @@ impl Filled {
         let start = Instant::now();
         for _ in 0..n {
             self.seq += 1;
-            let msg = message(self.seq);
-            let claim = self
-                .store
-                .check_and_insert(fp.fingerprint_json(msg.as_bytes()), TTL);
-            black_box(claim);
+            black_box(fingerprint_and_check(&self.store, fp, self.seq));
         }
         let whole = per_op(start);
         let start = Instant::now();
@@ -115,20 +125,14 @@ impl Filled {
 /// Flatness, 10M ids against 1k, measured in turns: short rounds at each size one after the
 /// other, keeping each variant's best round, so that load changing during the run does not
 /// decide the ratio. Printed before the criterion groups.
-fn interleaved_flatness() {
+fn interleaved_flatness(fp: &Fingerprinter) {
     const ROUNDS: usize = 15;
     const OPS: u64 = 200_000;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
-    let _guard = rt.enter();
-    let fp = Fingerprinter::random(true);
     let mut sizes = [Filled::new(1_000), Filled::new(10_000_000)];
     let mut best = [[f64::MAX; 4]; 2];
     for _ in 0..ROUNDS {
         for (size, best) in sizes.iter_mut().zip(best.iter_mut()) {
-            for (best, ns) in best.iter_mut().zip(size.round(&fp, OPS)) {
+            for (best, ns) in best.iter_mut().zip(size.round(fp, OPS)) {
                 *best = best.min(ns);
             }
         }
@@ -157,13 +161,10 @@ fn interleaved_flatness() {
 }
 
 fn check_and_insert(c: &mut Criterion) {
-    interleaved_flatness();
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let _guard = rt.enter();
     let fp = Fingerprinter::random(true);
+    interleaved_flatness(&fp);
     let mut group = c.benchmark_group("check_and_insert");
     for live in [1_000u64, 100_000, 1_000_000, 10_000_000] {
         let store = filled_store(live);
@@ -190,8 +191,7 @@ fn check_and_insert(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("fingerprint_and_check", live), |b| {
             b.iter(|| {
                 seq += 1;
-                let msg = message(seq);
-                black_box(store.check_and_insert(fp.fingerprint_json(msg.as_bytes()), TTL))
+                black_box(fingerprint_and_check(&store, &fp, seq))
             })
         });
         drop(store);
@@ -247,10 +247,7 @@ fn random_cycle(n: usize) -> Vec<u64> {
 
 /// The original design's message and path, to compare with `seed_dedup.py` at the same sizes.
 fn seed_path(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_time()
-        .build()
-        .unwrap();
+    let rt = runtime();
     let _guard = rt.enter();
     let fp = Fingerprinter::random(true);
     let mut group = c.benchmark_group("seed_path");
@@ -260,8 +257,7 @@ fn seed_path(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("fingerprint_and_check", live), |b| {
             b.iter(|| {
                 seq += 1;
-                let msg = message(seq);
-                black_box(store.check_and_insert(fp.fingerprint_json(msg.as_bytes()), TTL))
+                black_box(fingerprint_and_check(&store, &fp, seq))
             })
         });
     }
