@@ -17,6 +17,7 @@ use crate::backoff;
 use crate::classify::Outcome;
 use crate::error::CircuitOpen;
 use crate::handle::{Event, Snapshot, State};
+use crate::service::Stripe;
 use crate::shard::{Padded, shard_count};
 use crate::window::{CountWindow, Figures, Sample, TimeWindow};
 
@@ -33,6 +34,13 @@ const TIME: u8 = 2;
 #[inline]
 fn state_of(word: u64) -> State {
     State::from_bits((word & STATE_MASK) as u8)
+}
+
+/// Whether a call admitted under `word` is a half-open probe: only probes are admitted while
+/// half-open, and each holds a stripe of its own with its probe slot.
+#[inline]
+pub(crate) fn is_probe(word: u64) -> bool {
+    word & STATE_MASK == State::HalfOpen as u64
 }
 
 fn mode_code(mode: TripMode) -> u8 {
@@ -128,41 +136,26 @@ struct Probes {
     min_calls: u32,
 }
 
-/// A call the breaker let through. It is recorded only through [`Core::complete`]; dropping it
-/// (completed or not) gives a half-open probe slot back.
+/// What admission hands the service for a call the breaker let through: the state word and
+/// start time to record it by (through [`Core::complete`]) and, for a half-open probe, its slot.
 #[derive(Debug)]
 pub(crate) struct Admitted {
-    word: u64,
+    pub(crate) word: u64,
     /// Nanoseconds since `Core::base` at admission, or `NOT_TIMED`.
-    start: u64,
-    permit: Option<Permit>,
+    pub(crate) start: u64,
+    /// A half-open call's probe slot.
+    pub(crate) probe: Option<ProbeSlot>,
 }
 
-impl Admitted {
-    pub(crate) fn closed(word: u64, start: u64) -> Self {
-        Self {
-            word,
-            start,
-            permit: None,
-        }
-    }
-
-    /// Gives a half-open probe slot back.
-    #[inline]
-    pub(crate) fn release(&mut self) {
-        self.permit = None;
-    }
-}
-
+/// One of the `half_open_max_calls` probe slots of a half-open period, held by the probe's call
+/// record; dropping it (the call finished, was ignored or was dropped unfinished) gives the slot
+/// back.
 #[derive(Debug)]
-struct Permit {
+pub(crate) struct ProbeSlot {
     period: Arc<Period>,
 }
 
-impl Drop for Permit {
-    // Half-open calls only: kept out of the drop of every closed call's record.
-    #[cold]
-    #[inline(never)]
+impl Drop for ProbeSlot {
     fn drop(&mut self) {
         if let Some(probes) = &self.period.probes {
             probes.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -419,7 +412,7 @@ impl Core {
                 Ok(Some(Admitted {
                     word,
                     start,
-                    permit: None,
+                    probe: None,
                 }))
             }
             State::Disabled => Ok(None),
@@ -443,7 +436,7 @@ impl Core {
                     return Ok(Some(Admitted {
                         word,
                         start,
-                        permit: None,
+                        probe: None,
                     }));
                 }
                 State::Disabled => return Ok(None),
@@ -490,7 +483,7 @@ impl Core {
                     return Ok(Some(Admitted {
                         word,
                         start: self.nanos(now),
-                        permit: Some(Permit { period }),
+                        probe: Some(ProbeSlot { period }),
                     }));
                 }
             }
@@ -517,24 +510,24 @@ impl Core {
         }
     }
 
-    /// Records a finished call; ignored outcomes and calls admitted before the last transition
-    /// record nothing. A probe's slot is given back when the caller drops `admitted`.
+    /// Records a finished call admitted under `word` at `start`, whose record holds `stripe`
+    /// (a probe's own, or one of the per-thread ones: its index picks the window's shard).
+    /// Ignored outcomes and calls admitted before the last transition record nothing.
     #[inline]
-    /// `shard` picks the per-thread counters (the caller's stripe index).
-    pub(crate) fn complete(&self, admitted: &Admitted, outcome: Outcome, shard: usize) {
-        if outcome == Outcome::Ignored || self.word.load(Ordering::Acquire) != admitted.word {
+    pub(crate) fn complete(&self, word: u64, start: u64, outcome: Outcome, stripe: &Stripe) {
+        if outcome == Outcome::Ignored || self.word.load(Ordering::Acquire) != word {
             return;
         }
         let failure = outcome == Outcome::Failure;
-        if admitted.permit.is_none() && self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
+        if !is_probe(word) && self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
             if failure {
-                self.consecutive_failure(admitted.word);
+                self.consecutive_failure(word);
             } else if self.consecutive.0.load(Ordering::Relaxed) != 0 {
                 self.consecutive.0.store(0, Ordering::Relaxed);
             }
             return;
         }
-        self.complete_slow(admitted, failure, shard);
+        self.complete_slow(word, start, failure, stripe);
     }
 
     #[inline(never)]
@@ -547,21 +540,21 @@ impl Core {
     }
 
     #[inline(never)]
-    fn complete_slow(&self, admitted: &Admitted, failure: bool, shard: usize) {
-        match &admitted.permit {
-            Some(permit) => self.complete_probe(admitted, &permit.period, failure),
-            None => self.complete_window(admitted, failure, shard),
+    fn complete_slow(&self, word: u64, start: u64, failure: bool, stripe: &Stripe) {
+        match &stripe.probe {
+            Some(slot) => self.complete_probe(word, start, &slot.period, failure),
+            None => self.complete_window(word, start, failure, stripe.index),
         }
     }
 
-    fn complete_window(&self, admitted: &Admitted, failure: bool, shard: usize) {
+    fn complete_window(&self, word: u64, start: u64, failure: bool, shard: usize) {
         let now = self.nanos(Instant::now());
         let sample = Sample {
             failure,
-            slow: self.is_slow(admitted.start, now),
+            slow: self.is_slow(start, now),
         };
         let period = self.period.load();
-        if period.word != admitted.word {
+        if period.word != word {
             return;
         }
         let min_calls = self.minimum_calls.load(Ordering::Relaxed);
@@ -571,15 +564,15 @@ impl Core {
             Window::Consecutive => None,
         };
         if let Some(exceeded) = figures.and_then(|f| self.judge(f, min_calls)) {
-            self.exceeded(admitted.word, exceeded);
+            self.exceeded(word, exceeded);
         }
     }
 
-    fn complete_probe(&self, admitted: &Admitted, period: &Period, failure: bool) {
+    fn complete_probe(&self, word: u64, start: u64, period: &Period, failure: bool) {
         let Some(probes) = &period.probes else {
             return;
         };
-        let word = Some(admitted.word);
+        let word = Some(word);
         if probes.consecutive {
             if failure {
                 self.transition(word, State::Open, "half-open probe failed");
@@ -593,7 +586,7 @@ impl Core {
         }
         let sample = Sample {
             failure,
-            slow: self.is_slow(admitted.start, self.nanos(Instant::now())),
+            slow: self.is_slow(start, self.nanos(Instant::now())),
         };
         let figures = probes
             .window

@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
-use crate::breaker::Admitted;
+use crate::breaker::is_probe;
 use crate::classify::Classify;
 use crate::error::CircuitOpen;
 use crate::reject::Reject;
@@ -44,18 +44,23 @@ pin_project! {
 /// An admitted call to record when it finishes.
 #[derive(Debug)]
 pub(crate) struct Call {
-    // `Some` until the call is finished; then it goes back to the thread's spare slot. A future
-    // dropped unfinished drops it, and its permit, with no `Drop` of its own: that would keep the
-    // whole future out of registers on every call.
+    // `Some` until the call is finished. A closed call's reference then goes back to the thread's
+    // spare slot; a probe's (its own stripe, which holds the probe slot) is dropped, giving the
+    // slot back. A future dropped unfinished drops it with no `Drop` of its own: that would keep
+    // the whole future out of registers on every call.
     stripe: Option<Arc<Stripe>>,
-    admitted: Admitted,
+    /// State word at admission.
+    word: u64,
+    /// Admission time for the slow-call check, or `NOT_TIMED`.
+    start: u64,
 }
 
 impl Call {
-    pub(crate) fn new(stripe: Arc<Stripe>, admitted: Admitted) -> Self {
+    pub(crate) fn new(stripe: Arc<Stripe>, word: u64, start: u64) -> Self {
         Self {
             stripe: Some(stripe),
-            admitted,
+            word,
+            start,
         }
     }
 
@@ -63,17 +68,22 @@ impl Call {
     fn none() -> Self {
         Self {
             stripe: None,
-            admitted: Admitted::closed(0, 0),
+            word: 0,
+            start: 0,
         }
     }
 
-    /// Records the outcome once, gives a probe slot back and recycles the reference.
+    /// Records the outcome once and lets go of the reference.
     #[inline]
     fn finish(&mut self, outcome: crate::classify::Outcome) {
         if let Some(stripe) = self.stripe.take() {
-            stripe.core.complete(&self.admitted, outcome, stripe.index);
-            self.admitted.release();
-            crate::service::recycle(stripe);
+            debug_assert_eq!(is_probe(self.word), stripe.probe.is_some());
+            stripe
+                .core
+                .complete(self.word, self.start, outcome, &stripe);
+            if !is_probe(self.word) {
+                crate::service::recycle(stripe);
+            }
         }
     }
 }

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::breaker::{Admitted, Core};
+use crate::breaker::{Core, ProbeSlot};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::error::CircuitOpen;
 use crate::future::{Call, ResponseFuture};
@@ -13,13 +13,18 @@ use crate::handle::Handle;
 use crate::reject::{Reject, ReturnError};
 use crate::shard::shard_hint;
 
-/// One reference to the breaker per thread: futures clone the `Arc` of their thread's stripe, so
-/// two cores never bounce one reference count.
+/// A reference to the breaker held by a response future until its call finishes.
+///
+/// Closed calls share one per thread: futures clone the `Arc` of their thread's stripe, so two
+/// cores never bounce one reference count. A half-open probe gets a stripe of its own, holding
+/// its probe slot: the slot is given back when the future lets go of the stripe.
 #[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct Stripe {
     pub(crate) core: Arc<Core>,
+    /// The shard of the per-thread counters (0 for probes).
     pub(crate) index: usize,
+    pub(crate) probe: Option<ProbeSlot>,
 }
 
 /// State shared by a layer, every service it makes and every clone of them.
@@ -37,6 +42,7 @@ impl Shared {
                 Arc::new(Stripe {
                     core: Arc::clone(&core),
                     index,
+                    probe: None,
                 })
             })
             .collect();
@@ -159,10 +165,7 @@ where
         let call = if !self.rejecting
             && let Some((word, start)) = self.core.admit_closed()
         {
-            Some(Call::new(
-                self.shared.stripe(&self.core),
-                Admitted::closed(word, start),
-            ))
+            Some(Call::new(self.shared.stripe(&self.core), word, start))
         } else {
             match self.decide() {
                 Ok(call) => call,
@@ -192,8 +195,18 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
         if std::mem::take(&mut self.rejecting) {
             return Err(self.core.rejection());
         }
-        let admitted = self.core.admit()?;
-        Ok(admitted.map(|admitted| Call::new(self.shared.stripe(&self.core), admitted)))
+        let Some(admitted) = self.core.admit()? else {
+            return Ok(None);
+        };
+        let stripe = match admitted.probe {
+            None => self.shared.stripe(&self.core),
+            Some(slot) => Arc::new(Stripe {
+                core: Arc::clone(&self.core),
+                index: 0,
+                probe: Some(slot),
+            }),
+        };
+        Ok(Some(Call::new(stripe, admitted.word, admitted.start)))
     }
 }
 
