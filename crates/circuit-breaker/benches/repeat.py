@@ -1,8 +1,8 @@
 #!/usr/bin/env python3
 """The interleaved checks of the `overhead` bench, run in many processes one after another.
 
-On the benchmark machine (2 vCPU VM) some periods of a few seconds run the breaker's call path
-about 1.7 times slower while failsafe's moves by a few percent: with the same binary, the same
+On the benchmark machine (2 vCPU VM) some periods of seconds to minutes run the breaker's call
+path about 1.8 times slower while failsafe's moves by a few percent: with the same binary, the same
 addresses (`setarch -R`) and the same stack, 3 of 16 processes in a row ran slow. A best-of-rounds
 figure from one process therefore depends on the period the process fell in. This script builds
 the bench, runs its interleaved checks in N processes and prints each figure's median and range,
@@ -15,8 +15,6 @@ import re
 import statistics
 import subprocess
 import sys
-
-PROCESSES = int(sys.argv[1]) if len(sys.argv) > 1 else 16
 
 
 def bench_binary():
@@ -57,9 +55,10 @@ def run(binary):
 
 
 def main():
+    processes = int(sys.argv[1]) if len(sys.argv) > 1 else 16
     binary = bench_binary()
     runs = []
-    for i in range(PROCESSES):
+    for i in range(processes):
         f = run(binary)
         runs.append(f)
         print(f"process {i + 1:2}: consecutive {f['consecutive: wsguard']:.2f} / "
@@ -68,7 +67,7 @@ def main():
               f"({f['time window: ratio of overheads']:.2f}), 2 threads / 1 thread "
               f"{f['two threads: sharing one breaker / 1 thread']:.2f}", flush=True)
     print()
-    print(f"Over {PROCESSES} processes:")
+    print(f"Over {processes} processes:")
     print()
     print("| figure | median | lowest | highest |")
     print("|---|---:|---:|---:|")
@@ -78,7 +77,7 @@ def main():
               f"{max(values):.2f} |")
     met = sum(r["consecutive: ratio of overheads"] <= 0.5 for r in runs)
     print()
-    print(f"Consecutive-mode ratio at most 0.5 in {met} of {PROCESSES} processes.")
+    print(f"Consecutive-mode ratio at most 0.5 in {met} of {processes} processes.")
 
 
 if __name__ == "__main__":
