@@ -486,6 +486,20 @@ async fn dropped_probe_gives_its_slot_back_and_records_nothing() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_probe_outliving_its_service_and_layer_still_decides() {
+    let layer = layer(consecutive(1));
+    let handle = layer.handle();
+    let mut svc = breaker(&layer, &Arc::default());
+    to_half_open_ready(&mut svc).await;
+    let mut probe = task::spawn(svc.ready().await.unwrap().call(Do::Slow(5)));
+    assert_pending!(probe.poll());
+    drop((svc, layer));
+    advance(Duration::from_millis(5)).await;
+    assert_eq!(assert_ready_ok!(probe.poll()), "slow");
+    assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
 async fn probe_slots_never_leak_whatever_the_drop_order() {
     let config = CircuitBreakerConfig {
         half_open_max_calls: 3,
