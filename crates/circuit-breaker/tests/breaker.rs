@@ -85,6 +85,16 @@ where
     svc.ready().await?.call(d).await
 }
 
+/// A call admitted and still running: spawned and polled once.
+async fn started<S>(svc: &mut S, d: Do) -> task::Spawn<S::Future>
+where
+    S: Service<Do, Response = &'static str, Error = BoxError>,
+{
+    let mut call = task::spawn(svc.ready().await.unwrap().call(d));
+    assert_pending!(call.poll());
+    call
+}
+
 async fn rejection<S>(svc: &mut S) -> CircuitOpen
 where
     S: Service<Do, Response = &'static str, Error = BoxError>,
@@ -416,11 +426,9 @@ async fn half_open_admits_at_most_max_calls_at_once() {
     let mut svc = breaker(&layer, &hits);
     to_half_open_ready(&mut svc).await;
 
-    let mut first = task::spawn(svc.ready().await.unwrap().call(Do::Hang));
+    let first = started(&mut svc, Do::Hang).await;
     let mut other = svc.clone();
-    let mut second = task::spawn(other.ready().await.unwrap().call(Do::Hang));
-    assert_pending!(first.poll());
-    assert_pending!(second.poll());
+    let second = started(&mut other, Do::Hang).await;
     assert_eq!(handle.state(), State::HalfOpen);
 
     // Full: poll_ready still answers at once, and the call is refused without reaching inner.
@@ -475,8 +483,7 @@ async fn dropped_probe_gives_its_slot_back_and_records_nothing() {
     let handle = layer.handle();
     let mut svc = breaker(&layer, &Arc::default());
     to_half_open_ready(&mut svc).await;
-    let mut probe = task::spawn(svc.ready().await.unwrap().call(Do::Hang));
-    assert_pending!(probe.poll());
+    let probe = started(&mut svc, Do::Hang).await;
     rejection(&mut svc).await;
     drop(probe);
     assert_eq!(handle.state(), State::HalfOpen);
@@ -491,8 +498,7 @@ async fn a_probe_outliving_its_service_and_layer_still_decides() {
     let handle = layer.handle();
     let mut svc = breaker(&layer, &Arc::default());
     to_half_open_ready(&mut svc).await;
-    let mut probe = task::spawn(svc.ready().await.unwrap().call(Do::Slow(5)));
-    assert_pending!(probe.poll());
+    let mut probe = started(&mut svc, Do::Slow(5)).await;
     drop((svc, layer));
     advance(Duration::from_millis(5)).await;
     assert_eq!(assert_ready_ok!(probe.poll()), "slow");
@@ -515,8 +521,7 @@ async fn probe_slots_never_leak_whatever_the_drop_order() {
 
     let mut probes = Vec::new();
     for _ in 0..3 {
-        let mut probe = task::spawn(svc.ready().await.unwrap().call(Do::Hang));
-        assert_pending!(probe.poll());
+        let probe = started(&mut svc, Do::Hang).await;
         probes.push(Some(probe));
     }
     rejection(&mut svc).await;
@@ -524,8 +529,7 @@ async fn probe_slots_never_leak_whatever_the_drop_order() {
         probes[i] = None;
     }
     for _ in 0..3 {
-        let mut probe = task::spawn(svc.ready().await.unwrap().call(Do::Hang));
-        assert_pending!(probe.poll());
+        let probe = started(&mut svc, Do::Hang).await;
         probes.push(Some(probe));
     }
     rejection(&mut svc).await;
@@ -538,8 +542,7 @@ async fn probe_slots_never_leak_whatever_the_drop_order() {
     advance(Duration::from_secs(11)).await;
     let mut next = Vec::new();
     for _ in 0..3 {
-        let mut probe = task::spawn(svc.ready().await.unwrap().call(Do::Hang));
-        assert_pending!(probe.poll());
+        let probe = started(&mut svc, Do::Hang).await;
         next.push(probe);
     }
     probes.clear();
@@ -613,8 +616,7 @@ async fn half_open_max_wait_reopens_when_probes_never_finish() {
     let handle = layer.handle();
     let mut svc = breaker(&layer, &Arc::default());
     to_half_open_ready(&mut svc).await;
-    let mut stuck = task::spawn(svc.ready().await.unwrap().call(Do::Hang));
-    assert_pending!(stuck.poll());
+    let stuck = started(&mut svc, Do::Hang).await;
     advance(Duration::from_secs(4)).await;
     rejection(&mut svc).await;
     assert_eq!(handle.state(), State::HalfOpen);
@@ -635,8 +637,7 @@ async fn calls_admitted_before_a_transition_are_not_recorded_after_it() {
     let layer = layer(consecutive(1));
     let handle = layer.handle();
     let mut svc = breaker(&layer, &Arc::default());
-    let mut late = task::spawn(svc.ready().await.unwrap().call(Do::SlowFail(20_000)));
-    assert_pending!(late.poll());
+    let mut late = started(&mut svc, Do::SlowFail(20_000)).await;
     to_half_open_ready(&mut svc).await;
     run(&mut svc, &[Do::Ok]).await;
     assert_eq!(handle.state(), State::Closed);
