@@ -31,16 +31,45 @@ const CONSECUTIVE: u8 = 0;
 const COUNT: u8 = 1;
 const TIME: u8 = 2;
 
+// The state's code in the low bits of the state word. The order makes each check on the closed
+// path one comparison: codes up to `METRICS_ONLY` admit and record calls, codes up to `DISABLED`
+// admit them.
+const CLOSED: u64 = 0;
+const METRICS_ONLY: u64 = 1;
+const DISABLED: u64 = 2;
+const HALF_OPEN: u64 = 3;
+const OPEN: u64 = 4;
+const FORCED_OPEN: u64 = 5;
+
+#[inline]
+fn code_of(state: State) -> u64 {
+    match state {
+        State::Closed => CLOSED,
+        State::MetricsOnly => METRICS_ONLY,
+        State::Disabled => DISABLED,
+        State::HalfOpen => HALF_OPEN,
+        State::Open => OPEN,
+        State::ForcedOpen => FORCED_OPEN,
+    }
+}
+
 #[inline]
 fn state_of(word: u64) -> State {
-    State::from_bits((word & STATE_MASK) as u8)
+    match word & STATE_MASK {
+        CLOSED => State::Closed,
+        METRICS_ONLY => State::MetricsOnly,
+        DISABLED => State::Disabled,
+        HALF_OPEN => State::HalfOpen,
+        OPEN => State::Open,
+        _ => State::ForcedOpen,
+    }
 }
 
 /// Whether a call admitted under `word` is a half-open probe: only probes are admitted while
 /// half-open, and each holds a stripe of its own with its probe slot.
 #[inline]
 pub(crate) fn is_probe(word: u64) -> bool {
-    word & STATE_MASK == State::HalfOpen as u64
+    word & STATE_MASK == HALF_OPEN
 }
 
 fn mode_code(mode: TripMode) -> u8 {
@@ -197,7 +226,7 @@ impl Core {
         } else {
             State::Disabled
         };
-        let word = state as u64;
+        let word = code_of(state);
         let shards = shard_count();
         let core = Self {
             word: AtomicU64::new(word),
@@ -349,10 +378,7 @@ impl Core {
     pub(crate) fn would_reject(&self) -> bool {
         self.sync_config();
         let word = self.word.load(Ordering::Acquire);
-        match state_of(word) {
-            State::Closed | State::MetricsOnly | State::Disabled => false,
-            _ => self.would_reject_slow(word),
-        }
+        word & STATE_MASK > DISABLED && self.would_reject_slow(word)
     }
 
     #[cold]
@@ -386,7 +412,7 @@ impl Core {
     pub(crate) fn admit_closed(&self) -> Option<(u64, u64)> {
         self.sync_config();
         let word = self.word.load(Ordering::Acquire);
-        if !matches!(state_of(word), State::Closed | State::MetricsOnly) {
+        if word & STATE_MASK > METRICS_ONLY {
             return None;
         }
         let start = if self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
@@ -667,7 +693,7 @@ impl Core {
         let now = Instant::now();
         let from = state_of(word);
         let config = self.source.get();
-        let next = (((word >> STATE_BITS) + 1) << STATE_BITS) | to as u64;
+        let next = (((word >> STATE_BITS) + 1) << STATE_BITS) | code_of(to);
         let current = self.period.load_full();
         let mut probes = None;
         let window = match to {

@@ -25,20 +25,6 @@ pub enum State {
     MetricsOnly = 5,
 }
 
-impl State {
-    #[inline]
-    pub(crate) fn from_bits(bits: u8) -> Self {
-        match bits {
-            0 => Self::Closed,
-            1 => Self::Open,
-            2 => Self::HalfOpen,
-            3 => Self::Disabled,
-            4 => Self::ForcedOpen,
-            _ => Self::MetricsOnly,
-        }
-    }
-}
-
 /// Something a breaker reports to [`Handle::subscribe`] receivers. Every event is also a `tracing`
 /// event (target `wsguard::circuit_breaker`).
 #[derive(Debug, Clone, PartialEq)]
