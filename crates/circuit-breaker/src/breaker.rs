@@ -65,6 +65,13 @@ fn state_of(word: u64) -> State {
     }
 }
 
+/// Whether a call admitted at `start` is timed (rate modes and probes), that is whether
+/// recording it costs atomic read-modify-writes besides its reference count.
+#[inline]
+pub(crate) fn is_timed(start: u64) -> bool {
+    start != NOT_TIMED
+}
+
 /// Whether a call admitted under `word` is a half-open probe: only probes are admitted while
 /// half-open, and each holds a stripe of its own with its probe slot.
 #[inline]
@@ -630,7 +637,7 @@ impl Core {
     #[inline]
     /// `now` in nanoseconds since `base`.
     fn is_slow(&self, start: u64, now: u64) -> bool {
-        start != NOT_TIMED && now.saturating_sub(start) > self.slow_nanos.load(Ordering::Relaxed)
+        is_timed(start) && now.saturating_sub(start) > self.slow_nanos.load(Ordering::Relaxed)
     }
 
     /// Thresholds are inclusive: exactly 50% with a 50% threshold trips.

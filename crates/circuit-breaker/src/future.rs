@@ -8,7 +8,7 @@ use std::task::{Context, Poll, ready};
 
 use pin_project_lite::pin_project;
 
-use crate::breaker::is_probe;
+use crate::breaker::{is_probe, is_timed};
 use crate::classify::Classify;
 use crate::error::CircuitOpen;
 use crate::reject::Reject;
@@ -44,10 +44,11 @@ pin_project! {
 /// An admitted call to record when it finishes.
 #[derive(Debug)]
 pub(crate) struct Call {
-    // `Some` until the call is finished. A closed call's reference then goes back to the thread's
-    // spare slot; a probe's (its own stripe, which holds the probe slot) is dropped, giving the
-    // slot back. A future dropped unfinished drops it with no `Drop` of its own: that would keep
-    // the whole future out of registers on every call.
+    // `Some` until the call is finished. A timed closed call's reference then goes back to the
+    // thread's spare slot. An untimed one's is dropped, and so is a probe's (its own stripe,
+    // which holds the probe slot, so dropping it gives the slot back). A future dropped
+    // unfinished drops it with no `Drop` of its own: that would keep the whole future out of
+    // registers on every call.
     stripe: Option<Arc<Stripe>>,
     /// State word at admission.
     word: u64,
@@ -81,7 +82,7 @@ impl Call {
             stripe
                 .core
                 .complete(self.word, self.start, outcome, &stripe);
-            if !is_probe(self.word) {
+            if is_timed(self.start) && !is_probe(self.word) {
                 crate::service::recycle(stripe);
             }
         }

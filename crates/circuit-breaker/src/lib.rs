@@ -31,9 +31,10 @@
 //! A closed breaker takes no lock, allocates nothing and boxes no future: admission is one atomic
 //! load of the state word; recording is a load (consecutive mode) or an O(1) lock-free update of
 //! a window whose hot counters are per thread. The rate modes read the clock twice per call to
-//! spot slow calls. The reference count a response future needs is recycled through one spare
-//! slot per thread, which may keep a dropped breaker's state alive until that thread's next call
-//! through another breaker or its exit. Figures against other crates are in `BENCHMARKS.md`.
+//! spot slow calls. A response future holds a reference to the breaker's state, counted on a
+//! cache line of the calling thread's own; in the rate modes it is recycled through one spare
+//! slot per thread, which may keep a dropped breaker's state alive until that thread's next timed
+//! call through another breaker or its exit. Figures against other crates are in `BENCHMARKS.md`.
 //!
 //! # On an axum route
 //!

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::breaker::{Core, ProbeSlot};
+use crate::breaker::{Core, ProbeSlot, is_timed};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::error::CircuitOpen;
 use crate::future::{Call, ResponseFuture};
@@ -16,8 +16,9 @@ use crate::shard::shard_hint;
 /// A reference to the breaker held by a response future until its call finishes.
 ///
 /// Closed calls share one per thread: futures clone the `Arc` of their thread's stripe, so two
-/// cores never bounce one reference count. A half-open probe gets a stripe of its own, holding
-/// its probe slot: the slot is given back when the future lets go of the stripe.
+/// cores never bounce one reference count, and timed calls recycle it through the thread's spare
+/// slot. A half-open probe gets a stripe of its own, holding its probe slot: the slot is given
+/// back when the future lets go of the stripe.
 #[derive(Debug)]
 #[repr(align(128))]
 pub(crate) struct Stripe {
@@ -49,25 +50,38 @@ impl Shared {
         Self { core, stripes }
     }
 
-    /// A strong reference for a response future: the thread's spare one when it belongs to this
-    /// breaker (no reference-count traffic), else a clone of the thread's stripe. `core` is this
-    /// breaker's, passed by the caller that already holds it.
+    /// A strong reference for the response future of a call admitted at `start`.
+    ///
+    /// Untimed calls (consecutive mode) clone their thread's stripe: their path makes no other
+    /// atomic read-modify-write, and a clone takes fewer instructions than the spare slot. Timed
+    /// calls already make several, which two more would slow down: they take the thread's spare
+    /// reference when it belongs to this breaker. `core` is this breaker's, passed by the caller
+    /// that already holds it.
     #[inline]
-    fn stripe(&self, core: &Arc<Core>) -> Arc<Stripe> {
+    fn stripe(&self, core: &Arc<Core>, start: u64) -> Arc<Stripe> {
+        if !is_timed(start) {
+            return self.own_stripe();
+        }
         SPARE.with(|spare| match spare.take() {
             Some(stripe) if Arc::ptr_eq(&stripe.core, core) => stripe,
             other => {
                 spare.set(other);
-                Arc::clone(&self.stripes[shard_hint() & (self.stripes.len() - 1)])
+                self.own_stripe()
             }
         })
+    }
+
+    /// A clone of the calling thread's stripe.
+    #[inline]
+    fn own_stripe(&self) -> Arc<Stripe> {
+        Arc::clone(&self.stripes[shard_hint() & (self.stripes.len() - 1)])
     }
 }
 
 thread_local! {
-    // One reference kept back per thread from the last finished future, handed to the next call:
-    // a request/response loop then never touches a reference count. It keeps at most one breaker
-    // per thread alive a little longer.
+    // One reference kept back per thread from the last finished timed call, handed to the next
+    // one: a request/response loop in a rate mode then never touches a reference count. It keeps
+    // at most one breaker per thread alive a little longer.
     static SPARE: Cell<Option<Arc<Stripe>>> = const { Cell::new(None) };
 }
 
@@ -165,7 +179,11 @@ where
         let call = if !self.rejecting
             && let Some((word, start)) = self.core.admit_closed()
         {
-            Some(Call::new(self.shared.stripe(&self.core), word, start))
+            Some(Call::new(
+                self.shared.stripe(&self.core, start),
+                word,
+                start,
+            ))
         } else {
             match self.decide() {
                 Ok(call) => call,
@@ -199,7 +217,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
             return Ok(None);
         };
         let stripe = match admitted.probe {
-            None => self.shared.stripe(&self.core),
+            None => self.shared.stripe(&self.core, admitted.start),
             Some(slot) => Arc::new(Stripe {
                 core: Arc::clone(&self.core),
                 index: 0,

@@ -845,6 +845,23 @@ async fn state_is_shared_by_clones_and_by_services_of_a_re_applied_layer() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn consecutive_mode_frees_the_state_once_layer_services_and_futures_are_gone() {
+    use tokio::sync::broadcast::error::TryRecvError;
+    let layer = layer(consecutive(3));
+    // The event channel closes when the shared state is dropped.
+    let mut events = layer.handle().subscribe();
+    let hits = Arc::new(AtomicUsize::new(0));
+    let mut svc = breaker(&layer, &hits);
+    let unfinished = svc.ready().await.unwrap().call(Do::Hang);
+    // Calls finished last on this thread keep no reference behind them.
+    run(&mut svc, &[Do::Ok, Do::Fail, Do::Ok]).await;
+    drop((layer, svc));
+    assert_eq!(events.try_recv(), Err(TryRecvError::Empty));
+    drop(unfinished);
+    assert_eq!(events.try_recv(), Err(TryRecvError::Closed));
+}
+
+#[tokio::test(start_paused = true)]
 async fn poll_ready_never_polls_the_inner_service_while_open() {
     let layer = CircuitBreakerLayer::new(consecutive(1));
     let handle = layer.handle();
