@@ -11,7 +11,7 @@ use crate::error::CircuitOpen;
 use crate::future::{Call, ResponseFuture};
 use crate::handle::Handle;
 use crate::reject::{Reject, ReturnError};
-use crate::shard::shard_hint;
+use crate::shard::{MAX_SHARDS, shard_hint};
 
 /// A reference to the breaker held by a response future until its call finishes.
 ///
@@ -32,13 +32,15 @@ pub(crate) struct Stripe {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) core: Arc<Core>,
-    stripes: Box<[Arc<Stripe>]>,
+    /// Indexed by the thread's shard hint modulo 64; the `shard_count()` distinct stripes repeat
+    /// across it, so a thread's stripe is `hint % shard_count()` with no bounds check.
+    stripes: Box<[Arc<Stripe>; MAX_SHARDS]>,
 }
 
 impl Shared {
     pub(crate) fn new(core: Core) -> Self {
         let core = Arc::new(core);
-        let stripes = (0..crate::shard::shard_count())
+        let distinct: Vec<Arc<Stripe>> = (0..crate::shard::shard_count())
             .map(|index| {
                 Arc::new(Stripe {
                     core: Arc::clone(&core),
@@ -47,6 +49,9 @@ impl Shared {
                 })
             })
             .collect();
+        let stripes = Box::new(std::array::from_fn(|i| {
+            Arc::clone(&distinct[i % distinct.len()])
+        }));
         Self { core, stripes }
     }
 
@@ -74,7 +79,7 @@ impl Shared {
     /// A clone of the calling thread's stripe.
     #[inline]
     fn own_stripe(&self) -> Arc<Stripe> {
-        Arc::clone(&self.stripes[shard_hint() & (self.stripes.len() - 1)])
+        Arc::clone(&self.stripes[shard_hint() % MAX_SHARDS])
     }
 }
 

@@ -18,10 +18,14 @@ pub(crate) fn shard_hint() -> usize {
     HINT.with(|hint| *hint)
 }
 
-/// Shards per breaker: the number of cores, rounded up to a power of two, at most 64.
+/// The most shards a breaker has.
+pub(crate) const MAX_SHARDS: usize = 64;
+
+/// Shards per breaker: the number of cores, rounded up to a power of two, at most
+/// [`MAX_SHARDS`].
 pub(crate) fn shard_count() -> usize {
     std::thread::available_parallelism()
         .map_or(1, std::num::NonZeroUsize::get)
         .next_power_of_two()
-        .min(64)
+        .min(MAX_SHARDS)
 }
