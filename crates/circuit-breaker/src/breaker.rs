@@ -552,7 +552,8 @@ impl Core {
             return;
         }
         let failure = outcome == Outcome::Failure;
-        if !is_probe(word) && self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
+        // Only consecutive mode admits untimed calls, and never as probes.
+        if !is_timed(start) {
             if failure {
                 self.consecutive_failure(word);
             } else if self.consecutive.0.load(Ordering::Relaxed) != 0 {
@@ -565,6 +566,10 @@ impl Core {
 
     #[inline(never)]
     fn consecutive_failure(&self, word: u64) {
+        // Admitted in consecutive mode, finished after a reload to a rate mode: not recorded.
+        if self.mode.load(Ordering::Relaxed) != CONSECUTIVE {
+            return;
+        }
         self.failures.0.fetch_add(1, Ordering::Relaxed);
         let n = self.consecutive.0.fetch_add(1, Ordering::AcqRel) + 1;
         if n >= self.failure_threshold.load(Ordering::Relaxed) {

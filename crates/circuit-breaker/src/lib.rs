@@ -24,7 +24,10 @@
 //!   a [`Snapshot`] of the window and a subscription to [`Event`]s (also `tracing` events).
 //!
 //! Calls admitted before a transition that finish after it are not recorded: a half-open
-//! verdict rests on its own probes only.
+//! verdict rests on its own probes only. Nor are calls admitted before a reload that changes
+//! the trip mode between consecutive failures and a rate mode: consecutive mode does not time
+//! its calls, and a rate window does not count failures in a row. A reload that changes a
+//! window's size or kind starts the window afresh.
 //!
 //! # Cost
 //!

@@ -763,6 +763,43 @@ async fn transitions_are_broadcast_to_subscribers() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn calls_finishing_after_a_reload_between_consecutive_and_rate_modes_are_not_recorded() {
+    let mut config = StabilityConfig::testing();
+    config.circuit_breaker = consecutive(1);
+    let live = ConfigHandle::new(config.clone()).unwrap();
+    let layer = CircuitBreakerLayer::new(&live).classifier(classify as Classifier);
+    let handle = layer.handle();
+    let mut svc = breaker(&layer, &Arc::default());
+
+    // Admitted untimed in consecutive mode, failing after the switch to a count window that
+    // one failure would trip: it has no duration to judge as slow or not, so it counts nowhere.
+    let mut untimed = started(&mut svc, Do::SlowFail(100)).await;
+    config.circuit_breaker = count_window(4, 1, 50.0);
+    live.update(config.clone()).unwrap();
+    run(&mut svc, &[Do::Ok]).await;
+    advance(Duration::from_millis(100)).await;
+    assert!(assert_ready!(untimed.poll()).is_err());
+    let snapshot = handle.snapshot();
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!((snapshot.calls, snapshot.failures), (1, 0));
+    assert_eq!(snapshot.consecutive_failures, 0);
+
+    // The other way: admitted timed in the count window, failing in consecutive mode.
+    let mut timed = started(&mut svc, Do::SlowFail(100)).await;
+    config.circuit_breaker = consecutive(1);
+    live.update(config).unwrap();
+    run(&mut svc, &[Do::Ok]).await;
+    advance(Duration::from_millis(100)).await;
+    assert!(assert_ready!(timed.poll()).is_err());
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.snapshot().consecutive_failures, 0);
+
+    // Calls admitted after each reload count as usual.
+    run(&mut svc, &[Do::Fail]).await;
+    assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
 async fn live_config_change_keeps_state_and_applies_new_thresholds() {
     let mut config = StabilityConfig::testing();
     config.circuit_breaker = consecutive(2);
