@@ -65,6 +65,13 @@ fn state_of(word: u64) -> State {
     }
 }
 
+/// What a service holds for its next call when `poll_ready` decided to reject it. Its state code
+/// (7), like `NOT_POLLED`'s (6), is none of the states'.
+pub(crate) const REJECTING: u64 = u64::MAX;
+
+/// What a service holds for its next call before `poll_ready` has answered.
+pub(crate) const NOT_POLLED: u64 = u64::MAX - 1;
+
 /// Whether a call admitted at `start` is timed (rate modes and probes), that is whether
 /// recording it costs atomic read-modify-writes besides its reference count.
 #[inline]
@@ -379,13 +386,17 @@ impl Core {
         );
     }
 
-    /// Whether a call made now would be rejected; `poll_ready` uses it to leave the inner service
-    /// alone while the breaker is open.
+    /// What `poll_ready` tells the next call: [`REJECTING`] if a call made now would be rejected
+    /// (the inner service is then left alone), else the state word.
     #[inline]
-    pub(crate) fn would_reject(&self) -> bool {
+    pub(crate) fn readiness(&self) -> u64 {
         self.sync_config();
         let word = self.word.load(Ordering::Acquire);
-        word & STATE_MASK > DISABLED && self.would_reject_slow(word)
+        if word & STATE_MASK > DISABLED && self.would_reject_slow(word) {
+            REJECTING
+        } else {
+            word
+        }
     }
 
     #[cold]
@@ -413,21 +424,19 @@ impl Core {
         }
     }
 
-    /// The fast path of [`admit`](Self::admit): the state word and start time of a call admitted
-    /// by a closed (or metrics-only) breaker, `None` for every other state.
+    /// The fast path of [`admit`](Self::admit), for the state word `poll_ready` saw: the start
+    /// time of a call admitted by a closed (or metrics-only) breaker, `None` for every other
+    /// state and for [`REJECTING`] and [`NOT_POLLED`].
     #[inline]
-    pub(crate) fn admit_closed(&self) -> Option<(u64, u64)> {
-        self.sync_config();
-        let word = self.word.load(Ordering::Acquire);
+    pub(crate) fn admit_closed(&self, word: u64) -> Option<u64> {
         if word & STATE_MASK > METRICS_ONLY {
             return None;
         }
-        let start = if self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
+        Some(if self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
             NOT_TIMED
         } else {
             self.nanos(Instant::now())
-        };
-        Some((word, start))
+        })
     }
 
     /// Decides whether a call may go through now. `Ok(None)`: permitted and not recorded.

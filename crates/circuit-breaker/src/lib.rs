@@ -23,6 +23,9 @@
 //! - **Manual control** through a [`Handle`]: state, force open, disable, metrics only, reset,
 //!   a [`Snapshot`] of the window and a subscription to [`Event`]s (also `tracing` events).
 //!
+//! A closed breaker admits a call when `poll_ready` answers for it, as resilience4j grants a
+//! permission before the call: a transition between `poll_ready` and `call` does not reject it.
+//! An open breaker reports ready and rejects in `call`, leaving the inner service unpolled.
 //! Calls admitted before a transition that finish after it are not recorded: a half-open
 //! verdict rests on its own probes only. Nor are calls admitted before a reload that changes
 //! the trip mode between consecutive failures and a rate mode: consecutive mode does not time

@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::breaker::{Core, ProbeSlot, is_timed};
+use crate::breaker::{Core, NOT_POLLED, ProbeSlot, REJECTING, is_timed};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::error::CircuitOpen;
 use crate::future::{Call, ResponseFuture};
@@ -105,7 +105,8 @@ pub(crate) fn recycle(stripe: Arc<Stripe>) {
 /// through when the open wait has passed, and closes again when they succeed.
 ///
 /// Made by [`CircuitBreakerLayer`](crate::CircuitBreakerLayer); every clone, and every service
-/// the same layer makes, shares one state.
+/// the same layer makes, shares one state. Whether a call goes through is decided when
+/// `poll_ready` answers for it: an open breaker reports ready and rejects the call.
 pub struct CircuitBreaker<S, C = DefaultClassifier, R = ReturnError> {
     inner: S,
     // Also reachable through `shared`; held directly to save a pointer hop per call.
@@ -113,9 +114,10 @@ pub struct CircuitBreaker<S, C = DefaultClassifier, R = ReturnError> {
     shared: Arc<Shared>,
     classifier: C,
     reject: R,
-    // Set by `poll_ready` when the breaker would reject: the inner service was not polled, so
-    // `call` must not reach it.
-    rejecting: bool,
+    // What `poll_ready` saw for the next call: the state word, or `REJECTING` when the breaker
+    // would reject (the inner service was not polled, so `call` must not reach it); `NOT_POLLED`
+    // before that and after a call that did not take the closed path.
+    ready: u64,
 }
 
 impl<S, C, R> CircuitBreaker<S, C, R> {
@@ -126,7 +128,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
             shared,
             classifier,
             reject,
-            rejecting: false,
+            ready: NOT_POLLED,
         }
     }
 
@@ -167,11 +169,10 @@ where
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // An open breaker is not an error of readiness: report ready, reject in `call`, and
         // leave the inner service alone meanwhile.
-        if self.core.would_reject() {
-            self.rejecting = true;
+        self.ready = self.core.readiness();
+        if self.ready == REJECTING {
             return Poll::Ready(Ok(()));
         }
-        self.rejecting = false;
         self.inner
             .poll_ready(cx)
             .map_err(|e| self.reject.map_error(e))
@@ -179,11 +180,11 @@ where
 
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
-        // Closed: two words in registers, nothing else to decide. Every admitted call builds its
-        // future at this one place.
-        let call = if !self.rejecting
-            && let Some((word, start)) = self.core.admit_closed()
-        {
+        // Closed when `poll_ready` looked: two words in registers, nothing else to decide. (A
+        // transition since then is no reason to reject: the call is simply not recorded.) Every
+        // admitted call builds its future at this one place.
+        let word = self.ready;
+        let call = if let Some(start) = self.core.admit_closed(word) {
             Some(Call::new(
                 self.shared.stripe(&self.core, start),
                 word,
@@ -215,7 +216,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
     /// records nothing), or the rejection.
     #[inline(never)]
     fn decide(&mut self) -> Result<Option<Call>, CircuitOpen> {
-        if std::mem::take(&mut self.rejecting) {
+        if std::mem::replace(&mut self.ready, NOT_POLLED) == REJECTING {
             return Err(self.core.rejection());
         }
         let Some(admitted) = self.core.admit()? else {

@@ -899,6 +899,35 @@ async fn consecutive_mode_frees_the_state_once_layer_services_and_futures_are_go
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_call_is_admitted_or_rejected_by_what_poll_ready_saw() {
+    let hits = Arc::new(AtomicUsize::new(0));
+    let layer = layer(consecutive(1));
+    let handle = layer.handle();
+    let mut svc = breaker(&layer, &hits);
+
+    // Readied while closed, called after the breaker was forced open: the readiness stands, as
+    // a tower service's does, and the call, admitted before the transition, is not recorded.
+    svc.ready().await.unwrap();
+    handle.force_open();
+    assert!(svc.call(Do::Fail).await.is_err());
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+    assert_eq!(handle.state(), State::ForcedOpen);
+    assert_eq!(handle.snapshot().failures, 0);
+
+    // Readied for a rejection, called after a reset: still rejected, without reaching the
+    // inner service, which was not polled.
+    svc.ready().await.unwrap();
+    handle.reset();
+    let err = svc.call(Do::Ok).await.expect_err("rejected");
+    assert!(err.is::<CircuitOpen>());
+    assert_eq!(hits.load(Ordering::SeqCst), 1);
+
+    // Each call needs its own readiness: the next one is admitted by the reset breaker.
+    run(&mut svc, &[Do::Ok]).await;
+    assert_eq!(hits.load(Ordering::SeqCst), 2);
+}
+
+#[tokio::test(start_paused = true)]
 async fn poll_ready_never_polls_the_inner_service_while_open() {
     let layer = CircuitBreakerLayer::new(consecutive(1));
     let handle = layer.handle();
