@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::future::Future;
+use std::mem::ManuallyDrop;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -19,10 +20,12 @@ pin_project! {
     ///
     /// Dropping it before it finishes records nothing and gives a half-open probe slot back.
     pub struct ResponseFuture<F, C, R> {
+        // Records the outcome of an admitted call; empty for calls that record nothing. First,
+        // so that it is dropped first: its drop cannot unwind, so the inner future's drop needs
+        // no landing pad.
+        call: Call,
         #[pin]
         kind: Kind<F>,
-        // Records the outcome of an admitted call; empty for calls that record nothing.
-        call: Call,
         classifier: C,
         reject: R,
     }
@@ -47,9 +50,10 @@ pub(crate) struct Call {
     // `Some` until the call is finished. A timed closed call's reference then goes back to the
     // thread's spare slot. An untimed one's is dropped, and so is a probe's (its own stripe,
     // which holds the probe slot, so dropping it gives the slot back). A future dropped
-    // unfinished drops it with no `Drop` of its own: that would keep the whole future out of
-    // registers on every call.
-    stripe: Option<Arc<Stripe>>,
+    // unfinished lets go of it through `release`, which cannot unwind: with a plain `Arc` here
+    // (whose drop may unwind) the response future's drop was too large to inline, and every
+    // call kept its future in memory and called that drop out of line.
+    stripe: Option<ManuallyDrop<Arc<Stripe>>>,
     /// State word at admission.
     word: u64,
     /// Admission time for the slow-call check, or `NOT_TIMED`.
@@ -59,7 +63,7 @@ pub(crate) struct Call {
 impl Call {
     pub(crate) fn new(stripe: Arc<Stripe>, word: u64, start: u64) -> Self {
         Self {
-            stripe: Some(stripe),
+            stripe: Some(ManuallyDrop::new(stripe)),
             word,
             start,
         }
@@ -77,7 +81,7 @@ impl Call {
     /// Records the outcome once and lets go of the reference.
     #[inline]
     fn finish(&mut self, outcome: crate::classify::Outcome) {
-        if let Some(stripe) = self.stripe.take() {
+        if let Some(stripe) = self.stripe.take().map(ManuallyDrop::into_inner) {
             debug_assert_eq!(is_probe(self.word), stripe.probe.is_some());
             stripe
                 .core
@@ -87,6 +91,25 @@ impl Call {
             }
         }
     }
+}
+
+impl Drop for Call {
+    #[inline]
+    fn drop(&mut self) {
+        if self.stripe.is_some() {
+            release(&mut self.stripe);
+        }
+    }
+}
+
+/// Lets go of the reference of a call dropped unfinished. It cannot unwind (a panic here would
+/// abort; freeing a breaker's state does not panic), so dropping a response future needs no
+/// landing pad and stays small enough to inline.
+#[cold]
+#[inline(never)]
+#[allow(improper_ctypes_definitions)] // called from Rust only
+extern "C" fn release(stripe: &mut Option<ManuallyDrop<Arc<Stripe>>>) {
+    drop(stripe.take().map(ManuallyDrop::into_inner));
 }
 
 impl<F, C, R> ResponseFuture<F, C, R> {
