@@ -151,6 +151,22 @@ fn time_window(secs: u64, min_calls: u32, rate: f64) -> CircuitBreakerConfig {
     }
 }
 
+/// A layer on a live config holding `breaker`: the config, to change and pass to `update`, and
+/// its handle.
+fn live_layer(
+    breaker: CircuitBreakerConfig,
+) -> (
+    StabilityConfig,
+    ConfigHandle,
+    CircuitBreakerLayer<Classifier>,
+) {
+    let mut config = StabilityConfig::testing();
+    config.circuit_breaker = breaker;
+    let live = ConfigHandle::new(config.clone()).unwrap();
+    let layer = CircuitBreakerLayer::new(&live).classifier(classify as Classifier);
+    (config, live, layer)
+}
+
 async fn run<S>(svc: &mut S, steps: &[Do])
 where
     S: Service<Do, Response = &'static str, Error = BoxError>,
@@ -764,10 +780,7 @@ async fn transitions_are_broadcast_to_subscribers() {
 
 #[tokio::test(start_paused = true)]
 async fn calls_finishing_after_a_reload_between_consecutive_and_rate_modes_are_not_recorded() {
-    let mut config = StabilityConfig::testing();
-    config.circuit_breaker = consecutive(1);
-    let live = ConfigHandle::new(config.clone()).unwrap();
-    let layer = CircuitBreakerLayer::new(&live).classifier(classify as Classifier);
+    let (mut config, live, layer) = live_layer(consecutive(1));
     let handle = layer.handle();
     let mut svc = breaker(&layer, &Arc::default());
 
@@ -801,10 +814,7 @@ async fn calls_finishing_after_a_reload_between_consecutive_and_rate_modes_are_n
 
 #[tokio::test(start_paused = true)]
 async fn live_config_change_keeps_state_and_applies_new_thresholds() {
-    let mut config = StabilityConfig::testing();
-    config.circuit_breaker = consecutive(2);
-    let live = ConfigHandle::new(config.clone()).unwrap();
-    let layer = CircuitBreakerLayer::new(&live).classifier(classify as Classifier);
+    let (mut config, live, layer) = live_layer(consecutive(2));
     let handle = layer.handle();
     let mut svc = breaker(&layer, &Arc::default());
 
@@ -846,10 +856,7 @@ async fn live_config_change_keeps_state_and_applies_new_thresholds() {
 
 #[tokio::test(start_paused = true)]
 async fn live_switch_to_a_window_mode_starts_that_window() {
-    let mut config = StabilityConfig::testing();
-    config.circuit_breaker = consecutive(10);
-    let live = ConfigHandle::new(config.clone()).unwrap();
-    let layer = CircuitBreakerLayer::new(&live).classifier(classify as Classifier);
+    let (mut config, live, layer) = live_layer(consecutive(10));
     let handle = layer.handle();
     let mut svc = breaker(&layer, &Arc::default());
     run(&mut svc, &[Do::Fail, Do::Ok]).await;
