@@ -432,52 +432,32 @@ impl Core {
         if word & STATE_MASK > METRICS_ONLY {
             return None;
         }
-        Some(if self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
+        Some(self.start_time())
+    }
+
+    /// The start time of a call admitted now by a closed breaker: untimed in consecutive mode.
+    #[inline]
+    fn start_time(&self) -> u64 {
+        if self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
             NOT_TIMED
         } else {
             self.nanos(Instant::now())
-        })
-    }
-
-    /// Decides whether a call may go through now. `Ok(None)`: permitted and not recorded.
-    #[inline]
-    pub(crate) fn admit(&self) -> Result<Option<Admitted>, CircuitOpen> {
-        self.sync_config();
-        let word = self.word.load(Ordering::Acquire);
-        match state_of(word) {
-            State::Closed | State::MetricsOnly => {
-                let start = if self.mode.load(Ordering::Relaxed) == CONSECUTIVE {
-                    NOT_TIMED
-                } else {
-                    self.nanos(Instant::now())
-                };
-                Ok(Some(Admitted {
-                    word,
-                    start,
-                    probe: None,
-                }))
-            }
-            State::Disabled => Ok(None),
-            _ => self.admit_slow(),
         }
     }
 
+    /// Decides whether a call may go through now. `Ok(None)`: permitted and not recorded. The
+    /// path of every call that [`admit_closed`](Self::admit_closed) does not admit.
     #[cold]
     #[inline(never)]
-    fn admit_slow(&self) -> Result<Option<Admitted>, CircuitOpen> {
+    pub(crate) fn admit(&self) -> Result<Option<Admitted>, CircuitOpen> {
+        self.sync_config();
         loop {
             let word = self.word.load(Ordering::Acquire);
             match state_of(word) {
                 State::Closed | State::MetricsOnly => {
-                    let timed = self.mode.load(Ordering::Relaxed) != CONSECUTIVE;
-                    let start = if timed {
-                        self.nanos(Instant::now())
-                    } else {
-                        NOT_TIMED
-                    };
                     return Ok(Some(Admitted {
                         word,
-                        start,
+                        start: self.start_time(),
                         probe: None,
                     }));
                 }
