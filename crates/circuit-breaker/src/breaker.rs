@@ -79,6 +79,13 @@ pub(crate) fn is_timed(start: u64) -> bool {
     start != NOT_TIMED
 }
 
+/// Whether `word` (as `poll_ready` saw it) is a disabled breaker's: the call goes through and
+/// records nothing.
+#[inline]
+pub(crate) fn is_disabled(word: u64) -> bool {
+    word & STATE_MASK == DISABLED
+}
+
 /// Whether a call admitted under `word` is a half-open probe: only probes are admitted while
 /// half-open, and each holds a stripe of its own with its probe slot.
 #[inline]

@@ -23,8 +23,9 @@
 //! - **Manual control** through a [`Handle`]: state, force open, disable, metrics only, reset,
 //!   a [`Snapshot`] of the window and a subscription to [`Event`]s (also `tracing` events).
 //!
-//! A closed breaker admits a call when `poll_ready` answers for it, as resilience4j grants a
-//! permission before the call: a transition between `poll_ready` and `call` does not reject it.
+//! A closed or disabled breaker admits a call when `poll_ready` answers for it, as resilience4j
+//! grants a permission before the call: a transition between `poll_ready` and `call` does not
+//! reject it.
 //! An open breaker reports ready and rejects in `call`, leaving the inner service unpolled.
 //! Calls admitted before a transition that finish after it are not recorded: a half-open
 //! verdict rests on its own probes only. Nor are calls admitted before a reload that changes
@@ -40,7 +41,9 @@
 //! spot slow calls. A response future holds a reference to the breaker's state, counted on a
 //! cache line of the calling thread's own; in the rate modes it is recycled through one spare
 //! slot per thread, which may keep a dropped breaker's state alive until that thread's next timed
-//! call through another breaker or its exit. Figures against other crates are in `BENCHMARKS.md`.
+//! call through another breaker or its exit. A disabled breaker's call holds no reference and
+//! records nothing: one load of the state word. Figures against other crates are in
+//! `BENCHMARKS.md`.
 //!
 //! # On an axum route
 //!

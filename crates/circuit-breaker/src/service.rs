@@ -5,7 +5,7 @@ use std::task::{Context, Poll};
 
 use tower_service::Service;
 
-use crate::breaker::{Core, NOT_POLLED, ProbeSlot, REJECTING, is_timed};
+use crate::breaker::{Core, NOT_POLLED, ProbeSlot, REJECTING, is_disabled, is_timed};
 use crate::classify::{Classify, DefaultClassifier};
 use crate::error::CircuitOpen;
 use crate::future::{Call, ResponseFuture};
@@ -181,8 +181,9 @@ where
     #[inline]
     fn call(&mut self, req: Req) -> Self::Future {
         // Closed when `poll_ready` looked: two words in registers, nothing else to decide. (A
-        // transition since then is no reason to reject: the call is simply not recorded.) Every
-        // admitted call builds its future at this one place.
+        // transition since then is no reason to reject: the call is simply not recorded.)
+        // Disabled: the call goes through unrecorded, just as cheaply. Every admitted call
+        // builds its future at this one place.
         let word = self.ready;
         let call = if let Some(start) = self.core.admit_closed(word) {
             Some(Call::new(
@@ -190,6 +191,8 @@ where
                 word,
                 start,
             ))
+        } else if is_disabled(word) {
+            None
         } else {
             match self.decide() {
                 Ok(call) => call,

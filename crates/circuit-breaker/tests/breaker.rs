@@ -932,6 +932,16 @@ async fn a_call_is_admitted_or_rejected_by_what_poll_ready_saw() {
     // Each call needs its own readiness: the next one is admitted by the reset breaker.
     run(&mut svc, &[Do::Ok]).await;
     assert_eq!(hits.load(Ordering::SeqCst), 2);
+
+    // Readied while disabled, called after a reset: the call goes through as a disabled
+    // breaker's does, recording nothing (a recorded failure would open it at threshold 1).
+    handle.disable();
+    svc.ready().await.unwrap();
+    handle.reset();
+    assert!(svc.call(Do::Fail).await.is_err());
+    assert_eq!(hits.load(Ordering::SeqCst), 3);
+    assert_eq!(handle.state(), State::Closed);
+    assert_eq!(handle.snapshot().failures, 0);
 }
 
 #[tokio::test(start_paused = true)]
