@@ -19,6 +19,7 @@ from repeat import run
 
 FIGURES = [
     "consecutive: wsguard",
+    "consecutive: wsguard disabled",
     "consecutive: failsafe",
     "consecutive: ratio of overheads",
     "time window: wsguard",
