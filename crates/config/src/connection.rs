@@ -52,6 +52,10 @@ pub struct ConnectionConfig {
     pub ping_interval: Duration,
     /// Outbound messages queued per connection before `overflow` applies.
     pub send_queue_capacity: usize,
+    /// Outbound bytes (payloads) queued per connection before `overflow` applies. It also caps
+    /// the socket's write buffer beyond `write_buffer_size` (tungstenite's
+    /// `max_write_buffer_size`), so a client that never reads holds at most about twice this.
+    pub send_queue_bytes: usize,
     /// What happens when the send queue is full.
     pub overflow: OverflowPolicy,
     /// Inbound messages of one connection handled at once (replies still go out in order).
@@ -60,6 +64,13 @@ pub struct ConnectionConfig {
     pub read_buffer_size: usize,
     /// Write buffer per connection, in bytes, before a flush is forced.
     pub write_buffer_size: usize,
+    /// Pings a client may send while the server cannot write their pongs (the client does not
+    /// read); one more closes the connection with `1008 Policy Violation`.
+    pub max_pending_pongs: usize,
+    /// Longest wait for the close handshake when the server closes: its close frame out (a
+    /// client that does not read may take that long to get it), the client's back.
+    #[serde(with = "crate::duration")]
+    pub close_timeout: Duration,
     /// Where the client id comes from.
     pub client_id: ClientIdSource,
     /// Header or query parameter name for `client_id = "header"` or `"query"`.
@@ -77,10 +88,13 @@ impl ConnectionConfig {
             idle_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(20),
             send_queue_capacity: 256,
+            send_queue_bytes: 256 * 1024,
             overflow: OverflowPolicy::Close,
             message_concurrency: 1,
             read_buffer_size: 4096,
             write_buffer_size: 4096,
+            max_pending_pongs: 64,
+            close_timeout: Duration::from_secs(5),
             client_id: ClientIdSource::PeerAddr,
             client_id_key: "x-client-id".to_owned(),
             on_rejection: RejectionAction::ErrorFrame,
