@@ -31,13 +31,24 @@ pub enum LoadError {
     /// The configuration parsed but breaks validation rules.
     #[error(transparent)]
     Invalid(#[from] ValidationError),
+    /// A reload read a file that sets no field: empty, blank, or only comments and empty tables.
+    /// That is what a file caught between truncation and write looks like, so a reload never
+    /// applies it; at startup such a file simply means the base config.
+    #[error(
+        "{} sets no field (it is empty or holds only comments): a reload never applies such a file, as that is how a file looks between truncation and write; to return to the defaults, set one field to its default value",
+        path.display()
+    )]
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 impl LoadError {
     /// Every problem that names a field, whatever the kind of error.
     pub fn field_errors(&self) -> &[FieldError] {
         match self {
-            Self::Io { .. } => &[],
+            Self::Io { .. } | Self::Empty { .. } => &[],
             Self::Parse { errors, .. } => errors,
             Self::Invalid(v) => v.errors(),
         }
@@ -128,20 +139,47 @@ impl ConfigLoader {
 
     /// Load and validate.
     pub fn load(&self) -> Result<StabilityConfig, LoadError> {
-        let mut figment = Figment::from(Serialized::defaults(&self.base));
-        let mut origin = "defaults".to_owned();
-        if let Some(path) = &self.file {
-            let text = std::fs::read_to_string(path).map_err(|source| LoadError::Io {
+        self.load_text(self.read_file()?.as_deref(), FileUse::Startup)
+    }
+
+    /// The file's text, or `None` when the loader has no file.
+    pub(crate) fn read_file(&self) -> Result<Option<String>, LoadError> {
+        let Some(path) = &self.file else {
+            return Ok(None);
+        };
+        std::fs::read_to_string(path)
+            .map(Some)
+            .map_err(|source| LoadError::Io {
                 path: path.clone(),
                 source,
-            })?;
+            })
+    }
+
+    /// Loads and validates with `text` standing for the file's contents, as read by
+    /// [`read_file`](Self::read_file).
+    pub(crate) fn load_text(
+        &self,
+        text: Option<&str>,
+        file_use: FileUse,
+    ) -> Result<StabilityConfig, LoadError> {
+        let mut figment = Figment::from(Serialized::defaults(&self.base));
+        let mut origin = "defaults".to_owned();
+        if let (Some(path), Some(text)) = (&self.file, text) {
+            let empty = || LoadError::Empty { path: path.clone() };
+            if file_use == FileUse::Reload && text.trim().is_empty() {
+                return Err(empty());
+            }
             origin = path.display().to_string();
             let file = if is_json(path) {
-                with_aliases(Json::string(&text))
+                with_aliases(Json::string(text))
             } else {
-                with_aliases(Toml::string(&text))
-            };
-            figment = figment.merge(file.map_err(|e| parse_error(origin.clone(), *e))?);
+                with_aliases(Toml::string(text))
+            }
+            .map_err(|e| parse_error(origin.clone(), *e))?;
+            if file_use == FileUse::Reload && !sets_a_field(&file.value) {
+                return Err(empty());
+            }
+            figment = figment.merge(file);
         }
         if let Some(prefix) = &self.env_prefix {
             let env = with_aliases(env_provider(prefix))
@@ -153,6 +191,22 @@ impl ConfigLoader {
         config.validate()?;
         Ok(config)
     }
+}
+
+/// Whether a file is read at startup or to replace a running config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FileUse {
+    /// A file that sets no field means the base config.
+    Startup,
+    /// A file that sets no field is refused with [`LoadError::Empty`].
+    Reload,
+}
+
+fn sets_a_field(dict: &Dict) -> bool {
+    dict.values().any(|value| match value {
+        Value::Dict(_, inner) => sets_a_field(inner),
+        _ => true,
+    })
 }
 
 fn env_provider(prefix: &str) -> Env {

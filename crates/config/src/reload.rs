@@ -2,10 +2,13 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender};
+use std::time::Duration;
 
 use arc_swap::{ArcSwap, Guard};
 use tokio::sync::watch;
 
+use crate::load::FileUse;
 use crate::{
     CircuitBreakerConfig, ConfigLoader, ConnectionConfig, DedupConfig, LoadError, MetricsConfig,
     RetryConfig, StabilityConfig, ValidationError,
@@ -36,13 +39,19 @@ pub struct ConfigHandle {
 struct Shared {
     current: ArcSwap<StabilityConfig>,
     generation: AtomicU64,
+    refused: AtomicU64,
     changes: watch::Sender<Arc<StabilityConfig>>,
 }
+
+/// How long a watched file must go without events before it is read: long enough for a writer's
+/// truncate, write and close to land as one change, short enough that an edit applies at once.
+const SETTLE: Duration = Duration::from_millis(200);
 
 impl fmt::Debug for ConfigHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ConfigHandle")
             .field("generation", &self.generation())
+            .field("refused", &self.refused())
             .field("current", &*self.load())
             .finish()
     }
@@ -58,6 +67,7 @@ impl ConfigHandle {
             shared: Arc::new(Shared {
                 current: ArcSwap::new(config),
                 generation: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
                 changes,
             }),
         })
@@ -79,12 +89,27 @@ impl ConfigHandle {
         self.shared.generation.load(Ordering::Acquire)
     }
 
+    /// Counts refused changes: invalid updates, and reloads or file changes that did not load.
+    /// Each one kept the running config.
+    pub fn refused(&self) -> u64 {
+        self.shared.refused.load(Ordering::Acquire)
+    }
+
     /// Validates `new` and swaps it in. If it is invalid the running config is kept and every
     /// problem is returned. An update equal to the running config changes nothing.
     pub fn update(&self, new: StabilityConfig) -> Result<(), ValidationError> {
-        new.validate()?;
+        if let Err(err) = new.validate() {
+            self.shared.refused.fetch_add(1, Ordering::AcqRel);
+            return Err(err);
+        }
+        self.swap(new);
+        Ok(())
+    }
+
+    /// Swaps in a validated config.
+    fn swap(&self, new: StabilityConfig) {
         if **self.shared.current.load() == new {
-            return Ok(());
+            return;
         }
         let new = Arc::new(new);
         self.shared.current.store(Arc::clone(&new));
@@ -94,14 +119,47 @@ impl ConfigHandle {
             generation = self.generation(),
             "wsguard configuration updated"
         );
-        Ok(())
     }
 
     /// Loads `loader`'s result and swaps it in; on any error the running config is kept.
+    ///
+    /// Unlike [`ConfigLoader::load`], a reload refuses a file that sets no field (empty, blank, or
+    /// only comments) with [`LoadError::Empty`]: a file caught between truncation and write looks
+    /// like that, and would otherwise silently replace every setting with the loader's base.
     pub fn reload(&self, loader: &ConfigLoader) -> Result<(), LoadError> {
-        let config = loader.load()?;
-        self.update(config)?;
-        Ok(())
+        let loaded = loader
+            .read_file()
+            .and_then(|text| loader.load_text(text.as_deref(), FileUse::Reload));
+        self.apply(loaded)
+    }
+
+    fn apply(&self, loaded: Result<StabilityConfig, LoadError>) -> Result<(), LoadError> {
+        match loaded {
+            Ok(config) => {
+                self.swap(config);
+                Ok(())
+            }
+            Err(err) => {
+                self.shared.refused.fetch_add(1, Ordering::AcqRel);
+                Err(err)
+            }
+        }
+    }
+
+    /// [`reload`](Self::reload), reading the file a second time after loading it: if the two
+    /// reads differ the file is still being written, nothing is applied (`None`), and the write's
+    /// own event brings another reload.
+    fn reload_settled(&self, loader: &ConfigLoader) -> Option<Result<(), LoadError>> {
+        let text = match loader.read_file() {
+            Ok(text) => text,
+            Err(err) => return Some(self.apply(Err(err))),
+        };
+        let loaded = loader.load_text(text.as_deref(), FileUse::Reload);
+        match loader.read_file() {
+            Ok(again) if again != text => None,
+            Ok(_) => Some(self.apply(loaded)),
+            Err(err) => Some(self.apply(Err(err))),
+        }
     }
 
     /// A receiver that wakes on every accepted update.
@@ -111,9 +169,16 @@ impl ConfigHandle {
 
     /// Reloads `loader` (usually [`ConfigLoader::file`] plus the environment) whenever the file
     /// at `path` changes, until the returned [`FileWatcher`] is dropped. A change that does not load
-    /// or validate is refused: its errors are logged through `tracing` and the running config kept.
+    /// or validate is refused: its errors are logged through `tracing`, counted in
+    /// [`refused`](Self::refused), and the running config kept.
     ///
-    /// The directory holding the file is watched, so editors that replace the file on save work.
+    /// A burst of events is read once, 200 ms after its last event, so a writer's truncate and
+    /// write arrive together. As in [`reload`](Self::reload), a file that sets no field is never
+    /// applied, so a writer pausing between truncation and write leaves the running config in
+    /// place; the file is also read twice and applied only if both reads agree. A writer that
+    /// pauses mid-write for longer than that can still expose a valid prefix of its file: write
+    /// a temporary file and rename it over the config, which is atomic and works because the
+    /// directory holding the file is watched, not the file itself.
     pub fn watch_file(
         &self,
         path: impl AsRef<Path>,
@@ -127,45 +192,72 @@ impl ConfigHandle {
             _ => PathBuf::from("."),
         };
         let name = path.file_name().map(ToOwned::to_owned);
-        let handle = self.clone();
         let shown = path.display().to_string();
+        let (signals, received) = mpsc::channel();
+        let on_event = signals.clone();
         let mut watcher =
-            notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-                let event = match event {
-                    Ok(event) => event,
-                    Err(err) => {
-                        tracing::warn!(file = %shown, error = %err, "wsguard config watch error");
-                        return;
-                    }
-                };
-                if !matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_)) {
-                    return;
+            notify::recommended_watcher(move |event: notify::Result<notify::Event>| match event {
+                Ok(event)
+                    if matches!(event.kind, EventKind::Create(_) | EventKind::Modify(_))
+                        && event.paths.iter().any(|p| p.file_name() == name.as_deref()) =>
+                {
+                    let _ = on_event.send(Signal::Changed);
                 }
-                if !event.paths.iter().any(|p| p.file_name() == name.as_deref()) {
-                    return;
-                }
-                match handle.reload(&loader) {
-                    Ok(()) => {}
-                    // A file caught half-written, or removed mid-replace; the next event reloads it.
-                    Err(LoadError::Io { .. }) => {}
-                    Err(err) => tracing::warn!(
-                        file = %shown,
-                        "wsguard configuration change refused, running config kept: {err}"
-                    ),
+                Ok(_) => {}
+                Err(err) => {
+                    tracing::warn!(file = %shown, error = %err, "wsguard config watch error");
                 }
             })?;
         watcher.watch(&dir, RecursiveMode::NonRecursive)?;
+        let handle = self.clone();
+        let shown = path.display().to_string();
+        std::thread::Builder::new()
+            .name("wsguard-config-watch".to_owned())
+            .spawn(move || handle.follow(&loader, &received, &shown))
+            .map_err(notify::Error::io)?;
         Ok(FileWatcher {
             _watcher: watcher,
+            signals,
             path,
         })
     }
+
+    /// Reloads once per settled burst of file events, until told to stop.
+    fn follow(&self, loader: &ConfigLoader, received: &Receiver<Signal>, shown: &str) {
+        while let Ok(Signal::Changed) = received.recv() {
+            loop {
+                match received.recv_timeout(SETTLE) {
+                    Ok(Signal::Changed) => {}
+                    Err(RecvTimeoutError::Timeout) => break,
+                    Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            if let Some(Err(err)) = self.reload_settled(loader) {
+                tracing::warn!(
+                    file = %shown,
+                    "wsguard configuration change refused, running config kept: {err}"
+                );
+            }
+        }
+    }
+}
+
+enum Signal {
+    Changed,
+    Stop,
 }
 
 /// Keeps a file watch of [`ConfigHandle::watch_file`] alive; dropping it stops watching.
 pub struct FileWatcher {
     _watcher: notify::RecommendedWatcher,
+    signals: Sender<Signal>,
     path: PathBuf,
+}
+
+impl Drop for FileWatcher {
+    fn drop(&mut self) {
+        let _ = self.signals.send(Signal::Stop);
+    }
 }
 
 impl fmt::Debug for FileWatcher {
