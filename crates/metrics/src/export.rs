@@ -43,6 +43,7 @@
 //! # #[cfg(not(feature = "http"))] fn main() {}
 //! ```
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use metrics::{Counter, Gauge, Histogram, Unit};
@@ -59,6 +60,9 @@ pub const CALLS_IN_FLIGHT: &str = "wsguard_calls_in_flight";
 pub const BYTES_TOTAL: &str = "wsguard_bytes_total";
 /// `wsguard_call_duration_seconds{route, direction}`: latency of sampled calls.
 pub const CALL_DURATION_SECONDS: &str = "wsguard_call_duration_seconds";
+/// `wsguard_send_dropped_total{route}`: outbound messages dropped by a connection's send queue
+/// (`drop_newest` or `drop_oldest` overflow: the client reads too slowly).
+pub const SEND_DROPPED_TOTAL: &str = "wsguard_send_dropped_total";
 /// `wsguard_connections_active`: live connections.
 pub const CONNECTIONS_ACTIVE: &str = "wsguard_connections_active";
 /// `wsguard_connections_total`: connections opened.
@@ -73,6 +77,8 @@ pub(crate) struct RouteStats {
     pub(crate) route: Arc<str>,
     pub(crate) direction: Direction,
     pub(crate) counters: Counters,
+    /// Outbound messages dropped by send queues of this route's connections (exact).
+    pub(crate) send_dropped: AtomicU64,
     handles: RouteHandles,
     published: Mutex<Totals>,
 }
@@ -84,8 +90,14 @@ impl RouteStats {
             route,
             direction,
             counters: Counters::new(),
+            send_dropped: AtomicU64::new(0),
             published: Mutex::new(Totals::default()),
         }
+    }
+
+    pub(crate) fn record_send_dropped(&self, count: u64) {
+        self.send_dropped.fetch_add(count, Ordering::Relaxed);
+        self.handles.send_dropped.increment(count);
     }
 
     #[inline]
@@ -121,6 +133,7 @@ struct RouteHandles {
     in_flight: Gauge,
     bytes: Counter,
     duration: Histogram,
+    send_dropped: Counter,
 }
 
 impl RouteHandles {
@@ -134,6 +147,7 @@ impl RouteHandles {
             in_flight: metrics::gauge!(CALLS_IN_FLIGHT, "route" => route.to_owned(), "direction" => dir),
             bytes: metrics::counter!(BYTES_TOTAL, "route" => route.to_owned(), "direction" => dir),
             duration: metrics::histogram!(CALL_DURATION_SECONDS, "route" => route.to_owned(), "direction" => dir),
+            send_dropped: metrics::counter!(SEND_DROPPED_TOTAL, "route" => route.to_owned()),
         }
     }
 }
@@ -166,6 +180,11 @@ fn describe() {
         CALL_DURATION_SECONDS,
         Unit::Seconds,
         "Latency of sampled calls"
+    );
+    metrics::describe_counter!(
+        SEND_DROPPED_TOTAL,
+        Unit::Count,
+        "Outbound messages dropped by full send queues"
     );
     metrics::describe_gauge!(CONNECTIONS_ACTIVE, Unit::Count, "Live connections");
     metrics::describe_counter!(CONNECTIONS_TOTAL, Unit::Count, "Connections opened");

@@ -58,6 +58,9 @@ pub struct RouteSnapshot {
     pub in_flight: u64,
     /// Payload bytes of calls whose size was known.
     pub bytes: u64,
+    /// Outbound messages dropped by full send queues of this route's connections (counted on
+    /// the `out` direction; exact).
+    pub send_dropped: u64,
 }
 
 impl RouteSnapshot {
@@ -68,6 +71,7 @@ impl RouteSnapshot {
             calls: OutcomeCounts::of(totals),
             in_flight: totals.in_flight(),
             bytes: totals.bytes[stats.direction.index()],
+            send_dropped: stats.send_dropped.load(Ordering::Relaxed),
         }
     }
 }
@@ -176,6 +180,8 @@ pub struct ClientSnapshot {
     pub duplicates: u64,
     /// Calls [`Outcome::Rejected`](crate::Outcome::Rejected) (sampled).
     pub rejections: u64,
+    /// Outbound messages dropped by full send queues of its connections (exact).
+    pub send_dropped: u64,
 }
 
 impl ClientSnapshot {
@@ -193,6 +199,7 @@ impl ClientSnapshot {
             errors: load(&e.errors),
             duplicates: load(&e.duplicates),
             rejections: load(&e.rejections),
+            send_dropped: load(&e.send_dropped),
         }
     }
 }

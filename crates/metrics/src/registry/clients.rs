@@ -31,6 +31,8 @@ pub(crate) struct ClientEntry {
     pub(crate) errors: AtomicU64,
     pub(crate) duplicates: AtomicU64,
     pub(crate) rejections: AtomicU64,
+    /// Outbound messages dropped by the send queue's overflow policy (exact, never sampled).
+    pub(crate) send_dropped: AtomicU64,
 }
 
 impl ClientEntry {
@@ -45,6 +47,7 @@ impl ClientEntry {
             errors: AtomicU64::new(0),
             duplicates: AtomicU64::new(0),
             rejections: AtomicU64::new(0),
+            send_dropped: AtomicU64::new(0),
         }
     }
 

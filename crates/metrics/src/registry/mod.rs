@@ -529,6 +529,9 @@ impl fmt::Debug for ConnectionGuard {
 #[derive(Default)]
 pub struct ConnectionSlot {
     guard: OnceLock<ConnectionGuard>,
+    /// The route figures that [`record_send_dropped`](Self::record_send_dropped) counts into,
+    /// found on its first use.
+    dropped_route: OnceLock<Arc<RouteStats>>,
 }
 
 impl ConnectionSlot {
@@ -583,6 +586,23 @@ impl ConnectionSlot {
             && let Some(guard) = self.guard.get()
         {
             guard.release();
+        }
+    }
+
+    /// Counts `count` outbound messages of this connection dropped by its send queue's overflow
+    /// policy (the client reads too slowly): under `route` (the `out` direction's
+    /// [`RouteSnapshot::send_dropped`](crate::RouteSnapshot::send_dropped) and
+    /// [`SEND_DROPPED_TOTAL`](crate::export::SEND_DROPPED_TOTAL)) and under the connection's
+    /// client while it is live ([`ClientSnapshot::send_dropped`]). Exact, never sampled. Does
+    /// nothing if the connection never registered with a registry.
+    pub fn record_send_dropped(&self, route: &str, count: u64) {
+        let Some(guard) = self.guard.get() else { return };
+        let Some(registry) = &guard.registry else { return };
+        self.dropped_route
+            .get_or_init(|| registry.route_stats(&Arc::from(route), Direction::Outbound))
+            .record_send_dropped(count);
+        if let Some(entry) = guard.entry_in(registry) {
+            entry.send_dropped.fetch_add(count, Ordering::Relaxed);
         }
     }
 
