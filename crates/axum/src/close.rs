@@ -11,7 +11,13 @@ pub const AWAY: u16 = 1001;
 pub const NO_STATUS: u16 = 1005;
 /// `1006 Abnormal Closure`: logged when a peer vanished without a close frame.
 pub const ABNORMAL: u16 = 1006;
-/// `1008 Policy Violation`: the send queue overflowed under the `close` policy.
+/// `1002 Protocol Error`: the client broke RFC 6455 (unmasked or reserved-bit frames, unknown
+/// opcodes, fragmented or oversized control frames, continuation without a start).
+pub const PROTOCOL: u16 = 1002;
+/// `1007 Invalid Frame Payload Data`: a text message that is not valid UTF-8.
+pub const INVALID: u16 = 1007;
+/// `1008 Policy Violation`: the client does not read (its send queue overflowed under the
+/// `close` policy, too many pongs wait for it, or its write buffer is full).
 pub const POLICY: u16 = 1008;
 /// `1009 Message Too Big`: an inbound message exceeded `max_message_size`.
 pub const SIZE: u16 = 1009;

@@ -18,7 +18,7 @@ use futures_util::future::CatchUnwind;
 use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout_at};
 use tower_service::Service;
 
 use crate::BoxError;
@@ -26,9 +26,8 @@ use crate::Outbound;
 use crate::close::{self, Ending};
 use crate::inbound::{ConnInfo, Inbound};
 use crate::reply::{Action, Replies};
-
-/// Longest wait for the close handshake (our close frame out, the peer's back).
-const CLOSE_WAIT: Duration = Duration::from_secs(2);
+use crate::route::ConnectionStats;
+use crate::warn_limit::{WarnLimit, limited_warn};
 
 /// Replies queued before the connection stops reading to write them: frames that are already
 /// buffered are read first, so that replies go out in batches with one flush, but never more
@@ -41,6 +40,8 @@ pub(crate) struct Settings {
     pub(crate) idle_timeout: Duration,
     pub(crate) ping_interval: Duration,
     pub(crate) message_concurrency: usize,
+    pub(crate) max_pending_pongs: usize,
+    pub(crate) close_timeout: Duration,
 }
 
 type Sender = SplitSink<WebSocket, Message>;
@@ -51,6 +52,7 @@ pub(crate) async fn run<S>(
     conn: Arc<ConnInfo>,
     settings: Settings,
     replies: Replies,
+    stats: ConnectionStats,
 ) where
     S: Service<Inbound, Response = Option<Message>, Error = BoxError> + Send + 'static,
     S::Future: Send + 'static,
@@ -61,6 +63,7 @@ pub(crate) async fn run<S>(
         "websocket connection opened"
     );
 
+    let close_timeout = settings.close_timeout;
     let mut connection = Connection {
         service,
         conn: conn.clone(),
@@ -79,11 +82,17 @@ pub(crate) async fn run<S>(
         .clone()
         .expect("recorded just above");
 
+    let mut handshake = Handshake::NotTried;
     if let Ending::Close { code, reason } = &ending {
+        stats.count_close(*code);
         let mut writes = connection.writes;
-        let _ = timeout(CLOSE_WAIT, async {
-            if *code != close::POLICY {
-                // Replies queued before the close still go out; an overflowing queue does not.
+        // One deadline for the whole handshake: a client that does not read gets this long to
+        // take what is ahead of the close frame and the frame itself.
+        let deadline = Instant::now() + close_timeout;
+        let sent = timeout_at(deadline, async {
+            if !matches!(*code, close::POLICY | close::PROTOCOL | close::INVALID) {
+                // Replies queued before the close still go out; to a client that does not read
+                // or breaks the protocol, they do not.
                 poll_fn(|cx| writes.poll_write(Pin::new(&mut sink), &conn.sender, cx)).await?;
             }
             let frame = CloseFrame {
@@ -93,27 +102,73 @@ pub(crate) async fn run<S>(
             sink.send(Message::Close(Some(frame))).await
         })
         .await;
-        // Let the peer answer our close frame, so the handshake completes cleanly.
-        let _ = timeout(CLOSE_WAIT, async {
-            while let Some(Ok(_)) = stream.next().await {}
-        })
-        .await;
+        handshake = match sent {
+            Err(_) => Handshake::FrameNotTaken,
+            Ok(Err(_)) => Handshake::PeerGone,
+            // Let the peer answer our close frame, so the handshake completes cleanly.
+            Ok(Ok(())) => match timeout_at(deadline, async {
+                while let Some(Ok(_)) = stream.next().await {}
+            })
+            .await
+            {
+                Ok(()) => Handshake::Done,
+                Err(_) => Handshake::NoAnswer,
+            },
+        };
+        if matches!(handshake, Handshake::FrameNotTaken | Handshake::NoAnswer) {
+            stats.count_close_timeout();
+        }
     }
     // Whoever still holds the connection's info or sender keeps no unsent messages alive.
     conn.sender.discard();
-    log_close(&conn, &ending);
+    log_close(&conn, &ending, handshake);
     // Per-client metrics state goes with the client's last connection.
     conn.slot.release();
 }
 
-fn log_close(conn: &ConnInfo, ending: &Ending) {
+/// How the server's side of a close handshake went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Handshake {
+    /// The peer had gone already, or it was not the server that closed.
+    NotTried,
+    /// Our close frame went out and the peer answered (or hung up after reading it).
+    Done,
+    /// The peer did not take our close frame within `close_timeout` (it does not read).
+    FrameNotTaken,
+    /// Our close frame went out; no answer within `close_timeout`.
+    NoAnswer,
+    /// Writing the close frame failed: the peer had gone.
+    PeerGone,
+}
+
+impl Handshake {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::NotTried => "not tried",
+            Self::Done => "done",
+            Self::FrameNotTaken => "close frame not taken in time",
+            Self::NoAnswer => "no answer in time",
+            Self::PeerGone => "peer gone",
+        }
+    }
+}
+
+fn log_close(conn: &ConnInfo, ending: &Ending, handshake: Handshake) {
+    // A client can cause these at will: they go through a rate limit.
+    static WARN: WarnLimit = WarnLimit::new();
     let route = conn.route.as_deref().unwrap_or("");
+    let handshake = handshake.as_str();
     match ending {
-        Ending::Close { code, reason } if *code == close::ERROR || *code == close::POLICY => {
-            tracing::warn!(conn = %conn.id, client = %conn.client_id, route, code, %reason, "websocket closed by server");
+        Ending::Close { code, reason }
+            if matches!(
+                *code,
+                close::ERROR | close::POLICY | close::PROTOCOL | close::INVALID
+            ) =>
+        {
+            limited_warn!(WARN, conn = %conn.id, client = %conn.client_id, route, code, %reason, handshake, "websocket closed by server");
         }
         Ending::Close { code, reason } => {
-            tracing::info!(conn = %conn.id, client = %conn.client_id, route, code, %reason, "websocket closed by server");
+            tracing::info!(conn = %conn.id, client = %conn.client_id, route, code, %reason, handshake, "websocket closed by server");
         }
         Ending::Peer { code, detail } => {
             tracing::info!(conn = %conn.id, client = %conn.client_id, route, code = code.unwrap_or(close::ABNORMAL), %detail, "websocket closed by client");
@@ -164,7 +219,9 @@ where
             let queued = out.len();
             let (write_first, write_later) = {
                 let io = lock();
-                let first = io.1.ping_due || queued >= WRITE_BATCH;
+                // A pong owed goes out before the next frame is read, so that a client that
+                // pings without reading is seen while its pongs still fit the write buffer.
+                let first = io.1.ping_due || io.1.pongs_owed > 0 || queued >= WRITE_BATCH;
                 (first, !first && (queued > 0 || io.1.unflushed))
             };
             let write = || {
@@ -201,7 +258,7 @@ where
                 }
                 written = write(), if write_first => {
                     if let Err(err) = written {
-                        return Ending::peer(None, format!("write error: {err}"));
+                        return write_error(err);
                     }
                 }
                 frame = stream.next(), if pending.is_none() && in_flight.len() < concurrency => {
@@ -218,7 +275,16 @@ where
                             // tungstenite answers the close; the next read completes it and ends.
                             peer_close = Some(frame.map(|f| f.code));
                         }
-                        Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+                        Some(Ok(Message::Ping(_))) => {
+                            // tungstenite queues the pong; a flush sends it.
+                            let mut io = lock();
+                            io.1.pongs_owed += 1;
+                            io.1.unflushed = true;
+                            if io.1.pongs_owed > self.settings.max_pending_pongs {
+                                return Ending::close(close::POLICY, "client does not read (pongs pending)");
+                            }
+                        }
+                        Some(Ok(Message::Pong(_))) => {}
                         Some(Ok(message)) => {
                             pending = Some(Inbound::new(message, self.conn.clone()));
                         }
@@ -226,7 +292,7 @@ where
                 }
                 written = write(), if write_later => {
                     if let Err(err) = written {
-                        return Ending::peer(None, format!("write error: {err}"));
+                        return write_error(err);
                     }
                 }
                 // A message queued by another task: the next turn writes it.
@@ -272,6 +338,8 @@ struct Writes {
     ping_due: bool,
     /// Frames were handed to the socket and not yet flushed.
     unflushed: bool,
+    /// Pings received since the socket last finished a flush: their pongs wait in tungstenite.
+    pongs_owed: usize,
 }
 
 impl Writes {
@@ -304,6 +372,7 @@ impl Writes {
         if self.unflushed {
             ready!(sink.as_mut().poll_flush(cx))?;
             self.unflushed = false;
+            self.pongs_owed = 0;
         }
         Poll::Ready(Ok(()))
     }
@@ -344,8 +413,26 @@ fn read_error(err: axum::Error) -> Ending {
             tracing::debug!(size, max_size, "inbound message too big");
             Ending::close(close::SIZE, "message too big")
         }
-        Some(WsError::Protocol(p)) => Ending::peer(None, format!("protocol error: {p}")),
+        // RFC 6455 7.4.1: the endpoint that sees a protocol error closes with 1002, and with
+        // 1007 for a text message that is not UTF-8. The reason is ours, so it is short.
+        Some(WsError::Protocol(p)) => {
+            Ending::close(close::PROTOCOL, format!("protocol error: {p}"))
+        }
+        Some(WsError::Utf8(_)) => Ending::close(close::INVALID, "text message is not valid UTF-8"),
         _ => Ending::peer(None, format!("read error: {inner}")),
+    }
+}
+
+fn write_error(err: axum::Error) -> Ending {
+    use tokio_tungstenite::tungstenite::error::Error as WsError;
+    let inner = err.into_inner();
+    match inner.downcast_ref::<WsError>() {
+        // Only frames the client does not read fill the capped buffer (ours never exceed
+        // `write_buffer_size` plus one message).
+        Some(WsError::WriteBufferFull(_)) => {
+            Ending::close(close::POLICY, "client does not read (write buffer full)")
+        }
+        _ => Ending::peer(None, format!("write error: {inner}")),
     }
 }
 
@@ -404,7 +491,7 @@ mod tests {
         let mut socket = Recorder::default();
         let mut writes = Writes {
             ping_due: true,
-            unflushed: false,
+            ..Writes::default()
         };
         poll_fn(|cx| writes.poll_write(Pin::new(&mut socket), &out, cx))
             .await

@@ -38,11 +38,11 @@ impl fmt::Display for ConnectionId {
 /// What is known about one connection; shared by every [`Inbound`] of it.
 pub struct ConnInfo {
     pub(crate) id: ConnectionId,
-    pub(crate) client_id: String,
+    pub(crate) client_id: Arc<str>,
     pub(crate) peer_addr: Option<SocketAddr>,
     pub(crate) route: Option<Arc<str>>,
     pub(crate) sender: Outbound,
-    pub(crate) slot: wsguard_metrics::ConnectionSlot,
+    pub(crate) slot: Arc<wsguard_metrics::ConnectionSlot>,
 }
 
 impl fmt::Debug for ConnInfo {

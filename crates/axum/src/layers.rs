@@ -5,6 +5,7 @@ use std::borrow::Cow;
 use axum::extract::ws::Message;
 use wsguard_circuit_breaker::classify::{Classify, Outcome as BreakerOutcome};
 use wsguard_circuit_breaker::error::CircuitOpen;
+use wsguard_dedup::error::StoreUnavailable;
 use wsguard_dedup::{DedupRequest, Payload};
 use wsguard_metrics::{ClassifyOutcome, ClientIdOptions, ClientRequest, ConnectionSlot, Outcome};
 
@@ -111,7 +112,7 @@ pub struct MessageClassifier;
 
 impl MessageClassifier {
     fn error_outcome(err: &BoxError) -> Outcome {
-        if find::<CircuitOpen>(&**err).is_some() {
+        if find::<CircuitOpen>(&**err).is_some() || find::<StoreUnavailable>(&**err).is_some() {
             Outcome::Rejected
         } else if crate::reply::is_duplicate(&**err) {
             Outcome::Duplicate

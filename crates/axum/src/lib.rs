@@ -89,6 +89,7 @@ mod outbound;
 mod outgoing;
 mod reply;
 mod route;
+mod warn_limit;
 
 pub use axum::extract::ws::Message;
 
@@ -99,6 +100,7 @@ pub use self::{
     outbound::{ConnectionClosed, Outbound, Queued},
     outgoing::{Outgoing, SendOutgoing},
     route::{ConnectionStats, WsRoute, ws_route},
+    warn_limit::suppressed_warnings,
 };
 
 /// The error type of message services: any error, boxed.

@@ -11,16 +11,25 @@ use tokio::sync::{Notify, watch};
 use tower_service::Service;
 use wsguard_config::OverflowPolicy;
 
+use wsguard_metrics::ConnectionSlot;
+
 use crate::BoxError;
 use crate::close::Ending;
+use crate::inbound::ConnectionId;
+use crate::route::ConnectionStats;
+use crate::warn_limit::{WarnLimit, limited_warn};
 
 /// The sending half of one connection: cheap to clone, safe to use from any task.
 ///
-/// Messages go into a bounded queue of `send_queue_capacity` that the connection's task drains,
-/// writing everything queued before it flushes once. When the client reads too slowly and the
-/// queue is full, the configured [`OverflowPolicy`] applies: drop the new message, drop the
-/// oldest queued one, or close the connection with `1008 Policy Violation`. Memory per connection
-/// stays bounded either way.
+/// Messages go into a queue bounded by `send_queue_capacity` messages and `send_queue_bytes`
+/// payload bytes, which the connection's task drains, writing everything queued before it
+/// flushes once. When the client reads too slowly and the queue is full, the configured
+/// [`OverflowPolicy`] applies: drop the new message, drop the oldest queued ones, or close the
+/// connection with `1008 Policy Violation`. A message larger than `send_queue_bytes` never fits:
+/// it is dropped, or closes the connection under `close`. Memory per connection stays bounded
+/// either way. Dropped messages are counted ([`dropped`](Self::dropped), the route's
+/// [`ConnectionStats::send_dropped`](crate::ConnectionStats::send_dropped), and a `MetricsLayer`'s
+/// registry per route and per client) and logged (rate-limited).
 ///
 /// `Outbound` is a `tower::Service<Message>` too, so layers can wrap the sending side.
 #[derive(Clone)]
@@ -32,13 +41,27 @@ struct Shared {
     state: Mutex<State>,
     wake: Notify,
     capacity: usize,
+    max_bytes: usize,
     policy: OverflowPolicy,
     ending: watch::Sender<Option<Ending>>,
+    /// Where dropped messages are counted besides this queue.
+    drops: Option<DropReport>,
+}
+
+/// The counters a connection's dropped messages go to.
+pub(crate) struct DropReport {
+    pub(crate) stats: ConnectionStats,
+    pub(crate) slot: Arc<ConnectionSlot>,
+    pub(crate) route: Option<Arc<str>>,
+    pub(crate) conn: ConnectionId,
+    pub(crate) client: Arc<str>,
 }
 
 #[derive(Default)]
 struct State {
     items: VecDeque<Message>,
+    /// Payload bytes of `items`.
+    bytes: usize,
     closed: bool,
     sent: u64,
     dropped: u64,
@@ -52,8 +75,8 @@ pub enum Queued {
     Queued,
     /// The queue was full and the policy is `drop_newest`: this message was dropped.
     DroppedNewest,
-    /// The queue was full and the policy is `drop_oldest`: the oldest queued message was dropped
-    /// to make room for this one.
+    /// The queue was full and the policy is `drop_oldest`: the oldest queued messages were
+    /// dropped to make room for this one.
     DroppedOldest,
 }
 
@@ -74,7 +97,9 @@ impl fmt::Debug for Outbound {
         let state = self.state();
         f.debug_struct("Outbound")
             .field("queued", &state.items.len())
+            .field("bytes", &state.bytes)
             .field("capacity", &self.shared.capacity)
+            .field("max_bytes", &self.shared.max_bytes)
             .field("policy", &self.shared.policy)
             .field("closed", &state.closed)
             .finish()
@@ -82,15 +107,27 @@ impl fmt::Debug for Outbound {
 }
 
 impl Outbound {
+    #[cfg(test)]
     pub(crate) fn new(capacity: usize, policy: OverflowPolicy) -> Self {
+        Self::with_limits(capacity, usize::MAX, policy, None)
+    }
+
+    pub(crate) fn with_limits(
+        capacity: usize,
+        max_bytes: usize,
+        policy: OverflowPolicy,
+        drops: Option<DropReport>,
+    ) -> Self {
         let (ending, _) = watch::channel(None);
         Self {
             shared: Arc::new(Shared {
                 state: Mutex::new(State::default()),
                 wake: Notify::new(),
                 capacity: capacity.max(1),
+                max_bytes: max_bytes.max(1),
                 policy,
                 ending,
+                drops,
             }),
         }
     }
@@ -109,28 +146,37 @@ impl Outbound {
     /// message overflowed a queue whose policy is `close`).
     pub fn send(&self, message: impl Into<Message>) -> Result<Queued, ConnectionClosed> {
         let message = message.into();
+        let size = payload_len(&message);
+        let (capacity, max_bytes) = (self.shared.capacity, self.shared.max_bytes);
+        let fits = |state: &State| state.items.len() < capacity && state.bytes + size <= max_bytes;
         let mut state = self.state();
         if state.closed {
             return Err(ConnectionClosed(()));
         }
-        let outcome = if state.items.len() < self.shared.capacity {
-            state.items.push_back(message);
-            Queued::Queued
+        let (outcome, dropped) = if fits(&state) {
+            (Queued::Queued, 0)
         } else {
             match self.shared.policy {
-                OverflowPolicy::DropNewest => {
-                    state.dropped += 1;
-                    Queued::DroppedNewest
+                OverflowPolicy::DropOldest if size <= max_bytes => {
+                    let mut dropped = 0;
+                    while !fits(&state) {
+                        let oldest = state.items.pop_front().expect("a full queue is not empty");
+                        state.bytes -= payload_len(&oldest);
+                        dropped += 1;
+                    }
+                    (Queued::DroppedOldest, dropped)
                 }
-                OverflowPolicy::DropOldest => {
-                    state.items.pop_front();
-                    state.items.push_back(message);
+                // A message larger than the whole queue never fits: drop it.
+                OverflowPolicy::DropNewest | OverflowPolicy::DropOldest => {
                     state.dropped += 1;
-                    Queued::DroppedOldest
+                    drop(state);
+                    self.report_dropped(1);
+                    return Ok(Queued::DroppedNewest);
                 }
                 OverflowPolicy::Close => {
                     state.closed = true;
                     state.items.clear();
+                    state.bytes = 0;
                     state.dropped += 1;
                     drop(state);
                     self.end(Ending::close(
@@ -141,10 +187,35 @@ impl Outbound {
                 }
             }
         };
+        state.bytes += size;
+        state.items.push_back(message);
+        state.dropped += dropped;
         state.high_water = state.high_water.max(state.items.len());
         drop(state);
+        if dropped > 0 {
+            self.report_dropped(dropped);
+        }
         self.shared.wake.notify_one();
         Ok(outcome)
+    }
+
+    fn report_dropped(&self, count: u64) {
+        static WARN: WarnLimit = WarnLimit::new();
+        let Some(report) = &self.shared.drops else {
+            return;
+        };
+        report.stats.count_send_dropped(count);
+        report
+            .slot
+            .record_send_dropped(report.route.as_deref().unwrap_or(""), count);
+        limited_warn!(
+            WARN,
+            conn = %report.conn,
+            client = %report.client,
+            dropped = count,
+            policy = ?self.shared.policy,
+            "send queue full (slow reader): messages dropped"
+        );
     }
 
     /// Asks the connection to close with `code` and `reason` after the messages already queued.
@@ -155,6 +226,16 @@ impl Outbound {
     /// Messages waiting in the queue now.
     pub fn len(&self) -> usize {
         self.state().items.len()
+    }
+
+    /// Payload bytes of the messages waiting in the queue now.
+    pub fn queued_bytes(&self) -> usize {
+        self.state().bytes
+    }
+
+    /// Most payload bytes the queue holds.
+    pub fn max_bytes(&self) -> usize {
+        self.shared.max_bytes
     }
 
     /// Whether no message waits in the queue.
@@ -217,12 +298,14 @@ impl Outbound {
         let mut state = self.state();
         state.closed = true;
         state.items = VecDeque::new();
+        state.bytes = 0;
     }
 
     pub(crate) fn pop(&self) -> Option<Message> {
         let mut state = self.state();
         let message = state.items.pop_front();
-        if message.is_some() {
+        if let Some(message) = &message {
+            state.bytes -= payload_len(message);
             state.sent += 1;
         }
         message
@@ -230,6 +313,15 @@ impl Outbound {
 
     pub(crate) async fn queued(&self) {
         self.shared.wake.notified().await;
+    }
+}
+
+/// Bytes a message takes in the queue: its payload.
+fn payload_len(message: &Message) -> usize {
+    match message {
+        Message::Text(text) => text.len(),
+        Message::Binary(bytes) | Message::Ping(bytes) | Message::Pong(bytes) => bytes.len(),
+        Message::Close(frame) => frame.as_ref().map_or(0, |f| 2 + f.reason.len()),
     }
 }
 
@@ -250,6 +342,8 @@ impl Service<Message> for Outbound {
 
 #[cfg(test)]
 mod tests {
+    use tower::Layer;
+
     use super::*;
     use crate::close::POLICY;
 
@@ -291,6 +385,86 @@ mod tests {
         assert!(out.send("c").is_err());
         let ending = out.ending().borrow().clone().unwrap();
         assert_eq!(ending.code(), Some(POLICY));
+    }
+
+    #[test]
+    fn the_queue_is_bounded_in_bytes_too() {
+        let out = Outbound::with_limits(100, 10, OverflowPolicy::DropNewest, None);
+        assert_eq!(out.send("aaaa").unwrap(), Queued::Queued);
+        assert_eq!(out.send("bbbb").unwrap(), Queued::Queued);
+        assert_eq!(out.queued_bytes(), 8);
+        assert_eq!(
+            out.send("ccc").unwrap(),
+            Queued::DroppedNewest,
+            "11 bytes > 10"
+        );
+        assert_eq!(out.send("dd").unwrap(), Queued::Queued, "exactly 10 fits");
+        assert_eq!(out.dropped(), 1);
+        assert_eq!(texts(&out), ["aaaa", "bbbb", "dd"]);
+        assert_eq!(out.queued_bytes(), 0, "popping gives the bytes back");
+    }
+
+    #[test]
+    fn drop_oldest_drops_as_many_as_the_new_message_needs() {
+        let out = Outbound::with_limits(100, 10, OverflowPolicy::DropOldest, None);
+        for m in ["aaa", "bbb", "ccc"] {
+            out.send(m).unwrap();
+        }
+        assert_eq!(out.send("dddddddd").unwrap(), Queued::DroppedOldest);
+        assert_eq!(out.dropped(), 3, "9 queued bytes + 8 > 10: all three go");
+        assert_eq!(out.queued_bytes(), 8);
+        assert_eq!(texts(&out), ["dddddddd"]);
+    }
+
+    #[test]
+    fn a_message_larger_than_the_queue_is_dropped_or_closes() {
+        for policy in [OverflowPolicy::DropNewest, OverflowPolicy::DropOldest] {
+            let out = Outbound::with_limits(100, 10, policy, None);
+            out.send("a").unwrap();
+            assert_eq!(out.send("x".repeat(11)).unwrap(), Queued::DroppedNewest);
+            assert_eq!(out.dropped(), 1);
+            assert_eq!(texts(&out), ["a"], "{policy:?} keeps what was queued");
+        }
+        let out = Outbound::with_limits(100, 10, OverflowPolicy::Close, None);
+        assert!(out.send("x".repeat(11)).is_err());
+        assert_eq!(out.ending().borrow().clone().unwrap().code(), Some(POLICY));
+    }
+
+    #[test]
+    fn drops_are_reported_to_the_route_and_the_metrics_slot() {
+        use wsguard_metrics::{MetricsLayer, MetricsRegistry};
+        let registry = MetricsRegistry::new(wsguard_config::MetricsConfig::testing());
+        let stack =
+            MetricsLayer::new(registry.clone()).layer(tower::service_fn(|m: String| async move {
+                Ok::<_, std::convert::Infallible>(m)
+            }));
+        let slot = Arc::new(ConnectionSlot::new());
+        let _per_connection = slot.open(&stack, Some("alice"));
+        let stats = ConnectionStats::default();
+        let out = Outbound::with_limits(
+            1,
+            usize::MAX,
+            OverflowPolicy::DropNewest,
+            Some(DropReport {
+                stats: stats.clone(),
+                slot: slot.clone(),
+                route: Some(Arc::from("/ws")),
+                conn: ConnectionId::next(),
+                client: Arc::from("alice"),
+            }),
+        );
+        out.send("kept").unwrap();
+        out.send("dropped").unwrap();
+        out.send("dropped too").unwrap();
+        assert_eq!(stats.send_dropped(), 2);
+        assert_eq!(registry.client("alice").unwrap().send_dropped, 2);
+        let snapshot = registry.snapshot();
+        let route = snapshot
+            .routes
+            .iter()
+            .find(|r| r.route == "/ws" && r.direction == "out")
+            .expect("the route's outbound figures");
+        assert_eq!(route.send_dropped, 2);
     }
 
     #[test]

@@ -7,11 +7,12 @@ use wsguard_circuit_breaker::error::CircuitOpen;
 use wsguard_config::{
     ConfigSource, ConnectionConfig, DedupConfig, DuplicateAction, RejectionAction,
 };
-use wsguard_dedup::error::Duplicate;
+use wsguard_dedup::error::{Duplicate, StoreUnavailable};
 
 use crate::BoxError;
 use crate::close;
 use crate::inbound::ConnInfo;
+use crate::warn_limit::{WarnLimit, limited_warn};
 
 /// What the connection does with one outcome.
 #[derive(Debug)]
@@ -58,7 +59,13 @@ impl Replies {
                 }
             };
         }
-        tracing::warn!(conn = %conn.id, client = %conn.client_id, error = %err, "message service error");
+        if find::<StoreUnavailable>(&**err).is_some() {
+            // The dedup layer logs its store's failures itself, rate-limited.
+            tracing::debug!(conn = %conn.id, client = %conn.client_id, "message rejected: {err}");
+            return Action::Reply(error_frame("unavailable", None));
+        }
+        static WARN: WarnLimit = WarnLimit::new();
+        limited_warn!(WARN, conn = %conn.id, client = %conn.client_id, error = %err, "message service error");
         Action::Reply(error_frame("handler_error", None))
     }
 }

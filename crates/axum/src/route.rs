@@ -13,11 +13,13 @@ use http::{StatusCode, header};
 use tower_service::Service;
 
 use crate::BoxError;
+use crate::close;
 use crate::config::WsConfig;
 use crate::connection::{self, Settings};
 use crate::inbound::{self, ConnInfo, ConnectionId, Inbound};
-use crate::outbound::Outbound;
+use crate::outbound::{DropReport, Outbound};
 use crate::reply::Replies;
+use crate::warn_limit::{WarnLimit, limited_warn};
 
 /// A WebSocket route whose every inbound message is a call of `service`.
 ///
@@ -115,7 +117,9 @@ where
         };
         let config = self.config.connection().get();
         let Some(permit) = self.stats.try_open(config.max_connections) else {
-            tracing::warn!(
+            static WARN: WarnLimit = WarnLimit::new();
+            limited_warn!(
+                WARN,
                 max_connections = config.max_connections,
                 "websocket upgrade refused: connection limit reached"
             );
@@ -135,33 +139,59 @@ where
             .extensions
             .get::<MatchedPath>()
             .map(|path| Arc::from(path.as_str()));
+        let id = ConnectionId::next();
+        let client_id: Arc<str> = inbound::client_id(&config, &parts, peer_addr).into();
+        let slot = Arc::new(wsguard_metrics::ConnectionSlot::new());
+        let sender = Outbound::with_limits(
+            config.send_queue_capacity,
+            config.send_queue_bytes,
+            config.overflow,
+            Some(DropReport {
+                stats: self.stats.clone(),
+                slot: slot.clone(),
+                route: route.clone(),
+                conn: id,
+                client: client_id.clone(),
+            }),
+        );
         let conn = Arc::new(ConnInfo {
-            id: ConnectionId::next(),
-            client_id: inbound::client_id(&config, &parts, peer_addr),
+            id,
+            client_id,
             peer_addr,
             route,
-            sender: Outbound::new(config.send_queue_capacity, config.overflow),
-            slot: wsguard_metrics::ConnectionSlot::new(),
+            sender,
+            slot,
         });
         let settings = Settings {
             idle_timeout: config.idle_timeout,
             ping_interval: config.ping_interval,
             message_concurrency: config.message_concurrency,
+            max_pending_pongs: config.max_pending_pongs,
+            close_timeout: config.close_timeout,
         };
         let replies = Replies {
             connection: self.config.connection().clone(),
             dedup: self.config.dedup().clone(),
         };
         let service = self.service;
+        let stats = self.stats;
         upgrade
             .read_buffer_size(config.read_buffer_size)
             .write_buffer_size(config.write_buffer_size)
+            // Pongs a client does not read pile up in the write buffer: cap it. Our own frames
+            // never take more than `write_buffer_size` plus one queued message.
+            .max_write_buffer_size(
+                config
+                    .write_buffer_size
+                    .saturating_add(config.send_queue_bytes)
+                    .max(config.write_buffer_size + 1),
+            )
             .max_message_size(config.max_message_size)
             .max_frame_size(config.max_message_size)
             .on_failed_upgrade(|err| tracing::debug!(error = %err, "websocket upgrade failed"))
             .on_upgrade(move |socket| async move {
                 let service = conn.slot.open(&*service, Some(&conn.client_id));
-                connection::run(socket, service, conn, settings, replies).await;
+                connection::run(socket, service, conn, settings, replies, stats).await;
                 drop(permit);
             })
     }
@@ -178,6 +208,10 @@ struct Counters {
     open: AtomicUsize,
     accepted: AtomicU64,
     refused: AtomicU64,
+    send_dropped: AtomicU64,
+    closed_slow_reader: AtomicU64,
+    closed_protocol_error: AtomicU64,
+    close_timeouts: AtomicU64,
 }
 
 impl ConnectionStats {
@@ -194,6 +228,48 @@ impl ConnectionStats {
     /// Upgrades refused with `503` because `max_connections` were open.
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
+    }
+
+    /// Outbound messages dropped by full send queues (`drop_newest` or `drop_oldest` overflow).
+    pub fn send_dropped(&self) -> u64 {
+        self.inner.send_dropped.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed with `1008` because the client did not read: its send queue
+    /// overflowed under the `close` policy, more than `max_pending_pongs` pings waited for
+    /// their pongs, or the socket's write buffer was full.
+    pub fn closed_slow_reader(&self) -> u64 {
+        self.inner.closed_slow_reader.load(Ordering::Relaxed)
+    }
+
+    /// Connections closed with `1002 Protocol Error` or `1007 Invalid Payload` because the
+    /// client broke RFC 6455 (unmasked or reserved-bit frames, bad opcodes, bad control frames,
+    /// invalid UTF-8 in a text message, ...).
+    pub fn closed_protocol_error(&self) -> u64 {
+        self.inner.closed_protocol_error.load(Ordering::Relaxed)
+    }
+
+    /// Server closes whose handshake did not finish within `close_timeout` (the client did not
+    /// take the close frame, or did not answer it); the TCP connection was dropped then.
+    pub fn close_timeouts(&self) -> u64 {
+        self.inner.close_timeouts.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn count_send_dropped(&self, count: u64) {
+        self.inner.send_dropped.fetch_add(count, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_close(&self, code: u16) {
+        let counter = match code {
+            close::POLICY => &self.inner.closed_slow_reader,
+            close::PROTOCOL | close::INVALID => &self.inner.closed_protocol_error,
+            _ => return,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn count_close_timeout(&self) {
+        self.inner.close_timeouts.fetch_add(1, Ordering::Relaxed);
     }
 
     fn try_open(&self, max: usize) -> Option<OpenPermit> {
