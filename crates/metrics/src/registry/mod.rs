@@ -596,8 +596,12 @@ impl ConnectionSlot {
     /// client while it is live ([`ClientSnapshot::send_dropped`]). Exact, never sampled. Does
     /// nothing if the connection never registered with a registry.
     pub fn record_send_dropped(&self, route: &str, count: u64) {
-        let Some(guard) = self.guard.get() else { return };
-        let Some(registry) = &guard.registry else { return };
+        let Some(guard) = self.guard.get() else {
+            return;
+        };
+        let Some(registry) = &guard.registry else {
+            return;
+        };
         self.dropped_route
             .get_or_init(|| registry.route_stats(&Arc::from(route), Direction::Outbound))
             .record_send_dropped(count);
