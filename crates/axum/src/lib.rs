@@ -89,6 +89,7 @@ mod outbound;
 mod outgoing;
 mod reply;
 mod route;
+pub mod serve;
 mod warn_limit;
 
 pub use axum::extract::ws::Message;
@@ -100,6 +101,7 @@ pub use self::{
     outbound::{ConnectionClosed, Outbound, Queued},
     outgoing::{Outgoing, SendOutgoing},
     route::{ConnectionStats, WsRoute, ws_route},
+    serve::{Serve, ServeFuture, ServeStats, serve},
     warn_limit::suppressed_warnings,
 };
 
