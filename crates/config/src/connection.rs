@@ -15,14 +15,22 @@ pub enum OverflowPolicy {
 }
 
 /// Where a connection's client id comes from.
+///
+/// A header or query parameter is chosen by the client, so any client can claim another's id
+/// unless something it cannot bypass sets or checks the value (see
+/// [`ConnectionConfig::client_id_trusted`]). The peer address cannot be forged over TCP, but is
+/// shared by every client behind one NAT or proxy.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ClientIdSource {
-    /// The peer's IP address.
+    /// The peer's IP address. A client cannot forge it over TCP, but every client behind one NAT
+    /// or proxy shares it (behind a reverse proxy, all clients are the proxy).
     PeerAddr,
-    /// The upgrade request's header named by `client_id_key`.
+    /// The upgrade request's header named by `client_id_key`. Chosen by the client: forgeable
+    /// unless a proxy overwrites the header or the application's authentication checks it.
     Header,
-    /// The upgrade request's query parameter named by `client_id_key`.
+    /// The upgrade request's query parameter named by `client_id_key`. Chosen by the client:
+    /// forgeable unless the application's authentication checks it.
     Query,
 }
 
@@ -75,6 +83,12 @@ pub struct ConnectionConfig {
     pub client_id: ClientIdSource,
     /// Header or query parameter name for `client_id = "header"` or `"query"`.
     pub client_id_key: String,
+    /// Whether a `"header"` or `"query"` client id can be trusted. Set it only when the value is
+    /// set or verified by something the client cannot bypass: the application's own
+    /// authentication layer, a proxy that overwrites the header. Unset, `dedup.scope = "client"`
+    /// is refused with those sources, since any client could claim another's id and suppress its
+    /// messages.
+    pub client_id_trusted: bool,
     /// What a client hears when an open breaker rejects its message.
     pub on_rejection: RejectionAction,
 }
@@ -97,6 +111,7 @@ impl ConnectionConfig {
             close_timeout: Duration::from_secs(5),
             client_id: ClientIdSource::PeerAddr,
             client_id_key: "x-client-id".to_owned(),
+            client_id_trusted: false,
             on_rejection: RejectionAction::ErrorFrame,
         }
     }

@@ -20,7 +20,9 @@ pub enum KeySource {
 pub enum DedupScope {
     /// Each connection has its own window.
     Connection,
-    /// Each client id has its own window; one client never suppresses another's message.
+    /// Each client id has its own window; one client never suppresses another's message, as
+    /// long as it cannot claim another's id. Validation refuses it with a client-chosen id
+    /// (`connection.client_id = "header"` or `"query"`) unless `connection.client_id_trusted`.
     Client,
     /// One window for everyone.
     Global,

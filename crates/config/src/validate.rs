@@ -1,8 +1,8 @@
 use std::fmt;
 
 use crate::{
-    BackoffStrategy, CircuitBreakerConfig, ConnectionConfig, DedupConfig, KeySource, MetricsConfig,
-    RetryConfig, StabilityConfig, StoreBackend, TripMode,
+    BackoffStrategy, CircuitBreakerConfig, ClientIdSource, ConnectionConfig, DedupConfig,
+    DedupScope, KeySource, MetricsConfig, RetryConfig, StabilityConfig, StoreBackend, TripMode,
 };
 
 /// One problem with one field of a configuration.
@@ -98,6 +98,7 @@ impl StabilityConfig {
         validate_metrics(&self.metrics, &mut p);
         validate_breaker(&self.circuit_breaker, &mut p);
         validate_dedup(&self.dedup, &mut p);
+        validate_client_scope(&self.dedup, &self.connection, &mut p);
         validate_connection(&self.connection, &mut p);
         validate_retry(&self.retry, &mut p);
         if p.errors.is_empty() {
@@ -272,6 +273,22 @@ fn validate_dedup(d: &DedupConfig, p: &mut Problems) {
     }
 }
 
+/// A client-chosen id would let any client claim another's id and suppress its messages.
+fn validate_client_scope(d: &DedupConfig, c: &ConnectionConfig, p: &mut Problems) {
+    let source = match c.client_id {
+        ClientIdSource::PeerAddr => return,
+        ClientIdSource::Header => "header",
+        ClientIdSource::Query => "query",
+    };
+    p.check(
+        d.scope != DedupScope::Client || c.client_id_trusted,
+        "dedup.scope",
+        format!(
+            "\"client\" with connection.client_id = \"{source}\" lets any client suppress another client's messages by claiming its id; use scope = \"connection\", or set connection.client_id_trusted = true if the id is set by your own authentication"
+        ),
+    );
+}
+
 fn http_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -324,7 +341,7 @@ fn validate_connection(c: &ConnectionConfig, p: &mut Problems) {
         "connection.write_buffer_size",
         "must be > 0",
     );
-    if c.client_id != crate::ClientIdSource::PeerAddr {
+    if c.client_id != ClientIdSource::PeerAddr {
         p.check(
             !c.client_id_key.is_empty(),
             "connection.client_id_key",

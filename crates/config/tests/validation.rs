@@ -2,7 +2,7 @@
 use std::time::Duration;
 
 use wsguard_config::{
-    BackoffStrategy, ClientIdSource, KeySource, StabilityConfig, StoreBackend, TripMode,
+    BackoffStrategy, ClientIdSource, DedupScope, KeySource, StabilityConfig, StoreBackend, TripMode,
 };
 
 type Mutation = fn(&mut StabilityConfig);
@@ -139,6 +139,10 @@ const CASES: &[(&str, Mutation)] = &[
         c.connection.client_id = ClientIdSource::Header;
         c.connection.client_id_key.clear();
     }),
+    ("dedup.scope", |c| {
+        c.connection.client_id = ClientIdSource::Query;
+        c.dedup.scope = DedupScope::Client;
+    }),
     ("retry.max_attempts", |c| c.retry.max_attempts = 0),
     ("retry.max_backoff", |c| {
         c.retry.initial_backoff = Duration::ZERO;
@@ -210,4 +214,64 @@ fn several_problems_are_all_listed_in_field_order() {
         text.contains("connection.idle_timeout"),
         "cross-field message names the other field: {text}"
     );
+}
+
+#[test]
+fn client_scope_with_a_client_chosen_id_is_refused_with_the_reason_and_the_fix() {
+    for (source, name) in [
+        (ClientIdSource::Header, "header"),
+        (ClientIdSource::Query, "query"),
+    ] {
+        let mut config = StabilityConfig::default();
+        config.connection.client_id = source;
+        config.dedup.scope = DedupScope::Client;
+        let err = config.validate().unwrap_err();
+        assert!(err.has("dedup.scope"), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.contains(&format!(
+                "dedup.scope: \"client\" with connection.client_id = \"{name}\" lets any client suppress another client's messages by claiming its id"
+            )),
+            "{text}"
+        );
+        assert!(text.contains("use scope = \"connection\""), "{text}");
+        assert!(
+            text.contains("connection.client_id_trusted = true"),
+            "{text}"
+        );
+    }
+}
+
+#[test]
+fn client_scope_with_a_trusted_client_chosen_id_is_accepted() {
+    for source in [ClientIdSource::Header, ClientIdSource::Query] {
+        let mut config = StabilityConfig::default();
+        config.connection.client_id = source;
+        config.connection.client_id_trusted = true;
+        config.dedup.scope = DedupScope::Client;
+        config.validate().unwrap();
+    }
+}
+
+#[test]
+fn client_scope_with_the_peer_address_is_accepted() {
+    let mut config = StabilityConfig::default();
+    config.connection.client_id = ClientIdSource::PeerAddr;
+    config.dedup.scope = DedupScope::Client;
+    config.validate().unwrap();
+}
+
+#[test]
+fn client_chosen_ids_are_untrusted_unless_a_file_says_otherwise() {
+    assert!(!StabilityConfig::default().connection.client_id_trusted);
+    let text = "[connection]\nclient_id = \"query\"\nclient_id_key = \"client\"\n[dedup]\nscope = \"client\"\n";
+    let err = StabilityConfig::from_toml_str(text).unwrap_err();
+    assert!(
+        err.field_errors().iter().any(|e| e.path == "dedup.scope"),
+        "{err}"
+    );
+    let trusted = text.replace("[dedup]", "client_id_trusted = true\n[dedup]");
+    let config = StabilityConfig::from_toml_str(&trusted).unwrap();
+    assert!(config.connection.client_id_trusted);
+    assert_eq!(config.dedup.scope, DedupScope::Client);
 }
