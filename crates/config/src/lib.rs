@@ -7,6 +7,10 @@
 //! either fixed or through a [`ConfigHandle`], which swaps in a new validated config without a
 //! restart and without a lock on the request path.
 //!
+//! [`ConfigHandle::watch_file`] follows a file: a change that does not load or validate is refused
+//! and the running config kept, and a reload never applies a file that sets no field (an empty
+//! file is what a writer leaves between truncation and write).
+//!
 //! [`StabilityConfig::default`] is the production preset; [`StabilityConfig::development`] and
 //! [`StabilityConfig::testing`] trade safety margins for fast feedback.
 //!

@@ -146,16 +146,20 @@ impl ConfigHandle {
         }
     }
 
-    /// [`reload`](Self::reload), reading the file a second time after loading it: if the two
-    /// reads differ the file is still being written, nothing is applied (`None`), and the write's
-    /// own event brings another reload.
-    fn reload_settled(&self, loader: &ConfigLoader) -> Option<Result<(), LoadError>> {
-        let text = match loader.read_file() {
+    /// [`reload`](Self::reload) with the file's text from `read`, called a second time after
+    /// loading: if the two reads differ the file is still being written, nothing is applied
+    /// (`None`), and the write's own event brings another reload.
+    fn reload_settled(
+        &self,
+        loader: &ConfigLoader,
+        mut read: impl FnMut() -> Result<Option<String>, LoadError>,
+    ) -> Option<Result<(), LoadError>> {
+        let text = match read() {
             Ok(text) => text,
             Err(err) => return Some(self.apply(Err(err))),
         };
         let loaded = loader.load_text(text.as_deref(), FileUse::Reload);
-        match loader.read_file() {
+        match read() {
             Ok(again) if again != text => None,
             Ok(_) => Some(self.apply(loaded)),
             Err(err) => Some(self.apply(Err(err))),
@@ -232,7 +236,7 @@ impl ConfigHandle {
                     Ok(Signal::Stop) | Err(RecvTimeoutError::Disconnected) => return,
                 }
             }
-            if let Some(Err(err)) = self.reload_settled(loader) {
+            if let Some(Err(err)) = self.reload_settled(loader, || loader.read_file()) {
                 tracing::warn!(
                     file = %shown,
                     "wsguard configuration change refused, running config kept: {err}"
@@ -380,5 +384,29 @@ impl<T: Section> From<ConfigHandle> for ConfigSource<T> {
 impl<T: Section> From<&ConfigHandle> for ConfigSource<T> {
     fn from(handle: &ConfigHandle) -> Self {
         Self::live(handle.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_that_changes_between_its_two_reads_is_not_applied() {
+        let loader = ConfigLoader::new().without_env().file("wsguard.toml");
+        let handle = ConfigHandle::new(StabilityConfig::default()).unwrap();
+        let mut reads = ["[dedup]\nttl = \"1s\"\n", "[dedup]\nttl = \"10s\"\n"].into_iter();
+        let outcome = handle.reload_settled(&loader, || Ok(reads.next().map(str::to_owned)));
+        assert!(
+            outcome.is_none(),
+            "a file still being written is left for its next event"
+        );
+        assert_eq!(handle.generation(), 0);
+        assert_eq!(handle.refused(), 0);
+
+        let text = "[dedup]\nttl = \"10s\"\n";
+        let outcome = handle.reload_settled(&loader, || Ok(Some(text.to_owned())));
+        assert!(matches!(outcome, Some(Ok(()))), "{outcome:?}");
+        assert_eq!(handle.load().dedup.ttl, Duration::from_secs(10));
     }
 }
