@@ -1,5 +1,6 @@
-//! Every close is logged through `tracing` with its code and reason. In a test binary of its own,
-//! because it installs the process-wide subscriber that captures the server's events.
+//! Every close is logged through `tracing` with its code and reason, and warnings a client can
+//! cause are rate-limited. In a test binary of its own, because it installs the process-wide
+//! subscriber that captures the server's events.
 
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -16,7 +17,7 @@ use wsguard_config::StabilityConfig;
 
 mod support;
 
-/// The `code`, `reason`/`detail` and message of every event that has a `code` field.
+/// The level and fields of every event.
 #[derive(Default)]
 struct Closes(Mutex<Vec<String>>);
 
@@ -40,11 +41,9 @@ impl tracing::Subscriber for Capture {
     fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
     fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
     fn event(&self, event: &tracing::Event<'_>) {
-        if event.fields().any(|f| f.name() == "code") {
-            let mut fields = Fields(String::new());
-            event.record(&mut fields);
-            self.0.0.lock().unwrap().push(fields.0);
-        }
+        let mut fields = Fields(format!("level={} ", event.metadata().level()));
+        event.record(&mut fields);
+        self.0.0.lock().unwrap().push(fields.0);
     }
     fn enter(&self, _: &tracing::span::Id) {}
     fn exit(&self, _: &tracing::span::Id) {}
@@ -115,4 +114,57 @@ async fn server_and_client_closes_are_logged_with_code_and_reason() {
     client.close(None).await.unwrap();
     let line = logged(&closes, &["websocket closed by client", "code=1005"]).await;
     assert!(line.contains("detail="), "the detail is logged: {line}");
+}
+
+#[tokio::test]
+async fn a_protocol_error_is_logged_as_a_server_close_with_its_code() {
+    use tokio::io::AsyncWriteExt;
+    let closes = closes();
+    let echo = service_fn(|req: Inbound| async move { Ok::<_, BoxError>(Some(req.message)) });
+    let config = StabilityConfig::testing();
+    let addr = support::serve(Router::new().route("/ws", ws_route(echo, config))).await;
+    let mut tcp = support::raw::upgrade(addr, None).await;
+    // An unmasked frame from a client.
+    tcp.write_all(&support::raw::frame(0x81, b"hi", false))
+        .await
+        .unwrap();
+    let seen = support::raw::read_until_close(&mut tcp).await;
+    assert_eq!(seen.code, Some(1002));
+    let line = logged(&closes, &["code=1002", "websocket closed by server"]).await;
+    assert!(line.contains("protocol error"), "{line}");
+    assert!(line.contains("level=WARN"), "{line}");
+}
+
+#[tokio::test]
+async fn refused_upgrades_warn_at_a_bounded_rate_and_count_the_rest() {
+    let closes = closes();
+    let mut config = StabilityConfig::testing();
+    config.connection.max_connections = 1;
+    let echo = service_fn(|req: Inbound| async move { Ok::<_, BoxError>(Some(req.message)) });
+    let addr = support::serve(Router::new().route("/ws", ws_route(echo, config))).await;
+    let (_held, _) = connect_async(format!("ws://{addr}/ws")).await.unwrap();
+
+    let suppressed_before = wsguard_axum::suppressed_warnings();
+    let started = std::time::Instant::now();
+    let refusals = 300;
+    for _ in 0..refusals {
+        let refused = connect_async(format!("ws://{addr}/ws")).await.unwrap_err();
+        assert!(refused.to_string().contains("503"), "{refused}");
+    }
+    let seconds = started.elapsed().as_secs() + 1;
+    let warned = closes
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|line| line.contains("websocket upgrade refused"))
+        .count() as u64;
+    assert!(
+        (1..=10 * seconds).contains(&warned),
+        "{warned} warnings for {refusals} refusals in under {seconds} s"
+    );
+    assert!(
+        wsguard_axum::suppressed_warnings() - suppressed_before >= refusals - 10 * seconds,
+        "the left-out warnings are counted"
+    );
 }

@@ -18,7 +18,7 @@ use wsguard_config::{ConnectionConfig, StabilityConfig};
 
 mod support;
 
-use support::serve;
+use support::{raw, serve};
 
 type Client = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -214,47 +214,6 @@ async fn upgrades_past_max_connections_get_503_and_places_free_on_close() {
     let _third = connect(addr).await;
 }
 
-/// A client that completes the upgrade by hand and then never reads or writes a frame (not even
-/// a pong), as a dead peer behind a live TCP connection would.
-async fn silent_client(addr: SocketAddr) -> TcpStream {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut tcp = TcpStream::connect(addr).await.unwrap();
-    let request = format!(
-        "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-    );
-    tcp.write_all(request.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    while !head.ends_with(b"\r\n\r\n") {
-        head.push(tcp.read_u8().await.unwrap());
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    tcp
-}
-
-/// Reads server frames (unmasked, short) until a close frame; returns its code and the number of
-/// pings before it.
-async fn raw_close_code(tcp: &mut TcpStream) -> (u16, usize) {
-    use tokio::io::AsyncReadExt;
-    let mut pings = 0;
-    loop {
-        let opcode = tcp.read_u8().await.unwrap() & 0x0f;
-        let len = usize::from(tcp.read_u8().await.unwrap() & 0x7f);
-        assert!(len < 126, "short control frames only");
-        let mut payload = vec![0; len];
-        tcp.read_exact(&mut payload).await.unwrap();
-        match opcode {
-            0x9 => pings += 1,
-            0x8 => return (u16::from_be_bytes([payload[0], payload[1]]), pings),
-            other => panic!("unexpected opcode {other}"),
-        }
-    }
-}
-
 #[tokio::test]
 async fn silent_peer_is_pinged_then_closed_after_idle_timeout_while_a_live_one_stays() {
     let config = config(|c| {
@@ -264,7 +223,7 @@ async fn silent_peer_is_pinged_then_closed_after_idle_timeout_while_a_live_one_s
     let route = WsRoute::new(echo(), config);
     let stats = route.stats();
     let addr = serve(Router::new().route("/ws", route.into_method_router())).await;
-    let mut silent = silent_client(addr).await;
+    let mut silent = raw::upgrade(addr, None).await;
     let mut live = connect(addr).await;
     // The live client keeps reading, so tungstenite answers the server's pings.
     let live_reader = tokio::spawn(async move {
@@ -280,9 +239,15 @@ async fn silent_peer_is_pinged_then_closed_after_idle_timeout_while_a_live_one_s
         let outcome = timeout(Duration::from_millis(1500), listen).await;
         (outcome.is_err(), live)
     });
-    let (code, pings) = timeout(WAIT, raw_close_code(&mut silent)).await.unwrap();
-    assert_eq!(code, 1001);
-    assert!(pings >= 2, "pinged {pings} times before closing");
+    let seen = timeout(WAIT, raw::read_until_close(&mut silent))
+        .await
+        .unwrap();
+    assert_eq!(seen.code, Some(1001));
+    assert!(
+        seen.pings >= 2,
+        "pinged {} times before closing",
+        seen.pings
+    );
     let (still_open, _live) = live_reader.await.unwrap();
     assert!(still_open, "the live client was closed");
     wait_until("the silent peer's place to free", || stats.open() == 1).await;
@@ -386,6 +351,48 @@ async fn duplicate_is_dropped_or_acknowledged_per_config() {
         assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "marker");
         assert_eq!(calls.load(Ordering::SeqCst), 2);
     }
+}
+
+/// A dedup store whose every claim fails, as a Redis that cannot be reached.
+#[derive(Debug)]
+struct DownStore;
+
+impl wsguard_dedup::DedupStore for DownStore {
+    fn claim(&self, _: wsguard_dedup::Fingerprint, _: Duration) -> wsguard_dedup::ClaimFuture {
+        wsguard_dedup::ClaimFuture::boxed(async {
+            Err(wsguard_dedup::error::StoreError::new("store down"))
+        })
+    }
+    fn release(&self, _: wsguard_dedup::Fingerprint) {}
+}
+
+#[tokio::test]
+async fn a_fail_closed_dedup_rejection_tells_the_client_unavailable() {
+    use tower::ServiceBuilder;
+    use wsguard_config::FailureMode;
+    use wsguard_dedup::DedupLayer;
+
+    let mut config = StabilityConfig::testing();
+    config.dedup.store.redis.on_error = FailureMode::FailClosed;
+    let stack = ServiceBuilder::new()
+        .layer(DedupLayer::new(config.dedup.clone()).with_store(DownStore))
+        .service(echo());
+    let addr = serve(Router::new().route("/ws", ws_route(stack, config))).await;
+    let mut client = connect(addr).await;
+    client.send(WsMessage::text("hello")).await.unwrap();
+    let reply = next_frame(&mut client).await.into_text().unwrap();
+    let json: serde_json::Value = serde_json::from_str(&reply).unwrap();
+    assert_eq!(json["type"], "error", "{reply}");
+    assert_eq!(json["error"], "unavailable", "{reply}");
+    // The connection stays open for the next message.
+    client.send(WsMessage::text("again")).await.unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(
+            &next_frame(&mut client).await.into_text().unwrap()
+        )
+        .unwrap()["error"],
+        "unavailable"
+    );
 }
 
 #[tokio::test]
