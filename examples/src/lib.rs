@@ -154,17 +154,18 @@ pub fn prometheus() -> PrometheusHandle {
 }
 
 /// Serves `app` on `addr` (peer addresses available to handlers) until Ctrl-C.
+///
+/// Uses [`wsguard::axum::serve`]'s defaults: a request head must arrive within 10 s, at most
+/// 1,024 connections may wait for theirs, and shutdown waits at most 10 s for HTTP connections.
 pub async fn serve(app: axum::Router, addr: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-    .await
+    wsguard::axum::serve(listener, app)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await;
+    Ok(())
 }
 
 #[cfg(test)]
