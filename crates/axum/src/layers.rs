@@ -90,8 +90,9 @@ fn payload_of(message: &Message) -> Option<Payload<'_>> {
 
 /// Classifies message outcomes for the metrics layer and the circuit breaker.
 ///
-/// - Metrics: a reply (or none) is `ok`; a breaker rejection (`CircuitOpen`) is `rejected`; a
-///   dedup `Duplicate` is `duplicate`; any other error is `error`.
+/// - Metrics: a reply (or none) is `ok`; a breaker rejection (`CircuitOpen`) and a fail-closed
+///   dedup store's rejection (`StoreUnavailable`) are `rejected`; a dedup `Duplicate` is
+///   `duplicate`; any other error is `error`.
 /// - Breaker: errors fail, except rejections and duplicates, which are ignored (they say
 ///   nothing about the handler's health, wherever the dedup layer sits in the stack).
 ///

@@ -47,27 +47,43 @@
 //!   route, sender. It implements the layers' request traits (`DedupRequest`, `ClientRequest`).
 //! - Messages of one connection are handled in order; `message_concurrency > 1` lets that many
 //!   run at once, with replies still sent in order.
-//! - Replies and [`Outbound`] sends go through a bounded queue (`send_queue_capacity`) whose
-//!   overflow policy drops the newest, drops the oldest, or closes with `1008`. Queued messages
-//!   are written together and flushed once. `Outbound` is a `tower::Service<Message>`; for layers
-//!   on the sending side, wrap [`SendOutgoing`] (a `Service<`[`Outgoing`]`>`, which carries the
-//!   connection so that dedup can suppress re-sends and metrics count them per client).
+//! - Replies and [`Outbound`] sends go through a queue bounded in messages
+//!   (`send_queue_capacity`) and payload bytes (`send_queue_bytes`), whose overflow policy drops
+//!   the newest, drops the oldest, or closes with `1008`; dropped messages are counted per route
+//!   ([`ConnectionStats::send_dropped`]) and, with a `MetricsLayer`, per route and per client
+//!   in its registry and in `wsguard_send_dropped_total`. Queued messages are written together
+//!   and flushed once. `Outbound` is a `tower::Service<Message>`; for layers on the sending side,
+//!   wrap [`SendOutgoing`] (a `Service<`[`Outgoing`]`>`, which carries the connection so that
+//!   dedup can suppress re-sends and metrics count them per client).
 //! - Ping/pong, the close handshake and frame assembly stay tungstenite's; the service never sees
 //!   a control frame. The server pings a quiet client every `ping_interval` and closes with
 //!   `1001` after `idle_timeout` of silence.
-//! - A message over `max_message_size` closes with `1009`; a panicking service closes that
+//! - Memory per connection is bounded whatever the client sends or fails to read: the socket's
+//!   write buffer is capped (`write_buffer_size + send_queue_bytes`), and a client that keeps
+//!   pinging while its pongs cannot be written (more than `max_pending_pongs`) is closed with
+//!   `1008`, as is one whose write buffer fills ([`ConnectionStats::closed_slow_reader`]).
+//! - A message over `max_message_size` closes with `1009`; a frame that breaks RFC 6455 with
+//!   `1002`, a text message that is not UTF-8 with `1007` (sent by the server and logged as a
+//!   server close, [`ConnectionStats::closed_protocol_error`]); a panicking service closes that
 //!   connection with `1011` and nothing else; past `max_connections`, upgrades get `503`.
+//! - When the server closes, the client has `close_timeout` to take what is ahead of the close
+//!   frame and the frame; after it the TCP connection is dropped
+//!   ([`ConnectionStats::close_timeouts`]).
 //! - An open breaker's rejection becomes a JSON error frame
 //!   (`{"type":"error","error":"circuit_open","retry_after_ms":..}`) or a `1013` close, per
 //!   `connection.on_rejection`; a duplicate is dropped or acknowledged
-//!   (`{"type":"duplicate","age_ms":..}`) per `dedup.on_duplicate`; any other error becomes
+//!   (`{"type":"duplicate","age_ms":..}`) per `dedup.on_duplicate`; a dedup store that fails
+//!   closed answers `{"type":"error","error":"unavailable"}`; any other error becomes
 //!   `{"type":"error","error":"handler_error"}` and the connection stays open.
 //! - With a `MetricsLayer` in the stack the connection registers with its registry when it opens
 //!   (found while the connection takes its clone of the stack; no message needed, no readiness
 //!   reserved) and is released on close, so idle connections are counted and per-client state goes
 //!   with the last connection. A `MetricsLayer` behind a `Buffer` is not cloned per connection;
 //!   it registers the connection on its first message instead.
-//! - Every close is logged through `tracing` with its code and reason.
+//! - Every close is logged through `tracing` with its code and reason. Warnings a client can
+//!   cause (refused upgrades, closes for misbehaviour, handler errors) pass at most 10 a second
+//!   per kind; the next one written carries `suppressed = N`, and [`suppressed_warnings`] counts
+//!   them all.
 //! - Read and write buffers come from `read_buffer_size` and `write_buffer_size` (4 KiB by
 //!   default instead of tungstenite's 128 KiB), which keeps idle connections cheap.
 
