@@ -327,9 +327,24 @@ fn validate_connection(c: &ConnectionConfig, p: &mut Problems) {
         "must be > 0",
     );
     p.check(
+        c.send_queue_bytes >= c.max_message_size,
+        "connection.send_queue_bytes",
+        "must be >= connection.max_message_size, or a reply as large as the largest message accepted (an echo) never fits the send queue",
+    );
+    p.check(
         c.message_concurrency > 0,
         "connection.message_concurrency",
         "must be > 0",
+    );
+    p.check(
+        c.max_pending_pongs > 0,
+        "connection.max_pending_pongs",
+        "must be > 0, or a client is closed for the first ping it sends while its socket is busy",
+    );
+    p.check(
+        !c.close_timeout.is_zero(),
+        "connection.close_timeout",
+        "must be > 0, or no client ever receives the server's close frame",
     );
     p.check(
         c.read_buffer_size >= 256,

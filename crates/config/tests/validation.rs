@@ -126,8 +126,17 @@ const CASES: &[(&str, Mutation)] = &[
     ("connection.send_queue_capacity", |c| {
         c.connection.send_queue_capacity = 0
     }),
+    ("connection.send_queue_bytes", |c| {
+        c.connection.send_queue_bytes = c.connection.max_message_size - 1
+    }),
     ("connection.message_concurrency", |c| {
         c.connection.message_concurrency = 0
+    }),
+    ("connection.max_pending_pongs", |c| {
+        c.connection.max_pending_pongs = 0
+    }),
+    ("connection.close_timeout", |c| {
+        c.connection.close_timeout = Duration::ZERO
     }),
     ("connection.read_buffer_size", |c| {
         c.connection.read_buffer_size = 16
