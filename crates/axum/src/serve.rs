@@ -13,8 +13,9 @@
 //!   requests; it stops applying once a connection is upgraded to a WebSocket.
 //! - [`max_pending_handshakes`](Serve::max_pending_handshakes) (1,024 by default): at most this
 //!   many accepted connections may be waiting for their first request head. A connection
-//!   accepted past it is closed at once and counted in [`ServeStats::refused`]. A connection
-//!   stops counting when its first request reaches the router or when it closes.
+//!   accepted past it is closed at once, without a response, counted in [`ServeStats::refused`]
+//!   and logged (at a bounded rate). A connection stops counting when its first request reaches
+//!   the router or when it closes.
 //!
 //! Handlers see the peer address as `ConnectInfo<SocketAddr>`, as with
 //! `Router::into_make_service_with_connect_info::<SocketAddr>()`, so [`ws_route`](crate::ws_route)
@@ -80,6 +81,8 @@ use tokio::time::Instant;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 use tower_service::Service;
+
+use crate::warn_limit::{WarnLimit, limited_warn};
 
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1024;
@@ -219,7 +222,6 @@ where
             .header_read_timeout(header_read_timeout);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
-        let mut refusal_log = LogThrottle::default();
         let mut accept_error_log = LogThrottle::default();
 
         loop {
@@ -232,15 +234,14 @@ where
                         stats.inner.accepted.fetch_add(1, Ordering::Relaxed);
                         let Some(slot) = PendingSlot::reserve(&stats.inner, max_pending_handshakes)
                         else {
+                            static WARN: WarnLimit = WarnLimit::new();
                             stats.inner.refused.fetch_add(1, Ordering::Relaxed);
                             drop(stream);
-                            if let Some(suppressed) = refusal_log.admit() {
-                                tracing::warn!(
-                                    max_pending_handshakes,
-                                    suppressed,
-                                    "connection refused: too many waiting for their request head"
-                                );
-                            }
+                            limited_warn!(
+                                WARN,
+                                max_pending_handshakes,
+                                "connection refused: too many waiting for their request head"
+                            );
                             continue;
                         };
                         let app = ConnectionApp { app: app.clone(), peer, slot };
@@ -416,7 +417,8 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Lets a repeated log line through at most once per [`LOG_INTERVAL`], counting the rest.
+/// Lets a repeated log line through at most once per [`LOG_INTERVAL`], counting the rest: an
+/// accept error such as `EMFILE` repeats as long as its cause lasts.
 #[derive(Debug, Default)]
 struct LogThrottle {
     last: Option<Instant>,
