@@ -84,6 +84,9 @@
 //!   cause (refused upgrades, closes for misbehaviour, handler errors) pass at most 10 a second
 //!   per kind; the next one written carries `suppressed = N`, and [`suppressed_warnings`] counts
 //!   them all.
+//! - [`serve()`] serves a router (HTTP/1) with what `axum::serve` lacks against clients that
+//!   never finish their request: a header-read timeout (10 s) and a bound on connections that
+//!   have not sent their request head (1,024); past it a new connection is closed at once.
 //! - Read and write buffers come from `read_buffer_size` and `write_buffer_size` (4 KiB by
 //!   default instead of tungstenite's 128 KiB), which keeps idle connections cheap.
 
