@@ -199,6 +199,60 @@ async fn json_field_key_uses_the_client_id_and_falls_back_per_config() {
     assert_eq!(counter.calls(), 1);
 }
 
+#[tokio::test(start_paused = true)]
+async fn messages_differing_in_repeated_key_order_exact_number_or_frame_type_all_pass() {
+    let binary = |b: &[u8]| Inbound {
+        msg: Msg::Binary(b.to_vec()),
+        conn: 1,
+        client: "alice",
+    };
+    let many = r#"{"a":2,"k0":0,"k1":0,"k2":0,"k3":0,"k4":0,"k5":0,"k6":0,"k7":0,"k8":0,"k9":0,"k10":0,"k11":0,"k12":0,"k13":0,"k14":0,"k15":0,"a":1}"#;
+    let many_swapped = r#"{"a":1,"k0":0,"k1":0,"k2":0,"k3":0,"k4":0,"k5":0,"k6":0,"k7":0,"k8":0,"k9":0,"k10":0,"k11":0,"k12":0,"k13":0,"k14":0,"k15":0,"a":2}"#;
+    let pairs = [
+        (text(r#"{"a":2,"a":1}"#), text(r#"{"a":1,"a":2}"#)),
+        (text(many), text(many_swapped)),
+        (text("[9007199254740993.0]"), text("[9007199254740992]")),
+        (text("[12345678901234567.5]"), text("[12345678901234568]")),
+        (text("[1e400]"), text("[1e500]")),
+        (text("[1e-400]"), text("[2e-400]")),
+        (text("hello"), binary(b"hello")),
+    ];
+    for (first, second) in pairs {
+        let counter = Counter::default();
+        let mut svc = DedupLayer::new(config()).layer_for(counter.service());
+        send(&mut svc, first.clone()).await.unwrap();
+        send(&mut svc, second.clone()).await.unwrap();
+        assert_eq!(counter.calls(), 2, "{second:?} after {first:?}");
+        // Each is still remembered: a resend of either is dropped.
+        assert!(is_dup(&send(&mut svc, second).await));
+        assert!(is_dup(&send(&mut svc, first).await));
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn json_field_ids_come_only_from_string_and_number_tokens() {
+    let counter = Counter::default();
+    let cfg = DedupConfig {
+        key: KeySource::JsonField,
+        json_field: "id".into(),
+        fingerprint_when_missing: false,
+        ..config()
+    };
+    let mut svc = DedupLayer::new(cfg).layer_for(counter.service());
+    send(&mut svc, text(r#"{"id":5,"body":"a"}"#))
+        .await
+        .unwrap();
+    assert!(is_dup(
+        &send(&mut svc, text(r#"{"id":5,"body":"b"}"#)).await
+    ));
+    // serde_json's `arbitrary_precision` token, written by a client, is an object and no id:
+    // not the message with id 5, and never deduplicated without `fingerprint_when_missing`.
+    let forged = r#"{"id":{"$serde_json::private::Number":"5"},"body":"c"}"#;
+    send(&mut svc, text(forged)).await.unwrap();
+    send(&mut svc, text(forged)).await.unwrap();
+    assert_eq!(counter.calls(), 3);
+}
+
 #[cfg(feature = "http")]
 #[tokio::test(start_paused = true)]
 async fn header_key_deduplicates_http_requests_with_409() {
