@@ -1473,15 +1473,11 @@ mod tests {
         for v in edges {
             let a = f.fingerprint_json(format!("[{v}]").as_bytes());
             assert!(seen.insert(a), "{v}");
-            // Written as a float with the same value where a double holds it exactly.
-            if v.unsigned_abs() <= 1 << 53 || v.unsigned_abs().trailing_zeros() >= 11 {
-                assert_eq!(a, f.fingerprint_json(format!("[{v}.0]").as_bytes()), "{v}");
-                assert_eq!(
-                    a,
-                    f.fingerprint_json(format!("[{}e0]", v).as_bytes()),
-                    "{v}"
-                );
+            // Other spellings of the same integer, whether or not a double holds it.
+            for other in [format!("[{v}.0]"), format!("[{v}e0]"), format!("[{v}0e-1]")] {
+                assert_eq!(a, f.fingerprint_json(other.as_bytes()), "{other}");
             }
+            assert_ne!(a, f.fingerprint_json(format!("[{v}.5]").as_bytes()), "{v}");
         }
         assert_eq!(
             f.fingerprint_json(b"[1000000000000000000]"),

@@ -7,7 +7,8 @@
 //! `wsguard-axum`, on every message of a WebSocket connection.
 //!
 //! - **Keys** ([`DedupRequest`]): a keyed 128-bit [`Fingerprint`] of the content (JSON compared
-//!   as a value, whatever its key order and whitespace; everything else as bytes), a client
+//!   as a value, whatever its key order and whitespace, numbers by exact value; everything else,
+//!   and JSON with a repeated key, as bytes; a text message never matches a binary one), a client
 //!   message id in a JSON field, or a header. Scoped per connection, per client or global.
 //! - **Window** ([`DedupStore`]): the embedded [`MemoryStore`] (sharded, O(1) check-and-insert
 //!   and expiry, bounded by `max_entries`, 33 to 40 bytes per key measured), or `RedisStore` (feature

@@ -75,8 +75,9 @@ pub trait DedupRequest {
 /// A message's content.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Payload<'a> {
-    /// Text: fingerprinted as a JSON value when it parses as JSON, else as bytes; the only kind a
-    /// JSON id field is read from.
+    /// Text: fingerprinted as a JSON value when it parses as JSON (with no repeated key), else as
+    /// its bytes, never matching a [`Binary`](Self::Binary) payload of the same bytes; the only
+    /// kind a JSON id field is read from.
     Text(&'a str),
     /// Binary: fingerprinted as bytes.
     Binary(&'a [u8]),
