@@ -81,6 +81,31 @@ fn a_text_frame_and_a_binary_frame_are_different_messages() {
     }
 }
 
+#[test]
+fn fingerprints_of_strings_integers_and_binary_are_pinned() {
+    // Nodes sharing a Redis window must compute the same keys: these are the values before
+    // issue 17's fix, which changed only numbers that are not `i64`s, repeated keys and non-JSON
+    // text.
+    let doc = br#"{"type":"chat","seq":12345,"room":"lobby","text":"hello world, hello there, hi!","n":[1,-2,{"x":null,"y":true}],"big":-9223372036854775808}"#;
+    let pinned = [
+        (
+            true,
+            "9abee95608f374b2ae7eba4f20658eb9",
+            "d8361f98c70cd169148cbb0e89938788",
+        ),
+        (
+            false,
+            "77183e7f03bad47f823c15205dcfadb7",
+            "60d71ee331d4a6374ab82b83a2a8b598",
+        ),
+    ];
+    for (fast, json, binary) in pinned {
+        let f = Fingerprinter::new([7; 16], fast);
+        assert_eq!(f.fingerprint_json(doc).to_string(), json);
+        assert_eq!(f.fingerprint_bytes(b"\x00\x01binary").to_string(), binary);
+    }
+}
+
 /// A JSON value as the model sees it: numbers as exact decimals, strings unescaped, objects as
 /// maps.
 #[derive(Debug, PartialEq, Eq)]
