@@ -755,14 +755,19 @@ impl<'a, const C: usize, const D: usize> Walk<'a, C, D> {
         for (i, e) in entries.iter().enumerate() {
             let mut j = i;
             while j > 0 {
-                match self.order(&entries[order[j - 1] as usize], e) {
-                    std::cmp::Ordering::Less => break,
-                    std::cmp::Ordering::Equal => return Err(AsBytes),
-                    std::cmp::Ordering::Greater => {
-                        order[j] = order[j - 1];
-                        j -= 1;
+                let before = &entries[order[j - 1] as usize];
+                if before.prefix < e.prefix {
+                    break;
+                }
+                if before.prefix == e.prefix {
+                    match self.compare_keys(&before.key, &e.key) {
+                        std::cmp::Ordering::Less => break,
+                        std::cmp::Ordering::Equal => return Err(AsBytes),
+                        std::cmp::Ordering::Greater => {}
                     }
                 }
+                order[j] = order[j - 1];
+                j -= 1;
             }
             order[j] = i as u8;
         }
