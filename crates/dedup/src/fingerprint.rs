@@ -10,19 +10,19 @@
 //! Canonical form of the values (two texts are the same message exactly when they denote the
 //! same JSON value):
 //! - **Numbers** compare by exact decimal value, never through a double: a number is its sign,
-//!   its digits without leading or trailing zeros, and its exponent (`fingerprint/number.rs`), so `1`, `1.0`,
-//!   `1e0`, `10e-1` and `0.10e1` are the same, `-0` equals `0`, and `9007199254740993.0`,
-//!   `1e400` or `1e-400` are each told from every other number. An exponent written with more
-//!   than 18 digits (leading zeros aside) is not read: the document hashes as bytes.
+//!   its digits without leading or trailing zeros, and its exponent (`fingerprint/number.rs`),
+//!   so `1`, `1.0`, `1e0`, `10e-1` and `0.10e1` are the same, `-0` equals `0`, and
+//!   `9007199254740993.0`, `1e400` or `1e-400` are each told from every other number. An
+//!   exponent written with more than 18 digits (leading zeros aside) is not read: the document
+//!   hashes as bytes.
 //! - **Strings** hash as their unescaped bytes: `"\u0041"` equals `"A"` (no Unicode normalisation).
 //! - **Objects** of up to 16 entries hash their entries sorted by key; larger objects hash each
 //!   entry on its own and add the entry hashes, which is order independent. An object or array
 //!   that is the value of an entry hashes as its own keyed 128-bit hash, so the reader never
 //!   parses any part of the input twice.
 //! - A document with a **repeated key** in any of its objects hashes as bytes: readers disagree
-//!   on what it means (JavaScript, Python and serde_json keep the last value; other readers keep the first
-//!   or reject the document),
-//!   so only the same text is the same message.
+//!   on what it means (JavaScript, Python and serde_json keep the last value; other readers keep
+//!   the first or reject the document), so only the same text is the same message.
 //! - Nesting deeper than [`MAX_DEPTH`] levels (the reader recurses once per level, so the stack
 //!   stays small), invalid JSON, trailing garbage and non-JSON text hash as bytes too.
 //!
