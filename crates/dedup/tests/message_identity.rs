@@ -70,6 +70,20 @@ fn spellings_of_one_number_are_one_message() {
 }
 
 #[test]
+fn an_exponent_too_long_to_read_compares_the_text() {
+    // Nineteen digits: the document is compared as its bytes.
+    let long = "[1e1000000000000000000]";
+    assert_eq!(text(long), text(long));
+    assert_different(long, "[ 1e1000000000000000000 ]");
+    assert_different(long, "[10e999999999999999999]");
+    // Eighteen digits, leading zeros aside, are read as a value.
+    assert_eq!(
+        text("[10e999999999999999998]"),
+        text("[ 1.0e0000999999999999999999 ]")
+    );
+}
+
+#[test]
 fn a_text_frame_and_a_binary_frame_are_different_messages() {
     let f = fp();
     for bytes in [&b"hello"[..], b"[1]", br#"{"a":1,"a":2}"#, b"{"] {
