@@ -8,7 +8,8 @@ use serde::{Deserialize, Serialize};
 pub enum KeySource {
     /// A keyed 128-bit fingerprint of the content (JSON compared as values, other payloads as bytes).
     Fingerprint,
-    /// A client-supplied id in the top-level JSON field named by `json_field`.
+    /// A client-supplied id in the top-level JSON field named by `json_field`: a string or an
+    /// integer token; any other value, or the field given twice, is no id.
     JsonField,
     /// A client-supplied id in the HTTP header named by `header`.
     Header,

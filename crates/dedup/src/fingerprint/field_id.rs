@@ -7,7 +7,8 @@ use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visi
 use serde_json::value::RawValue;
 
 /// Extracts the top-level field `name` of a JSON object as a message id: a string, or an
-/// integer written without fraction or exponent (within `i128`). Anything else is no id.
+/// integer written without fraction or exponent (within `i128`). Anything else, and a field
+/// that appears more than once, is no id.
 ///
 /// The field's value is taken as raw text and read here, never through `deserialize_any`: that
 /// way an object can never pass for a number (serde_json's `arbitrary_precision` hands numbers
@@ -37,15 +38,18 @@ impl<'de> Visitor<'de> for FindField<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
         let mut found = None;
+        let mut repeated = false;
         while let Some(is_name) = map.next_key_seed(KeyIs(self.name))? {
             if found.is_none() && is_name {
                 found = Some(id_of(map.next_value::<&'de RawValue>()?));
             } else {
+                repeated |= is_name;
                 map.next_value::<IgnoredAny>()?;
             }
         }
-        // The parser insists on reading the object to its end.
-        Ok(found.flatten())
+        // The parser insists on reading the object to its end. A repeated id field has no one
+        // meaning (JavaScript and serde_json keep the last, other readers the first): no id.
+        Ok(if repeated { None } else { found.flatten() })
     }
 }
 
@@ -130,6 +134,9 @@ mod tests {
         assert_eq!(id(br#"{"other":1}"#), None);
         assert_eq!(id(br#"[1]"#), None);
         assert_eq!(id(b"not json"), None);
+        // Two ids: readers disagree on which one counts, so neither does.
+        assert_eq!(id(br#"{"id":"a","id":"b"}"#), None);
+        assert_eq!(id(br#"{"id":"a","x":1,"id":"a"}"#), None);
     }
 
     #[test]
