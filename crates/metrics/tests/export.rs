@@ -33,6 +33,9 @@ async fn prometheus_text_has_low_cardinality_names_and_labels() {
         let _ = svc.ready().await.unwrap().call(msg).await;
     }
     support::send(&mut send, Msg::on(&slot, "alice-secret-id")).await;
+    // The adapter reports messages its send queue dropped for a slow reader.
+    slot.record_send_dropped("/ws", 3);
+    assert_eq!(registry.client("alice-secret-id").unwrap().send_dropped, 3);
     let _other = registry.connect("bob-secret-id");
     drop(_other);
 
@@ -54,6 +57,7 @@ async fn prometheus_text_has_low_cardinality_names_and_labels() {
     has(r#"wsguard_calls_in_flight{route="/ws",direction="in"} 0"#);
     has(r#"wsguard_call_duration_seconds_count{route="/ws",direction="in"} 4"#);
     has(r#"wsguard_call_duration_seconds_bucket{route="/ws",direction="in",le="0.0001"} 4"#);
+    has(r#"wsguard_send_dropped_total{route="/ws"} 3"#);
     has("wsguard_connections_total 2");
     has("wsguard_connections_active 1");
     has("# TYPE wsguard_calls_total counter");
