@@ -374,7 +374,12 @@ async fn a_fail_closed_dedup_rejection_tells_the_client_unavailable() {
 
     let mut config = StabilityConfig::testing();
     config.dedup.store.redis.on_error = FailureMode::FailClosed;
+    let registry = wsguard_metrics::MetricsRegistry::new(config.metrics.clone());
     let stack = ServiceBuilder::new()
+        .layer(
+            wsguard_metrics::MetricsLayer::new(registry.clone())
+                .classifier(wsguard_axum::MessageClassifier),
+        )
         .layer(DedupLayer::new(config.dedup.clone()).with_store(DownStore))
         .service(echo());
     let addr = serve(Router::new().route("/ws", ws_route(stack, config))).await;
@@ -393,6 +398,9 @@ async fn a_fail_closed_dedup_rejection_tells_the_client_unavailable() {
         .unwrap()["error"],
         "unavailable"
     );
+    // The metrics count them as rejections, not handler errors.
+    let calls = registry.snapshot().calls;
+    assert_eq!((calls.rejected, calls.error), (2, 0));
 }
 
 #[tokio::test]
