@@ -341,7 +341,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    /// Starts `echo` on a free loopback port, its stderr in `dir/name.log`, with `config` as its
+    /// Starts `echo` on a free loopback port, its output in `dir/name.log`, with `config` as its
     /// `--config` file if given (else the `development` preset).
     async fn start(dir: &Path, name: &str, config: Option<&Path>) -> Result<Self, String> {
         let me = std::env::current_exe().map_err(|e| format!("own path: {e}"))?;
