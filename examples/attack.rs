@@ -2,10 +2,9 @@
 //! client saw.
 //!
 //! ```text
-//! cargo run --release --example attack
-//! # or, both binaries built:
+//! # the server under attack is the `echo` example built beside this binary: build both
 //! cargo build --release --example attack --example echo
-//! target/release/examples/attack
+//! cargo run --release --example attack        # or target/release/examples/attack
 //! ```
 //!
 //! Each attack starts its own `echo` server (the binary built beside this one) as a child process
