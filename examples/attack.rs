@@ -8,7 +8,7 @@
 //! ```
 //!
 //! Each attack starts its own `echo` server (the binary built beside this one) as a child process
-//! on a free loopback port, with its output (stdout, where its log goes, and stderr) in a file of a
+//! on a free loopback port, with its output (stderr, where its log goes, and stdout) in a file of a
 //! temporary directory and, when the attack needs settings other than the `development` preset, a
 //! `--config` file there too (`WSGUARD_` variables are not passed on). The directory is kept, and
 //! named, when an attack fails. The server's `VmRSS` is sampled every 50 ms while the attack runs.
@@ -373,7 +373,7 @@ impl Server {
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
             .stdin(Stdio::null())
-            // The examples' `init_tracing` writes to stdout, error messages go to stderr.
+            // The log goes to stderr; stdout is kept too, for anything else a server prints.
             .stdout(output)
             .stderr(output_too)
             .spawn()

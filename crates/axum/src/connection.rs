@@ -102,6 +102,8 @@ pub(crate) async fn run<S>(
             sink.send(Message::Close(Some(frame))).await
         })
         .await;
+        // The peer's frames are read (and dropped) until its answer: closing a socket with
+        // unread data resets it, and a reset may destroy our close frame before the peer reads it.
         handshake = match sent {
             Err(_) => Handshake::FrameNotTaken,
             Ok(Err(_)) => Handshake::PeerGone,
@@ -406,12 +408,16 @@ fn panicked(conn: &ConnInfo, panic: Box<dyn Any + Send>) -> Ending {
 }
 
 fn read_error(err: axum::Error) -> Ending {
-    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError};
+    use tokio_tungstenite::tungstenite::error::{CapacityError, Error as WsError, ProtocolError};
     let inner = err.into_inner();
     match inner.downcast_ref::<WsError>() {
         Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
             tracing::debug!(size, max_size, "inbound message too big");
             Ending::close(close::SIZE, "message too big")
+        }
+        // A peer that drops TCP without a close frame has gone; it broke nothing we can answer.
+        Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
+            Ending::peer(None, "connection reset without closing handshake")
         }
         // RFC 6455 7.4.1: the endpoint that sees a protocol error closes with 1002, and with
         // 1007 for a text message that is not UTF-8. The reason is ours, so it is short.

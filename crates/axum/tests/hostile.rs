@@ -145,6 +145,21 @@ async fn a_client_that_pings_and_reads_is_answered_and_stays() {
 }
 
 #[tokio::test]
+async fn a_client_that_drops_tcp_without_a_close_frame_is_not_a_protocol_error() {
+    let (addr, stats) = start(|_| {}).await;
+    let mut tcp = raw::upgrade(addr, None).await;
+    tcp.write_all(&raw::final_frame(TEXT, b"hi")).await.unwrap();
+    let (opcode, _) = timeout(WAIT, raw::read_frame(&mut tcp))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(opcode, TEXT);
+    drop(tcp);
+    wait_until("the connection to end", || stats.open() == 0).await;
+    assert_eq!(stats.closed_protocol_error(), 0);
+}
+
+#[tokio::test]
 async fn protocol_errors_are_closed_by_the_server_with_1002_or_1007() {
     let (addr, stats) = start(|_| {}).await;
     let cases: [(&str, Vec<u8>, u16); 8] = [
