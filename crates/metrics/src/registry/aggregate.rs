@@ -1,4 +1,4 @@
-//! Exact aggregate counters, striped per thread so that cores do not fight over one cache line.
+//! Exact aggregate counters, one set per thread so that cores do not fight over one cache line.
 
 use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use crate::Direction;
 use crate::classify::Outcome;
 
-/// One thread's share of the counters, alone on its cache lines.
+/// The counters of the threads whose index maps here (one thread each, up to the count), alone
+/// on their cache lines.
 #[repr(align(128))]
 #[derive(Default)]
-struct Stripe {
+struct ThreadCounters {
     /// Calls started, by direction.
     calls: [AtomicU64; 2],
     bytes: [AtomicU64; 2],
@@ -18,11 +19,11 @@ struct Stripe {
 }
 
 pub(crate) struct Counters {
-    stripes: Box<[Stripe]>,
+    per_thread: Box<[ThreadCounters]>,
     mask: usize,
 }
 
-/// Totals summed over the stripes.
+/// Totals summed over every thread's counters.
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct Totals {
     pub(crate) calls: [u64; 2],
@@ -71,19 +72,19 @@ impl Counters {
         let cores = std::thread::available_parallelism().map_or(4, |n| n.get());
         let n = (cores * 2).next_power_of_two().clamp(4, 64);
         Self {
-            stripes: (0..n).map(|_| Stripe::default()).collect(),
+            per_thread: (0..n).map(|_| ThreadCounters::default()).collect(),
             mask: n - 1,
         }
     }
 
     #[inline]
-    fn stripe(&self) -> &Stripe {
-        &self.stripes[thread_index() & self.mask]
+    fn local(&self) -> &ThreadCounters {
+        &self.per_thread[thread_index() & self.mask]
     }
 
     #[inline]
     pub(crate) fn start(&self, direction: Direction, bytes: Option<u64>) {
-        let s = self.stripe();
+        let s = self.local();
         let d = direction.index();
         s.calls[d].fetch_add(1, Ordering::Relaxed);
         if let Some(b) = bytes {
@@ -93,17 +94,17 @@ impl Counters {
 
     #[inline]
     pub(crate) fn finish(&self, outcome: Outcome) {
-        self.stripe().outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        self.local().outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
     }
 
     #[inline]
     pub(crate) fn cancel(&self) {
-        self.stripe().cancelled.fetch_add(1, Ordering::Relaxed);
+        self.local().cancelled.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn totals(&self) -> Totals {
         let mut t = Totals::default();
-        for s in self.stripes.iter() {
+        for s in self.per_thread.iter() {
             for d in 0..2 {
                 t.calls[d] += s.calls[d].load(Ordering::Relaxed);
                 t.bytes[d] += s.bytes[d].load(Ordering::Relaxed);
