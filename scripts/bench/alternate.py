@@ -1,16 +1,15 @@
 #!/usr/bin/env python3
 """Builds of the `overhead` bench from different versions, their interleaved checks run in turn.
 
-Code layout alone moves the consecutive figure by about 0.3 ns, and on the benchmark machine slow
-periods come and go over seconds to minutes (see `repeat.py`). A change is therefore judged by
-running the bench of each version one process after the other, for several rounds, and comparing
-rounds in which both ran in a fast period.
+Code layout and the machine's slow periods move one process's figures more than most changes do,
+so a change is judged by running the bench of each version one process after the other, for
+several rounds, and comparing rounds in which both ran in a fast period.
 
 Build each version's bench with
 `cargo bench -p wsguard-circuit-breaker --bench overhead --no-run`, copy the executable it names,
 then:
 
-Usage: python3 crates/circuit-breaker/benches/alternate.py ROUNDS BINARY BINARY...
+Usage: python3 scripts/bench/alternate.py ROUNDS BINARY BINARY...
 """
 import statistics
 import sys

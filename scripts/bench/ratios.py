@@ -1,14 +1,15 @@
 #!/usr/bin/env python3
 """Ratios of the `overhead` bench, read from criterion's estimates of the last run.
 
-Usage: python3 crates/circuit-breaker/benches/ratios.py [target/criterion]
+Usage: python3 scripts/bench/ratios.py [CRITERION_DIR, default the workspace's target/criterion]
 Overhead = mean time per call minus the bare service's, in the same group of the same run.
 """
 import json
 import os
 import sys
 
-root = sys.argv[1] if len(sys.argv) > 1 else "target/criterion"
+WORKSPACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(WORKSPACE, "target", "criterion")
 
 
 def mean(group, bench):
@@ -32,6 +33,9 @@ for mode in ["consecutive", "count_window", "time_window"]:
         ws = mean(group, "wsguard")
         tr = mean(group, "tower_resilience")
         fs = mean(group, "failsafe")
+        if bare is None or ws is None:
+            sys.exit(f"ratios.py: no estimates for {group} in {root}: run "
+                     "`cargo bench -p wsguard-circuit-breaker --bench overhead` first")
         peers = [p - bare for p in (tr, fs) if p is not None]
         ratio = (ws - bare) / min(peers)
         one.setdefault(mode, {})[threads] = (ws, bare)

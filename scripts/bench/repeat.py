@@ -1,27 +1,27 @@
 #!/usr/bin/env python3
 """The interleaved checks of the `overhead` bench, run in many processes one after another.
 
-On the benchmark machine (2 vCPU VM) some periods of seconds to minutes run the breaker's call
-path about 1.8 times slower while failsafe's moves by a few percent: with the same binary, the same
-addresses (`setarch -R`) and the same stack, 3 of 16 processes in a row ran slow. A best-of-rounds
-figure from one process therefore depends on the period the process fell in. This script builds
-the bench, runs its interleaved checks in N processes and prints each figure's median and range,
-and how many processes met the consecutive-mode target.
+A best-of-rounds figure from one process depends on the slow or fast period of the machine the
+process fell in, so this script builds the bench, runs its interleaved checks in N processes and
+prints each figure's median and range, and how many processes met the consecutive-mode target.
 
-Usage: python3 crates/circuit-breaker/benches/repeat.py [processes, default 16]
+Usage: python3 scripts/bench/repeat.py [processes, default 16]
 """
 import json
 import re
 import statistics
+import os
 import subprocess
 import sys
+
+WORKSPACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
 
 
 def bench_binary():
     out = subprocess.run(
         ["cargo", "bench", "-p", "wsguard-circuit-breaker", "--bench", "overhead", "--no-run",
          "--message-format=json"],
-        check=True, capture_output=True, text=True).stdout
+        cwd=WORKSPACE, check=True, capture_output=True, text=True).stdout
     for line in out.splitlines():
         msg = json.loads(line)
         if msg.get("reason") == "compiler-artifact" and msg["target"]["name"] == "overhead" \

@@ -6,8 +6,7 @@
 //! hides the middleware's own. All calls succeed: this is the closed hot path.
 //!
 //! `failsafe` has no count window; its closest policy is listed under consecutive and time modes
-//! only. Overheads and ratios are computed from criterion's estimates by the script quoted in
-//! BENCHMARKS.md.
+//! only. `scripts/bench/ratios.py` computes overheads and ratios from criterion's estimates.
 
 // `criterion_group!` generates an undocumented public function.
 #![allow(missing_docs)]
