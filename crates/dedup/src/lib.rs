@@ -105,6 +105,7 @@
 pub mod error;
 pub mod fingerprint;
 pub mod future;
+mod key;
 mod layer;
 pub mod policy;
 mod request;

@@ -4,11 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use wsguard_config::{ConfigSource, DedupConfig, DedupScope, FailureMode, KeySource};
+use wsguard_config::{ConfigSource, DedupConfig, FailureMode};
 
 use crate::error::{Duplicate, StoreError, StoreUnavailable};
-use crate::fingerprint::{Content, FieldId, Fingerprint, Fingerprinter, Scope, json_field_id};
-use crate::request::{DedupRequest, Payload};
+use crate::fingerprint::{Fingerprint, Fingerprinter};
+use crate::key::message_key;
+use crate::request::DedupRequest;
 use crate::stats::Counters;
 use crate::store::{Claim, DedupStore};
 
@@ -99,7 +100,7 @@ impl Shared {
                 )));
                 derived = self.derived.load();
             }
-            let key = message_key(req, cfg, &derived)?;
+            let key = message_key(req, cfg, &derived.content, &derived.ids)?;
             Counters::bump(&self.counters.checked);
             Some(Check {
                 key,
@@ -145,49 +146,6 @@ impl Shared {
             }
         }
     }
-}
-
-fn message_key<R: DedupRequest>(
-    req: &R,
-    cfg: &DedupConfig,
-    derived: &Derived,
-) -> Option<Fingerprint> {
-    let scope = match cfg.scope {
-        DedupScope::Connection => req.connection_id().map(Scope::Connection),
-        DedupScope::Client => req.client_id().map(Scope::Client),
-        DedupScope::Global => None,
-    }
-    .unwrap_or(Scope::Global);
-    let payload = req.payload().filter(|p| !p.as_bytes().is_empty());
-    match cfg.key {
-        KeySource::Fingerprint => {}
-        KeySource::JsonField => {
-            if let Some(Payload::Text(text)) = payload {
-                match json_field_id(text.as_bytes(), &cfg.json_field) {
-                    Some(FieldId::Str(id)) if !id.is_empty() => {
-                        return Some(derived.ids.key(scope, Content::IdStr(id.as_bytes())));
-                    }
-                    Some(FieldId::Int(id)) => {
-                        return Some(derived.ids.key(scope, Content::IdInt(id)));
-                    }
-                    _ => {}
-                }
-            }
-        }
-        KeySource::Header => {
-            if let Some(id) = req.header(&cfg.header).filter(|v| !v.is_empty()) {
-                return Some(derived.ids.key(scope, Content::IdStr(id)));
-            }
-        }
-    }
-    if cfg.key != KeySource::Fingerprint && !cfg.fingerprint_when_missing {
-        return None;
-    }
-    let content = match payload? {
-        Payload::Text(text) => Content::Text(text.as_bytes()),
-        Payload::Binary(bytes) => Content::Bytes(bytes),
-    };
-    Some(derived.content.key(scope, content))
 }
 
 /// A claimed key: released when dropped armed (the call failed or never finished).

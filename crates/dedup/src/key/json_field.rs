@@ -14,13 +14,13 @@ use serde_json::value::RawValue;
 /// way an object can never pass for a number (serde_json's `arbitrary_precision` hands numbers
 /// to visitors as a one-entry map that any client can write), whatever features the build
 /// enables.
-pub(crate) fn json_field_id<'a>(json: &'a [u8], name: &str) -> Option<FieldId<'a>> {
+pub(super) fn json_field_id<'a>(json: &'a [u8], name: &str) -> Option<FieldId<'a>> {
     let mut de = serde_json::Deserializer::from_slice(json);
     de.deserialize_map(FindField { name }).ok().flatten()
 }
 
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum FieldId<'a> {
+pub(super) enum FieldId<'a> {
     Str(Cow<'a, str>),
     Int(i128),
 }
