@@ -66,7 +66,7 @@ impl DedupHandle {
             store_errors: c.store_errors.load(Ordering::Relaxed),
             rejected_unavailable: c.rejected_unavailable.load(Ordering::Relaxed),
             released: c.released.load(Ordering::Relaxed),
-            remembered: self.shared.store.len(),
+            remembered: self.shared.store.remembered(),
         }
     }
 

@@ -27,11 +27,13 @@ const MIN_TABLE: usize = 16;
 /// Each shard keeps its keys in a ring in order of first sight (20 bytes a key) and an
 /// open-addressing index into that ring (8 bytes a slot, at most 3/4 full: ring position, a
 /// 24-bit tag that spares most key comparisons, and the probe distance, so that deleting never
-/// has to look keys up). Expiry pops the
-/// oldest keys from the front of the ring, a few per claim, so neither a claim nor an expiry
-/// ever scans the remembered keys; when a shard holds its share of `max_entries`, its oldest key
-/// is evicted and counted. Shards are picked by key bits, each behind its own mutex held for a
-/// few hundred nanoseconds at most, so there is no global lock.
+/// has to look keys up). Expiry pops the oldest keys from the front of the ring, a few per claim,
+/// so neither a claim nor an expiry ever scans the remembered keys; when a shard holds its share
+/// of `max_entries`, its oldest key is evicted and counted. Shards are picked by key bits, each
+/// behind its own mutex held for one check-and-insert, so there is no global lock.
+///
+/// [`len`](Self::len) counts the keys exactly; through [`DedupStore`] the same figure is
+/// [`remembered`](DedupStore::remembered), and evictions are [`evictions`](DedupStore::evictions).
 ///
 /// Bounds: at most 64 shards of at most 2^32 - 1 keys each; `ttl` at most 24 days.
 ///
@@ -133,11 +135,6 @@ impl MemoryStore {
         self.shards.iter().map(|s| lock(&s.0).heap_bytes()).sum()
     }
 
-    /// Live keys evicted so far because the store was full.
-    pub fn evicted(&self) -> u64 {
-        self.evictions.load(Ordering::Relaxed)
-    }
-
     /// Sets the bound on remembered keys (split evenly between the shards).
     pub fn set_max_entries(&self, max_entries: usize) {
         let max = max_entries.clamp(1, MAX_PER_SHARD.saturating_mul(self.shards.len()));
@@ -183,11 +180,11 @@ impl DedupStore for MemoryStore {
     }
 
     fn evictions(&self) -> u64 {
-        self.evicted()
+        self.evictions.load(Ordering::Relaxed)
     }
 
-    fn len(&self) -> Option<usize> {
-        Some(MemoryStore::len(self))
+    fn remembered(&self) -> Option<usize> {
+        Some(self.len())
     }
 }
 
@@ -268,9 +265,8 @@ impl Window {
 
         let k = split(key);
         if self.ring.len() >= cap {
-            // A full shard evicts its oldest key below, which looks up that key's slot. Load
-            // the slot now, so that the miss overlaps the lookup of `key` instead of following
-            // it: a claim on a large window then costs close to one memory latency, not two.
+            // The oldest key is evicted below: touch its slot now, so that its cache miss
+            // overlaps the lookup of `key` instead of following it.
             if let Some(front) = self.ring.front() {
                 let mask = self.table.len() - 1;
                 std::hint::black_box(self.table[table_hash(&front.key) & mask]);

@@ -62,19 +62,22 @@ pub trait DedupStore: fmt::Debug + Send + Sync + 'static {
         let _ = config;
     }
 
-    /// How many live keys were evicted to respect a size bound.
+    /// How many live keys were evicted to respect a size bound, so far ([`DedupStats::evictions`]).
+    ///
+    /// [`DedupStats::evictions`]: crate::DedupStats::evictions
     fn evictions(&self) -> u64 {
         0
     }
 
-    /// How many keys are remembered now, if the store knows cheaply.
-    fn len(&self) -> Option<usize> {
+    /// How many keys are remembered now, or `None` if the store cannot tell cheaply (a shared
+    /// store would have to ask the network) ([`DedupStats::remembered`]).
+    ///
+    /// Not named `len`: a store is not a collection one can count for free, and
+    /// [`MemoryStore::len`], which can, returns a plain `usize`.
+    ///
+    /// [`DedupStats::remembered`]: crate::DedupStats::remembered
+    fn remembered(&self) -> Option<usize> {
         None
-    }
-
-    /// Whether no key is remembered, if the store knows cheaply.
-    fn is_empty(&self) -> Option<bool> {
-        self.len().map(|n| n == 0)
     }
 }
 
