@@ -118,7 +118,7 @@ pub use self::{
     fingerprint::{Fingerprint, Fingerprinter},
     layer::DedupLayer,
     policy::DedupPolicy,
-    request::{ClientId, ConnectionId, DedupRequest, Payload},
+    request::{ClientScope, ConnectionScope, DedupRequest, Payload},
     service::Dedup,
     stats::{DedupHandle, DedupStats},
     store::{Claim, ClaimFuture, DedupStore, MemoryStore},

@@ -110,18 +110,19 @@ impl DedupRequest for Vec<u8> {
     }
 }
 
-/// The connection a request belongs to, as an `http::Request` extension (for
-/// `scope = "connection"`).
+/// The dedup window of a request's connection, as an `http::Request` extension read when
+/// `scope = "connection"`: requests carrying the same value share one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct ConnectionId(pub u64);
+pub struct ConnectionScope(pub u64);
 
-/// The client a request comes from, as an `http::Request` extension (for `scope = "client"`).
+/// The dedup window of a request's client, as an `http::Request` extension read when
+/// `scope = "client"`: requests carrying the same value share one window.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ClientId(pub Arc<str>);
+pub struct ClientScope(pub Arc<str>);
 
 /// An HTTP request: the body is a stream and is never read, so `payload` is `None` and only
 /// `key = "header"` (for example `Idempotency-Key`) deduplicates HTTP requests. Scope ids come
-/// from the [`ConnectionId`] and [`ClientId`] extensions, when present.
+/// from the [`ConnectionScope`] and [`ClientScope`] extensions, when present.
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 impl<B> DedupRequest for http::Request<B> {
@@ -134,10 +135,10 @@ impl<B> DedupRequest for http::Request<B> {
     }
 
     fn connection_id(&self) -> Option<u64> {
-        self.extensions().get::<ConnectionId>().map(|c| c.0)
+        self.extensions().get::<ConnectionScope>().map(|c| c.0)
     }
 
     fn client_id(&self) -> Option<&str> {
-        self.extensions().get::<ClientId>().map(|c| &*c.0)
+        self.extensions().get::<ClientScope>().map(|c| &*c.0)
     }
 }
