@@ -6,7 +6,7 @@ use axum::Router;
 use futures_util::SinkExt;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
 use tower::ServiceBuilder;
-use wsguard::axum::{Outbound, WsRoute};
+use wsguard::axum::{Sender, WsRoute};
 use wsguard::config::{ConfigHandle, OverflowPolicy, StabilityConfig};
 use wsguard::prelude::*;
 use wsguard_examples::echo;
@@ -101,13 +101,13 @@ async fn flood_server(
     overflow: OverflowPolicy,
 ) -> (
     std::net::SocketAddr,
-    Arc<Mutex<Option<Outbound>>>,
+    Arc<Mutex<Option<Sender>>>,
     wsguard::axum::ConnectionStats,
 ) {
     let mut config = StabilityConfig::testing();
     config.connection.overflow = overflow;
     config.connection.send_queue_capacity = 16;
-    let kept: Arc<Mutex<Option<Outbound>>> = Arc::default();
+    let kept: Arc<Mutex<Option<Sender>>> = Arc::default();
     let keep = kept.clone();
     let handler = tower::service_fn(move |request: Inbound| {
         let sender = request.sender().clone();

@@ -4,27 +4,27 @@ use std::borrow::Cow;
 use std::fmt;
 
 /// `1000 Normal Closure`.
-pub const NORMAL: u16 = 1000;
+pub const NORMAL_CLOSURE: u16 = 1000;
 /// `1001 Going Away`: the server closes an idle connection.
-pub const AWAY: u16 = 1001;
-/// `1005 No Status Received`: logged when a peer's close frame carried no code.
-pub const NO_STATUS: u16 = 1005;
-/// `1006 Abnormal Closure`: logged when a peer vanished without a close frame.
-pub const ABNORMAL: u16 = 1006;
+pub const GOING_AWAY: u16 = 1001;
 /// `1002 Protocol Error`: the client broke RFC 6455 (unmasked or reserved-bit frames, unknown
 /// opcodes, fragmented or oversized control frames, continuation without a start).
-pub const PROTOCOL: u16 = 1002;
+pub const PROTOCOL_ERROR: u16 = 1002;
+/// `1005 No Status Received`: logged when a peer's close frame carried no code.
+pub const NO_STATUS_RECEIVED: u16 = 1005;
+/// `1006 Abnormal Closure`: logged when a peer vanished without a close frame.
+pub const ABNORMAL_CLOSURE: u16 = 1006;
 /// `1007 Invalid Frame Payload Data`: a text message that is not valid UTF-8.
-pub const INVALID: u16 = 1007;
+pub const INVALID_PAYLOAD: u16 = 1007;
 /// `1008 Policy Violation`: the client does not read (its send queue overflowed under the
 /// `close` policy, too many pongs wait for it, or its write buffer is full).
-pub const POLICY: u16 = 1008;
+pub const POLICY_VIOLATION: u16 = 1008;
 /// `1009 Message Too Big`: an inbound message exceeded `max_message_size`.
-pub const SIZE: u16 = 1009;
+pub const MESSAGE_TOO_BIG: u16 = 1009;
 /// `1011 Internal Error`: the message service panicked or failed to become ready.
-pub const ERROR: u16 = 1011;
+pub const INTERNAL_ERROR: u16 = 1011;
 /// `1013 Try Again Later`: an open breaker rejected a message and `on_rejection = "close"`.
-pub const AGAIN: u16 = 1013;
+pub const TRY_AGAIN_LATER: u16 = 1013;
 
 /// Why a connection ends.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,7 @@ use axum::extract::ws::Message;
 use http::request::Parts;
 use wsguard_config::{ClientIdSource, ConnectionConfig};
 
-use crate::outbound::Outbound;
+use crate::sender::Sender;
 
 /// A process-unique id of one WebSocket connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -41,7 +41,7 @@ pub struct ConnInfo {
     pub(crate) client_id: Arc<str>,
     pub(crate) peer_addr: Option<SocketAddr>,
     pub(crate) route: Option<Arc<str>>,
-    pub(crate) sender: Outbound,
+    pub(crate) sender: Sender,
     pub(crate) slot: Arc<wsguard_metrics::ConnectionSlot>,
 }
 
@@ -81,7 +81,7 @@ impl ConnInfo {
     }
 
     /// The connection's sender: queue messages to the client from anywhere.
-    pub fn sender(&self) -> &Outbound {
+    pub fn sender(&self) -> &Sender {
         &self.sender
     }
 
@@ -135,7 +135,7 @@ impl Inbound {
     }
 
     /// The connection's sender.
-    pub fn sender(&self) -> &Outbound {
+    pub fn sender(&self) -> &Sender {
         &self.conn.sender
     }
 }

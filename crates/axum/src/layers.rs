@@ -11,7 +11,7 @@ use wsguard_metrics::{ClassifyOutcome, ClientIdOptions, ClientRequest, Connectio
 
 use crate::BoxError;
 use crate::inbound::Inbound;
-use crate::outgoing::Outgoing;
+use crate::outgoing::OutgoingMessage;
 use crate::reply::find;
 
 /// The client id is the connection's; the size is the payload's; the connection registers with
@@ -50,7 +50,7 @@ impl DedupRequest for Inbound {
 
 /// Sends count under the connection's client, with their payload size; the sending side does
 /// not register the connection (the inbound stack does).
-impl ClientRequest for Outgoing {
+impl ClientRequest for OutgoingMessage {
     fn client_id(&self, _options: &ClientIdOptions) -> Option<Cow<'_, str>> {
         Some(Cow::Borrowed(self.conn.client_id()))
     }
@@ -66,7 +66,7 @@ impl ClientRequest for Outgoing {
 }
 
 /// A re-send of the same content on the same connection is a duplicate.
-impl DedupRequest for Outgoing {
+impl DedupRequest for OutgoingMessage {
     fn payload(&self) -> Option<Payload<'_>> {
         payload_of(&self.message)
     }

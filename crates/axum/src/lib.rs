@@ -47,13 +47,13 @@
 //!   route, sender. It implements the layers' request traits (`DedupRequest`, `ClientRequest`).
 //! - Messages of one connection are handled in order; `message_concurrency > 1` lets that many
 //!   run at once, with replies still sent in order.
-//! - Replies and [`Outbound`] sends go through a queue bounded in messages
+//! - Replies and [`Sender`] sends go through a queue bounded in messages
 //!   (`send_queue_capacity`) and payload bytes (`send_queue_bytes`), whose overflow policy drops
 //!   the newest, drops the oldest, or closes with `1008`; dropped messages are counted per route
 //!   ([`ConnectionStats::send_dropped`]) and, with a `MetricsLayer`, per route and per client
 //!   in its registry and in `wsguard_send_dropped_total`. Queued messages are written together
-//!   and flushed once. `Outbound` is a `tower::Service<Message>`; for layers on the sending side,
-//!   wrap [`SendOutgoing`] (a `Service<`[`Outgoing`]`>`, which carries the connection so that
+//!   and flushed once. `Sender` is a `tower::Service<Message>`; for layers on the sending side,
+//!   wrap [`SendToConnection`] (a `Service<`[`OutgoingMessage`]`>`, which carries the connection so that
 //!   dedup can suppress re-sends and metrics count them per client).
 //! - Ping/pong, the close handshake and frame assembly stay tungstenite's; the service never sees
 //!   a control frame. The server pings a quiet client every `ping_interval` and closes with
@@ -104,10 +104,10 @@ mod config;
 mod connection;
 mod inbound;
 mod layers;
-mod outbound;
 mod outgoing;
 mod reply;
 mod route;
+mod sender;
 pub mod serve;
 mod warn_limit;
 
@@ -117,9 +117,9 @@ pub use self::{
     config::WsConfig,
     inbound::{ConnInfo, ConnectionId, Inbound},
     layers::MessageClassifier,
-    outbound::{ConnectionClosed, Outbound, Queued},
-    outgoing::{Outgoing, SendOutgoing},
+    outgoing::{OutgoingMessage, SendToConnection},
     route::{ConnectionStats, WsRoute, ws_route},
+    sender::{ConnectionClosed, SendStatus, Sender},
     serve::{Serve, ServeFuture, ServeStats, serve},
     warn_limit::suppressed_warnings,
 };

@@ -9,17 +9,17 @@ use tower_service::Service;
 
 use crate::BoxError;
 use crate::inbound::ConnInfo;
-use crate::outbound::Queued;
+use crate::sender::SendStatus;
 
 /// One message to send on a connection: the request type of the sending side.
 ///
-/// [`Outbound`](crate::Outbound) takes bare `Message`s; `Outgoing` carries the connection too,
+/// [`Sender`](crate::Sender) takes bare `Message`s; `OutgoingMessage` carries the connection too,
 /// so the layers' request traits (client id, size, payload for dedup) work on sends. Wrap
-/// [`SendOutgoing`] with them:
+/// [`SendToConnection`] with them:
 ///
 /// ```
 /// use tower::ServiceBuilder;
-/// use wsguard_axum::{MessageClassifier, SendOutgoing};
+/// use wsguard_axum::{MessageClassifier, SendToConnection};
 /// use wsguard_config::{DedupConfig, MetricsConfig};
 /// use wsguard_dedup::DedupLayer;
 /// use wsguard_metrics::{Direction, MetricsLayer, MetricsRegistry};
@@ -28,18 +28,18 @@ use crate::outbound::Queued;
 /// let send = ServiceBuilder::new()
 ///     .layer(MetricsLayer::new(registry).direction(Direction::Outbound).classifier(MessageClassifier))
 ///     .layer(DedupLayer::new(DedupConfig::testing())) // suppress re-sends
-///     .service(SendOutgoing);
+///     .service(SendToConnection);
 /// # let _ = send;
 /// ```
 #[derive(Debug, Clone)]
-pub struct Outgoing {
+pub struct OutgoingMessage {
     /// The message to send.
     pub message: Message,
     /// The connection to send it on.
     pub conn: Arc<ConnInfo>,
 }
 
-impl Outgoing {
+impl OutgoingMessage {
     /// `message` to send on `conn`.
     pub fn new(message: impl Into<Message>, conn: Arc<ConnInfo>) -> Self {
         Self {
@@ -49,20 +49,20 @@ impl Outgoing {
     }
 }
 
-/// Queues each [`Outgoing`] on its connection's send queue (overflow policy applies).
+/// Queues each [`OutgoingMessage`] on its connection's send queue (overflow policy applies).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct SendOutgoing;
+pub struct SendToConnection;
 
-impl Service<Outgoing> for SendOutgoing {
-    type Response = Queued;
+impl Service<OutgoingMessage> for SendToConnection {
+    type Response = SendStatus;
     type Error = BoxError;
-    type Future = Ready<Result<Queued, BoxError>>;
+    type Future = Ready<Result<SendStatus, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: Outgoing) -> Self::Future {
+    fn call(&mut self, request: OutgoingMessage) -> Self::Future {
         ready(
             request
                 .conn

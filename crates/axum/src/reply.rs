@@ -29,7 +29,6 @@ pub(crate) enum Action {
 #[derive(Debug, Clone)]
 pub(crate) struct Replies {
     pub(crate) connection: ConfigSource<ConnectionConfig>,
-    #[allow(dead_code)]
     pub(crate) dedup: ConfigSource<DedupConfig>,
 }
 
@@ -43,7 +42,7 @@ impl Replies {
                     Action::Reply(error_frame("circuit_open", Some(wait)))
                 }
                 RejectionAction::Close => Action::Close {
-                    code: close::AGAIN,
+                    code: close::TRY_AGAIN_LATER,
                     reason: "circuit open, try again later".into(),
                 },
             };

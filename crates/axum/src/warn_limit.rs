@@ -26,7 +26,9 @@ pub fn suppressed_warnings() -> u64 {
 /// The rate limit of one kind of warning; a `static` beside the warning it limits.
 #[derive(Debug)]
 pub(crate) struct WarnLimit {
-    /// The second (since the process's first warning) that `written` counts in.
+    /// When this kind of warning was first asked for.
+    epoch: OnceLock<Instant>,
+    /// The second (since `epoch`, counting from 1) that `written` counts in.
     second: AtomicU64,
     written: AtomicU64,
     suppressed: AtomicU64,
@@ -35,6 +37,7 @@ pub(crate) struct WarnLimit {
 impl WarnLimit {
     pub(crate) const fn new() -> Self {
         Self {
+            epoch: OnceLock::new(),
             second: AtomicU64::new(0),
             written: AtomicU64::new(0),
             suppressed: AtomicU64::new(0),
@@ -44,8 +47,7 @@ impl WarnLimit {
     /// `Some(suppressed since the last one)` if this warning is to be written, `None` if it is
     /// left out (and counted). Races between threads may let a few more through; never fewer.
     pub(crate) fn admit(&self) -> Option<u64> {
-        static EPOCH: OnceLock<Instant> = OnceLock::new();
-        let epoch = *EPOCH.get_or_init(Instant::now);
+        let epoch = *self.epoch.get_or_init(Instant::now);
         let now = Instant::now().saturating_duration_since(epoch).as_secs() + 1;
         let second = self.second.load(Ordering::Relaxed);
         if second != now

@@ -63,7 +63,9 @@ pub use wsguard_metrics as metrics;
 
 /// The names most wsguard servers use: `use wsguard::prelude::*;`.
 pub mod prelude {
-    pub use wsguard_config::{ConfigHandle, ConfigLoader, Preset, StabilityConfig};
+    #[cfg(feature = "load")]
+    pub use wsguard_config::ConfigLoader;
+    pub use wsguard_config::{ConfigHandle, Preset, StabilityConfig};
 
     #[cfg(feature = "circuit-breaker")]
     pub use wsguard_circuit_breaker::{CircuitBreakerLayer, error::CircuitOpen};
@@ -76,7 +78,7 @@ pub mod prelude {
 
     #[cfg(feature = "axum")]
     pub use wsguard_axum::{
-        BoxError, ConnInfo, Inbound, Message, MessageClassifier, Outbound, WsConfig, WsRoute,
+        BoxError, ConnInfo, Inbound, Message, MessageClassifier, Sender, WsConfig, WsRoute,
         ws_route,
     };
 }

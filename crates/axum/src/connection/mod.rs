@@ -5,29 +5,34 @@
 //! without waking another task (which, on a multi-threaded runtime, often meant waking another
 //! worker thread per message), and an idle connection costs one task.
 
+mod handshake;
+#[cfg(test)]
+mod tests;
+mod write;
+
 use std::any::Any;
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::task::{Context, Poll, ready};
+use std::task::Poll;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use axum::extract::ws::{Message, WebSocket};
 use futures_util::future::CatchUnwind;
-use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
-use futures_util::{FutureExt, Sink, SinkExt, StreamExt};
+use futures_util::stream::FuturesOrdered;
+use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until, timeout_at};
+use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
 use tower_service::Service;
 
+use self::handshake::{Handshake, log_close};
+use self::write::Writes;
 use crate::BoxError;
-use crate::Outbound;
 use crate::close::{self, Ending};
 use crate::inbound::{ConnInfo, Inbound};
 use crate::reply::{Action, Replies};
 use crate::route::ConnectionStats;
-use crate::warn_limit::{WarnLimit, limited_warn};
 
 /// Replies queued before the connection stops reading to write them: frames that are already
 /// buffered are read first, so that replies go out in batches with one flush, but never more
@@ -44,8 +49,7 @@ pub(crate) struct Settings {
     pub(crate) close_timeout: Duration,
 }
 
-type Sender = SplitSink<WebSocket, Message>;
-
+/// Serves an upgraded socket until the connection ends.
 pub(crate) async fn run<S>(
     socket: WebSocket,
     service: S,
@@ -54,10 +58,28 @@ pub(crate) async fn run<S>(
     replies: Replies,
     stats: ConnectionStats,
 ) where
-    S: Service<Inbound, Response = Option<Message>, Error = BoxError> + Send + 'static,
-    S::Future: Send + 'static,
+    S: Service<Inbound, Response = Option<Message>, Error = BoxError>,
 {
-    let (mut sink, mut stream) = socket.split();
+    let (sink, stream) = socket.split();
+    run_on(stream, sink, service, conn, settings, replies, stats).await;
+}
+
+/// Serves a connection given as any stream and sink of messages (a socket's halves; in tests,
+/// channels on paused time): the message loop, then the close handshake, the log line, and the
+/// release of what the connection held.
+pub(crate) async fn run_on<St, Si, S>(
+    mut stream: St,
+    mut sink: Si,
+    service: S,
+    conn: Arc<ConnInfo>,
+    settings: Settings,
+    replies: Replies,
+    stats: ConnectionStats,
+) where
+    St: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    Si: Sink<Message, Error = axum::Error> + Unpin,
+    S: Service<Inbound, Response = Option<Message>, Error = BoxError>,
+{
     tracing::debug!(
         conn = %conn.id, client = %conn.client_id, route = conn.route.as_deref().unwrap_or(""),
         "websocket connection opened"
@@ -82,100 +104,31 @@ pub(crate) async fn run<S>(
         .clone()
         .expect("recorded just above");
 
-    let mut handshake = Handshake::NotTried;
-    if let Ending::Close { code, reason } = &ending {
-        stats.count_close(*code);
-        let mut writes = connection.writes;
-        // One deadline for the whole handshake: a client that does not read gets this long to
-        // take what is ahead of the close frame and the frame itself.
-        let deadline = Instant::now() + close_timeout;
-        let sent = timeout_at(deadline, async {
-            if !matches!(*code, close::POLICY | close::PROTOCOL | close::INVALID) {
-                // Replies queued before the close still go out; to a client that does not read
-                // or breaks the protocol, they do not.
-                poll_fn(|cx| writes.poll_write(Pin::new(&mut sink), &conn.sender, cx)).await?;
+    let handshake = match &ending {
+        Ending::Close { code, reason } => {
+            stats.count_close(*code);
+            let handshake = handshake::close(
+                &mut stream,
+                &mut sink,
+                connection.writes,
+                &conn.sender,
+                *code,
+                reason,
+                close_timeout,
+            )
+            .await;
+            if handshake.timed_out() {
+                stats.count_close_timeout();
             }
-            let frame = CloseFrame {
-                code: *code,
-                reason: reason.as_ref().into(),
-            };
-            sink.send(Message::Close(Some(frame))).await
-        })
-        .await;
-        // The peer's frames are read (and dropped) until its answer: closing a socket with
-        // unread data resets it, and a reset may destroy our close frame before the peer reads it.
-        handshake = match sent {
-            Err(_) => Handshake::FrameNotTaken,
-            Ok(Err(_)) => Handshake::PeerGone,
-            // Let the peer answer our close frame, so the handshake completes cleanly.
-            Ok(Ok(())) => match timeout_at(deadline, async {
-                while let Some(Ok(_)) = stream.next().await {}
-            })
-            .await
-            {
-                Ok(()) => Handshake::Done,
-                Err(_) => Handshake::NoAnswer,
-            },
-        };
-        if matches!(handshake, Handshake::FrameNotTaken | Handshake::NoAnswer) {
-            stats.count_close_timeout();
+            handshake
         }
-    }
+        Ending::Peer { .. } => Handshake::NotTried,
+    };
     // Whoever still holds the connection's info or sender keeps no unsent messages alive.
     conn.sender.discard();
     log_close(&conn, &ending, handshake);
     // Per-client metrics state goes with the client's last connection.
     conn.slot.release();
-}
-
-/// How the server's side of a close handshake went.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Handshake {
-    /// The peer had gone already, or it was not the server that closed.
-    NotTried,
-    /// Our close frame went out and the peer answered (or hung up after reading it).
-    Done,
-    /// The peer did not take our close frame within `close_timeout` (it does not read).
-    FrameNotTaken,
-    /// Our close frame went out; no answer within `close_timeout`.
-    NoAnswer,
-    /// Writing the close frame failed: the peer had gone.
-    PeerGone,
-}
-
-impl Handshake {
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::NotTried => "not tried",
-            Self::Done => "done",
-            Self::FrameNotTaken => "close frame not taken in time",
-            Self::NoAnswer => "no answer in time",
-            Self::PeerGone => "peer gone",
-        }
-    }
-}
-
-fn log_close(conn: &ConnInfo, ending: &Ending, handshake: Handshake) {
-    // A client can cause these at will: they go through a rate limit.
-    static WARN: WarnLimit = WarnLimit::new();
-    let route = conn.route.as_deref().unwrap_or("");
-    let handshake = handshake.as_str();
-    match ending {
-        Ending::Close { code, reason }
-            if matches!(
-                *code,
-                close::ERROR | close::POLICY | close::PROTOCOL | close::INVALID
-            ) =>
-        {
-            limited_warn!(WARN, conn = %conn.id, client = %conn.client_id, route, code, %reason, handshake, "websocket closed by server");
-        }
-        Ending::Close { code, reason } => {
-            tracing::info!(conn = %conn.id, client = %conn.client_id, route, code, %reason, handshake, "websocket closed by server");
-        }
-        Ending::Peer { code, detail } => {
-            tracing::info!(conn = %conn.id, client = %conn.client_id, route, code = code.unwrap_or(close::ABNORMAL), %detail, "websocket closed by client");
-        }
-    }
 }
 
 type Call<F> = CatchUnwind<AssertUnwindSafe<F>>;
@@ -194,7 +147,11 @@ where
     S: Service<Inbound, Response = Option<Message>, Error = BoxError>,
 {
     /// Serves the connection until it ends; returns why.
-    async fn serve(&mut self, stream: &mut SplitStream<WebSocket>, sink: &mut Sender) -> Ending {
+    async fn serve<St, Si>(&mut self, stream: &mut St, sink: &mut Si) -> Ending
+    where
+        St: Stream<Item = Result<Message, axum::Error>> + Unpin,
+        Si: Sink<Message, Error = axum::Error> + Unpin,
+    {
         let out = self.conn.sender.clone();
         let mut ended = pin!(ended(out.ending()));
         let mut in_flight: FuturesOrdered<Call<S::Future>> = FuturesOrdered::new();
@@ -247,7 +204,7 @@ where
                         Ok(Ok(())) => {}
                         Ok(Err(err)) => {
                             tracing::error!(conn = %self.conn.id, error = %err, "message service failed");
-                            return Ending::close(close::ERROR, "service unavailable");
+                            return Ending::close(close::INTERNAL_ERROR, "service unavailable");
                         }
                         Err(panic) => return panicked(&self.conn, panic),
                     }
@@ -269,7 +226,7 @@ where
                     match frame {
                         None => {
                             // A close frame without a code is 1005; no close frame at all, 1006 (logged).
-                            let code = peer_close.map(|code| code.unwrap_or(close::NO_STATUS));
+                            let code = peer_close.map(|code| code.unwrap_or(close::NO_STATUS_RECEIVED));
                             return Ending::peer(code, if peer_close.is_some() { "close handshake" } else { "connection dropped" });
                         }
                         Some(Err(err)) => return read_error(err),
@@ -283,7 +240,7 @@ where
                             io.1.pongs_owed += 1;
                             io.1.unflushed = true;
                             if io.1.pongs_owed > self.settings.max_pending_pongs {
-                                return Ending::close(close::POLICY, "client does not read (pongs pending)");
+                                return Ending::close(close::POLICY_VIOLATION, "client does not read (pongs pending)");
                             }
                         }
                         Some(Ok(Message::Pong(_))) => {}
@@ -307,7 +264,7 @@ where
                 () = &mut idle => {
                     let deadline = last_heard + idle_timeout;
                     if Instant::now() >= deadline {
-                        return Ending::close(close::AWAY, "idle timeout");
+                        return Ending::close(close::GOING_AWAY, "idle timeout");
                     }
                     idle.as_mut().reset(deadline);
                 }
@@ -330,53 +287,6 @@ fn on_outcome(conn: &ConnInfo, replies: &Replies, outcome: Outcome) -> Option<En
             None
         }
         Action::Close { code, reason } => Some(Ending::close(code, reason)),
-    }
-}
-
-/// What the connection owes the socket besides the queue.
-#[derive(Debug, Default)]
-struct Writes {
-    /// A ping is to go out before the queued messages.
-    ping_due: bool,
-    /// Frames were handed to the socket and not yet flushed.
-    unflushed: bool,
-    /// Pings received since the socket last finished a flush: their pongs wait in tungstenite.
-    pongs_owed: usize,
-}
-
-impl Writes {
-    /// Writes a due ping, then everything queued, then flushes once.
-    ///
-    /// Cancel-safe: a message leaves the queue only once the socket has room for it, and an
-    /// unfinished flush is remembered and finished by the next call.
-    fn poll_write<K>(
-        &mut self,
-        mut sink: Pin<&mut K>,
-        out: &Outbound,
-        cx: &mut Context<'_>,
-    ) -> Poll<Result<(), K::Error>>
-    where
-        K: Sink<Message> + ?Sized,
-    {
-        if self.ping_due {
-            ready!(sink.as_mut().poll_ready(cx))?;
-            sink.as_mut()
-                .start_send(Message::Ping(Default::default()))?;
-            self.ping_due = false;
-            self.unflushed = true;
-        }
-        while !out.is_empty() {
-            ready!(sink.as_mut().poll_ready(cx))?;
-            let Some(message) = out.pop() else { break };
-            sink.as_mut().start_send(message)?;
-            self.unflushed = true;
-        }
-        if self.unflushed {
-            ready!(sink.as_mut().poll_flush(cx))?;
-            self.unflushed = false;
-            self.pongs_owed = 0;
-        }
-        Poll::Ready(Ok(()))
     }
 }
 
@@ -404,7 +314,7 @@ fn panicked(conn: &ConnInfo, panic: Box<dyn Any + Send>) -> Ending {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_default();
     tracing::error!(conn = %conn.id, client = %conn.client_id, panic = %message, "message service panicked");
-    Ending::close(close::ERROR, "internal error")
+    Ending::close(close::INTERNAL_ERROR, "internal error")
 }
 
 fn read_error(err: axum::Error) -> Ending {
@@ -413,7 +323,7 @@ fn read_error(err: axum::Error) -> Ending {
     match inner.downcast_ref::<WsError>() {
         Some(WsError::Capacity(CapacityError::MessageTooLong { size, max_size })) => {
             tracing::debug!(size, max_size, "inbound message too big");
-            Ending::close(close::SIZE, "message too big")
+            Ending::close(close::MESSAGE_TOO_BIG, "message too big")
         }
         // A peer that drops TCP without a close frame has gone; it broke nothing we can answer.
         Some(WsError::Protocol(ProtocolError::ResetWithoutClosingHandshake)) => {
@@ -422,9 +332,11 @@ fn read_error(err: axum::Error) -> Ending {
         // RFC 6455 7.4.1: the endpoint that sees a protocol error closes with 1002, and with
         // 1007 for a text message that is not UTF-8. The reason is ours, so it is short.
         Some(WsError::Protocol(p)) => {
-            Ending::close(close::PROTOCOL, format!("protocol error: {p}"))
+            Ending::close(close::PROTOCOL_ERROR, format!("protocol error: {p}"))
         }
-        Some(WsError::Utf8(_)) => Ending::close(close::INVALID, "text message is not valid UTF-8"),
+        Some(WsError::Utf8(_)) => {
+            Ending::close(close::INVALID_PAYLOAD, "text message is not valid UTF-8")
+        }
         _ => Ending::peer(None, format!("read error: {inner}")),
     }
 }
@@ -435,9 +347,10 @@ fn write_error(err: axum::Error) -> Ending {
     match inner.downcast_ref::<WsError>() {
         // Only frames the client does not read fill the capped buffer (ours never exceed
         // `write_buffer_size` plus one message).
-        Some(WsError::WriteBufferFull(_)) => {
-            Ending::close(close::POLICY, "client does not read (write buffer full)")
-        }
+        Some(WsError::WriteBufferFull(_)) => Ending::close(
+            close::POLICY_VIOLATION,
+            "client does not read (write buffer full)",
+        ),
         _ => Ending::peer(None, format!("write error: {inner}")),
     }
 }
@@ -445,165 +358,7 @@ fn write_error(err: axum::Error) -> Ending {
 /// Resolves once the connection's ending is known.
 async fn ended(mut ending: watch::Receiver<Option<Ending>>) {
     if ending.wait_for(Option::is_some).await.is_err() {
-        // The sender lives as long as the connection's `Outbound`; never reached.
+        // The sender lives as long as the connection's `Sender`; never reached.
         std::future::pending::<()>().await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use wsguard_config::OverflowPolicy;
-
-    use super::*;
-
-    /// Records what the writer does to the socket.
-    #[derive(Default)]
-    struct Recorder {
-        sent: Vec<Message>,
-        flushes: usize,
-    }
-
-    impl futures_util::Sink<Message> for Recorder {
-        type Error = std::convert::Infallible;
-
-        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-
-        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-            self.sent.push(item);
-            Ok(())
-        }
-
-        fn poll_flush(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
-        ) -> Poll<Result<(), Self::Error>> {
-            self.flushes += 1;
-            Poll::Ready(Ok(()))
-        }
-
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[tokio::test]
-    async fn queued_messages_are_written_in_order_then_flushed_once() {
-        let out = Outbound::new(8, OverflowPolicy::DropNewest);
-        for text in ["a", "b", "c", "d", "e"] {
-            out.send(text).unwrap();
-        }
-        let mut socket = Recorder::default();
-        let mut writes = Writes {
-            ping_due: true,
-            ..Writes::default()
-        };
-        poll_fn(|cx| writes.poll_write(Pin::new(&mut socket), &out, cx))
-            .await
-            .unwrap();
-        assert!(
-            matches!(socket.sent[0], Message::Ping(_)),
-            "a due ping goes first"
-        );
-        let sent: Vec<_> = socket.sent[1..]
-            .iter()
-            .map(|m| m.to_text().unwrap())
-            .collect();
-        assert_eq!(sent, ["a", "b", "c", "d", "e"]);
-        assert_eq!(socket.flushes, 1);
-        assert!(out.is_empty());
-        assert_eq!(out.written(), 5);
-        assert!(!writes.ping_due && !writes.unflushed);
-
-        // Nothing queued: no write, no flush.
-        poll_fn(|cx| writes.poll_write(Pin::new(&mut socket), &out, cx))
-            .await
-            .unwrap();
-        assert_eq!(socket.flushes, 1);
-    }
-
-    /// A socket that takes `room` frames, then is full until `room` is raised; flushes only
-    /// when `flushable`.
-    struct Tight {
-        sent: Vec<Message>,
-        room: usize,
-        flushable: bool,
-    }
-
-    impl futures_util::Sink<Message> for Tight {
-        type Error = std::convert::Infallible;
-
-        fn poll_ready(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            if self.room > 0 {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
-            }
-        }
-
-        fn start_send(mut self: Pin<&mut Self>, item: Message) -> Result<(), Self::Error> {
-            self.room -= 1;
-            self.sent.push(item);
-            Ok(())
-        }
-
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            if self.flushable {
-                Poll::Ready(Ok(()))
-            } else {
-                Poll::Pending
-            }
-        }
-
-        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
-    #[test]
-    fn an_interrupted_write_loses_nothing_and_finishes_its_flush_later() {
-        let out = Outbound::new(8, OverflowPolicy::DropNewest);
-        for text in ["a", "b", "c"] {
-            out.send(text).unwrap();
-        }
-        let mut socket = Tight {
-            sent: Vec::new(),
-            room: 2,
-            flushable: false,
-        };
-        let mut writes = Writes::default();
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-
-        // The socket takes two frames, then is full: the third stays queued.
-        assert!(
-            writes
-                .poll_write(Pin::new(&mut socket), &out, &mut cx)
-                .is_pending()
-        );
-        assert_eq!(socket.sent.len(), 2);
-        assert_eq!(out.len(), 1, "nothing left the queue without room for it");
-
-        // Room again, but the flush cannot finish yet: the write is remembered as unflushed.
-        socket.room = 8;
-        assert!(
-            writes
-                .poll_write(Pin::new(&mut socket), &out, &mut cx)
-                .is_pending()
-        );
-        assert_eq!(socket.sent.len(), 3);
-        assert!(out.is_empty());
-        assert!(writes.unflushed);
-
-        // With an empty queue the next call still finishes the flush.
-        socket.flushable = true;
-        assert!(
-            writes
-                .poll_write(Pin::new(&mut socket), &out, &mut cx)
-                .is_ready()
-        );
-        assert!(!writes.unflushed);
-        let sent: Vec<_> = socket.sent.iter().map(|m| m.to_text().unwrap()).collect();
-        assert_eq!(sent, ["a", "b", "c"]);
     }
 }

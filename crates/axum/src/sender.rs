@@ -1,4 +1,4 @@
-//! The outbound direction of a connection: a bounded queue drained by the connection's task.
+//! The sending half of a connection: a bounded queue drained by the connection's task.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -31,9 +31,9 @@ use crate::warn_limit::{WarnLimit, limited_warn};
 /// [`ConnectionStats::send_dropped`](crate::ConnectionStats::send_dropped), and a `MetricsLayer`'s
 /// registry per route and per client) and logged (rate-limited).
 ///
-/// `Outbound` is a `tower::Service<Message>` too, so layers can wrap the sending side.
+/// `Sender` is a `tower::Service<Message>` too, so layers can wrap the sending side.
 #[derive(Clone)]
-pub struct Outbound {
+pub struct Sender {
     shared: Arc<Shared>,
 }
 
@@ -68,9 +68,9 @@ struct State {
     high_water: usize,
 }
 
-/// What happened to a message given to [`Outbound::send`].
+/// What happened to a message given to [`Sender::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Queued {
+pub enum SendStatus {
     /// It waits in the queue to be written.
     Queued,
     /// The queue was full and the policy is `drop_newest`: this message was dropped.
@@ -92,10 +92,10 @@ impl fmt::Display for ConnectionClosed {
 
 impl std::error::Error for ConnectionClosed {}
 
-impl fmt::Debug for Outbound {
+impl fmt::Debug for Sender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = self.state();
-        f.debug_struct("Outbound")
+        f.debug_struct("Sender")
             .field("queued", &state.items.len())
             .field("bytes", &state.bytes)
             .field("capacity", &self.shared.capacity)
@@ -106,7 +106,7 @@ impl fmt::Debug for Outbound {
     }
 }
 
-impl Outbound {
+impl Sender {
     #[cfg(test)]
     pub(crate) fn new(capacity: usize, policy: OverflowPolicy) -> Self {
         Self::with_limits(capacity, usize::MAX, policy, None)
@@ -144,7 +144,7 @@ impl Outbound {
     ///
     /// Never waits. Fails only when the connection is closing or closed (including when this very
     /// message overflowed a queue whose policy is `close`).
-    pub fn send(&self, message: impl Into<Message>) -> Result<Queued, ConnectionClosed> {
+    pub fn send(&self, message: impl Into<Message>) -> Result<SendStatus, ConnectionClosed> {
         let message = message.into();
         let size = payload_len(&message);
         let (capacity, max_bytes) = (self.shared.capacity, self.shared.max_bytes);
@@ -154,7 +154,7 @@ impl Outbound {
             return Err(ConnectionClosed(()));
         }
         let (outcome, dropped) = if fits(&state) {
-            (Queued::Queued, 0)
+            (SendStatus::Queued, 0)
         } else {
             match self.shared.policy {
                 OverflowPolicy::DropOldest if size <= max_bytes => {
@@ -164,14 +164,14 @@ impl Outbound {
                         state.bytes -= payload_len(&oldest);
                         dropped += 1;
                     }
-                    (Queued::DroppedOldest, dropped)
+                    (SendStatus::DroppedOldest, dropped)
                 }
                 // A message larger than the whole queue never fits: drop it.
                 OverflowPolicy::DropNewest | OverflowPolicy::DropOldest => {
                     state.dropped += 1;
                     drop(state);
                     self.report_dropped(1);
-                    return Ok(Queued::DroppedNewest);
+                    return Ok(SendStatus::DroppedNewest);
                 }
                 OverflowPolicy::Close => {
                     state.closed = true;
@@ -180,7 +180,7 @@ impl Outbound {
                     state.dropped += 1;
                     drop(state);
                     self.end(Ending::close(
-                        crate::close::POLICY,
+                        crate::close::POLICY_VIOLATION,
                         "send queue overflow (slow reader)",
                     ));
                     return Err(ConnectionClosed(()));
@@ -325,10 +325,10 @@ fn payload_len(message: &Message) -> usize {
     }
 }
 
-impl Service<Message> for Outbound {
-    type Response = Queued;
+impl Service<Message> for Sender {
+    type Response = SendStatus;
     type Error = BoxError;
-    type Future = Ready<Result<Queued, BoxError>>;
+    type Future = Ready<Result<SendStatus, BoxError>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         // A full queue is handled by the overflow policy, never by waiting.
@@ -342,12 +342,10 @@ impl Service<Message> for Outbound {
 
 #[cfg(test)]
 mod tests {
-    use tower::Layer;
-
     use super::*;
-    use crate::close::POLICY;
+    use crate::close::POLICY_VIOLATION;
 
-    fn texts(out: &Outbound) -> Vec<String> {
+    fn texts(out: &Sender) -> Vec<String> {
         std::iter::from_fn(|| out.pop())
             .map(|m| m.into_text().unwrap().to_string())
             .collect()
@@ -355,10 +353,10 @@ mod tests {
 
     #[test]
     fn drop_newest_keeps_the_first_messages() {
-        let out = Outbound::new(2, OverflowPolicy::DropNewest);
-        assert_eq!(out.send("a").unwrap(), Queued::Queued);
-        assert_eq!(out.send("b").unwrap(), Queued::Queued);
-        assert_eq!(out.send("c").unwrap(), Queued::DroppedNewest);
+        let out = Sender::new(2, OverflowPolicy::DropNewest);
+        assert_eq!(out.send("a").unwrap(), SendStatus::Queued);
+        assert_eq!(out.send("b").unwrap(), SendStatus::Queued);
+        assert_eq!(out.send("c").unwrap(), SendStatus::DroppedNewest);
         assert_eq!(out.len(), 2);
         assert_eq!(out.dropped(), 1);
         assert_eq!(texts(&out), ["a", "b"]);
@@ -366,7 +364,7 @@ mod tests {
 
     #[test]
     fn drop_oldest_keeps_the_latest_messages() {
-        let out = Outbound::new(2, OverflowPolicy::DropOldest);
+        let out = Sender::new(2, OverflowPolicy::DropOldest);
         for m in ["a", "b", "c", "d"] {
             out.send(m).unwrap();
         }
@@ -377,28 +375,32 @@ mod tests {
 
     #[test]
     fn overflow_with_close_policy_ends_the_connection_with_1008() {
-        let out = Outbound::new(1, OverflowPolicy::Close);
+        let out = Sender::new(1, OverflowPolicy::Close);
         out.send("a").unwrap();
         assert!(out.send("b").is_err());
         assert!(out.is_closed());
         assert!(out.is_empty());
         assert!(out.send("c").is_err());
         let ending = out.ending().borrow().clone().unwrap();
-        assert_eq!(ending.code(), Some(POLICY));
+        assert_eq!(ending.code(), Some(POLICY_VIOLATION));
     }
 
     #[test]
     fn the_queue_is_bounded_in_bytes_too() {
-        let out = Outbound::with_limits(100, 10, OverflowPolicy::DropNewest, None);
-        assert_eq!(out.send("aaaa").unwrap(), Queued::Queued);
-        assert_eq!(out.send("bbbb").unwrap(), Queued::Queued);
+        let out = Sender::with_limits(100, 10, OverflowPolicy::DropNewest, None);
+        assert_eq!(out.send("aaaa").unwrap(), SendStatus::Queued);
+        assert_eq!(out.send("bbbb").unwrap(), SendStatus::Queued);
         assert_eq!(out.queued_bytes(), 8);
         assert_eq!(
             out.send("ccc").unwrap(),
-            Queued::DroppedNewest,
+            SendStatus::DroppedNewest,
             "11 bytes > 10"
         );
-        assert_eq!(out.send("dd").unwrap(), Queued::Queued, "exactly 10 fits");
+        assert_eq!(
+            out.send("dd").unwrap(),
+            SendStatus::Queued,
+            "exactly 10 fits"
+        );
         assert_eq!(out.dropped(), 1);
         assert_eq!(texts(&out), ["aaaa", "bbbb", "dd"]);
         assert_eq!(out.queued_bytes(), 0, "popping gives the bytes back");
@@ -406,11 +408,11 @@ mod tests {
 
     #[test]
     fn drop_oldest_drops_as_many_as_the_new_message_needs() {
-        let out = Outbound::with_limits(100, 10, OverflowPolicy::DropOldest, None);
+        let out = Sender::with_limits(100, 10, OverflowPolicy::DropOldest, None);
         for m in ["aaa", "bbb", "ccc"] {
             out.send(m).unwrap();
         }
-        assert_eq!(out.send("dddddddd").unwrap(), Queued::DroppedOldest);
+        assert_eq!(out.send("dddddddd").unwrap(), SendStatus::DroppedOldest);
         assert_eq!(out.dropped(), 3, "9 queued bytes + 8 > 10: all three go");
         assert_eq!(out.queued_bytes(), 8);
         assert_eq!(texts(&out), ["dddddddd"]);
@@ -419,29 +421,28 @@ mod tests {
     #[test]
     fn a_message_larger_than_the_queue_is_dropped_or_closes() {
         for policy in [OverflowPolicy::DropNewest, OverflowPolicy::DropOldest] {
-            let out = Outbound::with_limits(100, 10, policy, None);
+            let out = Sender::with_limits(100, 10, policy, None);
             out.send("a").unwrap();
-            assert_eq!(out.send("x".repeat(11)).unwrap(), Queued::DroppedNewest);
+            assert_eq!(out.send("x".repeat(11)).unwrap(), SendStatus::DroppedNewest);
             assert_eq!(out.dropped(), 1);
             assert_eq!(texts(&out), ["a"], "{policy:?} keeps what was queued");
         }
-        let out = Outbound::with_limits(100, 10, OverflowPolicy::Close, None);
+        let out = Sender::with_limits(100, 10, OverflowPolicy::Close, None);
         assert!(out.send("x".repeat(11)).is_err());
-        assert_eq!(out.ending().borrow().clone().unwrap().code(), Some(POLICY));
+        assert_eq!(
+            out.ending().borrow().clone().unwrap().code(),
+            Some(POLICY_VIOLATION)
+        );
     }
 
     #[test]
     fn drops_are_reported_to_the_route_and_the_metrics_slot() {
-        use wsguard_metrics::{MetricsLayer, MetricsRegistry};
+        use wsguard_metrics::MetricsRegistry;
         let registry = MetricsRegistry::new(wsguard_config::MetricsConfig::testing());
-        let stack =
-            MetricsLayer::new(registry.clone()).layer(tower::service_fn(|m: String| async move {
-                Ok::<_, std::convert::Infallible>(m)
-            }));
         let slot = Arc::new(ConnectionSlot::new());
-        let _per_connection = slot.open(&stack, Some("alice"));
+        slot.register(&registry, Some("alice"));
         let stats = ConnectionStats::default();
-        let out = Outbound::with_limits(
+        let out = Sender::with_limits(
             1,
             usize::MAX,
             OverflowPolicy::DropNewest,
@@ -469,7 +470,7 @@ mod tests {
 
     #[test]
     fn first_ending_wins() {
-        let out = Outbound::new(1, OverflowPolicy::Close);
+        let out = Sender::new(1, OverflowPolicy::Close);
         out.close(4000, "first");
         out.close(4001, "second");
         assert_eq!(out.ending().borrow().clone().unwrap().code(), Some(4000));
@@ -478,9 +479,9 @@ mod tests {
     #[tokio::test]
     async fn outbound_is_a_tower_service() {
         use tower::ServiceExt;
-        let out = Outbound::new(4, OverflowPolicy::DropNewest);
+        let out = Sender::new(4, OverflowPolicy::DropNewest);
         let queued = out.clone().oneshot(Message::text("hi")).await.unwrap();
-        assert_eq!(queued, Queued::Queued);
+        assert_eq!(queued, SendStatus::Queued);
         assert_eq!(out.len(), 1);
     }
 }
