@@ -25,7 +25,7 @@ fn key(i: u64) -> Fingerprint {
     Fingerprint::from_u128(u128::from(a) << 64 | u128::from(b))
 }
 
-/// The original design's benchmark message (`seed_dedup.py`), as JSON text.
+/// The message the Python prototype's benchmark used, as JSON text.
 fn message(seq: u64) -> String {
     let text = "hello world ".repeat(4);
     format!(r#"{{"type": "chat", "seq": {seq}, "room": "lobby", "text": "{text}"}}"#)
@@ -245,7 +245,7 @@ fn random_cycle(n: usize) -> Vec<u64> {
     next
 }
 
-/// The original design's message and path, to compare with `seed_dedup.py` at the same sizes.
+/// The Python prototype's message and path (fingerprint, then check-and-insert), at its sizes.
 fn seed_path(c: &mut Criterion) {
     let rt = runtime();
     let _guard = rt.enter();
