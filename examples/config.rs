@@ -48,7 +48,10 @@ fn check(file: &str, out: &mut impl Write) -> std::io::Result<u8> {
 
 fn preset(name: &str, out: &mut impl Write, err: &mut impl Write) -> std::io::Result<u8> {
     match Preset::from_name(name) {
-        Some(preset) => write!(out, "{}", preset.config().to_toml_string()).map(|()| 0),
+        Some(preset) => match preset.config().to_toml_string() {
+            Ok(text) => write!(out, "{text}").map(|()| 0),
+            Err(e) => writeln!(err, "{e}").map(|()| 1),
+        },
         None => writeln!(err, "unknown preset {name:?}\n{USAGE}").map(|()| 2),
     }
 }

@@ -1,15 +1,12 @@
 //! Shared configuration of the wsguard middleware: one serde tree, presets, validation that lists
-//! every problem, loading from a file and the environment, and live reload.
+//! every problem, and live updates; with features, loading from files and the environment and
+//! following a file.
 //!
 //! Every wsguard layer reads its part of a [`StabilityConfig`]: `CircuitBreakerLayer` the
 //! [`CircuitBreakerConfig`], `DedupLayer` the [`DedupConfig`], `MetricsLayer` the
 //! [`MetricsConfig`], and the WebSocket adapter the [`ConnectionConfig`]. A layer takes its part
 //! either fixed or through a [`ConfigHandle`], which swaps in a new validated config without a
 //! restart and without a lock on the request path.
-//!
-//! [`ConfigHandle::watch_file`] follows a file: a change that does not load or validate is refused
-//! and the running config kept, and a reload never applies a file that sets no field (an empty
-//! file is what a writer leaves between truncation and write).
 //!
 //! [`StabilityConfig::default`] is the production preset; [`StabilityConfig::development`] and
 //! [`StabilityConfig::testing`] trade safety margins for fast feedback.
@@ -18,7 +15,40 @@
 //! use std::time::Duration;
 //! use wsguard_config::{ConfigHandle, StabilityConfig};
 //!
-//! // A file overrides the fields it names; the rest keep the defaults.
+//! let mut config = StabilityConfig::development();
+//! config.dedup.ttl = Duration::from_secs(120);
+//!
+//! // Layers read through a handle; `update` validates, then swaps.
+//! let handle = ConfigHandle::new(config)?;
+//! let mut next = handle.get().as_ref().clone();
+//! next.dedup.ttl = Duration::ZERO;
+//! assert!(handle.update(next).is_err()); // refused, every problem listed
+//! assert_eq!(handle.load().dedup.ttl, Duration::from_secs(120)); // old config kept
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Features
+//!
+//! None is on by default, so a layer that takes a config built in code compiles neither figment
+//! nor notify. The `wsguard` crate turns on `load` and `watch` by default.
+//!
+//! | feature | adds |
+//! |---|---|
+//! | `load` | `ConfigLoader`, `LoadError`, `StabilityConfig::from_toml_str`, `from_json_str`, `from_file` and `from_env`, `ConfigHandle::reload`: a preset, then a TOML or JSON file, then `WSGUARD_` environment overrides, validated (figment) |
+//! | `watch` | `ConfigHandle::watch_file` and `FileWatcher`: apply each valid change to a file, refuse and log the others (notify); implies `load` |
+//! | `tower` | `RetryConfig::policy`: the retry settings as a `tower::retry` policy |
+//!
+//! Writing a config out ([`StabilityConfig::to_toml_string`], [`StabilityConfig::to_json_string`])
+//! needs no feature.
+//!
+//! With `load`, a file overrides the fields it names and the rest keep the base:
+//!
+//! ```
+//! # #[cfg(feature = "load")]
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! use std::time::Duration;
+//! use wsguard_config::StabilityConfig;
+//!
 //! let config = StabilityConfig::from_toml_str(r#"
 //!     [circuit_breaker]
 //!     mode = "consecutive_failures"
@@ -29,15 +59,16 @@
 //!     ttl = "2m"
 //! "#)?;
 //! assert_eq!(config.circuit_breaker.timeout, Duration::from_secs(30));
-//!
-//! // Layers read through a handle; `update` validates, then swaps.
-//! let handle = ConfigHandle::new(config)?;
-//! let mut next = handle.get().as_ref().clone();
-//! next.dedup.ttl = Duration::ZERO;
-//! assert!(handle.update(next).is_err()); // refused, every problem listed
-//! assert_eq!(handle.load().dedup.ttl, Duration::from_secs(120)); // old config kept
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! assert_eq!(config.dedup.ttl, Duration::from_secs(120));
+//! # Ok(())
+//! # }
+//! # #[cfg(not(feature = "load"))]
+//! # fn main() {}
 //! ```
+//!
+//! With `watch`, `ConfigHandle::watch_file` follows a file: a change that does not load or
+//! validate is refused and the running config kept, and a reload never applies a file that sets
+//! no field (an empty file is what a writer leaves between truncation and write).
 
 #![warn(
     missing_debug_implementations,
@@ -52,19 +83,29 @@ mod circuit_breaker;
 mod connection;
 mod dedup;
 mod duration;
+#[cfg(feature = "load")]
 mod load;
 mod metrics;
 mod reload;
 mod retry;
+mod serialize;
 #[cfg(feature = "tower")]
 mod tower_retry;
 mod validate;
+#[cfg(feature = "watch")]
+mod watch;
 
 use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "load")]
+#[cfg_attr(docsrs, doc(cfg(feature = "load")))]
+pub use self::load::{ConfigLoader, LoadError};
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use self::tower_retry::{ConfigBackoff, ConfigBackoffMaker, RetryPolicy, RetryWait};
+#[cfg(feature = "watch")]
+#[cfg_attr(docsrs, doc(cfg(feature = "watch")))]
+pub use self::watch::FileWatcher;
 pub use self::{
     circuit_breaker::{BackoffStrategy, CircuitBreakerConfig, OpenBackoff, TripMode},
     connection::{ClientIdSource, ConnectionConfig, OverflowPolicy, RejectionAction},
@@ -72,10 +113,10 @@ pub use self::{
         DedupConfig, DedupScope, DuplicateAction, FailureMode, KeySource, RedisStoreConfig,
         StoreBackend, StoreConfig,
     },
-    load::{ConfigLoader, LoadError},
     metrics::MetricsConfig,
-    reload::{ConfigHandle, ConfigSource, FileWatcher, Section},
+    reload::{ConfigHandle, ConfigSource, Section},
     retry::RetryConfig,
+    serialize::SerializeError,
     validate::{FieldError, ValidationError},
 };
 
@@ -165,15 +206,5 @@ impl StabilityConfig {
             connection: ConnectionConfig::testing(),
             retry: RetryConfig::testing(),
         }
-    }
-
-    /// This configuration as TOML, every field included.
-    pub fn to_toml_string(&self) -> String {
-        toml::to_string_pretty(self).expect("every StabilityConfig field serialises to TOML")
-    }
-
-    /// This configuration as pretty JSON, every field included.
-    pub fn to_json_string(&self) -> String {
-        serde_json::to_string_pretty(self).expect("every StabilityConfig field serialises to JSON")
     }
 }

@@ -10,6 +10,7 @@ use crate::{FieldError, Preset, StabilityConfig, ValidationError};
 /// Why a configuration could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+#[cfg_attr(docsrs, doc(cfg(feature = "load")))]
 pub enum LoadError {
     /// The file could not be read.
     #[error("cannot read {}: {source}", path.display())]
@@ -83,6 +84,7 @@ impl fmt::Display for ParseDisplay<'_> {
 /// # Ok::<(), wsguard_config::LoadError>(())
 /// ```
 #[derive(Debug, Clone)]
+#[cfg_attr(docsrs, doc(cfg(feature = "load")))]
 pub struct ConfigLoader {
     base: StabilityConfig,
     file: Option<PathBuf>,
@@ -287,21 +289,25 @@ fn from_str_with(text: &str, json: bool) -> Result<StabilityConfig, LoadError> {
 impl StabilityConfig {
     /// Loads a file (TOML; JSON if its name ends in `.json`) over the defaults, then the
     /// `WSGUARD_` environment overrides, and validates the result.
+    #[cfg_attr(docsrs, doc(cfg(feature = "load")))]
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, LoadError> {
         ConfigLoader::new().file(path.as_ref()).load()
     }
 
     /// The defaults with the `WSGUARD_` environment overrides, validated.
+    #[cfg_attr(docsrs, doc(cfg(feature = "load")))]
     pub fn from_env() -> Result<Self, LoadError> {
         ConfigLoader::new().load()
     }
 
     /// Parses TOML over the defaults and validates; the environment is not read.
+    #[cfg_attr(docsrs, doc(cfg(feature = "load")))]
     pub fn from_toml_str(text: &str) -> Result<Self, LoadError> {
         from_str_with(text, false)
     }
 
     /// Parses JSON over the defaults and validates; the environment is not read.
+    #[cfg_attr(docsrs, doc(cfg(feature = "load")))]
     pub fn from_json_str(text: &str) -> Result<Self, LoadError> {
         from_str_with(text, true)
     }

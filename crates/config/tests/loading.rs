@@ -1,5 +1,5 @@
 //! Behaviour tests of wsguard-config: loading.
-
+#![cfg(feature = "load")]
 // figment::Jail closures return figment::Error, which is large; fine in tests.
 #![allow(clippy::result_large_err)]
 use std::time::Duration;
@@ -13,7 +13,7 @@ use wsguard_config::{
 fn toml_round_trips_every_preset() {
     for preset in [Preset::Production, Preset::Development, Preset::Testing] {
         let config = preset.config();
-        let text = config.to_toml_string();
+        let text = config.to_toml_string().unwrap();
         assert_eq!(
             StabilityConfig::from_toml_str(&text).unwrap(),
             config,
@@ -27,7 +27,7 @@ fn json_round_trips_every_preset() {
     for preset in [Preset::Production, Preset::Development, Preset::Testing] {
         let mut config = preset.config();
         config.dedup.fingerprint_key = Some("000102030405060708090a0b0c0d0e0f".to_owned());
-        let text = config.to_json_string();
+        let text = config.to_json_string().unwrap();
         assert_eq!(
             StabilityConfig::from_json_str(&text).unwrap(),
             config,
@@ -50,7 +50,7 @@ fn durations_are_human_readable_and_written_back_that_way() {
     .unwrap();
     assert_eq!(config.dedup.ttl, Duration::from_secs(150));
     assert_eq!(config.circuit_breaker.timeout, Duration::from_millis(250));
-    let text = config.to_toml_string();
+    let text = config.to_toml_string().unwrap();
     assert!(text.contains("ttl = \"2m 30s\""), "{text}");
     assert!(text.contains("timeout = \"250ms\""), "{text}");
 }

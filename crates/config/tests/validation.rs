@@ -270,6 +270,7 @@ fn client_scope_with_the_peer_address_is_accepted() {
     config.validate().unwrap();
 }
 
+#[cfg(feature = "load")]
 #[test]
 fn client_chosen_ids_are_untrusted_unless_a_file_says_otherwise() {
     assert!(!StabilityConfig::default().connection.client_id_trusted);
