@@ -4,7 +4,7 @@ use serde::{Deserialize, Serialize};
 
 /// Retry settings for calls a service makes on a client's behalf (upstream requests, reconnects).
 ///
-/// With the `tower` feature, [`RetryConfig::policy`] turns them into a `tower::retry` policy.
+/// With the `tower` feature, `RetryConfig::policy` turns them into a `tower::retry` policy.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RetryConfig {
