@@ -32,8 +32,8 @@ const MIN_TABLE: usize = 16;
 /// of `max_entries`, its oldest key is evicted and counted. Shards are picked by key bits, each
 /// behind its own mutex held for one check-and-insert, so there is no global lock.
 ///
-/// [`len`](Self::len) counts the keys exactly; through [`DedupStore`] the same figure is
-/// [`remembered`](DedupStore::remembered), and evictions are [`evictions`](DedupStore::evictions).
+/// [`len`](Self::len) counts the keys it holds; through [`DedupStore`] the same figure is
+/// [`remembered`](DedupStore::remembered), next to [`evictions`](DedupStore::evictions).
 ///
 /// Bounds: at most 64 shards of at most 2^32 - 1 keys each; `ttl` at most 24 days.
 ///

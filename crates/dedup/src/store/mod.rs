@@ -62,18 +62,19 @@ pub trait DedupStore: fmt::Debug + Send + Sync + 'static {
         let _ = config;
     }
 
-    /// How many live keys were evicted to respect a size bound, so far ([`DedupStats::evictions`]).
+    /// How many live keys were evicted so far to respect a size bound; [`DedupStats::evictions`]
+    /// reports it.
     ///
     /// [`DedupStats::evictions`]: crate::DedupStats::evictions
     fn evictions(&self) -> u64 {
         0
     }
 
-    /// How many keys are remembered now, or `None` if the store cannot tell cheaply (a shared
-    /// store would have to ask the network) ([`DedupStats::remembered`]).
+    /// How many keys are remembered now, or `None` if the store cannot count them cheaply (a
+    /// shared store would have to ask the network); [`DedupStats::remembered`] reports it.
     ///
-    /// Not named `len`: a store is not a collection one can count for free, and
-    /// [`MemoryStore::len`], which can, returns a plain `usize`.
+    /// Not `len`: not every store can count, while [`MemoryStore::len`] always does and returns
+    /// a plain `usize`.
     ///
     /// [`DedupStats::remembered`]: crate::DedupStats::remembered
     fn remembered(&self) -> Option<usize> {
