@@ -29,6 +29,10 @@
 //! Text hashed as bytes has a domain tag of its own, distinct from any JSON value and from a
 //! binary message ([`Fingerprinter::fingerprint_bytes`]): a text frame and a binary frame are
 //! never the same message, whatever their bytes.
+//!
+//! The sources follow these concepts: the word encoding in `fingerprint/encoding.rs`, the
+//! reader in `fingerprint/reader.rs` (strings in `reader/string.rs`), numbers in
+//! `fingerprint/number.rs`, the word-fed SipHash in `fingerprint/sip.rs`.
 
 mod encoding;
 mod number;
