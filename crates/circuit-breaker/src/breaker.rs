@@ -17,7 +17,7 @@ use crate::backoff;
 use crate::classify::Outcome;
 use crate::error::CircuitOpen;
 use crate::handle::{Event, Snapshot, State};
-use crate::service::Stripe;
+use crate::service::Recorder;
 use crate::shard::{Padded, shard_count};
 use crate::window::{CountWindow, Figures, Sample, TimeWindow};
 
@@ -87,7 +87,7 @@ pub(crate) fn is_disabled(word: u64) -> bool {
 }
 
 /// Whether a call admitted under `word` is a half-open probe: only probes are admitted while
-/// half-open, and each holds a stripe of its own with its probe slot.
+/// half-open, and each holds a recorder of its own with its probe slot.
 #[inline]
 pub(crate) fn is_probe(word: u64) -> bool {
     word & STATE_MASK == HALF_OPEN
@@ -123,17 +123,17 @@ pub(crate) struct Core {
     consecutive: Padded<AtomicU32>,
     /// Failures since the last transition (consecutive mode, which keeps no window).
     failures: Padded<AtomicU64>,
-    /// Shards of the per-thread structures (windows, stripes).
+    /// Shards of the per-thread structures (windows, recorders).
     shards: usize,
     period: ArcSwap<Period>,
     rejected: Padded<AtomicU64>,
-    book: Mutex<Book>,
+    transitions: Mutex<TransitionState>,
     events: broadcast::Sender<Event>,
 }
 
-/// What only transitions touch.
+/// What only transitions (and snapshots) read and write, under the lock that serializes them.
 #[derive(Debug)]
-struct Book {
+struct TransitionState {
     open_cycles: u32,
     rng: u64,
     disabled_by_config: bool,
@@ -271,7 +271,7 @@ impl Core {
                 probes: None,
             }),
             rejected: Padded(AtomicU64::new(0)),
-            book: Mutex::new(Book {
+            transitions: Mutex::new(TransitionState {
                 open_cycles: 0,
                 rng: backoff::seed(),
                 disabled_by_config: !config.enabled,
@@ -332,8 +332,10 @@ impl Core {
         self.base + Duration::from_nanos(nanos)
     }
 
-    fn lock(&self) -> MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> MutexGuard<'_, TransitionState> {
+        self.transitions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn state(&self) -> State {
@@ -354,7 +356,7 @@ impl Core {
 
     #[cold]
     fn reconfigure(&self, generation: u64) {
-        let mut book = self.lock();
+        let mut locked = self.lock();
         if self.applied.load(Ordering::Acquire) == generation {
             return;
         }
@@ -364,17 +366,17 @@ impl Core {
         let state = state_of(word);
         let shape = Shape::of(&config);
         if !config.enabled && state != State::Disabled {
-            book.disabled_by_config = true;
+            locked.disabled_by_config = true;
             self.transition_locked(
-                &mut book,
+                &mut locked,
                 word,
                 State::Disabled,
                 "disabled by configuration",
             );
-        } else if config.enabled && state == State::Disabled && book.disabled_by_config {
-            book.disabled_by_config = false;
-            self.transition_locked(&mut book, word, State::Closed, "enabled by configuration");
-        } else if shape != book.shape && matches!(state, State::Closed | State::MetricsOnly) {
+        } else if config.enabled && state == State::Disabled && locked.disabled_by_config {
+            locked.disabled_by_config = false;
+            self.transition_locked(&mut locked, word, State::Closed, "enabled by configuration");
+        } else if shape != locked.shape && matches!(state, State::Closed | State::MetricsOnly) {
             // A new window shape cannot keep the old outcomes; the state and open cycles stay.
             self.reset_counters();
             self.period.store(Arc::new(Period {
@@ -383,7 +385,7 @@ impl Core {
                 probes: None,
             }));
         }
-        book.shape = shape;
+        locked.shape = shape;
         self.applied.store(generation, Ordering::Release);
         tracing::debug!(
             target: "wsguard::circuit_breaker",
@@ -539,11 +541,11 @@ impl Core {
         }
     }
 
-    /// Records a finished call admitted under `word` at `start`, whose record holds `stripe`
+    /// Records a finished call admitted under `word` at `start`, through `recorder`
     /// (a probe's own, or one of the per-thread ones: its index picks the window's shard).
     /// Ignored outcomes and calls admitted before the last transition record nothing.
     #[inline]
-    pub(crate) fn complete(&self, word: u64, start: u64, outcome: Outcome, stripe: &Stripe) {
+    pub(crate) fn complete(&self, word: u64, start: u64, outcome: Outcome, recorder: &Recorder) {
         if outcome == Outcome::Ignored || self.word.load(Ordering::Acquire) != word {
             return;
         }
@@ -557,7 +559,7 @@ impl Core {
             }
             return;
         }
-        self.complete_slow(word, start, failure, stripe);
+        self.complete_slow(word, start, failure, recorder);
     }
 
     #[inline(never)]
@@ -574,10 +576,10 @@ impl Core {
     }
 
     #[inline(never)]
-    fn complete_slow(&self, word: u64, start: u64, failure: bool, stripe: &Stripe) {
-        match &stripe.probe {
+    fn complete_slow(&self, word: u64, start: u64, failure: bool, recorder: &Recorder) {
+        match &recorder.probe {
             Some(slot) => self.complete_probe(word, start, &slot.period, failure),
-            None => self.complete_window(word, start, failure, stripe.index),
+            None => self.complete_window(word, start, failure, recorder.index),
         }
     }
 
@@ -665,9 +667,9 @@ impl Core {
                 self.transition(Some(word), State::Open, exceeded.reason());
             }
             State::MetricsOnly => {
-                let mut book = self.lock();
-                if book.reported != word && self.word.load(Ordering::Acquire) == word {
-                    book.reported = word;
+                let mut locked = self.lock();
+                if locked.reported != word && self.word.load(Ordering::Acquire) == word {
+                    locked.reported = word;
                     tracing::warn!(
                         target: "wsguard::circuit_breaker",
                         event = ?exceeded.event(),
@@ -688,16 +690,22 @@ impl Core {
         to: State,
         reason: &'static str,
     ) -> bool {
-        let mut book = self.lock();
+        let mut locked = self.lock();
         let word = self.word.load(Ordering::Acquire);
         if expected.is_some_and(|e| e != word) {
             return false;
         }
-        self.transition_locked(&mut book, word, to, reason);
+        self.transition_locked(&mut locked, word, to, reason);
         true
     }
 
-    fn transition_locked(&self, book: &mut Book, word: u64, to: State, reason: &'static str) {
+    fn transition_locked(
+        &self,
+        locked: &mut TransitionState,
+        word: u64,
+        to: State,
+        reason: &'static str,
+    ) {
         let now = Instant::now();
         let from = state_of(word);
         let config = self.source.get();
@@ -706,9 +714,9 @@ impl Core {
         let mut probes = None;
         let window = match to {
             State::Open => {
-                book.open_cycles = book.open_cycles.saturating_add(1);
-                let unit = backoff::next_unit(&mut book.rng);
-                let wait = backoff::open_wait(&config, book.open_cycles, unit);
+                locked.open_cycles = locked.open_cycles.saturating_add(1);
+                let unit = backoff::next_unit(&mut locked.rng);
+                let wait = backoff::open_wait(&config, locked.open_cycles, unit);
                 let until = now
                     .checked_add(wait)
                     .unwrap_or(now + Duration::from_secs(86_400 * 365));
@@ -731,7 +739,7 @@ impl Core {
                 Arc::new(Window::Consecutive)
             }
             State::Closed => {
-                book.open_cycles = 0;
+                locked.open_cycles = 0;
                 self.reset_counters();
                 self.fresh_window(&config)
             }
@@ -751,7 +759,7 @@ impl Core {
             from = ?from,
             to = ?to,
             reason,
-            open_cycles = book.open_cycles,
+            open_cycles = locked.open_cycles,
             "circuit breaker state transition"
         );
         let _ = self.events.send(Event::Transition { from, to, reason });
@@ -763,18 +771,18 @@ impl Core {
     }
 
     pub(crate) fn reset(&self) {
-        let mut book = self.lock();
+        let mut locked = self.lock();
         let word = self.word.load(Ordering::Acquire);
-        book.disabled_by_config = false;
+        locked.disabled_by_config = false;
         self.rejected.0.store(0, Ordering::Relaxed);
-        self.transition_locked(&mut book, word, State::Closed, "reset");
+        self.transition_locked(&mut locked, word, State::Closed, "reset");
     }
 
     pub(crate) fn force(&self, to: State, reason: &'static str) {
-        let mut book = self.lock();
+        let mut locked = self.lock();
         let word = self.word.load(Ordering::Acquire);
-        book.disabled_by_config = false;
-        self.transition_locked(&mut book, word, to, reason);
+        locked.disabled_by_config = false;
+        self.transition_locked(&mut locked, word, to, reason);
     }
 
     pub(crate) fn subscribe(&self) -> broadcast::Receiver<Event> {

@@ -13,7 +13,7 @@ use crate::breaker::{is_probe, is_timed};
 use crate::classify::Classify;
 use crate::error::CircuitOpen;
 use crate::reject::Reject;
-use crate::service::Stripe;
+use crate::service::Recorder;
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](crate::CircuitBreaker).
@@ -53,7 +53,7 @@ pub(crate) struct Call {
     // unfinished lets go of it through `release`, which cannot unwind: with a plain `Arc` here
     // (whose drop may unwind) the response future's drop was too large to inline, and every
     // call kept its future in memory and called that drop out of line.
-    stripe: Option<ManuallyDrop<Arc<Stripe>>>,
+    stripe: Option<ManuallyDrop<Arc<Recorder>>>,
     /// State word at admission.
     word: u64,
     /// Admission time for the slow-call check, or `NOT_TIMED`.
@@ -61,7 +61,7 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    pub(crate) fn new(stripe: Arc<Stripe>, word: u64, start: u64) -> Self {
+    pub(crate) fn new(stripe: Arc<Recorder>, word: u64, start: u64) -> Self {
         Self {
             stripe: Some(ManuallyDrop::new(stripe)),
             word,
@@ -108,7 +108,7 @@ impl Drop for Call {
 #[cold]
 #[inline(never)]
 #[allow(improper_ctypes_definitions)] // called from Rust only
-extern "C" fn release(stripe: &mut Option<ManuallyDrop<Arc<Stripe>>>) {
+extern "C" fn release(stripe: &mut Option<ManuallyDrop<Arc<Recorder>>>) {
     drop(stripe.take().map(ManuallyDrop::into_inner));
 }
 

@@ -13,15 +13,16 @@ use crate::handle::Handle;
 use crate::reject::{Reject, ReturnError};
 use crate::shard::{MAX_SHARDS, shard_hint};
 
-/// A reference to the breaker held by a response future until its call finishes.
+/// Where an admitted call records its outcome: the breaker, held by the response future until
+/// the call finishes.
 ///
-/// Closed calls share one per thread: futures clone the `Arc` of their thread's stripe, so two
+/// Closed calls share one per thread: futures clone the `Arc` of their thread's recorder, so two
 /// cores never bounce one reference count, and timed calls recycle it through the thread's spare
-/// slot. A half-open probe gets a stripe of its own, holding its probe slot: the slot is given
-/// back when the future lets go of the stripe.
+/// slot. A half-open probe gets a recorder of its own, holding its probe slot: the slot is given
+/// back when the future lets go of the recorder.
 #[derive(Debug)]
 #[repr(align(128))]
-pub(crate) struct Stripe {
+pub(crate) struct Recorder {
     pub(crate) core: Arc<Core>,
     /// The shard of the per-thread counters (0 for probes).
     pub(crate) index: usize,
@@ -34,15 +35,15 @@ pub(crate) struct Shared {
     pub(crate) core: Arc<Core>,
     /// Indexed by the thread's shard hint modulo 64; the `shard_count()` distinct stripes repeat
     /// across it, so a thread's stripe is `hint % shard_count()` with no bounds check.
-    stripes: Box<[Arc<Stripe>; MAX_SHARDS]>,
+    stripes: Box<[Arc<Recorder>; MAX_SHARDS]>,
 }
 
 impl Shared {
     pub(crate) fn new(core: Core) -> Self {
         let core = Arc::new(core);
-        let distinct: Vec<Arc<Stripe>> = (0..crate::shard::shard_count())
+        let distinct: Vec<Arc<Recorder>> = (0..crate::shard::shard_count())
             .map(|index| {
-                Arc::new(Stripe {
+                Arc::new(Recorder {
                     core: Arc::clone(&core),
                     index,
                     probe: None,
@@ -63,7 +64,7 @@ impl Shared {
     /// reference when it belongs to this breaker. `core` is this breaker's, passed by the caller
     /// that already holds it.
     #[inline]
-    fn stripe(&self, core: &Arc<Core>, start: u64) -> Arc<Stripe> {
+    fn stripe(&self, core: &Arc<Core>, start: u64) -> Arc<Recorder> {
         if !is_timed(start) {
             return self.own_stripe();
         }
@@ -78,7 +79,7 @@ impl Shared {
 
     /// A clone of the calling thread's stripe.
     #[inline]
-    fn own_stripe(&self) -> Arc<Stripe> {
+    fn own_stripe(&self) -> Arc<Recorder> {
         Arc::clone(&self.stripes[shard_hint() % MAX_SHARDS])
     }
 }
@@ -87,12 +88,12 @@ thread_local! {
     // One reference kept back per thread from the last finished timed call, handed to the next
     // one: a request/response loop in a rate mode then never touches a reference count. It keeps
     // at most one breaker per thread alive a little longer.
-    static SPARE: Cell<Option<Arc<Stripe>>> = const { Cell::new(None) };
+    static SPARE: Cell<Option<Arc<Recorder>>> = const { Cell::new(None) };
 }
 
 /// Hands the reference of a finished future back for the next call on this thread.
 #[inline(always)]
-pub(crate) fn recycle(stripe: Arc<Stripe>) {
+pub(crate) fn recycle(stripe: Arc<Recorder>) {
     let mut stripe = Some(stripe);
     let _ = SPARE.try_with(|spare| {
         if let Some(previous) = spare.replace(stripe.take()) {
@@ -227,7 +228,7 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
         };
         let stripe = match admitted.probe {
             None => self.shared.stripe(&self.core, admitted.start),
-            Some(slot) => Arc::new(Stripe {
+            Some(slot) => Arc::new(Recorder {
                 core: Arc::clone(&self.core),
                 index: 0,
                 probe: Some(slot),
