@@ -108,7 +108,7 @@ impl Rooms {
 #[derive(Clone)]
 struct Member {
     name: String,
-    sender: Outbound,
+    sender: Sender,
 }
 
 #[derive(Deserialize)]
@@ -304,7 +304,7 @@ fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
     };
     let stack = ServiceBuilder::new()
         .layer(
-            MetricsLayer::new(registry)
+            MetricsLayer::new(registry.clone())
                 .route("/ws")
                 .classifier(MessageClassifier),
         )
@@ -321,7 +321,12 @@ fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
             "/style.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE) }),
         )
-        .route("/ws", ws_route(stack, config))
+        .route(
+            "/ws",
+            WsRoute::new(stack, config)
+                .metrics(registry)
+                .into_method_router(),
+        )
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok" }))

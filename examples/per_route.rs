@@ -47,12 +47,14 @@ fn app(config: &ConfigHandle) -> Router {
     let chat = ServiceBuilder::new()
         .layer(metrics("/ws/chat"))
         .service_fn(echo);
+    let orders = WsRoute::new(orders, config).metrics(registry.clone());
+    let chat = WsRoute::new(chat, config).metrics(registry.clone());
     let raw = tower::service_fn(echo);
 
     let stats = move || async move { axum::Json(registry.snapshot()) };
     Router::new()
-        .route("/ws/orders", ws_route(orders, config))
-        .route("/ws/chat", ws_route(chat, config))
+        .route("/ws/orders", orders.into_method_router())
+        .route("/ws/chat", chat.into_method_router())
         .route("/ws/raw", ws_route(raw, config))
         .route("/stats", get(stats))
 }

@@ -54,7 +54,7 @@ pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoA
             counter.fetch_add(1, Ordering::Relaxed);
             async move { Ok::<_, BoxError>(Some(request.message)) }
         });
-    let ws = WsRoute::new(stack, config);
+    let ws = WsRoute::new(stack, config).metrics(registry.clone());
     let connections = ws.stats();
 
     let stats = {

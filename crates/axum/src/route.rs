@@ -11,14 +11,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use http::{StatusCode, header};
 use tower_service::Service;
+use wsguard_metrics::MetricsRegistry;
 
 use crate::BoxError;
 use crate::close;
 use crate::config::WsConfig;
 use crate::connection::{self, Settings};
 use crate::inbound::{self, ConnInfo, ConnectionId, Inbound};
-use crate::outbound::{DropReport, Outbound};
 use crate::reply::Replies;
+use crate::sender::{DropReport, Sender};
 use crate::warn_limit::{WarnLimit, limited_warn};
 
 /// A WebSocket route whose every inbound message is a call of `service`.
@@ -37,6 +38,7 @@ pub struct WsRoute<S> {
     service: Arc<S>,
     config: WsConfig,
     stats: ConnectionStats,
+    metrics: Option<MetricsRegistry>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for WsRoute<S> {
@@ -45,6 +47,7 @@ impl<S: fmt::Debug> fmt::Debug for WsRoute<S> {
             .field("service", &self.service)
             .field("config", &self.config)
             .field("stats", &self.stats)
+            .field("metrics", &self.metrics)
             .finish()
     }
 }
@@ -55,6 +58,7 @@ impl<S> Clone for WsRoute<S> {
             service: self.service.clone(),
             config: self.config.clone(),
             stats: self.stats.clone(),
+            metrics: self.metrics.clone(),
         }
     }
 }
@@ -90,7 +94,19 @@ where
             service: Arc::new(service),
             config: config.into(),
             stats: ConnectionStats::default(),
+            metrics: None,
         }
+    }
+
+    /// Registers each connection with `registry` when it opens, so that idle connections are
+    /// counted and listed before their first message; the registration ends when the
+    /// connection closes.
+    ///
+    /// Give it the registry of the stack's `MetricsLayer`. Without it, that layer registers a
+    /// connection on its first message.
+    pub fn metrics(mut self, registry: MetricsRegistry) -> Self {
+        self.metrics = Some(registry);
+        self
     }
 
     /// Counters of this route's connections (a shared handle).
@@ -142,7 +158,7 @@ where
         let id = ConnectionId::next();
         let client_id: Arc<str> = inbound::client_id(&config, &parts, peer_addr).into();
         let slot = Arc::new(wsguard_metrics::ConnectionSlot::new());
-        let sender = Outbound::with_limits(
+        let sender = Sender::with_limits(
             config.send_queue_capacity,
             config.send_queue_bytes,
             config.overflow,
@@ -175,6 +191,7 @@ where
         };
         let service = self.service;
         let stats = self.stats;
+        let metrics = self.metrics;
         upgrade
             .read_buffer_size(config.read_buffer_size)
             .write_buffer_size(config.write_buffer_size)
@@ -190,7 +207,10 @@ where
             .max_frame_size(config.max_message_size)
             .on_failed_upgrade(|err| tracing::debug!(error = %err, "websocket upgrade failed"))
             .on_upgrade(move |socket| async move {
-                let service = conn.slot.open(&*service, Some(&conn.client_id));
+                if let Some(registry) = &metrics {
+                    conn.slot.register(registry, Some(&conn.client_id));
+                }
+                let service = S::clone(&service);
                 connection::run(socket, service, conn, settings, replies, stats).await;
                 drop(permit);
             })
@@ -261,8 +281,8 @@ impl ConnectionStats {
 
     pub(crate) fn count_close(&self, code: u16) {
         let counter = match code {
-            close::POLICY => &self.inner.closed_slow_reader,
-            close::PROTOCOL | close::INVALID => &self.inner.closed_protocol_error,
+            close::POLICY_VIOLATION => &self.inner.closed_slow_reader,
+            close::PROTOCOL_ERROR | close::INVALID_PAYLOAD => &self.inner.closed_protocol_error,
             _ => return,
         };
         counter.fetch_add(1, Ordering::Relaxed);

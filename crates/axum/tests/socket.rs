@@ -264,8 +264,13 @@ async fn metrics_layer_registers_the_connection_and_forgets_the_client_on_close(
     let stack = ServiceBuilder::new()
         .layer(MetricsLayer::new(registry.clone()).classifier(MessageClassifier))
         .service(echo());
-    let addr = serve(Router::new().route("/ws", ws_route(stack, config))).await;
+    let route = WsRoute::new(stack, config).metrics(registry.clone());
+    let addr = serve(Router::new().route("/ws", route.into_method_router())).await;
     let mut client = connect(addr).await;
+    wait_until("the idle connection to register", || {
+        registry.active_connections() == 1
+    })
+    .await;
     client.send(WsMessage::text("hello")).await.unwrap();
     assert_eq!(next_frame(&mut client).await.into_text().unwrap(), "hello");
     assert_eq!(registry.active_connections(), 1);
@@ -406,19 +411,19 @@ async fn a_fail_closed_dedup_rejection_tells_the_client_unavailable() {
 #[tokio::test]
 async fn dedup_layer_on_the_sending_side_suppresses_re_sends() {
     use tower::{ServiceBuilder, ServiceExt};
-    use wsguard_axum::{Outgoing, SendOutgoing};
+    use wsguard_axum::{OutgoingMessage, SendToConnection};
     use wsguard_dedup::DedupLayer;
 
     let config = StabilityConfig::testing();
     let send = ServiceBuilder::new()
         .layer(DedupLayer::new(config.dedup.clone()))
-        .service(SendOutgoing);
+        .service(SendToConnection);
     let handler = service_fn(move |req: Inbound| {
         let send = send.clone();
         async move {
             // Every message is pushed three times; the client must hear it once.
             for _ in 0..3 {
-                let outgoing = Outgoing::new(req.message.clone(), req.conn.clone());
+                let outgoing = OutgoingMessage::new(req.message.clone(), req.conn.clone());
                 let _ = send.clone().oneshot(outgoing).await;
             }
             Ok::<_, BoxError>(None)
@@ -497,7 +502,7 @@ async fn panic_in_poll_ready_closes_that_connection_with_1011() {
 
 #[tokio::test]
 async fn messages_queued_by_another_task_reach_an_idle_connection_before_its_close() {
-    let held: Arc<std::sync::Mutex<Option<wsguard_axum::Outbound>>> = Arc::default();
+    let held: Arc<std::sync::Mutex<Option<wsguard_axum::Sender>>> = Arc::default();
     let hold = held.clone();
     let service = service_fn(move |req: Inbound| {
         *hold.lock().unwrap() = Some(req.sender().clone());

@@ -49,7 +49,6 @@ impl<S, C> Metrics<S, C> {
 /// that connection with this service's registry (if no outer `Metrics` did).
 impl<S: Clone, C> Clone for Metrics<S, C> {
     fn clone(&self) -> Self {
-        crate::registry::note_cloned(&self.shared.registry.inner);
         Self {
             inner: self.inner.clone(),
             shared: self.shared.clone(),

@@ -252,12 +252,13 @@ async fn unfinished_call_counts_as_in_flight_then_cancelled() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn open_registers_an_idle_connection_and_calls_reuse_it() {
+async fn register_counts_an_idle_connection_and_calls_reuse_it() {
     let registry = MetricsRegistry::new(config());
     let stack = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
     let slot = Arc::new(ConnectionSlot::new());
 
-    let mut svc = slot.open(&stack, Some("alice"));
+    slot.register(&registry, Some("alice"));
+    let mut svc = stack.clone();
     assert!(slot.is_registered(), "registered before any message");
     assert_eq!(slot.client_id(), Some("alice"));
     assert_eq!(registry.active_connections(), 1);
@@ -274,7 +275,7 @@ async fn open_registers_an_idle_connection_and_calls_reuse_it() {
     );
     assert_eq!(registry.client("alice").unwrap().messages_in, 3);
 
-    // Clones made outside `open` (the stack's own) register nothing.
+    // Clones of the stack register nothing.
     let _other = stack.clone();
     let _again = svc.clone();
     assert_eq!(registry.snapshot().connections_total, 1);
@@ -285,33 +286,36 @@ async fn open_registers_an_idle_connection_and_calls_reuse_it() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn open_finds_the_outermost_registry_through_other_layers() {
+async fn a_slot_registers_with_one_registry_and_other_layers_count_aggregates_only() {
     let outer = MetricsRegistry::new(config());
     let inner = MetricsRegistry::new(config());
-    let stack = tower::ServiceBuilder::new()
+    let mut stack = tower::ServiceBuilder::new()
         .layer(tower::util::BoxCloneService::layer())
         .layer(MetricsLayer::new(outer.clone()))
         .map_request(|msg: Msg| msg)
         .layer(MetricsLayer::new(inner.clone()))
         .service(service_fn(echo));
 
-    let slot = ConnectionSlot::new();
-    let _svc = slot.open(&stack, Some("bob"));
+    let slot = Arc::new(ConnectionSlot::new());
+    slot.register(&outer, Some("bob"));
+    slot.register(&inner, Some("bob"));
+    send(&mut stack, Msg::on(&slot, "bob")).await;
     assert_eq!(outer.active_connections(), 1);
-    assert!(outer.client("bob").is_some());
+    assert_eq!(outer.client("bob").unwrap().messages_in, 1);
     assert_eq!(inner.active_connections(), 0, "one registry per slot");
+    assert!(inner.client("bob").is_none());
+    assert_eq!(inner.snapshot().messages_in, 1);
     drop(slot);
     assert_eq!(outer.active_connections(), 0);
 }
 
 #[tokio::test(start_paused = true)]
-async fn open_without_metrics_in_the_stack_leaves_the_slot_to_the_first_call() {
+async fn an_unregistered_slot_registers_on_its_first_call() {
     let registry = MetricsRegistry::new(config());
     let slot = Arc::new(ConnectionSlot::new());
-    let _plain = slot.open(&service_fn(echo), Some("carol"));
     assert!(!slot.is_registered());
 
-    // A `Metrics` service cloned later, outside `open`, does not pick the slot up ...
+    // Cloning a `Metrics` service registers nothing ...
     let layered = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
     let mut svc = layered.clone();
     assert_eq!(registry.active_connections(), 0);
@@ -322,76 +326,11 @@ async fn open_without_metrics_in_the_stack_leaves_the_slot_to_the_first_call() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn open_after_release_registers_nothing() {
+async fn register_after_release_registers_nothing() {
     let registry = MetricsRegistry::new(config());
-    let stack = MetricsLayer::new(registry.clone()).layer(service_fn(echo));
     let slot = ConnectionSlot::new();
     slot.release();
-    let _svc = slot.open(&stack, Some("dave"));
+    slot.register(&registry, Some("dave"));
+    assert!(!slot.is_registered());
     assert_eq!(registry.snapshot().connections_total, 0);
-}
-
-/// A service whose clone panics, or opens another slot while being cloned.
-#[derive(Debug)]
-struct Odd {
-    panic: bool,
-    nested: Option<(
-        Arc<ConnectionSlot>,
-        tower::util::BoxCloneService<Msg, (), support::BoxError>,
-    )>,
-}
-
-impl Clone for Odd {
-    fn clone(&self) -> Self {
-        assert!(!self.panic, "clone failed");
-        if let Some((slot, stack)) = &self.nested {
-            let _ = slot.open(stack, Some("nested"));
-        }
-        Self {
-            panic: self.panic,
-            nested: self.nested.clone(),
-        }
-    }
-}
-
-#[tokio::test(start_paused = true)]
-async fn open_survives_a_panicking_clone_and_nesting() {
-    let registry = MetricsRegistry::new(config());
-    let layer = MetricsLayer::new(registry.clone());
-
-    let panicking = layer.layer(Odd {
-        panic: true,
-        nested: None,
-    });
-    let slot = ConnectionSlot::new();
-    let unwound = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        slot.open(&panicking, Some("erin"))
-    }));
-    assert!(unwound.is_err());
-    assert!(
-        !slot.is_registered(),
-        "no service came out: nothing registered"
-    );
-    // The search ended with the unwind: a plain clone afterwards registers nothing anywhere.
-    let _ = layer.layer(service_fn(echo)).clone();
-    assert_eq!(registry.snapshot().connections_total, 0);
-
-    // A slot opened while another opens: each finds its own registry.
-    let other = MetricsRegistry::new(config());
-    let inner_slot = Arc::new(ConnectionSlot::new());
-    let nested_stack =
-        tower::util::BoxCloneService::new(MetricsLayer::new(other.clone()).layer(service_fn(echo)));
-    let outer_stack = tower::ServiceBuilder::new()
-        .map_request(|msg: Msg| msg)
-        .service(Odd {
-            panic: false,
-            nested: Some((inner_slot.clone(), nested_stack)),
-        });
-    let outer_stack = layer.layer(outer_stack);
-    let slot = ConnectionSlot::new();
-    let _svc = slot.open(&outer_stack, Some("frank"));
-    assert!(registry.client("frank").is_some());
-    assert!(other.client("nested").is_some());
-    assert!(registry.client("nested").is_none());
-    assert!(other.client("frank").is_none());
 }

@@ -2,13 +2,12 @@
 //! connection keeps it.
 
 use std::borrow::Cow;
-use std::cell::Cell;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use super::Inner;
 use super::clients::ClientEntry;
+use super::{Inner, MetricsRegistry};
 use crate::Direction;
 use crate::export::RouteStats;
 
@@ -98,9 +97,9 @@ impl fmt::Debug for ConnectionGuard {
 /// [`ClientRequest::connection_slot`](crate::ClientRequest::connection_slot). The connection is
 /// registered with a registry (as [`MetricsRegistry::connect`] does) and the guard stored here,
 /// whichever comes first:
-/// - when it opens, if its owner takes its copy of the service stack with
-///   [`open`](Self::open): the registry is that of the first [`Metrics`](crate::Metrics)
-///   service in the stack, so an idle connection is counted and listed from its first moment;
+/// - when it opens, if its owner calls [`register`](Self::register) with the registry, so an
+///   idle connection is counted and listed from its first moment (`wsguard-axum` does this for
+///   a route given a registry with `WsRoute::metrics`);
 /// - on the first call the [`Metrics`](crate::Metrics) service sees with the slot, with the
 ///   request's client id.
 ///
@@ -123,44 +122,29 @@ impl ConnectionSlot {
         Self::default()
     }
 
-    /// Clones `service` for the connection this slot belongs to, which opens now, and registers
-    /// the connection with the registry of the first [`Metrics`](crate::Metrics) service the
-    /// clone passes through (the outermost one), under `client_id` (`None`: counted in the
-    /// aggregates only).
+    /// Registers the connection this slot belongs to, which opens now, with `registry` under
+    /// `client_id` (`None`: counted in the aggregates only), before any call.
     ///
-    /// Use it where a connection takes its own copy of a shared service stack, as `wsguard-axum`
-    /// does for every upgraded WebSocket. The stack is found by cloning, so it needs no trait
-    /// beyond `Clone` and works through any layers that clone their inner service (tower's own,
-    /// `BoxCloneService`); no call is made and no readiness is reserved. If no `Metrics`
-    /// service is cloned along the way (there is none, or it sits behind a `Buffer`, whose
-    /// clones share one worker), the slot stays empty and registers on its first call instead.
+    /// Give it the registry of the stack's [`MetricsLayer`](crate::MetricsLayer), so that the
+    /// layer's calls record into this registration. Does nothing if the slot is already
+    /// registered (with any registry) or was released.
     ///
     /// ```
-    /// use tower::{Layer, service_fn};
-    /// use wsguard_metrics::{ConnectionSlot, MetricsLayer, MetricsRegistry};
+    /// use std::sync::Arc;
+    /// use wsguard_metrics::{ConnectionSlot, MetricsRegistry};
     ///
-    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// let registry = MetricsRegistry::new(wsguard_config::MetricsConfig::development());
-    /// let stack = MetricsLayer::new(registry.clone())
-    ///     .layer(service_fn(|msg: String| async move { Ok::<_, std::convert::Infallible>(msg) }));
-    ///
-    /// let slot = ConnectionSlot::new();
-    /// let _per_connection = slot.open(&stack, Some("alice"));
+    /// let slot = Arc::new(ConnectionSlot::new());
+    /// slot.register(&registry, Some("alice"));
     /// assert_eq!(registry.active_connections(), 1);
     /// assert_eq!(registry.client("alice").unwrap().connections, 1);
     ///
     /// slot.release(); // the connection closed
     /// assert_eq!(registry.active_connections(), 0);
     /// assert!(registry.client("alice").is_none());
-    /// # }
     /// ```
-    pub fn open<S: Clone>(&self, service: &S, client_id: Option<&str>) -> S {
-        let finding = FindRegistry::start();
-        let service = service.clone();
-        if let Some(registry) = finding.finish() {
-            self.guard.get_or_init(|| registry.connect(client_id));
-        }
-        service
+    pub fn register(&self, registry: &MetricsRegistry, client_id: Option<&str>) {
+        self.guard.get_or_init(|| registry.inner.connect(client_id));
     }
 
     /// Ends the connection's registration, if any, and keeps the slot from registering again.
@@ -176,8 +160,9 @@ impl ConnectionSlot {
     /// policy (the client reads too slowly): under `route` (the `out` direction's
     /// [`RouteSnapshot::send_dropped`](crate::RouteSnapshot::send_dropped) and
     /// [`SEND_DROPPED_TOTAL`](crate::export::SEND_DROPPED_TOTAL)) and under the connection's
-    /// client while it is live ([`ClientSnapshot::send_dropped`]). Exact, never sampled. Does
-    /// nothing if the connection never registered with a registry.
+    /// client while it is live
+    /// ([`ClientSnapshot::send_dropped`](crate::ClientSnapshot::send_dropped)). Exact, never
+    /// sampled. Does nothing if the connection never registered with a registry.
     pub fn record_send_dropped(&self, route: &str, count: u64) {
         let Some(guard) = self.guard.get() else {
             return;
@@ -193,7 +178,8 @@ impl ConnectionSlot {
         }
     }
 
-    /// Whether a call registered this connection (and it was not released since).
+    /// Whether the connection is registered (by [`register`](Self::register) or a call) and was
+    /// not released since.
     pub fn is_registered(&self) -> bool {
         self.guard
             .get()
@@ -223,54 +209,5 @@ impl fmt::Debug for ConnectionSlot {
         f.debug_struct("ConnectionSlot")
             .field("guard", &self.guard.get())
             .finish()
-    }
-}
-
-thread_local! {
-    /// While [`ConnectionSlot::open`] clones a stack on this thread: `Some`, holding the registry
-    /// of the first `Metrics` service cloned so far, if any.
-    static FINDING: Cell<Option<Option<Arc<Inner>>>> = const { Cell::new(None) };
-}
-
-/// Called by every `Metrics` clone: notes its registry if a slot is opening on this thread and
-/// none was noted yet.
-#[inline]
-pub(crate) fn note_cloned(registry: &Arc<Inner>) {
-    // `try_with`: a clone made while the thread's locals are being destroyed notes nothing.
-    let _ = FINDING.try_with(|finding| {
-        let state = finding.take();
-        finding.set(match state {
-            Some(None) => Some(Some(registry.clone())),
-            other => other,
-        });
-    });
-}
-
-/// One search for a registry during a clone; restores the thread's previous search (slots may
-/// open inside a clone) when finished, and on unwind.
-struct FindRegistry {
-    outer: Option<Option<Arc<Inner>>>,
-    done: bool,
-}
-
-impl FindRegistry {
-    fn start() -> Self {
-        Self {
-            outer: FINDING.replace(Some(None)),
-            done: false,
-        }
-    }
-
-    fn finish(mut self) -> Option<Arc<Inner>> {
-        self.done = true;
-        FINDING.replace(self.outer.take()).flatten()
-    }
-}
-
-impl Drop for FindRegistry {
-    fn drop(&mut self) {
-        if !self.done {
-            FINDING.set(self.outer.take());
-        }
     }
 }

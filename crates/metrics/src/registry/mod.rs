@@ -17,7 +17,6 @@ use wsguard_config::{ConfigSource, MetricsConfig};
 
 use self::aggregate::{LatencyHistogram, Totals};
 use self::clients::{ClientEntry, ClientTable};
-pub(crate) use self::connection::note_cloned;
 pub use self::connection::{ConnectionGuard, ConnectionSlot};
 use crate::Direction;
 use crate::export::{RegistryHandles, RouteStats};
