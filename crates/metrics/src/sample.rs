@@ -11,7 +11,8 @@ use rand::{Rng, SeedableRng};
 ///
 /// Each call is sampled independently with probability `sample_rate` (a Bernoulli trial), so
 /// sampled figures are unbiased. The default, [`Sampler::thread_local`], keeps one small RNG
-/// per thread, seeded once from the OS: a decision costs a few nanoseconds and no syscall.
+/// per thread, seeded once from the OS, so a decision touches no shared state and makes no
+/// syscall.
 /// [`Sampler::seeded`] gives a reproducible sequence for tests.
 pub struct Sampler {
     kind: Kind,
