@@ -165,12 +165,25 @@ pub(crate) struct Period {
     word: u64,
     window: Arc<Window>,
     probes: Option<Probes>,
+    /// An open period's snapshot figures: those of the period it ended, as they stood then.
+    tripped_by: Option<Reading>,
+}
+
+/// What a snapshot reports of a period's calls.
+#[derive(Debug, Clone, Copy, Default)]
+struct Reading {
+    figures: Figures,
+    /// Whether the figures hold enough calls for their rates to mean anything: never in
+    /// consecutive mode, else from `minimum_calls` calls (probes: their own minimum).
+    rated: bool,
+    consecutive_failures: u32,
 }
 
 // One per period, behind an `Arc`: the size of the padded count window does not matter.
 #[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 enum Window {
+    /// No window: consecutive mode, and open and half-open periods, which keep none.
     Consecutive,
     Count(CountWindow),
     Time(TimeWindow),
@@ -180,7 +193,9 @@ enum Window {
 #[derive(Debug)]
 struct Probes {
     in_flight: AtomicU32,
+    /// Consecutive mode: the probes that succeeded, and the one that failed (and reopened).
     successes: AtomicU32,
+    failures: AtomicU32,
     consecutive: bool,
     window: CountWindow,
     min_calls: u32,
@@ -269,6 +284,7 @@ impl Core {
                 word,
                 window: Arc::new(Window::Consecutive),
                 probes: None,
+                tripped_by: None,
             }),
             rejected: Padded(AtomicU64::new(0)),
             transitions: Mutex::new(TransitionState {
@@ -286,6 +302,7 @@ impl Core {
             word,
             window: core.fresh_window(&config),
             probes: None,
+            tripped_by: None,
         }));
         core
     }
@@ -338,8 +355,28 @@ impl Core {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The state the next call would find. No timer moves the state word, so the reader works
+    /// out what a call would: an open breaker past its wait is half-open, a half-open one past
+    /// `half_open_max_wait` open again.
     pub(crate) fn state(&self) -> State {
-        state_of(self.word.load(Ordering::Acquire))
+        self.state_at(self.word.load(Ordering::Acquire), Instant::now())
+    }
+
+    fn state_at(&self, word: u64, now: Instant) -> State {
+        match state_of(word) {
+            State::Open if now > self.instant(self.open_until.load(Ordering::Acquire)) => {
+                State::HalfOpen
+            }
+            State::HalfOpen if self.half_open_expired(now) => State::Open,
+            state => state,
+        }
+    }
+
+    /// Whether the probes of the current half-open period are past `half_open_max_wait`.
+    fn half_open_expired(&self, now: Instant) -> bool {
+        let max_wait = self.source.with(|c| c.half_open_max_wait);
+        let since = self.instant(self.half_open_since.load(Ordering::Acquire));
+        !max_wait.is_zero() && now >= since + max_wait
     }
 
     /// Applies a changed live config: one atomic load when nothing changed.
@@ -383,6 +420,7 @@ impl Core {
                 word,
                 window: self.fresh_window(&config),
                 probes: None,
+                tripped_by: None,
             }));
         }
         locked.shape = shape;
@@ -416,13 +454,10 @@ impl Core {
             State::ForcedOpen => true,
             State::Open => Instant::now() <= self.instant(self.open_until.load(Ordering::Acquire)),
             State::HalfOpen => {
-                let (max_calls, max_wait) = self
-                    .source
-                    .with(|c| (c.half_open_max_calls, c.half_open_max_wait));
-                let since = self.instant(self.half_open_since.load(Ordering::Acquire));
-                if !max_wait.is_zero() && Instant::now() >= since + max_wait {
+                if self.half_open_expired(Instant::now()) {
                     return false;
                 }
+                let max_calls = self.source.with(|c| c.half_open_max_calls);
                 let period = self.period.load();
                 period.word == word
                     && period
@@ -485,11 +520,7 @@ impl Core {
                 }
                 State::HalfOpen => {
                     let now = Instant::now();
-                    let (max_calls, max_wait) = self
-                        .source
-                        .with(|c| (c.half_open_max_calls, c.half_open_max_wait));
-                    let since = self.instant(self.half_open_since.load(Ordering::Acquire));
-                    if !max_wait.is_zero() && now >= since + max_wait {
+                    if self.half_open_expired(now) {
                         self.transition(
                             Some(word),
                             State::Open,
@@ -502,6 +533,7 @@ impl Core {
                     else {
                         continue;
                     };
+                    let max_calls = self.source.with(|c| c.half_open_max_calls);
                     let taken =
                         probes
                             .in_flight
@@ -523,7 +555,7 @@ impl Core {
 
     /// The rejection of a call that `poll_ready` already decided to refuse.
     pub(crate) fn rejection(&self) -> CircuitOpen {
-        match self.state() {
+        match state_of(self.word.load(Ordering::Acquire)) {
             State::ForcedOpen => self.reject(self.source.with(|c| c.timeout), true),
             State::Open => {
                 let until = self.instant(self.open_until.load(Ordering::Acquire));
@@ -546,7 +578,9 @@ impl Core {
     /// Ignored outcomes and calls admitted before the last transition record nothing.
     #[inline]
     pub(crate) fn complete(&self, word: u64, start: u64, outcome: Outcome, recorder: &Recorder) {
-        if outcome == Outcome::Ignored || self.word.load(Ordering::Acquire) != word {
+        // Rejections and duplicates say nothing about the service's health.
+        let counted = matches!(outcome, Outcome::Success | Outcome::Failure);
+        if !counted || self.word.load(Ordering::Acquire) != word {
             return;
         }
         let failure = outcome == Outcome::Failure;
@@ -611,6 +645,7 @@ impl Core {
         let word = Some(word);
         if probes.consecutive {
             if failure {
+                probes.failures.fetch_add(1, Ordering::AcqRel);
                 self.transition(word, State::Open, "half-open probe failed");
             } else {
                 let successes = probes.successes.fetch_add(1, Ordering::AcqRel) + 1;
@@ -712,6 +747,7 @@ impl Core {
         let next = (((word >> STATE_BITS) + 1) << STATE_BITS) | code_of(to);
         let current = self.period.load_full();
         let mut probes = None;
+        let mut tripped_by = None;
         let window = match to {
             State::Open => {
                 locked.open_cycles = locked.open_cycles.saturating_add(1);
@@ -721,8 +757,8 @@ impl Core {
                     .checked_add(wait)
                     .unwrap_or(now + Duration::from_secs(86_400 * 365));
                 self.open_until.store(self.nanos(until), Ordering::Release);
-                // Open keeps the metrics that tripped it, for the snapshot.
-                Arc::clone(&current.window)
+                tripped_by = Some(self.reading(&current, self.nanos(now)));
+                Arc::new(Window::Consecutive)
             }
             State::HalfOpen => {
                 self.half_open_since
@@ -732,6 +768,7 @@ impl Core {
                 probes = Some(Probes {
                     in_flight: AtomicU32::new(0),
                     successes: AtomicU32::new(0),
+                    failures: AtomicU32::new(0),
                     consecutive: config.mode == TripMode::ConsecutiveFailures,
                     window: CountWindow::new(permitted, 1),
                     min_calls: config.minimum_calls.min(permitted),
@@ -752,6 +789,7 @@ impl Core {
             word: next,
             window,
             probes,
+            tripped_by,
         }));
         self.word.store(next, Ordering::Release);
         tracing::info!(
@@ -789,44 +827,86 @@ impl Core {
         self.events.subscribe()
     }
 
+    /// The figures of the calls of `period` at `now` (nanoseconds since `base`).
+    fn reading(&self, period: &Period, now: u64) -> Reading {
+        if let Some(reading) = period.tripped_by {
+            return reading;
+        }
+        let run = self.consecutive.0.load(Ordering::Relaxed);
+        let min_calls = Some(self.minimum_calls.load(Ordering::Relaxed));
+        // `rated_from`: the calls needed for rates to count; `None` where no rate is judged.
+        let (figures, rated_from, consecutive_failures) = match (&period.probes, &*period.window) {
+            (Some(probes), _) if probes.consecutive => {
+                let successes = probes.successes.load(Ordering::Acquire);
+                let failures = probes.failures.load(Ordering::Acquire);
+                let figures = Figures {
+                    calls: u64::from(successes) + u64::from(failures),
+                    failures: u64::from(failures),
+                    slow: 0,
+                };
+                (figures, None, failures)
+            }
+            (Some(probes), _) => (probes.window.figures(), Some(probes.min_calls), 0),
+            (None, Window::Consecutive) => {
+                let figures = Figures {
+                    calls: 0,
+                    failures: self.failures.0.load(Ordering::Relaxed),
+                    slow: 0,
+                };
+                (figures, None, run)
+            }
+            (None, Window::Count(w)) => (w.figures(), min_calls, run),
+            (None, Window::Time(w)) => (w.figures(now), min_calls, run),
+        };
+        Reading {
+            figures,
+            rated: rated_from
+                .is_some_and(|min| figures.calls > 0 && figures.calls >= u64::from(min)),
+            consecutive_failures,
+        }
+    }
+
+    /// What the breaker would show the next call: see [`state`](Self::state). Taken under the
+    /// transition lock, so that the state, the period and the open cycles agree.
     pub(crate) fn snapshot(&self) -> Snapshot {
         self.sync_config();
-        let open_cycles = self.lock().open_cycles;
-        let word = self.word.load(Ordering::Acquire);
-        let state = state_of(word);
-        let period = self.period.load_full();
+        let locked = self.lock();
         let now = Instant::now();
-        let figures = match (&period.probes, &*period.window) {
-            (Some(probes), _) if probes.consecutive => Figures {
-                calls: u64::from(probes.successes.load(Ordering::Acquire)),
-                failures: 0,
-                slow: 0,
-            },
-            (Some(probes), _) => probes.window.figures(),
-            (None, Window::Consecutive) => Figures {
-                calls: 0,
-                failures: self.failures.0.load(Ordering::Relaxed),
-                slow: 0,
-            },
-            (None, Window::Count(w)) => w.figures(),
-            (None, Window::Time(w)) => w.figures(self.nanos(now)),
-        };
-        let retry_after = match state {
-            State::Open => Some(
+        let word = self.word.load(Ordering::Acquire);
+        let period = self.period.load_full();
+        let state = self.state_at(word, now);
+        let mut reading = self.reading(&period, self.nanos(now));
+        let mut open_cycles = locked.open_cycles;
+        let retry_after = match (state_of(word), state) {
+            // The open wait has passed: the next call is the first probe of a new period.
+            (State::Open, State::HalfOpen) => {
+                reading = Reading::default();
+                None
+            }
+            // The probes are past their max wait: the next call reopens the breaker with these
+            // figures, for the wait the transition will draw.
+            (State::HalfOpen, State::Open) => {
+                open_cycles = open_cycles.saturating_add(1);
+                let config = self.source.get();
+                let unit = backoff::next_unit(&mut locked.rng.clone());
+                Some(backoff::open_wait(&config, open_cycles, unit))
+            }
+            (_, State::Open) => Some(
                 self.instant(self.open_until.load(Ordering::Acquire))
                     .saturating_duration_since(now),
             ),
             _ => None,
         };
+        let figures = reading.figures;
         Snapshot {
             state,
             calls: figures.calls,
             failures: figures.failures,
             slow_calls: figures.slow,
-            failure_rate: figures.failure_rate(),
-            slow_call_rate: figures.slow_rate(),
+            failure_rate: reading.rated.then(|| figures.failure_rate()),
+            slow_call_rate: reading.rated.then(|| figures.slow_rate()),
             rejected: self.rejected.0.load(Ordering::Relaxed),
-            consecutive_failures: self.consecutive.0.load(Ordering::Relaxed),
+            consecutive_failures: reading.consecutive_failures,
             open_cycles,
             retry_after,
         }

@@ -56,28 +56,34 @@ pub enum Event {
     },
 }
 
-/// Figures of a breaker at one moment, since its last transition (an open breaker shows the
-/// figures that opened it; a half-open one its probes).
+/// Figures of a breaker at one moment, since its last transition: an open breaker shows the
+/// figures that opened it, as they stood then; a half-open one its probes.
+///
+/// Like [`Handle::state`], a snapshot shows what the next call would find: an open breaker past
+/// its wait reads half-open with no probes yet, a half-open one past `half_open_max_wait` reads
+/// open, with its probes' figures and the wait its next call will start.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct Snapshot {
-    /// Current state.
+    /// State the next call would find.
     pub state: State,
-    /// Calls in the window; half-open, the probes recorded (consecutive mode: the successful
-    /// probes). The consecutive mode keeps no window, so while closed it reports 0 calls and 0
-    /// rates, and counts only `failures` and `consecutive_failures`.
+    /// Calls in the window; half-open, the probes recorded. The consecutive mode keeps no
+    /// window, so while closed it reports 0 calls and no rates, and counts only `failures` and
+    /// `consecutive_failures`.
     pub calls: u64,
     /// Failed calls among them (consecutive mode: failures since the last transition).
     pub failures: u64,
     /// Slow calls among them (rate modes).
     pub slow_calls: u64,
-    /// `failures / calls`, in percent.
-    pub failure_rate: f64,
-    /// `slow_calls / calls`, in percent.
-    pub slow_call_rate: f64,
+    /// `failures / calls`, in percent; `None` while there are too few calls to judge: fewer
+    /// than `minimum_calls` (half-open, than the probes needed for a verdict), and always in
+    /// consecutive mode, which judges no rate.
+    pub failure_rate: Option<f64>,
+    /// `slow_calls / calls`, in percent; `None` when `failure_rate` is.
+    pub slow_call_rate: Option<f64>,
     /// Calls rejected since the breaker was built or last reset.
     pub rejected: u64,
-    /// Current run of failures (consecutive mode).
+    /// Current run of failures (consecutive mode; half-open, the failed probe).
     pub consecutive_failures: u32,
     /// Consecutive open cycles since the breaker last closed (drives the backoff).
     pub open_cycles: u32,
@@ -110,7 +116,9 @@ pub struct Handle {
 }
 
 impl Handle {
-    /// Current state.
+    /// The state the next call would find. Nothing moves the state between calls, so this works
+    /// it out: an open breaker past its wait reads [`HalfOpen`](State::HalfOpen), a half-open one
+    /// whose probes are past `half_open_max_wait` reads [`Open`](State::Open).
     pub fn state(&self) -> State {
         self.core.state()
     }
@@ -138,7 +146,7 @@ impl Handle {
         self.core.reset();
     }
 
-    /// Figures of the current window.
+    /// Figures of the current window, and the state they belong to.
     pub fn snapshot(&self) -> Snapshot {
         self.core.snapshot()
     }

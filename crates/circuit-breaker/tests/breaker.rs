@@ -237,7 +237,7 @@ async fn count_window_threshold_is_inclusive() {
         (4, 2),
         "open keeps the tripping figures"
     );
-    assert_eq!(snap.failure_rate, 50.0);
+    assert_eq!(snap.failure_rate, Some(50.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -253,6 +253,58 @@ async fn count_window_waits_for_minimum_calls() {
     );
     run(&mut svc, &[Do::Fail]).await;
     assert_eq!(handle.state(), State::Open);
+}
+
+#[tokio::test(start_paused = true)]
+async fn rates_are_unknown_below_minimum_calls() {
+    let layer = layer(count_window(10, 4, 50.0));
+    let handle = layer.handle();
+    let mut svc = breaker(&layer, &Arc::default());
+    let snap = handle.snapshot();
+    assert_eq!((snap.failure_rate, snap.slow_call_rate), (None, None));
+    run(&mut svc, &[Do::Fail, Do::Ok, Do::Ok]).await;
+    let snap = handle.snapshot();
+    assert_eq!((snap.calls, snap.failures), (3, 1));
+    assert_eq!(
+        (snap.failure_rate, snap.slow_call_rate),
+        (None, None),
+        "3 of the 4 calls needed: unknown, not 33%"
+    );
+    run(&mut svc, &[Do::Ok]).await;
+    let snap = handle.snapshot();
+    assert_eq!(
+        (snap.failure_rate, snap.slow_call_rate),
+        (Some(25.0), Some(0.0))
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_rates_are_unknown_until_enough_probes() {
+    // min probes = min(minimum_calls 4, half_open_max_calls 2) = 2
+    let layer = layer(count_window(4, 4, 50.0));
+    let handle = layer.handle();
+    let mut svc = breaker(&layer, &Arc::default());
+    run(&mut svc, &[Do::Fail; 4]).await;
+    advance(Duration::from_secs(11)).await;
+    run(&mut svc, &[Do::Ok]).await;
+    let snap = handle.snapshot();
+    assert_eq!((snap.state, snap.calls), (State::HalfOpen, 1));
+    assert_eq!(snap.failure_rate, None, "one probe of the two that decide");
+}
+
+#[tokio::test(start_paused = true)]
+async fn consecutive_mode_counts_failures_but_reports_no_rate() {
+    let layer = layer(consecutive(3));
+    let handle = layer.handle();
+    let mut svc = breaker(&layer, &Arc::default());
+    run(&mut svc, &[Do::Fail, Do::Fail]).await;
+    let snap = handle.snapshot();
+    assert_eq!((snap.failures, snap.consecutive_failures), (2, 2));
+    assert_eq!(
+        (snap.failure_rate, snap.slow_call_rate),
+        (None, None),
+        "no window, no rate"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -344,7 +396,7 @@ async fn slow_call_rate_opens_and_slow_means_longer_than_the_duration() {
     assert_eq!(handle.state(), State::Closed, "1 of 3 slow");
     run(&mut svc, &[Do::Slow(150)]).await;
     assert_eq!(handle.state(), State::Open, "2 of 4 slow reaches 50%");
-    assert_eq!(handle.snapshot().slow_call_rate, 50.0);
+    assert_eq!(handle.snapshot().slow_call_rate, Some(50.0));
 }
 
 #[tokio::test(start_paused = true)]
@@ -646,6 +698,119 @@ async fn half_open_max_wait_reopens_when_probes_never_finish() {
     advance(Duration::from_secs(11)).await;
     run(&mut svc, &[Do::Ok]).await;
     assert_eq!(handle.state(), State::Closed);
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_reopened_by_probes_shows_the_probes_that_reopened_it() {
+    let layer = layer(count_window(4, 4, 50.0));
+    let handle = layer.handle();
+    let mut svc = breaker(&layer, &Arc::default());
+    run(&mut svc, &[Do::Fail; 4]).await;
+    advance(Duration::from_secs(11)).await;
+    run(&mut svc, &[Do::Fail, Do::Ok]).await;
+    let snap = handle.snapshot();
+    assert_eq!(snap.state, State::Open);
+    assert_eq!(
+        (snap.calls, snap.failures),
+        (2, 1),
+        "the two probes, not an empty window"
+    );
+    assert_eq!(snap.failure_rate, Some(50.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn breaker_reopened_by_a_failed_probe_shows_the_probes_in_consecutive_mode() {
+    let config = CircuitBreakerConfig {
+        success_threshold: 3,
+        ..consecutive(1)
+    };
+    let layer = layer(config);
+    let handle = layer.handle();
+    let mut svc = breaker(&layer, &Arc::default());
+    to_half_open_ready(&mut svc).await;
+    run(&mut svc, &[Do::Ok, Do::Ok, Do::Fail]).await;
+    let snap = handle.snapshot();
+    assert_eq!(snap.state, State::Open);
+    assert_eq!(
+        (snap.calls, snap.failures, snap.consecutive_failures),
+        (3, 1, 1)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_breaker_keeps_its_figures_after_they_leave_the_time_window() {
+    let layer = layer(time_window(5, 4, 50.0));
+    let handle = layer.handle();
+    let mut svc = breaker(&layer, &Arc::default());
+    run(&mut svc, &[Do::Fail; 4]).await;
+    advance(Duration::from_secs(6)).await;
+    let snap = handle.snapshot();
+    assert_eq!(snap.state, State::Open, "the open wait is 10 s");
+    assert_eq!((snap.calls, snap.failures), (4, 4));
+    assert_eq!(snap.failure_rate, Some(100.0));
+}
+
+#[tokio::test(start_paused = true)]
+async fn open_breaker_past_its_wait_reads_half_open_before_any_call() {
+    let layer = layer(consecutive(1));
+    let handle = layer.handle();
+    let mut svc = breaker(&layer, &Arc::default());
+    run(&mut svc, &[Do::Fail]).await;
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(
+        handle.state(),
+        State::Open,
+        "the wait ends strictly after 10 s"
+    );
+    advance(Duration::from_millis(1)).await;
+    assert_eq!(handle.state(), State::HalfOpen, "the next call is a probe");
+    let snap = handle.snapshot();
+    assert_eq!(snap.state, State::HalfOpen);
+    assert_eq!(snap.retry_after, None);
+    assert_eq!(
+        (snap.calls, snap.failures, snap.consecutive_failures),
+        (0, 0, 0),
+        "no probe yet"
+    );
+    assert_eq!(snap.open_cycles, 1);
+    let _probe = started(&mut svc, Do::Hang).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+}
+
+#[tokio::test(start_paused = true)]
+async fn half_open_past_its_max_wait_reads_open_with_the_wait_the_next_call_starts() {
+    let config = CircuitBreakerConfig {
+        half_open_max_wait: Duration::from_secs(5),
+        backoff: OpenBackoff {
+            jitter: 0.5,
+            ..fixed_wait(10)
+        },
+        ..consecutive(1)
+    };
+    let layer = layer(config);
+    let handle = layer.handle();
+    let mut svc = breaker(&layer, &Arc::default());
+    run(&mut svc, &[Do::Fail]).await;
+    advance(Duration::from_secs(16)).await;
+    let stuck = started(&mut svc, Do::Hang).await;
+    advance(Duration::from_secs(4)).await;
+    assert_eq!(handle.state(), State::HalfOpen);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(handle.state(), State::Open, "the next call would reopen it");
+    let snap = handle.snapshot();
+    assert_eq!((snap.state, snap.open_cycles), (State::Open, 2));
+    let wait = snap.retry_after.expect("an open breaker tells its wait");
+    assert_eq!(
+        rejection(&mut svc).await.retry_after(),
+        wait,
+        "the next call opens it for the wait the snapshot showed"
+    );
+    let after = handle.snapshot();
+    assert_eq!(
+        (after.state, after.open_cycles, after.retry_after),
+        (State::Open, 2, Some(wait))
+    );
+    drop(stuck);
 }
 
 #[tokio::test(start_paused = true)]
