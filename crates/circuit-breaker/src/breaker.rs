@@ -2,7 +2,7 @@
 //!
 //! The closed path reads one state word at admission; at completion the consecutive mode reads
 //! the failure run (and writes it only when a run ends or grows), the rate modes record into a
-//! lock-free window. The mutex below is taken only to change state.
+//! lock-free window. The mutex below is taken only to change state and to take a snapshot.
 
 use std::sync::atomic::{AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};

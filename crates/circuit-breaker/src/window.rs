@@ -279,9 +279,9 @@ impl TimeWindow {
         }
     }
 
-    /// Records `sample` taken at `now` by a thread of `shard`. Returns the figures when a check is due: a bad call, the
-    /// first call of a new second (older calls have left the window), or fewer than `min_calls`
-    /// calls at the last check.
+    /// Records `sample` taken at `now` by a thread of `shard`. Returns the figures when a check
+    /// is due: a bad call, the first call of a new second (older calls have left the window), or
+    /// fewer than `min_calls` calls at the last check.
     pub(crate) fn record(
         &self,
         sample: Sample,
