@@ -1,13 +1,13 @@
-//! The wsguard layers' request and classifier traits, for WebSocket messages.
+//! The wsguard layers' request traits and the shared classifier, for WebSocket messages.
 
 use std::borrow::Cow;
 
 use axum::extract::ws::Message;
-use wsguard_circuit_breaker::classify::{Classify, Outcome as BreakerOutcome};
 use wsguard_circuit_breaker::error::CircuitOpen;
 use wsguard_dedup::error::StoreUnavailable;
 use wsguard_dedup::{DedupRequest, Payload};
-use wsguard_metrics::{ClassifyOutcome, ClientIdOptions, ClientRequest, ConnectionSlot, Outcome};
+use wsguard_metrics::{ClientIdOptions, ClientRequest, ConnectionSlot};
+use wsguard_policy::{Classify, Outcome};
 
 use crate::BoxError;
 use crate::inbound::Inbound;
@@ -88,58 +88,43 @@ fn payload_of(message: &Message) -> Option<Payload<'_>> {
     }
 }
 
-/// Classifies message outcomes for the metrics layer and the circuit breaker.
+/// Classifies message outcomes for every wsguard layer: the one classifier of the stack.
 ///
-/// - Metrics: a reply (or none) is `ok`; a breaker rejection (`CircuitOpen`) and a fail-closed
-///   dedup store's rejection (`StoreUnavailable`) are `rejected`; a dedup `Duplicate` is
-///   `duplicate`; any other error is `error`.
-/// - Breaker: errors fail, except rejections and duplicates, which are ignored (they say
-///   nothing about the handler's health, wherever the dedup layer sits in the stack).
+/// A reply (or none) is a success; a breaker rejection (`CircuitOpen`) and a fail-closed dedup
+/// store's rejection (`StoreUnavailable`) are rejections; a dedup `Duplicate` is a duplicate;
+/// any other error is a failure. So the metrics count `ok`, `rejected`, `duplicate` and `error`,
+/// the breaker counts only the handler's failures (rejections and duplicates say nothing about
+/// its health, wherever the dedup layer sits in the stack), and the dedup layer forgets a
+/// message that failed or was rejected further in, so that its retry is handled.
 ///
 /// ```
 /// use wsguard_axum::MessageClassifier;
-/// use wsguard_config::{MetricsConfig, CircuitBreakerConfig};
-/// use wsguard_metrics::{MetricsLayer, MetricsRegistry};
+/// use wsguard_config::{CircuitBreakerConfig, DedupConfig, MetricsConfig};
 /// use wsguard_circuit_breaker::CircuitBreakerLayer;
+/// use wsguard_dedup::DedupLayer;
+/// use wsguard_metrics::{MetricsLayer, MetricsRegistry};
 ///
 /// let metrics = MetricsLayer::new(MetricsRegistry::new(MetricsConfig::testing()))
 ///     .classifier(MessageClassifier);
+/// let dedup = DedupLayer::new(DedupConfig::testing()).classifier(MessageClassifier);
 /// let breaker = CircuitBreakerLayer::new(CircuitBreakerConfig::testing())
 ///     .classifier(MessageClassifier);
-/// # let _ = (metrics, breaker);
+/// # let _ = (metrics, dedup, breaker);
 /// ```
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MessageClassifier;
 
-impl MessageClassifier {
-    fn error_outcome(err: &BoxError) -> Outcome {
+impl<T> Classify<T, BoxError> for MessageClassifier {
+    fn classify(&self, result: Result<&T, &BoxError>) -> Outcome {
+        let Err(err) = result else {
+            return Outcome::Success;
+        };
         if find::<CircuitOpen>(&**err).is_some() || find::<StoreUnavailable>(&**err).is_some() {
             Outcome::Rejected
         } else if crate::reply::is_duplicate(&**err) {
             Outcome::Duplicate
         } else {
-            Outcome::Error
-        }
-    }
-}
-
-impl<T> ClassifyOutcome<T, BoxError> for MessageClassifier {
-    fn classify(&self, result: &Result<T, BoxError>) -> Outcome {
-        match result {
-            Ok(_) => Outcome::Ok,
-            Err(err) => Self::error_outcome(err),
-        }
-    }
-}
-
-impl<T> Classify<T, BoxError> for MessageClassifier {
-    fn classify(&self, result: Result<&T, &BoxError>) -> BreakerOutcome {
-        match result {
-            Ok(_) => BreakerOutcome::Success,
-            Err(err) => match Self::error_outcome(err) {
-                Outcome::Rejected | Outcome::Duplicate => BreakerOutcome::Ignored,
-                _ => BreakerOutcome::Failure,
-            },
+            Outcome::Failure
         }
     }
 }

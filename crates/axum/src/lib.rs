@@ -124,5 +124,5 @@ pub use self::{
     warn_limit::suppressed_warnings,
 };
 
-/// The error type of message services: any error, boxed.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+/// The error type of message services: any error, boxed (tower's `BoxError`).
+pub use wsguard_policy::BoxError;

@@ -385,7 +385,7 @@ async fn a_fail_closed_dedup_rejection_tells_the_client_unavailable() {
             wsguard_metrics::MetricsLayer::new(registry.clone())
                 .classifier(wsguard_axum::MessageClassifier),
         )
-        .layer(DedupLayer::new(config.dedup.clone()).with_store(DownStore))
+        .layer(DedupLayer::new(config.dedup.clone()).store(DownStore))
         .service(echo());
     let addr = serve(Router::new().route("/ws", ws_route(stack, config))).await;
     let mut client = connect(addr).await;

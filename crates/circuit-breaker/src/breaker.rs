@@ -14,12 +14,12 @@ use tokio::time::Instant;
 use wsguard_config::{CircuitBreakerConfig, ConfigSource, TripMode};
 
 use crate::backoff;
-use crate::classify::Outcome;
 use crate::error::CircuitOpen;
 use crate::handle::{Event, Snapshot, State};
 use crate::service::Recorder;
 use crate::shard::{Padded, shard_count};
 use crate::window::{CountWindow, Figures, Sample, TimeWindow};
+use wsguard_policy::Outcome;
 
 const STATE_BITS: u32 = 3;
 const STATE_MASK: u64 = (1 << STATE_BITS) - 1;

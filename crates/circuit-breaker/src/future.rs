@@ -10,10 +10,9 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 
 use crate::breaker::{is_probe, is_timed};
-use crate::classify::Classify;
 use crate::error::CircuitOpen;
-use crate::reject::Reject;
 use crate::service::Recorder;
+use wsguard_policy::{Classify, Outcome, Reason, Reject, Rejection};
 
 pin_project! {
     /// Response future of [`CircuitBreaker`](crate::CircuitBreaker).
@@ -80,7 +79,7 @@ impl Call {
 
     /// Records the outcome once and lets go of the reference.
     #[inline]
-    fn finish(&mut self, outcome: crate::classify::Outcome) {
+    fn finish(&mut self, outcome: Outcome) {
         if let Some(stripe) = self.stripe.take().map(ManuallyDrop::into_inner) {
             debug_assert_eq!(is_probe(self.word), stripe.probe.is_some());
             stripe
@@ -153,7 +152,9 @@ where
             }
             KindProj::Rejected { open } => {
                 let open = open.take().expect("ResponseFuture polled after completion");
-                Poll::Ready(this.reject.reject(open))
+                let wait = open.retry_after();
+                let rejection = Rejection::new(Reason::CircuitOpen, open).with_retry_after(wait);
+                Poll::Ready(this.reject.reject(rejection))
             }
         }
     }

@@ -5,10 +5,9 @@ use tower_layer::Layer;
 use wsguard_config::{CircuitBreakerConfig, ConfigSource};
 
 use crate::breaker::Core;
-use crate::classify::DefaultClassifier;
 use crate::handle::Handle;
-use crate::reject::ReturnError;
 use crate::service::{CircuitBreaker, Shared};
+use wsguard_policy::{DefaultClassifier, ReturnError};
 
 /// Wraps services in a [`CircuitBreaker`].
 ///
@@ -31,23 +30,23 @@ impl CircuitBreakerLayer {
     pub fn new(config: impl Into<ConfigSource<CircuitBreakerConfig>>) -> Self {
         Self {
             shared: Arc::new(Shared::new(Core::new(config.into()))),
-            classifier: DefaultClassifier::new(),
-            reject: ReturnError::new(),
+            classifier: DefaultClassifier,
+            reject: ReturnError,
         }
     }
 }
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-impl CircuitBreakerLayer<crate::classify::HttpClassifier, crate::reject::RespondUnavailable> {
+impl CircuitBreakerLayer<wsguard_policy::StatusClassifier, wsguard_policy::RespondWithStatus> {
     /// A breaker for `http::Request -> http::Response` services: `5xx` responses and errors
     /// count as failures, a rejected call is answered `503 Service Unavailable` with
     /// `Retry-After`, and the inner error type is kept (axum's `Infallible` holds).
     pub fn http(config: impl Into<ConfigSource<CircuitBreakerConfig>>) -> Self {
         Self {
             shared: Arc::new(Shared::new(Core::new(config.into()))),
-            classifier: crate::classify::HttpClassifier::new(Default::default()),
-            reject: crate::reject::RespondUnavailable::new(),
+            classifier: wsguard_policy::StatusClassifier,
+            reject: wsguard_policy::RespondWithStatus,
         }
     }
 }

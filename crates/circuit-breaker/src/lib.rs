@@ -17,9 +17,13 @@
 //!   and slow-call rates over `half_open_max_calls` probes decide (from
 //!   `min(minimum_calls, half_open_max_calls)` probes on). Probes undecided within
 //!   `half_open_max_wait` reopen it.
-//! - **Classification**: a [`Classify`](classify::Classify) policy sorts each result into
-//!   success, failure or ignored. Ignored calls, and calls whose future is dropped before it
+//! - **Classification**: a [`Classify`] policy (the one every wsguard layer takes) sorts each
+//!   result into an [`Outcome`]: successes and failures count; rejections and duplicates say
+//!   nothing about the service's health and, like calls whose future is dropped before it
 //!   finishes, record nothing and give their probe slot back.
+//! - **Rejection**: a [`Reject`] policy says what a rejected call returns: the
+//!   [`CircuitOpen`](error::CircuitOpen) error ([`ReturnError`], the default) or a `503` with
+//!   `Retry-After` ([`RespondWithStatus`], for `http` services).
 //! - **Manual control** through a [`Handle`]: state, force open, disable, metrics only, reset,
 //!   a [`Snapshot`] of the window and a subscription to [`Event`]s (also `tracing` events).
 //!
@@ -114,12 +118,10 @@
 
 mod backoff;
 mod breaker;
-pub mod classify;
 pub mod error;
 pub mod future;
 mod handle;
 mod layer;
-pub mod reject;
 mod service;
 mod shard;
 mod window;
@@ -130,5 +132,11 @@ pub use self::{
     service::CircuitBreaker,
 };
 
-/// The error of a breaker made by [`CircuitBreakerLayer::new`].
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The classifier and rejection policies every wsguard layer takes (from `wsguard-policy`).
+pub use wsguard_policy::{
+    BoxError, Classify, DefaultClassifier, Outcome, Reason, Reject, Rejection, ReturnError,
+};
+/// The policies for `http` services (from `wsguard-policy`).
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use wsguard_policy::{RespondWithStatus, StatusClassifier};

@@ -6,12 +6,11 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 
 use crate::breaker::{Core, NOT_POLLED, ProbeSlot, REJECTING, is_disabled, is_timed};
-use crate::classify::{Classify, DefaultClassifier};
 use crate::error::CircuitOpen;
 use crate::future::{Call, ResponseFuture};
 use crate::handle::Handle;
-use crate::reject::{Reject, ReturnError};
 use crate::shard::{MAX_SHARDS, shard_hint};
+use wsguard_policy::{Classify, DefaultClassifier, Reject, ReturnError};
 
 /// Where an admitted call records its outcome: the breaker, held by the response future until
 /// the call finishes.

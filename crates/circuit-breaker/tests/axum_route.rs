@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use axum::{Router, routing::get};
 use tower::ServiceExt;
-use wsguard_circuit_breaker::{CircuitBreakerLayer, State, error::CircuitOpen};
+use wsguard_circuit_breaker::{CircuitBreakerLayer, Reason, State};
 use wsguard_config::{BackoffStrategy, CircuitBreakerConfig, OpenBackoff, TripMode};
 
 fn config() -> CircuitBreakerConfig {
@@ -37,8 +37,8 @@ fn get_req(uri: &str) -> Request<Body> {
 /// `/flaky` answers `status` (shared, so tests can heal it) behind a breaker; `/free` has none.
 fn app(
     layer: CircuitBreakerLayer<
-        wsguard_circuit_breaker::classify::HttpClassifier,
-        wsguard_circuit_breaker::reject::RespondUnavailable,
+        wsguard_circuit_breaker::StatusClassifier,
+        wsguard_circuit_breaker::RespondWithStatus,
     >,
     status: Arc<AtomicUsize>,
     hits: Arc<AtomicUsize>,
@@ -78,11 +78,11 @@ async fn open_breaker_answers_503_with_retry_after_and_spares_the_handler() {
         "7",
         "6.5 s left, rounded up"
     );
-    let open = resp
-        .extensions()
-        .get::<CircuitOpen>()
-        .expect("the rejection");
-    assert_eq!(open.retry_after(), Duration::from_millis(6500));
+    assert_eq!(
+        resp.extensions().get::<Reason>(),
+        Some(&Reason::CircuitOpen),
+        "the response says why"
+    );
     assert_eq!(hits.load(Ordering::SeqCst), 2, "the handler was not called");
 
     // Another route is not guarded, even though it fails.

@@ -8,7 +8,7 @@ use tokio::time::advance;
 use tokio_test::{assert_pending, assert_ready, assert_ready_ok, task};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use wsguard_circuit_breaker::{
-    BoxError, CircuitBreakerLayer, Event, State, classify::Outcome, error::CircuitOpen,
+    BoxError, CircuitBreakerLayer, Event, Outcome, State, error::CircuitOpen,
 };
 use wsguard_config::{
     BackoffStrategy, CircuitBreakerConfig, ConfigHandle, OpenBackoff, StabilityConfig, TripMode,
@@ -49,7 +49,7 @@ async fn upstream(d: Do) -> Result<&'static str, BoxError> {
 fn classify(result: Result<&&'static str, &BoxError>) -> Outcome {
     match result {
         Ok(_) => Outcome::Success,
-        Err(e) if e.to_string() == "ignore" => Outcome::Ignored,
+        Err(e) if e.to_string() == "ignore" => Outcome::Rejected,
         Err(_) => Outcome::Failure,
     }
 }

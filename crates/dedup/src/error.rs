@@ -3,8 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-/// The error type of a boxed service error.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use wsguard_policy::BoxError;
 
 /// The request is a duplicate of one seen within the window; it did not reach the inner service.
 ///

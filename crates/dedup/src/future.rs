@@ -9,18 +9,19 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::policy::DedupPolicy;
-use crate::shared::{Admit, Check, ClaimGuard, Rejection, Shared};
+use wsguard_policy::{Classify, Outcome, Reject, Rejection};
+
+use crate::shared::{Admit, Check, ClaimGuard, Shared};
 use crate::store::BoxClaimFuture;
 
 pin_project! {
     /// The response future of [`Dedup`](crate::Dedup). Dropping it before the inner call
     /// finished releases the key (with `release_on_failure`), as a failure would.
-    pub struct ResponseFuture<S: Service<Req>, Req, P> {
+    pub struct ResponseFuture<S: Service<Req>, Req, C, R> {
         #[pin]
         state: State<S, Req>,
         guard: Option<ClaimGuard>,
-        policy: P,
+        policies: Policies<C, R>,
         shared: Arc<Shared>,
     }
 }
@@ -44,28 +45,39 @@ pin_project! {
     }
 }
 
-impl<S: Service<Req>, Req, P> ResponseFuture<S, Req, P> {
+/// The layer's classifier and rejection, carried by each call.
+#[derive(Debug, Clone)]
+pub(crate) struct Policies<C, R> {
+    pub(crate) classifier: C,
+    pub(crate) rejection: R,
+}
+
+impl<S: Service<Req>, Req, C, R> ResponseFuture<S, Req, C, R> {
     pub(crate) fn called(
         future: S::Future,
         guard: Option<ClaimGuard>,
-        policy: P,
+        policies: Policies<C, R>,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
             state: State::Called { future },
             guard,
-            policy,
+            policies,
             shared,
         }
     }
 
-    pub(crate) fn rejected(rejection: Rejection, policy: P, shared: Arc<Shared>) -> Self {
+    pub(crate) fn rejected(
+        rejection: Rejection,
+        policies: Policies<C, R>,
+        shared: Arc<Shared>,
+    ) -> Self {
         Self {
             state: State::Rejected {
                 rejection: Some(rejection),
             },
             guard: None,
-            policy,
+            policies,
             shared,
         }
     }
@@ -75,7 +87,7 @@ impl<S: Service<Req>, Req, P> ResponseFuture<S, Req, P> {
         check: Check,
         service: S,
         request: Req,
-        policy: P,
+        policies: Policies<C, R>,
         shared: Arc<Shared>,
     ) -> Self {
         Self {
@@ -86,13 +98,13 @@ impl<S: Service<Req>, Req, P> ResponseFuture<S, Req, P> {
                 request: Some(request),
             },
             guard: None,
-            policy,
+            policies,
             shared,
         }
     }
 }
 
-impl<S: Service<Req>, Req, P> fmt::Debug for ResponseFuture<S, Req, P> {
+impl<S: Service<Req>, Req, C, R> fmt::Debug for ResponseFuture<S, Req, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let state = match &self.state {
             State::Claiming { .. } => "Claiming",
@@ -106,12 +118,13 @@ impl<S: Service<Req>, Req, P> fmt::Debug for ResponseFuture<S, Req, P> {
     }
 }
 
-impl<S, Req, P> Future for ResponseFuture<S, Req, P>
+impl<S, Req, C, R> Future for ResponseFuture<S, Req, C, R>
 where
     S: Service<Req>,
-    P: DedupPolicy<S::Response, S::Error>,
+    C: Classify<S::Response, S::Error>,
+    R: Reject<S::Response, S::Error>,
 {
-    type Output = Result<S::Response, P::Error>;
+    type Output = Result<S::Response, R::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
@@ -140,21 +153,19 @@ where
                 StateProj::Called { future } => {
                     let outcome = ready!(future.poll(cx));
                     if let Some(guard) = this.guard.take() {
-                        if this.policy.is_failure(&outcome) {
-                            drop(guard);
-                        } else {
-                            guard.keep();
+                        // A message that failed or was turned away further in was not handled:
+                        // its key goes, so that a retry is not taken for a duplicate.
+                        match this.policies.classifier.classify(outcome.as_ref()) {
+                            Outcome::Failure | Outcome::Rejected => drop(guard),
+                            Outcome::Success | Outcome::Duplicate => guard.keep(),
                         }
                     }
-                    return Poll::Ready(outcome.map_err(|e| this.policy.inner_error(e)));
+                    let rejection = &this.policies.rejection;
+                    return Poll::Ready(outcome.map_err(|e| rejection.map_error(e)));
                 }
                 StateProj::Rejected { rejection } => {
                     let rejection = rejection.take().expect("polled after completion");
-                    let policy = &*this.policy;
-                    return Poll::Ready(this.shared.config.with(|cfg| match rejection {
-                        Rejection::Duplicate(d) => policy.duplicate(d, cfg),
-                        Rejection::Unavailable(e) => policy.unavailable(e, cfg),
-                    }));
+                    return Poll::Ready(this.policies.rejection.reject(rejection));
                 }
             }
         }

@@ -4,7 +4,9 @@ use std::sync::Arc;
 use tower_layer::Layer;
 use wsguard_config::{ConfigSource, DedupConfig};
 
-use crate::policy::BoxErrors;
+use wsguard_policy::{DefaultClassifier, ReturnError};
+
+use crate::future::Policies;
 use crate::service::Dedup;
 use crate::shared::Shared;
 use crate::stats::{DedupHandle, DedupStats};
@@ -15,57 +17,74 @@ use crate::store::{DedupStore, MemoryStore};
 /// The window lives in the layer: every service built by [`Layer::layer`] (axum builds one per
 /// route and clones it per request) shares it, and so do the layer's clones.
 ///
-/// `P` decides what a duplicate turns into: [`BoxErrors`] (the default, [`DedupLayer::new`]) or
-/// [`HttpStatus`](crate::policy::HttpStatus) ([`DedupLayer::http`]).
+/// The two policies every wsguard layer takes: the classifier `C` says which outcomes release
+/// the key (a call that failed or was rejected further in was not handled, so its retry must
+/// pass), and the rejection `R` says what a duplicate or an unavailable store returns:
+/// [`DedupLayer::new`] returns the errors [`Duplicate`](crate::error::Duplicate) and
+/// [`StoreUnavailable`](crate::error::StoreUnavailable); [`DedupLayer::http`] answers
+/// `duplicate_status` (`409` by default) or `503`.
 #[derive(Clone)]
-pub struct DedupLayer<P = BoxErrors> {
+pub struct DedupLayer<C = DefaultClassifier, R = ReturnError> {
     shared: Arc<Shared>,
-    policy: P,
+    policies: Policies<C, R>,
 }
 
-impl<P: fmt::Debug> fmt::Debug for DedupLayer<P> {
+impl<C, R> fmt::Debug for DedupLayer<C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DedupLayer")
             .field("store", &self.shared.store)
-            .field("policy", &self.policy)
+            .field("classifier", &std::any::type_name::<C>())
+            .field("rejection", &std::any::type_name::<R>())
             .finish_non_exhaustive()
     }
 }
 
 impl DedupLayer {
     /// A layer reading `config` (fixed, or live through a `ConfigHandle`), with a
-    /// [`MemoryStore`] sized by `max_entries`; for Redis, add
-    /// [`with_store`](Self::with_store). A duplicate is the error [`Duplicate`](crate::error::Duplicate)
-    /// (a `BoxError`).
+    /// [`MemoryStore`] sized by `max_entries`; for Redis, add [`store`](Self::store) or
+    /// [`connect_store`](Self::connect_store). A duplicate is the error
+    /// [`Duplicate`](crate::error::Duplicate) (a `BoxError`).
     pub fn new(config: impl Into<ConfigSource<DedupConfig>>) -> Self {
-        Self::with_policy_and_config(config.into(), BoxErrors)
+        Self::with_policies(config.into(), DefaultClassifier, ReturnError)
     }
 }
 
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
-impl DedupLayer<crate::policy::HttpStatus> {
+impl DedupLayer<wsguard_policy::StatusClassifier, wsguard_policy::RespondWithStatus> {
     /// For HTTP services: the inner error type is kept, a duplicate is answered with
-    /// `duplicate_status` (default `409 Conflict`), and `5xx` responses release the key. Use
-    /// `key = "header"` (for example `Idempotency-Key`): request bodies are not read.
+    /// `duplicate_status` (default `409 Conflict`), an unavailable store with `503`, and `5xx`
+    /// responses release the key. Use `key = "header"` (for example `Idempotency-Key`): request
+    /// bodies are not read.
     pub fn http(config: impl Into<ConfigSource<DedupConfig>>) -> Self {
-        Self::with_policy_and_config(config.into(), crate::policy::HttpStatus)
+        Self::with_policies(
+            config.into(),
+            wsguard_policy::StatusClassifier,
+            wsguard_policy::RespondWithStatus,
+        )
     }
 }
 
-impl<P> DedupLayer<P> {
-    fn with_policy_and_config(config: ConfigSource<DedupConfig>, policy: P) -> Self {
+impl<C, R> DedupLayer<C, R> {
+    fn with_policies(config: ConfigSource<DedupConfig>, classifier: C, rejection: R) -> Self {
         let store = Arc::new(config.with(MemoryStore::from_config));
         Self {
             shared: Arc::new(Shared::new(config, store)),
-            policy,
+            policies: Policies {
+                classifier,
+                rejection,
+            },
         }
     }
 
-    /// Uses `store` for the window (for example a `RedisStore`). Call it before building
-    /// services: services built earlier keep the previous store.
-    pub fn with_store(self, store: impl DedupStore) -> Self {
-        self.with_shared_store(Arc::new(store))
+    /// Uses `store` for the window: a `RedisStore`, or an `Arc<dyn DedupStore>` that other
+    /// layers use too (they then share one window). Call it before building services: services
+    /// built earlier keep the previous store.
+    pub fn store(self, store: impl DedupStore) -> Self {
+        Self {
+            shared: Arc::new(Shared::new(self.shared.config.clone(), Arc::new(store))),
+            policies: self.policies,
+        }
     }
 
     /// Connects the store that `store.backend` names: for `redis`, a
@@ -82,24 +101,30 @@ impl<P> DedupLayer<P> {
             wsguard_config::StoreBackend::Memory => Ok(self),
             wsguard_config::StoreBackend::Redis => {
                 let store = crate::store::RedisStore::connect(&redis).await?;
-                Ok(self.with_store(store))
+                Ok(self.store(store))
             }
         }
     }
 
-    /// Uses a store that other layers use too: they then share one window.
-    pub fn with_shared_store(self, store: Arc<dyn DedupStore>) -> Self {
-        Self {
-            shared: Arc::new(Shared::new(self.shared.config.clone(), store)),
-            policy: self.policy,
+    /// Replaces the classifier, which says which outcomes release the key.
+    pub fn classifier<C2>(self, classifier: C2) -> DedupLayer<C2, R> {
+        DedupLayer {
+            shared: self.shared,
+            policies: Policies {
+                classifier,
+                rejection: self.policies.rejection,
+            },
         }
     }
 
-    /// Uses `policy` to turn rejections into output and to classify failures.
-    pub fn with_policy<Q>(self, policy: Q) -> DedupLayer<Q> {
+    /// Replaces the rejection, which says what a duplicate or an unavailable store returns.
+    pub fn rejection<R2>(self, rejection: R2) -> DedupLayer<C, R2> {
         DedupLayer {
             shared: self.shared,
-            policy,
+            policies: Policies {
+                classifier: self.policies.classifier,
+                rejection,
+            },
         }
     }
 
@@ -116,10 +141,10 @@ impl<P> DedupLayer<P> {
     }
 }
 
-impl<S, P: Clone> Layer<S> for DedupLayer<P> {
-    type Service = Dedup<S, P>;
+impl<S, C: Clone, R: Clone> Layer<S> for DedupLayer<C, R> {
+    type Service = Dedup<S, C, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Dedup::from_parts(inner, Arc::clone(&self.shared), self.policy.clone())
+        Dedup::from_parts(inner, Arc::clone(&self.shared), self.policies.clone())
     }
 }

@@ -15,7 +15,9 @@
 //!   `redis`) to share one window between nodes, failing open or closed when Redis fails.
 //! - **At-least-once kept**: when the inner service fails (or its future is dropped unfinished),
 //!   the key is released so that a retry passes (`release_on_failure`, on by default).
-//! - **Outcome** ([`DedupPolicy`]): [`DedupLayer::new`] turns a duplicate into the error
+//! - **Policies**, the two every wsguard layer takes: a [`Classify`] policy says which outcomes
+//!   release the key (failures and rejections further in), a [`Reject`] policy what a rejected
+//!   call returns. [`DedupLayer::new`] turns a duplicate into the error
 //!   [`Duplicate`](error::Duplicate); [`DedupLayer::http`] answers `409 Conflict` (configurable)
 //!   and keeps the inner error type, as axum needs.
 //! - **Counters** ([`DedupHandle`]): duplicates dropped, evictions, store errors, releases.
@@ -28,8 +30,8 @@
 //!
 //! - A key is remembered from the moment `call` admits the request, before the inner service
 //!   runs: a copy arriving while the first is still being handled is a duplicate. If the inner
-//!   service then fails (per [`DedupPolicy::is_failure`]) or its future is dropped, the key is
-//!   released.
+//!   service then fails or rejects the call (as the classifier says) or its future is dropped,
+//!   the key is released.
 //! - Payloads that are `None` or empty are never deduplicated (control frames, empty messages).
 //! - Changing `fingerprint_key`, `use_fast_hash` or `scope` changes every key: messages seen
 //!   before the change are not recognised after it.
@@ -107,17 +109,24 @@ pub mod fingerprint;
 pub mod future;
 mod key;
 mod layer;
-pub mod policy;
 mod request;
 mod service;
 mod shared;
 mod stats;
 pub mod store;
 
+/// The classifier and rejection policies every wsguard layer takes (from `wsguard-policy`).
+pub use wsguard_policy::{
+    Classify, DefaultClassifier, Outcome, Reason, Reject, Rejection, ReturnError,
+};
+/// The policies for `http` services (from `wsguard-policy`).
+#[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use wsguard_policy::{RespondWithStatus, StatusClassifier};
+
 pub use self::{
     fingerprint::{Fingerprint, Fingerprinter},
     layer::DedupLayer,
-    policy::DedupPolicy,
     request::{ClientScope, ConnectionScope, DedupRequest, Payload},
     service::Dedup,
     stats::{DedupHandle, DedupStats},

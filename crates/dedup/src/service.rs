@@ -5,8 +5,9 @@ use std::task::{Context, Poll};
 use tower_service::Service;
 use wsguard_config::{ConfigSource, DedupConfig};
 
-use crate::future::ResponseFuture;
-use crate::policy::{BoxErrors, DedupPolicy};
+use wsguard_policy::{Classify, DefaultClassifier, Reject, ReturnError};
+
+use crate::future::{Policies, ResponseFuture};
 use crate::request::DedupRequest;
 use crate::shared::{Admit, Shared};
 use crate::stats::DedupHandle;
@@ -16,28 +17,29 @@ use crate::stats::DedupHandle;
 /// With a store that answers at once (the [`MemoryStore`](crate::MemoryStore)) the decision is
 /// made inside `call`. With a store that waits (Redis), the ready inner service is moved into the
 /// response future and a clone takes its place, as tower recommends; hence `S: Clone`.
-pub struct Dedup<S, P = BoxErrors> {
+pub struct Dedup<S, C = DefaultClassifier, R = ReturnError> {
     inner: S,
     shared: Arc<Shared>,
-    policy: P,
+    policies: Policies<C, R>,
 }
 
-impl<S: Clone, P: Clone> Clone for Dedup<S, P> {
+impl<S: Clone, C: Clone, R: Clone> Clone for Dedup<S, C, R> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
-            policy: self.policy.clone(),
+            policies: self.policies.clone(),
         }
     }
 }
 
-impl<S: fmt::Debug, P: fmt::Debug> fmt::Debug for Dedup<S, P> {
+impl<S: fmt::Debug, C, R> fmt::Debug for Dedup<S, C, R> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Dedup")
             .field("inner", &self.inner)
             .field("store", &self.shared.store)
-            .field("policy", &self.policy)
+            .field("classifier", &std::any::type_name::<C>())
+            .field("rejection", &std::any::type_name::<R>())
             .finish()
     }
 }
@@ -50,12 +52,12 @@ impl<S> Dedup<S> {
     }
 }
 
-impl<S, P> Dedup<S, P> {
-    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, policy: P) -> Self {
+impl<S, C, R> Dedup<S, C, R> {
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, policies: Policies<C, R>) -> Self {
         Self {
             inner,
             shared,
-            policy,
+            policies,
         }
     }
 
@@ -82,41 +84,42 @@ impl<S, P> Dedup<S, P> {
     }
 }
 
-impl<S, Req, P> Service<Req> for Dedup<S, P>
+impl<S, Req, C, R> Service<Req> for Dedup<S, C, R>
 where
     S: Service<Req> + Clone,
     Req: DedupRequest,
-    P: DedupPolicy<S::Response, S::Error>,
+    C: Classify<S::Response, S::Error> + Clone,
+    R: Reject<S::Response, S::Error> + Clone,
 {
     type Response = S::Response;
-    type Error = P::Error;
-    type Future = ResponseFuture<S, Req, P>;
+    type Error = R::Error;
+    type Future = ResponseFuture<S, Req, C, R>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         // Nothing to reserve: duplicates are decided in `call`, never as a readiness error.
         self.inner
             .poll_ready(cx)
-            .map_err(|e| self.policy.inner_error(e))
+            .map_err(|e| self.policies.rejection.map_error(e))
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        let policy = self.policy.clone();
+        let policies = self.policies.clone();
         let shared = Arc::clone(&self.shared);
         let Some(check) = self.shared.check(&req) else {
-            return ResponseFuture::called(self.inner.call(req), None, policy, shared);
+            return ResponseFuture::called(self.inner.call(req), None, policies, shared);
         };
         match self.shared.store.claim(check.key, check.ttl).into_ready() {
             Ok(answer) => match self.shared.admit(&check, answer) {
                 Admit::Call(guard) => {
-                    ResponseFuture::called(self.inner.call(req), guard, policy, shared)
+                    ResponseFuture::called(self.inner.call(req), guard, policies, shared)
                 }
-                Admit::Reject(rejection) => ResponseFuture::rejected(rejection, policy, shared),
+                Admit::Reject(rejection) => ResponseFuture::rejected(rejection, policies, shared),
             },
             Err(pending) => {
                 // The store must be asked first: take the ready service along.
                 let clone = self.inner.clone();
                 let ready = std::mem::replace(&mut self.inner, clone);
-                ResponseFuture::claiming(pending, check, ready, req, policy, shared)
+                ResponseFuture::claiming(pending, check, ready, req, policies, shared)
             }
         }
     }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use wsguard_config::{ConfigSource, DedupConfig, FailureMode};
+use wsguard_policy::{Reason, Rejection};
 
 use crate::error::{Duplicate, StoreError, StoreUnavailable};
 use crate::fingerprint::{Fingerprint, Fingerprinter};
@@ -59,12 +60,6 @@ pub(crate) enum Admit {
     Call(Option<ClaimGuard>),
     /// Do not call it.
     Reject(Rejection),
-}
-
-#[derive(Debug)]
-pub(crate) enum Rejection {
-    Duplicate(Duplicate),
-    Unavailable(StoreUnavailable),
 }
 
 impl Shared {
@@ -123,7 +118,12 @@ impl Shared {
             })),
             Ok(Claim::Duplicate { age }) => {
                 Counters::bump(&self.counters.duplicates);
-                Admit::Reject(Rejection::Duplicate(Duplicate { age }))
+                {
+                    let status = self.config.with(|cfg| cfg.duplicate_status);
+                    Admit::Reject(
+                        Rejection::new(Reason::Duplicate, Duplicate { age }).with_status(status),
+                    )
+                }
             }
             Err(error) => {
                 let n = Counters::bump(&self.counters.store_errors);
@@ -140,7 +140,7 @@ impl Shared {
                         if n.is_power_of_two() {
                             tracing::warn!(store_errors = n, %error, "dedup store failed; rejecting (fail closed)");
                         }
-                        Admit::Reject(Rejection::Unavailable(StoreUnavailable(error)))
+                        Admit::Reject(Rejection::new(Reason::Unavailable, StoreUnavailable(error)))
                     }
                 }
             }

@@ -136,7 +136,7 @@ fn handler(calls: &Arc<AtomicUsize>) -> Handler {
 
 async fn node(cfg: &DedupConfig, calls: &Arc<AtomicUsize>) -> (DedupLayer, Dedup<Handler>) {
     let store = RedisStore::connect(&cfg.store.redis).await.unwrap();
-    let layer = DedupLayer::new(cfg.clone()).with_store(store);
+    let layer = DedupLayer::new(cfg.clone()).store(store);
     let svc = tower::Layer::layer(&layer, handler(calls));
     (layer, svc)
 }

@@ -600,7 +600,7 @@ async fn a_waiting_store_is_awaited_before_the_inner_service_is_called() {
         delay: Duration::from_millis(20),
         fail: false,
     };
-    let layer = DedupLayer::new(config()).with_store(store);
+    let layer = DedupLayer::new(config()).store(store);
     let mut svc = layer.layer_for(counter.service());
     let mut first = task::spawn(svc.ready().await.unwrap().call(text("m")));
     assert_pending!(first.poll());
@@ -623,7 +623,7 @@ async fn store_failure_fails_open_or_closed_per_config() {
         fail: true,
     };
     let counter = Counter::default();
-    let open = DedupLayer::new(config()).with_store(failing());
+    let open = DedupLayer::new(config()).store(failing());
     let mut svc = open.layer_for(counter.service());
     send(&mut svc, text("m")).await.unwrap();
     send(&mut svc, text("m")).await.unwrap();
@@ -632,7 +632,7 @@ async fn store_failure_fails_open_or_closed_per_config() {
 
     let mut cfg = config();
     cfg.store.redis.on_error = FailureMode::FailClosed;
-    let closed = DedupLayer::new(cfg).with_store(failing());
+    let closed = DedupLayer::new(cfg).store(failing());
     let mut svc = closed.layer_for(counter.service());
     let err = send(&mut svc, text("m")).await.unwrap_err();
     assert!(err.is::<StoreUnavailable>());
@@ -649,10 +649,10 @@ async fn two_layers_on_one_store_share_the_window() {
         ..config()
     };
     let mut a = DedupLayer::new(cfg.clone())
-        .with_shared_store(Arc::clone(&store))
+        .store(Arc::clone(&store))
         .layer_for(counter.service());
     let mut b = DedupLayer::new(cfg)
-        .with_shared_store(store)
+        .store(store)
         .layer_for(counter.service());
     send(&mut a, text("m")).await.unwrap();
     assert!(is_dup(&send(&mut b, text("m")).await));

@@ -49,7 +49,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use metrics::{Counter, Gauge, Histogram, Unit};
 
 use crate::registry::aggregate::{Counters, Totals};
-use crate::{Direction, Outcome};
+use crate::{Direction, classify};
 
 /// `wsguard_calls_total{route, direction, outcome}`: finished calls; `outcome` is `ok`, `error`,
 /// `rejected`, `duplicate`, or `cancelled` (the caller dropped the call before it finished).
@@ -142,7 +142,7 @@ impl RouteHandles {
         let dir = direction.as_str();
         let call = |outcome: &'static str| metrics::counter!(CALLS_TOTAL, "route" => route.to_owned(), "direction" => dir, "outcome" => outcome);
         Self {
-            calls: Outcome::ALL.map(|o| call(o.as_str())),
+            calls: classify::ALL.map(|o| call(classify::label(o))),
             cancelled: call("cancelled"),
             in_flight: metrics::gauge!(CALLS_IN_FLIGHT, "route" => route.to_owned(), "direction" => dir),
             bytes: metrics::counter!(BYTES_TOTAL, "route" => route.to_owned(), "direction" => dir),

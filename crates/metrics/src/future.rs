@@ -9,9 +9,9 @@ use std::task::{Context, Poll, ready};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
-use crate::classify::ClassifyOutcome;
 use crate::layer::Shared;
 use crate::registry::clients::ClientEntry;
+use wsguard_policy::Classify;
 
 /// What a call in flight needs to be counted when it ends. Dropping it unfinished counts the
 /// call as cancelled, so in-flight figures stay right when the caller gives up.
@@ -49,7 +49,7 @@ impl<F, C> ResponseFuture<F, C> {
 impl<F, C, T, E> Future for ResponseFuture<F, C>
 where
     F: Future<Output = Result<T, E>>,
-    C: ClassifyOutcome<T, E>,
+    C: Classify<T, E>,
 {
     type Output = Result<T, E>;
 
@@ -57,7 +57,7 @@ where
         let this = self.project();
         let result = ready!(this.inner.poll(cx));
         if let Some(mut record) = this.record.take() {
-            let outcome = record.shared.classifier.classify(&result);
+            let outcome = record.shared.classifier.classify(result.as_ref());
             record.shared.finish(outcome, &record);
             record.finished = true;
         }

@@ -4,10 +4,10 @@ use std::sync::{Arc, OnceLock};
 use tower_layer::Layer;
 use wsguard_config::{ConfigSource, MetricsConfig};
 
-use crate::classify::DefaultClassifier;
 use crate::export::RouteStats;
 use crate::request::ClientIdOptions;
 use crate::{Metrics, MetricsRegistry};
+use wsguard_policy::DefaultClassifier;
 
 /// Which way the calls of a layer go: the layer's calls count as messages (and bytes) in or out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

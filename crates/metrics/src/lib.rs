@@ -102,10 +102,10 @@
 //! let registry = MetricsRegistry::new(MetricsConfig::development());
 //! let layer = MetricsLayer::new(registry.clone())
 //!     .route("/ws")
-//!     .classifier(|r: &Result<(), BoxError>| match r {
-//!         Ok(()) => Outcome::Ok,
+//!     .classifier(|r: Result<&(), &BoxError>| match r {
+//!         Ok(()) => Outcome::Success,
 //!         Err(e) if e.is::<Refused>() => Outcome::Rejected,
-//!         Err(_) => Outcome::Error,
+//!         Err(_) => Outcome::Failure,
 //!     });
 //! let mut handler = layer.layer(service_fn(|m: Inbound| async move {
 //!     if m.text == "refuse me" { Err::<(), BoxError>(Box::new(Refused)) } else { Ok(()) }
@@ -143,10 +143,14 @@ mod sample;
 mod service;
 mod snapshot;
 
+/// Classifies `http::Response`s by status (re-exported from `wsguard-policy`).
 #[cfg(feature = "http")]
-pub use self::classify::StatusClassifier;
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
+pub use wsguard_policy::StatusClassifier;
+/// The classifier every wsguard layer takes (re-exported from `wsguard-policy`).
+pub use wsguard_policy::{Classify, DefaultClassifier, Outcome};
+
 pub use self::{
-    classify::{ClassifyOutcome, DefaultClassifier, Outcome},
     layer::{Direction, MetricsLayer},
     registry::{ConnectionGuard, ConnectionSlot, MetricsRegistry},
     request::{ClientIdOptions, ClientRequest, MAX_CLIENT_ID_LEN},

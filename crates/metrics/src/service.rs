@@ -5,11 +5,13 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use tower_service::Service;
 
-use crate::classify::{ClassifyOutcome, DefaultClassifier};
 use crate::future::{CallRecord, ResponseFuture};
 use crate::layer::Shared;
 use crate::request::ClientRequest;
-use crate::{MetricsRegistry, Outcome};
+use wsguard_policy::Outcome;
+use wsguard_policy::{Classify, DefaultClassifier};
+
+use crate::MetricsRegistry;
 
 /// Records each call of `S` into a [`MetricsRegistry`]; built by [`MetricsLayer`](crate::MetricsLayer).
 ///
@@ -70,7 +72,7 @@ impl<S, C, Req> Service<Req> for Metrics<S, C>
 where
     S: Service<Req>,
     Req: ClientRequest,
-    C: ClassifyOutcome<S::Response, S::Error>,
+    C: Classify<S::Response, S::Error>,
 {
     type Response = S::Response;
     type Error = S::Error;

@@ -80,9 +80,9 @@ impl RouteSnapshot {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct OutcomeCounts {
-    /// [`Outcome::Ok`](crate::Outcome::Ok).
+    /// [`Outcome::Success`](crate::Outcome::Success).
     pub ok: u64,
-    /// [`Outcome::Error`](crate::Outcome::Error).
+    /// [`Outcome::Failure`](crate::Outcome::Failure).
     pub error: u64,
     /// [`Outcome::Rejected`](crate::Outcome::Rejected).
     pub rejected: u64,
@@ -174,7 +174,7 @@ pub struct ClientSnapshot {
     pub bytes_in: u64,
     /// Outbound bytes (sampled).
     pub bytes_out: u64,
-    /// Calls that ended in [`Outcome::Error`](crate::Outcome::Error) (sampled).
+    /// Calls that ended in [`Outcome::Failure`](crate::Outcome::Failure) (sampled).
     pub errors: u64,
     /// Calls dropped as [`Outcome::Duplicate`](crate::Outcome::Duplicate) (sampled).
     pub duplicates: u64,

@@ -194,11 +194,11 @@ async fn live_config_changes_sampling_buckets_and_enabled_keeping_counts() {
 #[tokio::test(start_paused = true)]
 async fn classifier_closure_maps_outcomes_per_client() {
     let registry = MetricsRegistry::new(config());
-    let classify = |r: &Result<u8, BoxError>| match r {
+    let classify = |r: Result<&u8, &BoxError>| match r {
         Ok(0) => Outcome::Duplicate,
         Ok(1) => Outcome::Rejected,
-        Ok(_) => Outcome::Ok,
-        Err(_) => Outcome::Error,
+        Ok(_) => Outcome::Success,
+        Err(_) => Outcome::Failure,
     };
     let mut svc = MetricsLayer::new(registry.clone())
         .classifier(classify)

@@ -32,12 +32,12 @@ impl DedupRequest for Msg {
 }
 
 /// What the WebSocket adapter supplies: the layers' marker errors mapped to outcomes.
-fn classify(result: &Result<(), BoxError>) -> Outcome {
+fn classify(result: Result<&(), &BoxError>) -> Outcome {
     match result {
-        Ok(()) => Outcome::Ok,
+        Ok(()) => Outcome::Success,
         Err(e) if e.is::<CircuitOpen>() => Outcome::Rejected,
         Err(e) if e.is::<Duplicate>() => Outcome::Duplicate,
-        Err(_) => Outcome::Error,
+        Err(_) => Outcome::Failure,
     }
 }
 

@@ -48,3 +48,6 @@ pub use self::classify::{Classify, DefaultClassifier, Outcome};
 #[cfg(feature = "http")]
 pub use self::reject::RespondWithStatus;
 pub use self::reject::{Reason, Reject, Rejection, ReturnError};
+/// The error of services whose rejections are errors: tower's `BoxError`, the one type every
+/// wsguard crate names.
+pub use tower::BoxError;

@@ -10,6 +10,7 @@ mod redis;
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -79,6 +80,33 @@ pub trait DedupStore: fmt::Debug + Send + Sync + 'static {
     /// [`DedupStats::remembered`]: crate::DedupStats::remembered
     fn remembered(&self) -> Option<usize> {
         None
+    }
+}
+
+/// A store shared by several layers (they share one window).
+impl<T: DedupStore + ?Sized> DedupStore for Arc<T> {
+    fn claim(&self, key: Fingerprint, ttl: Duration) -> ClaimFuture {
+        (**self).claim(key, ttl)
+    }
+
+    fn release(&self, key: Fingerprint) {
+        (**self).release(key)
+    }
+
+    fn is_shared(&self) -> bool {
+        (**self).is_shared()
+    }
+
+    fn configure(&self, config: &DedupConfig) {
+        (**self).configure(config)
+    }
+
+    fn evictions(&self) -> u64 {
+        (**self).evictions()
+    }
+
+    fn remembered(&self) -> Option<usize> {
+        (**self).remembered()
     }
 }
 

@@ -28,7 +28,7 @@ use crate::fingerprint::Fingerprint;
 /// let mut config = DedupConfig::default();
 /// config.fingerprint_key = Some("000102030405060708090a0b0c0d0e0f".into());
 /// let store = RedisStore::connect(&config.store.redis).await?;
-/// let layer = DedupLayer::new(config).with_store(store);
+/// let layer = DedupLayer::new(config).store(store);
 /// # Ok(()) }
 /// ```
 #[derive(Clone)]

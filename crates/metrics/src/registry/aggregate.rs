@@ -4,7 +4,9 @@ use std::cell::Cell;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use crate::Direction;
-use crate::classify::Outcome;
+use wsguard_policy::Outcome;
+
+use crate::classify;
 
 /// The counters of the threads whose index maps here (one thread each, up to the count), alone
 /// on their cache lines.
@@ -94,7 +96,7 @@ impl Counters {
 
     #[inline]
     pub(crate) fn finish(&self, outcome: Outcome) {
-        self.local().outcomes[outcome.index()].fetch_add(1, Ordering::Relaxed);
+        self.local().outcomes[classify::index(outcome)].fetch_add(1, Ordering::Relaxed);
     }
 
     #[inline]
@@ -186,7 +188,7 @@ mod tests {
                 std::thread::spawn(move || {
                     for _ in 0..1000 {
                         c.start(Direction::Inbound, Some(3));
-                        c.finish(Outcome::Ok);
+                        c.finish(Outcome::Success);
                     }
                 })
             })

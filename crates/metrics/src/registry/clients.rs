@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::Direction;
-use crate::classify::Outcome;
+use wsguard_policy::Outcome;
 
 /// Tables up to this size find the exact least recently active client over every shard;
 /// larger ones look in the new client's shard only (bounded work per insert).
@@ -64,8 +64,8 @@ impl ClientEntry {
     #[inline]
     pub(crate) fn record_outcome(&self, outcome: Outcome) {
         let counter = match outcome {
-            Outcome::Ok => return,
-            Outcome::Error => &self.errors,
+            Outcome::Success => return,
+            Outcome::Failure => &self.errors,
             Outcome::Rejected => &self.rejections,
             Outcome::Duplicate => &self.duplicates,
         };
