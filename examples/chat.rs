@@ -294,7 +294,7 @@ fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
     let chat = Arc::new(Chat::default());
     let registry = MetricsRegistry::new(config);
     let breaker = CircuitBreakerLayer::new(config).classifier(MessageClassifier);
-    let dedup = DedupLayer::new(config);
+    let dedup = DedupLayer::new(config).classifier(MessageClassifier);
     let state = App {
         chat: Arc::clone(&chat),
         breaker: breaker.handle(),

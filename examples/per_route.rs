@@ -41,7 +41,7 @@ fn app(config: &ConfigHandle) -> Router {
 
     let orders = ServiceBuilder::new()
         .layer(metrics("/ws/orders"))
-        .layer(DedupLayer::new(config))
+        .layer(DedupLayer::new(config).classifier(MessageClassifier))
         .layer(CircuitBreakerLayer::new(config).classifier(MessageClassifier))
         .service_fn(accept_order);
     let chat = ServiceBuilder::new()

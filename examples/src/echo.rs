@@ -36,7 +36,7 @@ pub struct EchoApp {
 /// `prometheus` handle is given), `/stats` a JSON snapshot, `/health` 200.
 pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoApp {
     let registry = MetricsRegistry::new(config);
-    let dedup = DedupLayer::new(config);
+    let dedup = DedupLayer::new(config).classifier(MessageClassifier);
     let breaker = CircuitBreakerLayer::new(config).classifier(MessageClassifier);
     let (dedup_handle, breaker_handle) = (dedup.handle(), breaker.handle());
     let handled = Arc::new(AtomicU64::new(0));

@@ -25,7 +25,7 @@
 //!
 //! let stack = ServiceBuilder::new()
 //!     .layer(MetricsLayer::new(registry.clone()).route("/ws").classifier(MessageClassifier))
-//!     .layer(DedupLayer::new(&config))
+//!     .layer(DedupLayer::new(&config).classifier(MessageClassifier))
 //!     .layer(CircuitBreakerLayer::new(&config).classifier(MessageClassifier))
 //!     .service_fn(echo);
 //!

@@ -5,6 +5,7 @@
 //! | module | crate | feature | what |
 //! |---|---|---|---|
 //! | [`config`] | `wsguard-config` | always | `StabilityConfig`, presets, validation, loading, live reload |
+//! | [`policy`] | `wsguard-policy` | always | `Classify` and `Reject`: the classifier and rejection every layer takes |
 //! | `circuit_breaker` | `wsguard-circuit-breaker` | `circuit-breaker` | `CircuitBreakerLayer` |
 //! | `dedup` | `wsguard-dedup` | `dedup` (`redis` for the shared store) | `DedupLayer` |
 //! | `metrics` | `wsguard-metrics` | `metrics` | `MetricsLayer`, `MetricsRegistry` |
@@ -27,7 +28,7 @@
 //! let registry = MetricsRegistry::new(&config);
 //! let stack = ServiceBuilder::new()
 //!     .layer(MetricsLayer::new(registry.clone()).route("/ws").classifier(MessageClassifier))
-//!     .layer(DedupLayer::new(&config))
+//!     .layer(DedupLayer::new(&config).classifier(MessageClassifier))
 //!     .layer(CircuitBreakerLayer::new(&config).classifier(MessageClassifier))
 //!     .service_fn(echo);
 //! let app: Router = Router::new().route("/ws", ws_route(stack, &config));
@@ -60,12 +61,14 @@ pub use wsguard_dedup as dedup;
 #[cfg(feature = "metrics")]
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use wsguard_metrics as metrics;
+pub use wsguard_policy as policy;
 
 /// The names most wsguard servers use: `use wsguard::prelude::*;`.
 pub mod prelude {
     #[cfg(feature = "load")]
     pub use wsguard_config::ConfigLoader;
     pub use wsguard_config::{ConfigHandle, Preset, StabilityConfig};
+    pub use wsguard_policy::{Classify, Outcome, Reject};
 
     #[cfg(feature = "circuit-breaker")]
     pub use wsguard_circuit_breaker::{CircuitBreakerLayer, error::CircuitOpen};
