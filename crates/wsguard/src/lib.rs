@@ -4,7 +4,7 @@
 //!
 //! | module | crate | feature | what |
 //! |---|---|---|---|
-//! | [`config`] | `wsguard-config` | always | `StabilityConfig`, presets, validation, loading, live reload |
+//! | [`config`] | `wsguard-config` | always (`load`, `watch` for file loading and watching) | `StabilityConfig`, presets, validation, live updates |
 //! | [`policy`] | `wsguard-policy` | always | `Classify` and `Reject`: the classifier and rejection every layer takes |
 //! | `circuit_breaker` | `wsguard-circuit-breaker` | `circuit-breaker` | `CircuitBreakerLayer` |
 //! | `dedup` | `wsguard-dedup` | `dedup` (`redis` for the shared store) | `DedupLayer` |
