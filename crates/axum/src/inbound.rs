@@ -85,8 +85,9 @@ impl ConnInfo {
         &self.sender
     }
 
-    /// The slot through which a `MetricsLayer` in the stack registered this connection with its
-    /// registry when it opened; the adapter releases it when the connection closes.
+    /// The slot holding this connection's metrics registration: made when it opened if the route
+    /// was given a registry ([`WsRoute::metrics`](crate::WsRoute::metrics)), else by the first
+    /// message through a `MetricsLayer`; the adapter releases it on close.
     pub fn connection_slot(&self) -> &wsguard_metrics::ConnectionSlot {
         &self.slot
     }

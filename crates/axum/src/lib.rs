@@ -3,12 +3,12 @@
 //! Layers on an axum route see only the HTTP upgrade. `wsguard-axum` turns the upgraded socket
 //! into calls of a `tower::Service<Inbound>`: one call per text or binary message, answered with
 //! zero or one reply, so the wsguard layers (or any tower layer) run on each message. The
-//! per-message stack is one `ServiceBuilder` expression and the route is one line:
+//! per-message stack is one `ServiceBuilder` expression and the route two lines:
 //!
 //! ```
 //! use axum::Router;
 //! use tower::ServiceBuilder;
-//! use wsguard_axum::{BoxError, Inbound, Message, MessageClassifier, ws_route};
+//! use wsguard_axum::{BoxError, Inbound, Message, MessageClassifier, WsRoute};
 //! use wsguard_circuit_breaker::CircuitBreakerLayer;
 //! use wsguard_config::{ConfigHandle, StabilityConfig};
 //! use wsguard_dedup::DedupLayer;
@@ -29,7 +29,9 @@
 //!     .layer(CircuitBreakerLayer::new(&config).classifier(MessageClassifier))
 //!     .service_fn(echo);
 //!
-//! let app: Router = Router::new().route("/ws", ws_route(stack, &config));
+//! // Given the registry, the route counts idle connections from the moment they open.
+//! let route = WsRoute::new(stack, &config).metrics(registry);
+//! let app: Router = Router::new().route("/ws", route.into_method_router());
 //! // axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
 //! # let _ = app;
 //! # Ok(())
@@ -75,11 +77,10 @@
 //!   (`{"type":"duplicate","age_ms":..}`) per `dedup.on_duplicate`; a dedup store that fails
 //!   closed answers `{"type":"error","error":"unavailable"}`; any other error becomes
 //!   `{"type":"error","error":"handler_error"}` and the connection stays open.
-//! - With a `MetricsLayer` in the stack the connection registers with its registry when it opens
-//!   (found while the connection takes its clone of the stack; no message needed, no readiness
-//!   reserved) and is released on close, so idle connections are counted and per-client state goes
-//!   with the last connection. A `MetricsLayer` behind a `Buffer` is not cloned per connection;
-//!   it registers the connection on its first message instead.
+//! - With [`WsRoute::metrics`] each connection registers with that registry when it opens (no
+//!   message needed, no readiness reserved) and is released on close, so idle connections are
+//!   counted and per-client state goes with the last connection. Without it a `MetricsLayer` in
+//!   the stack registers the connection on its first message.
 //! - Every close is logged through `tracing` with its code and reason. Warnings a client can
 //!   cause (refused upgrades, closes for misbehaviour, handler errors) pass at most 10 a second
 //!   per kind; the next one written carries `suppressed = N`, and [`suppressed_warnings`] counts

@@ -25,10 +25,10 @@ use crate::warn_limit::{WarnLimit, limited_warn};
 /// A WebSocket route whose every inbound message is a call of `service`.
 ///
 /// Each upgraded connection gets a clone of `service` (so state belongs in the layers' shared
-/// `Arc`s, as with any tower stack), taken when the connection opens: a `MetricsLayer` in the
-/// stack registers the connection with its registry at that moment (see
-/// [`ConnectionSlot::open`](wsguard_metrics::ConnectionSlot::open)), so idle connections are
-/// counted too, and the adapter releases the registration when the connection closes.
+/// `Arc`s, as with any tower stack), taken when the connection opens. With
+/// [`metrics`](Self::metrics) the connection registers with that registry at that moment, so
+/// idle connections are counted too; without it a `MetricsLayer` in the stack registers it on its
+/// first message. The adapter releases the registration when the connection closes.
 ///
 /// The connection is refused with `503` past `max_connections`; [`stats`](Self::stats) counts
 /// open, accepted and refused connections.

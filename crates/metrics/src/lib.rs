@@ -62,10 +62,9 @@
 //! # Per-message use (for adapters)
 //!
 //! An adapter that turns each WebSocket message into a call gives every connection a
-//! [`ConnectionSlot`] and implements [`ClientRequest`] for its message type. It takes each
-//! connection's copy of the stack with [`ConnectionSlot::open`], which registers the connection
-//! with the registry of the stack's `MetricsLayer` at once; otherwise the layer registers it on
-//! its first message. Either way the user wires nothing. Outcomes of the
+//! [`ConnectionSlot`] and implements [`ClientRequest`] for its message type. Given the registry,
+//! it registers each connection as it opens with [`ConnectionSlot::register`], so idle
+//! connections are counted; otherwise the layer registers it on its first message. Outcomes of the
 //! other wsguard layers arrive as marker errors, which a classifier closure recognises:
 //!
 //! ```

@@ -47,8 +47,7 @@ impl<S, C> Metrics<S, C> {
     }
 }
 
-/// A clone made inside [`ConnectionSlot::open`](crate::ConnectionSlot::open) also registers
-/// that connection with this service's registry (if no outer `Metrics` did).
+/// Clones share the layer's state (one `Arc`).
 impl<S: Clone, C> Clone for Metrics<S, C> {
     fn clone(&self) -> Self {
         Self {

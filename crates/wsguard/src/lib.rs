@@ -31,7 +31,9 @@
 //!     .layer(DedupLayer::new(&config).classifier(MessageClassifier))
 //!     .layer(CircuitBreakerLayer::new(&config).classifier(MessageClassifier))
 //!     .service_fn(echo);
-//! let app: Router = Router::new().route("/ws", ws_route(stack, &config));
+//! // Given the registry, the route counts idle connections from the moment they open.
+//! let route = WsRoute::new(stack, &config).metrics(registry);
+//! let app: Router = Router::new().route("/ws", route.into_method_router());
 //! # let _ = app;
 //! # Ok(())
 //! # }
