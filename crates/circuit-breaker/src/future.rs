@@ -47,11 +47,10 @@ pin_project! {
 #[derive(Debug)]
 pub(crate) struct Call {
     // `Some` until the call is finished. A timed closed call's reference then goes back to the
-    // thread's spare slot. An untimed one's is dropped, and so is a probe's (its own stripe,
+    // thread's spare slot. An untimed one's is dropped, and so is a probe's (its own recorder,
     // which holds the probe slot, so dropping it gives the slot back). A future dropped
-    // unfinished lets go of it through `release`, which cannot unwind: with a plain `Arc` here
-    // (whose drop may unwind) the response future's drop was too large to inline, and every
-    // call kept its future in memory and called that drop out of line.
+    // unfinished lets go of it through `release`, which cannot unwind, so that the future's drop
+    // stays small enough to inline.
     stripe: Option<ManuallyDrop<Arc<Recorder>>>,
     /// State word at admission.
     word: u64,

@@ -57,10 +57,9 @@ impl Shared {
 
     /// A strong reference for the response future of a call admitted at `start`.
     ///
-    /// Untimed calls (consecutive mode) clone their thread's stripe: their path makes no other
-    /// atomic read-modify-write, and a clone takes fewer instructions than the spare slot. Timed
-    /// calls already make several, which two more would slow down: they take the thread's spare
-    /// reference when it belongs to this breaker. `core` is this breaker's, passed by the caller
+    /// Untimed calls (consecutive mode) clone their thread's recorder: their path makes no other
+    /// atomic read-modify-write, so one clone is the cheapest way. Timed calls already make
+    /// several: they take the thread's spare reference when it belongs to this breaker. `core` is this breaker's, passed by the caller
     /// that already holds it.
     #[inline]
     fn stripe(&self, core: &Arc<Core>, start: u64) -> Arc<Recorder> {
