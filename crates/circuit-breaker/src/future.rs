@@ -51,7 +51,7 @@ pub(crate) struct Call {
     // which holds the probe slot, so dropping it gives the slot back). A future dropped
     // unfinished lets go of it through `release`, which cannot unwind, so that the future's drop
     // stays small enough to inline.
-    stripe: Option<ManuallyDrop<Arc<Recorder>>>,
+    recorder: Option<ManuallyDrop<Arc<Recorder>>>,
     /// State word at admission.
     word: u64,
     /// Admission time for the slow-call check, or `NOT_TIMED`.
@@ -59,9 +59,9 @@ pub(crate) struct Call {
 }
 
 impl Call {
-    pub(crate) fn new(stripe: Arc<Recorder>, word: u64, start: u64) -> Self {
+    pub(crate) fn new(recorder: Arc<Recorder>, word: u64, start: u64) -> Self {
         Self {
-            stripe: Some(ManuallyDrop::new(stripe)),
+            recorder: Some(ManuallyDrop::new(recorder)),
             word,
             start,
         }
@@ -70,7 +70,7 @@ impl Call {
     /// A call that records nothing.
     fn none() -> Self {
         Self {
-            stripe: None,
+            recorder: None,
             word: 0,
             start: 0,
         }
@@ -79,13 +79,13 @@ impl Call {
     /// Records the outcome once and lets go of the reference.
     #[inline]
     fn finish(&mut self, outcome: Outcome) {
-        if let Some(stripe) = self.stripe.take().map(ManuallyDrop::into_inner) {
-            debug_assert_eq!(is_probe(self.word), stripe.probe.is_some());
-            stripe
+        if let Some(recorder) = self.recorder.take().map(ManuallyDrop::into_inner) {
+            debug_assert_eq!(is_probe(self.word), recorder.probe.is_some());
+            recorder
                 .core
-                .complete(self.word, self.start, outcome, &stripe);
+                .complete(self.word, self.start, outcome, &recorder);
             if is_timed(self.start) && !is_probe(self.word) {
-                crate::service::recycle(stripe);
+                crate::service::recycle(recorder);
             }
         }
     }
@@ -94,8 +94,8 @@ impl Call {
 impl Drop for Call {
     #[inline]
     fn drop(&mut self) {
-        if self.stripe.is_some() {
-            release(&mut self.stripe);
+        if self.recorder.is_some() {
+            release(&mut self.recorder);
         }
     }
 }
@@ -106,8 +106,8 @@ impl Drop for Call {
 #[cold]
 #[inline(never)]
 #[allow(improper_ctypes_definitions)] // called from Rust only
-extern "C" fn release(stripe: &mut Option<ManuallyDrop<Arc<Recorder>>>) {
-    drop(stripe.take().map(ManuallyDrop::into_inner));
+extern "C" fn release(recorder: &mut Option<ManuallyDrop<Arc<Recorder>>>) {
+    drop(recorder.take().map(ManuallyDrop::into_inner));
 }
 
 impl<F, C, R> ResponseFuture<F, C, R> {
@@ -144,7 +144,7 @@ where
         match this.kind.project() {
             KindProj::Called { future } => {
                 let result = ready!(future.poll(cx));
-                if this.call.stripe.is_some() {
+                if this.call.recorder.is_some() {
                     this.call.finish(this.classifier.classify(result.as_ref()));
                 }
                 Poll::Ready(result.map_err(|e| this.reject.map_error(e)))
@@ -167,7 +167,7 @@ impl<F, C, R> fmt::Debug for ResponseFuture<F, C, R> {
         };
         f.debug_struct("ResponseFuture")
             .field("kind", &kind)
-            .field("recorded", &self.call.stripe.is_some())
+            .field("recorded", &self.call.recorder.is_some())
             .finish_non_exhaustive()
     }
 }

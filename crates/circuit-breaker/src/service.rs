@@ -32,9 +32,9 @@ pub(crate) struct Recorder {
 #[derive(Debug)]
 pub(crate) struct Shared {
     pub(crate) core: Arc<Core>,
-    /// Indexed by the thread's shard hint modulo 64; the `shard_count()` distinct stripes repeat
-    /// across it, so a thread's stripe is `hint % shard_count()` with no bounds check.
-    stripes: Box<[Arc<Recorder>; MAX_SHARDS]>,
+    /// Indexed by the thread's shard hint modulo 64; the `shard_count()` distinct recorders repeat
+    /// across it, so a thread's recorder is `hint % shard_count()` with no bounds check.
+    recorders: Box<[Arc<Recorder>; MAX_SHARDS]>,
 }
 
 impl Shared {
@@ -49,36 +49,36 @@ impl Shared {
                 })
             })
             .collect();
-        let stripes = Box::new(std::array::from_fn(|i| {
+        let recorders = Box::new(std::array::from_fn(|i| {
             Arc::clone(&distinct[i % distinct.len()])
         }));
-        Self { core, stripes }
+        Self { core, recorders }
     }
 
     /// A strong reference for the response future of a call admitted at `start`.
     ///
     /// Untimed calls (consecutive mode) clone their thread's recorder: their path makes no other
     /// atomic read-modify-write, so one clone is the cheapest way. Timed calls already make
-    /// several: they take the thread's spare reference when it belongs to this breaker. `core` is this breaker's, passed by the caller
-    /// that already holds it.
+    /// several: they take the thread's spare reference when it belongs to this breaker. `core` is
+    /// this breaker's, passed by the caller that already holds it.
     #[inline]
-    fn stripe(&self, core: &Arc<Core>, start: u64) -> Arc<Recorder> {
+    fn recorder(&self, core: &Arc<Core>, start: u64) -> Arc<Recorder> {
         if !is_timed(start) {
-            return self.own_stripe();
+            return self.own_recorder();
         }
         SPARE.with(|spare| match spare.take() {
-            Some(stripe) if Arc::ptr_eq(&stripe.core, core) => stripe,
+            Some(recorder) if Arc::ptr_eq(&recorder.core, core) => recorder,
             other => {
                 spare.set(other);
-                self.own_stripe()
+                self.own_recorder()
             }
         })
     }
 
-    /// A clone of the calling thread's stripe.
+    /// A clone of the calling thread's recorder.
     #[inline]
-    fn own_stripe(&self) -> Arc<Recorder> {
-        Arc::clone(&self.stripes[shard_hint() % MAX_SHARDS])
+    fn own_recorder(&self) -> Arc<Recorder> {
+        Arc::clone(&self.recorders[shard_hint() % MAX_SHARDS])
     }
 }
 
@@ -91,10 +91,10 @@ thread_local! {
 
 /// Hands the reference of a finished future back for the next call on this thread.
 #[inline(always)]
-pub(crate) fn recycle(stripe: Arc<Recorder>) {
-    let mut stripe = Some(stripe);
+pub(crate) fn recycle(recorder: Arc<Recorder>) {
+    let mut recorder = Some(recorder);
     let _ = SPARE.try_with(|spare| {
-        if let Some(previous) = spare.replace(stripe.take()) {
+        if let Some(previous) = spare.replace(recorder.take()) {
             drop(previous);
         }
     });
@@ -186,7 +186,7 @@ where
         let word = self.ready;
         let call = if let Some(start) = self.core.admit_closed(word) {
             Some(Call::new(
-                self.shared.stripe(&self.core, start),
+                self.shared.recorder(&self.core, start),
                 word,
                 start,
             ))
@@ -224,15 +224,15 @@ impl<S, C, R> CircuitBreaker<S, C, R> {
         let Some(admitted) = self.core.admit()? else {
             return Ok(None);
         };
-        let stripe = match admitted.probe {
-            None => self.shared.stripe(&self.core, admitted.start),
+        let recorder = match admitted.probe {
+            None => self.shared.recorder(&self.core, admitted.start),
             Some(slot) => Arc::new(Recorder {
                 core: Arc::clone(&self.core),
                 index: 0,
                 probe: Some(slot),
             }),
         };
-        Ok(Some(Call::new(stripe, admitted.word, admitted.start)))
+        Ok(Some(Call::new(recorder, admitted.word, admitted.start)))
     }
 }
 
