@@ -2,10 +2,11 @@ use std::fmt;
 use std::sync::Arc;
 
 use tower_layer::Layer;
-use wsguard_config::{ConfigSource, DedupConfig};
+use wsguard_config::{ConfigSource, DedupConfig, StoreBackend};
 
 use wsguard_policy::{DefaultClassifier, ReturnError};
 
+use crate::error::StoreError;
 use crate::future::Policies;
 use crate::service::Dedup;
 use crate::shared::Shared;
@@ -40,11 +41,24 @@ impl<C, R> fmt::Debug for DedupLayer<C, R> {
 }
 
 impl DedupLayer {
-    /// A layer reading `config` (fixed, or live through a `ConfigHandle`), with a
-    /// [`MemoryStore`] sized by `max_entries`; for Redis, add [`store`](Self::store) or
-    /// [`connect_store`](Self::connect_store). A duplicate is the error
-    /// [`Duplicate`](crate::error::Duplicate) (a `BoxError`).
+    /// A layer reading `config` (fixed, or live through a `ConfigHandle`), with the store
+    /// `store.backend` names: a [`MemoryStore`] sized by `max_entries`, or (feature `redis`) a
+    /// [`RedisStore`](crate::store::RedisStore) on `store.redis` that connects in the background
+    /// (until it does, the layer fails open or closed as `on_error` says). A duplicate is the
+    /// error [`Duplicate`](crate::error::Duplicate) (a `BoxError`).
+    ///
+    /// # Panics
+    ///
+    /// If the config names a store this build cannot make (`redis` without the `redis` feature,
+    /// or a URL that is not a Redis URL): a server must not run on another store than the one
+    /// its config names. [`try_new`](Self::try_new) returns the error instead.
     pub fn new(config: impl Into<ConfigSource<DedupConfig>>) -> Self {
+        Self::try_new(config).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// As [`new`](Self::new), with an error instead of a panic when the store the config names
+    /// cannot be made.
+    pub fn try_new(config: impl Into<ConfigSource<DedupConfig>>) -> Result<Self, StoreError> {
         Self::with_policies(config.into(), DefaultClassifier, ReturnError)
     }
 }
@@ -55,26 +69,31 @@ impl DedupLayer<wsguard_policy::StatusClassifier, wsguard_policy::RespondWithSta
     /// For HTTP services: the inner error type is kept, a duplicate is answered with
     /// `duplicate_status` (default `409 Conflict`), an unavailable store with `503`, and `5xx`
     /// responses release the key. Use `key = "header"` (for example `Idempotency-Key`): request
-    /// bodies are not read.
+    /// bodies are not read. Panics as [`new`](DedupLayer::new) does.
     pub fn http(config: impl Into<ConfigSource<DedupConfig>>) -> Self {
         Self::with_policies(
             config.into(),
             wsguard_policy::StatusClassifier,
             wsguard_policy::RespondWithStatus,
         )
+        .unwrap_or_else(|error| panic!("{error}"))
     }
 }
 
 impl<C, R> DedupLayer<C, R> {
-    fn with_policies(config: ConfigSource<DedupConfig>, classifier: C, rejection: R) -> Self {
-        let store = Arc::new(config.with(MemoryStore::from_config));
-        Self {
+    fn with_policies(
+        config: ConfigSource<DedupConfig>,
+        classifier: C,
+        rejection: R,
+    ) -> Result<Self, StoreError> {
+        let store = config.with(store_from_config)?;
+        Ok(Self {
             shared: Arc::new(Shared::new(config, store)),
             policies: Policies {
                 classifier,
                 rejection,
             },
-        }
+        })
     }
 
     /// Uses `store` for the window: a `RedisStore`, or an `Arc<dyn DedupStore>` that other
@@ -87,9 +106,10 @@ impl<C, R> DedupLayer<C, R> {
         }
     }
 
-    /// Connects the store that `store.backend` names: for `redis`, a
-    /// [`RedisStore`](crate::store::RedisStore) from `store.redis`; for `memory`, the layer is
-    /// returned as it is. Fails if Redis cannot be reached.
+    /// Connects the store that `store.backend` names now, instead of in the background: for
+    /// `redis`, a [`RedisStore`](crate::store::RedisStore) from `store.redis`; for `memory`, the
+    /// layer is returned as it is. Fails if Redis cannot be reached: for a server that must not
+    /// start without it.
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub async fn connect_store(self) -> Result<Self, crate::error::StoreError> {
@@ -138,6 +158,29 @@ impl<C, R> DedupLayer<C, R> {
     /// The counters now.
     pub fn stats(&self) -> DedupStats {
         self.handle().stats()
+    }
+}
+
+/// The store `store.backend` names. A later reload that changes the backend does not move the
+/// window: the store is chosen when the layer is built.
+fn store_from_config(config: &DedupConfig) -> Result<Arc<dyn DedupStore>, StoreError> {
+    match config.store.backend {
+        StoreBackend::Memory => Ok(Arc::new(MemoryStore::from_config(config))),
+        #[cfg(feature = "redis")]
+        StoreBackend::Redis => {
+            let store = crate::store::RedisStore::lazy(&config.store.redis).map_err(|e| {
+                StoreError::new(format!(
+                    "dedup.store.redis.url {:?} is not a Redis URL: {e}",
+                    config.store.redis.url
+                ))
+            })?;
+            Ok(Arc::new(store))
+        }
+        #[cfg(not(feature = "redis"))]
+        StoreBackend::Redis => Err(StoreError::new(
+            "dedup.store.backend is \"redis\", but wsguard-dedup was built without its `redis` \
+             feature: enable it (wsguard's `redis` feature) or use backend = \"memory\"",
+        )),
     }
 }
 

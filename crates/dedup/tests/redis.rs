@@ -2,9 +2,6 @@
 //! These tests need real time (the server is a real process); each is bounded to seconds.
 #![cfg(feature = "redis")]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -14,93 +11,9 @@ use wsguard_config::{DedupConfig, DedupScope, FailureMode, StoreBackend};
 use wsguard_dedup::error::{BoxError, Duplicate, StoreUnavailable};
 use wsguard_dedup::store::RedisStore;
 use wsguard_dedup::{Dedup, DedupLayer};
+use wsguard_test_support::RedisServer;
 
 const OP_TIMEOUT: Duration = Duration::from_millis(200);
-
-fn redis_server_binary() -> PathBuf {
-    let candidates = std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .unwrap_or_default();
-    candidates
-        .into_iter()
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join("redis-server"))
-        .find(|p| p.is_file())
-        .unwrap_or_else(|| {
-            panic!(
-                "redis-server not found: the Redis store tests start a real Redis server. \
-                 Install it with `apt-get install redis-server` (scripts/test.sh does this in CI)"
-            )
-        })
-}
-
-/// A `redis-server` child process on 127.0.0.1, killed on drop.
-struct RedisServer {
-    child: Option<Child>,
-    port: u16,
-    dir: tempfile::TempDir,
-}
-
-impl RedisServer {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let mut server = Self {
-            child: None,
-            port,
-            dir,
-        };
-        server.restart();
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/", self.port)
-    }
-
-    fn restart(&mut self) {
-        let child = spawn(self.port, self.dir.path());
-        self.child = Some(child);
-        let addr = SocketAddr::from(([127, 0, 0, 1], self.port));
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn spawn(port: u16, dir: &Path) -> Child {
-    Command::new(redis_server_binary())
-        .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-        .args(["--save", "", "--appendonly", "no"])
-        .arg("--dir")
-        .arg(dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start redis-server")
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
 
 fn config(url: &str, on_error: FailureMode) -> DedupConfig {
     let mut cfg = DedupConfig {
@@ -280,4 +193,53 @@ async fn wait_until_deduplicating(svc: &mut Dedup<Handler>, msg: &str) {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_built_from_a_config_naming_redis_uses_redis() {
+    let server = RedisServer::start();
+    let cfg = config(&server.url(), FailureMode::FailClosed);
+    let calls = Arc::new(AtomicUsize::new(0));
+    // What every server does: `DedupLayer::new(&config)`, no store wired by hand.
+    let (a_layer, b_layer) = (DedupLayer::new(cfg.clone()), DedupLayer::new(cfg));
+    assert!(a_layer.handle().store().is_shared());
+    let mut a = tower::Layer::layer(&a_layer, handler(&calls));
+    let mut b = tower::Layer::layer(&b_layer, handler(&calls));
+
+    send(&mut a, r#"{"order":7}"#).await.unwrap();
+    let err = send(&mut b, r#"{"order":7}"#).await.unwrap_err();
+    assert!(err.is::<Duplicate>(), "{err}");
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(server.dbsize(), 1, "the window is in Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_whose_redis_is_down_at_start_fails_as_configured_until_redis_comes_up() {
+    let mut server = RedisServer::start();
+    server.stop();
+    let cfg = config(&server.url(), FailureMode::FailClosed);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = DedupLayer::new(cfg);
+    let mut svc = tower::Layer::layer(&layer, handler(&calls));
+    for i in 0..3 {
+        let started = Instant::now();
+        let err = send(&mut svc, &format!("early {i}")).await.unwrap_err();
+        assert!(err.is::<StoreUnavailable>(), "{err}");
+        assert!(
+            started.elapsed() < OP_TIMEOUT + Duration::from_millis(300),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    server.restart();
+    wait_until_deduplicating(&mut svc, "after").await;
+}
+
+#[test]
+fn a_config_whose_redis_url_is_not_a_redis_url_is_refused_at_startup() {
+    let cfg = config("http://127.0.0.1:1/", FailureMode::FailOpen);
+    let err = DedupLayer::try_new(cfg).unwrap_err();
+    assert!(err.to_string().contains("is not a Redis URL"), "{err}");
 }
