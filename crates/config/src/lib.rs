@@ -4,7 +4,8 @@
 //!
 //! Every wsguard layer reads its part of a [`StabilityConfig`]: `CircuitBreakerLayer` the
 //! [`CircuitBreakerConfig`], `DedupLayer` the [`DedupConfig`], `MetricsLayer` the
-//! [`MetricsConfig`], and the WebSocket adapter the [`ConnectionConfig`]. A layer takes its part
+//! [`MetricsConfig`], and the WebSocket adapter the [`ConnectionConfig`] and, for clients that
+//! speak the `wsguard.v1` subprotocol, the [`SessionConfig`]. A layer takes its part
 //! either fixed or through a [`ConfigHandle`], which swaps in a new validated config without a
 //! restart and without a lock on the request path.
 //!
@@ -89,6 +90,7 @@ mod metrics;
 mod reload;
 mod retry;
 mod serialize;
+mod session;
 #[cfg(feature = "tower")]
 mod tower_retry;
 mod validate;
@@ -117,6 +119,7 @@ pub use self::{
     reload::{ConfigHandle, ConfigSource, Section},
     retry::RetryConfig,
     serialize::SerializeError,
+    session::{SessionBackend, SessionConfig, SessionRedisConfig, SessionStoreConfig},
     validate::{FieldError, ValidationError},
 };
 
@@ -134,6 +137,8 @@ pub struct StabilityConfig {
     pub dedup: DedupConfig,
     /// WebSocket connections.
     pub connection: ConnectionConfig,
+    /// Sessions of clients that speak `wsguard.v1`: resume after a disconnect, exactly once.
+    pub session: SessionConfig,
     /// Retries of outbound calls.
     pub retry: RetryConfig,
 }
@@ -173,37 +178,41 @@ impl Preset {
 
 impl StabilityConfig {
     /// Production: 10% sampled latency and per-client detail, rate-based breaker over 100 calls
-    /// with a 60 s open wait, 5-minute dedup window, clients kept an hour. Same as `default()`.
+    /// with a 60 s open wait, 5-minute dedup window, clients kept an hour, sessions kept 5 minutes
+    /// after a disconnect. Same as `default()`.
     pub fn production() -> Self {
         Self {
             metrics: MetricsConfig::production(),
             circuit_breaker: CircuitBreakerConfig::production(),
             dedup: DedupConfig::production(),
             connection: ConnectionConfig::production(),
+            session: SessionConfig::production(),
             retry: RetryConfig::production(),
         }
     }
 
     /// Development: every call measured, breaker opens after 5 failures in a row for 10 s,
-    /// 1-minute dedup window, clients kept 10 minutes.
+    /// 1-minute dedup window, clients kept 10 minutes, sessions kept 5 minutes.
     pub fn development() -> Self {
         Self {
             metrics: MetricsConfig::development(),
             circuit_breaker: CircuitBreakerConfig::development(),
             dedup: DedupConfig::development(),
             connection: ConnectionConfig::development(),
+            session: SessionConfig::development(),
             retry: RetryConfig::development(),
         }
     }
 
     /// Testing: every call measured, breaker opens after 2 failures in a row for 1 s, 1-second
-    /// dedup window, clients kept 5 seconds.
+    /// dedup window, clients and sessions kept 5 seconds.
     pub fn testing() -> Self {
         Self {
             metrics: MetricsConfig::testing(),
             circuit_breaker: CircuitBreakerConfig::testing(),
             dedup: DedupConfig::testing(),
             connection: ConnectionConfig::testing(),
+            session: SessionConfig::testing(),
             retry: RetryConfig::testing(),
         }
     }

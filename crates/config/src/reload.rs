@@ -8,7 +8,7 @@ use tokio::sync::watch;
 #[cfg(feature = "load")]
 use crate::load::{ConfigLoader, FileUse, LoadError};
 use crate::{
-    CircuitBreakerConfig, ConnectionConfig, DedupConfig, MetricsConfig, RetryConfig,
+    CircuitBreakerConfig, ConnectionConfig, DedupConfig, MetricsConfig, RetryConfig, SessionConfig,
     StabilityConfig, ValidationError,
 };
 
@@ -175,6 +175,7 @@ section! {
     CircuitBreakerConfig => circuit_breaker,
     DedupConfig => dedup,
     ConnectionConfig => connection,
+    SessionConfig => session,
     RetryConfig => retry,
 }
 

@@ -74,6 +74,7 @@ mod tests {
             "[circuit_breaker]",
             "[dedup]",
             "[connection]",
+            "[session]",
             "[retry]",
         ] {
             assert!(text.contains(section), "{section} missing from\n{text}");

@@ -2,7 +2,8 @@ use std::fmt;
 
 use crate::{
     BackoffStrategy, CircuitBreakerConfig, ClientIdSource, ConnectionConfig, DedupConfig,
-    DedupScope, KeySource, MetricsConfig, RetryConfig, StabilityConfig, StoreBackend, TripMode,
+    DedupScope, KeySource, MetricsConfig, RetryConfig, SessionBackend, SessionConfig,
+    StabilityConfig, StoreBackend, TripMode,
 };
 
 /// One problem with one field of a configuration.
@@ -100,6 +101,7 @@ impl StabilityConfig {
         validate_dedup(&self.dedup, &mut p);
         validate_client_scope(&self.dedup, &self.connection, &mut p);
         validate_connection(&self.connection, &mut p);
+        validate_session(&self.session, &self.connection, &mut p);
         validate_retry(&self.retry, &mut p);
         if p.errors.is_empty() {
             Ok(())
@@ -247,10 +249,7 @@ fn validate_dedup(d: &DedupConfig, p: &mut Problems) {
     if d.store.backend == StoreBackend::Redis {
         let r = &d.store.redis;
         p.check(
-            r.url.starts_with("redis://")
-                || r.url.starts_with("rediss://")
-                || r.url.starts_with("redis+unix://")
-                || r.url.starts_with("unix://"),
+            redis_url(&r.url),
             "dedup.store.redis.url",
             "must be a redis://, rediss:// or unix:// URL",
         );
@@ -287,6 +286,12 @@ fn validate_client_scope(d: &DedupConfig, c: &ConnectionConfig, p: &mut Problems
             "\"client\" with connection.client_id = \"{source}\" lets any client suppress another client's messages by claiming its id; use scope = \"connection\", or set connection.client_id_trusted = true if the id is set by your own authentication"
         ),
     );
+}
+
+fn redis_url(url: &str) -> bool {
+    ["redis://", "rediss://", "redis+unix://", "unix://"]
+        .iter()
+        .any(|scheme| url.starts_with(scheme))
 }
 
 fn http_token(s: &str) -> bool {
@@ -361,6 +366,45 @@ fn validate_connection(c: &ConnectionConfig, p: &mut Problems) {
             !c.client_id_key.is_empty(),
             "connection.client_id_key",
             "must name the header or query parameter when connection.client_id is \"header\" or \"query\"",
+        );
+    }
+}
+
+fn validate_session(s: &SessionConfig, c: &ConnectionConfig, p: &mut Problems) {
+    p.check(!s.ttl.is_zero(), "session.ttl", "must be > 0");
+    p.check(s.max_messages > 0, "session.max_messages", "must be > 0");
+    p.check(
+        s.max_bytes >= c.max_message_size,
+        "session.max_bytes",
+        "must be >= connection.max_message_size, or a reply as large as the largest message accepted (an echo) never fits a session log",
+    );
+    p.check(s.max_sessions > 0, "session.max_sessions", "must be > 0");
+    p.check(
+        s.max_total_bytes >= s.max_bytes,
+        "session.max_total_bytes",
+        "must be >= session.max_bytes, or the logs together cannot hold what one session's log may",
+    );
+    p.check(
+        !s.ack_interval.is_zero(),
+        "session.ack_interval",
+        "must be > 0",
+    );
+    p.check(
+        s.ack_interval < c.idle_timeout || c.idle_timeout.is_zero(),
+        "session.ack_interval",
+        "must be < connection.idle_timeout, or a quiet connection can close before its client's messages are acknowledged, and the client resends them all",
+    );
+    if s.store.backend == SessionBackend::Redis {
+        let r = &s.store.redis;
+        p.check(
+            redis_url(&r.url),
+            "session.store.redis.url",
+            "must be a redis://, rediss:// or unix:// URL",
+        );
+        p.check(
+            !r.operation_timeout.is_zero(),
+            "session.store.redis.operation_timeout",
+            "must be > 0, or a slow Redis would hang every hello and resume",
         );
     }
 }

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use figment::Jail;
 use wsguard_config::{
-    ConfigLoader, DedupScope, KeySource, LoadError, Preset, StabilityConfig, TripMode,
+    ConfigLoader, DedupScope, KeySource, LoadError, Preset, SessionBackend, StabilityConfig,
+    TripMode,
 };
 
 #[test]
@@ -184,6 +185,61 @@ fn env_overrides_the_file_which_overrides_the_base() {
         );
         Ok(())
     });
+}
+
+#[test]
+fn session_section_loads_from_the_file_and_the_environment() {
+    Jail::expect_with(|jail| {
+        jail.create_file(
+            "wsguard.toml",
+            r#"
+            [session]
+            ttl = "2m"
+            max_messages = 500
+            ack_interval = "20ms"
+            [session.store]
+            backend = "redis"
+            [session.store.redis]
+            url = "rediss://cache:6380"
+            operation_timeout = "100ms"
+            "#,
+        )?;
+        jail.set_env("WSGUARD_SESSION__TTL", "10s");
+        jail.set_env("WSGUARD_SESSION__STORE__REDIS__KEY_PREFIX", "chat:session:");
+        let config = ConfigLoader::new()
+            .preset(Preset::Development)
+            .file("wsguard.toml")
+            .load()
+            .map_err(|e| e.to_string())?;
+        let s = &config.session;
+        assert_eq!(s.ttl, Duration::from_secs(10), "env beats file");
+        assert_eq!(s.max_messages, 500, "file beats base");
+        assert_eq!(s.ack_interval, Duration::from_millis(20));
+        assert_eq!(s.store.backend, SessionBackend::Redis);
+        assert_eq!(s.store.redis.url, "rediss://cache:6380");
+        assert_eq!(s.store.redis.operation_timeout, Duration::from_millis(100));
+        assert_eq!(s.store.redis.key_prefix, "chat:session:");
+        let dev = StabilityConfig::development().session;
+        assert_eq!(
+            s.max_sessions, dev.max_sessions,
+            "base kept where nothing overrides"
+        );
+        assert_eq!(s.max_total_bytes, dev.max_total_bytes);
+        Ok(())
+    });
+}
+
+#[test]
+fn session_fields_are_checked_by_name_and_by_rule() {
+    let err = StabilityConfig::from_toml_str("[session.store.redis]\non_error = \"fail_open\"\n")
+        .unwrap_err();
+    assert_eq!(parse_paths(&err), ["session.store.redis.on_error"]);
+    let err =
+        StabilityConfig::from_toml_str("[session]\nttl = \"0s\"\nmax_sessions = 0\n").unwrap_err();
+    let LoadError::Invalid(v) = &err else {
+        panic!("expected Invalid, got {err}")
+    };
+    assert!(v.has("session.ttl") && v.has("session.max_sessions"), "{v}");
 }
 
 #[test]

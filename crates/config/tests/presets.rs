@@ -2,7 +2,8 @@
 use std::time::Duration;
 
 use wsguard_config::{
-    BackoffStrategy, OverflowPolicy, Preset, StabilityConfig, StoreBackend, TripMode,
+    BackoffStrategy, OverflowPolicy, Preset, SessionBackend, StabilityConfig, StoreBackend,
+    TripMode,
 };
 
 #[test]
@@ -65,6 +66,39 @@ fn testing_has_very_low_thresholds_and_very_short_ttls() {
     assert_eq!(c.retry.jitter, 0.0);
     assert!(c.circuit_breaker.failure_threshold < d.circuit_breaker.failure_threshold);
     assert!(c.metrics.client_metrics_ttl < d.metrics.client_metrics_ttl);
+}
+
+#[test]
+fn sessions_are_served_in_every_preset_with_bounds_that_shrink_for_tests() {
+    const MIB: usize = 1024 * 1024;
+    let p = StabilityConfig::production().session;
+    let d = StabilityConfig::development().session;
+    let t = StabilityConfig::testing().session;
+    assert!(p.enabled && d.enabled && t.enabled);
+    assert_eq!(p.store.backend, SessionBackend::Memory);
+    assert_eq!(p.store.redis.key_prefix, "wsguard:session:");
+    assert_eq!(
+        (p.ttl, p.max_messages, p.max_bytes, p.ack_interval),
+        (
+            Duration::from_secs(300),
+            1000,
+            MIB,
+            Duration::from_millis(50)
+        )
+    );
+    assert_eq!((p.max_sessions, p.max_total_bytes), (100_000, 256 * MIB));
+    assert_eq!((d.ttl, d.max_messages), (p.ttl, p.max_messages));
+    assert_eq!((d.max_sessions, d.max_total_bytes), (10_000, 64 * MIB));
+    assert_eq!(
+        (t.ttl, t.max_messages, t.max_bytes, t.ack_interval),
+        (
+            Duration::from_secs(5),
+            64,
+            64 * 1024,
+            Duration::from_millis(10)
+        )
+    );
+    assert_eq!((t.max_sessions, t.max_total_bytes), (1_000, 8 * MIB));
 }
 
 #[test]

@@ -2,7 +2,8 @@
 use std::time::Duration;
 
 use wsguard_config::{
-    BackoffStrategy, ClientIdSource, DedupScope, KeySource, StabilityConfig, StoreBackend, TripMode,
+    BackoffStrategy, ClientIdSource, DedupScope, KeySource, SessionBackend, StabilityConfig,
+    StoreBackend, TripMode,
 };
 
 type Mutation = fn(&mut StabilityConfig);
@@ -148,6 +149,33 @@ const CASES: &[(&str, Mutation)] = &[
         c.connection.client_id = ClientIdSource::Header;
         c.connection.client_id_key.clear();
     }),
+    ("session.ttl", |c| c.session.ttl = Duration::ZERO),
+    ("session.max_messages", |c| c.session.max_messages = 0),
+    ("session.max_bytes", |c| {
+        c.session.max_bytes = c.connection.max_message_size - 1
+    }),
+    ("session.max_sessions", |c| c.session.max_sessions = 0),
+    ("session.max_total_bytes", |c| {
+        c.session.max_total_bytes = c.session.max_bytes - 1
+    }),
+    ("session.ack_interval", |c| {
+        c.session.ack_interval = Duration::ZERO
+    }),
+    ("session.ack_interval", |c| {
+        c.session.ack_interval = c.connection.idle_timeout
+    }),
+    ("session.store.redis.url", |c| {
+        c.session.store.backend = SessionBackend::Redis;
+        c.session.store.redis.url = "http://localhost".to_owned();
+    }),
+    ("session.store.redis.url", |c| {
+        c.session.store.backend = SessionBackend::Redis;
+        c.session.store.redis.url.clear();
+    }),
+    ("session.store.redis.operation_timeout", |c| {
+        c.session.store.backend = SessionBackend::Redis;
+        c.session.store.redis.operation_timeout = Duration::ZERO;
+    }),
     ("dedup.scope", |c| {
         c.connection.client_id = ClientIdSource::Query;
         c.dedup.scope = DedupScope::Client;
@@ -191,6 +219,38 @@ fn redis_store_with_its_settings_is_valid() {
     let mut config = StabilityConfig::default();
     with_redis(&mut config);
     config.validate().unwrap();
+}
+
+#[test]
+fn session_redis_store_with_its_defaults_is_valid() {
+    let mut config = StabilityConfig::default();
+    config.session.store.backend = SessionBackend::Redis;
+    config.validate().unwrap();
+    for url in ["rediss://cache:6380/0", "unix:///run/redis.sock"] {
+        config.session.store.redis.url = url.to_owned();
+        config.validate().unwrap();
+    }
+}
+
+#[test]
+fn session_log_bounds_are_checked_against_the_connection_and_each_other() {
+    let mut config = StabilityConfig::default();
+    config.connection.max_message_size = 4 * 1024 * 1024;
+    config.connection.send_queue_bytes = 4 * 1024 * 1024;
+    let err = config.validate().unwrap_err();
+    assert_eq!(err.errors().len(), 1, "{err}");
+    assert!(
+        err.to_string().contains(
+            "session.max_bytes: must be >= connection.max_message_size, or a reply as large as the largest message accepted (an echo) never fits a session log"
+        ),
+        "{err}"
+    );
+    config.session.max_bytes = 4 * 1024 * 1024;
+    config.validate().unwrap();
+    config.session.max_total_bytes = 1024 * 1024;
+    let err = config.validate().unwrap_err();
+    assert!(err.has("session.max_total_bytes"), "{err}");
+    assert!(err.to_string().contains("session.max_bytes"), "{err}");
 }
 
 #[test]
