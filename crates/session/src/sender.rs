@@ -1,0 +1,103 @@
+//! Sending to a session whether or not its client is connected.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+
+use tower_service::Service;
+
+use crate::error::{BoxError, SessionGone};
+use crate::payload::Payload;
+use crate::sessions::Sessions;
+use crate::store::{Appended, MemorySessionStore, SessionStore, StoreFuture, Target};
+use crate::token::SessionToken;
+
+#[derive(Debug, Clone)]
+pub(crate) enum SenderTarget {
+    Session(SessionToken),
+    Client(Arc<str>),
+}
+
+/// Logs messages for a session, connected or not: a live connection is woken and sends them,
+/// a detached session delivers them on resume.
+///
+/// A `tower::Service` of anything that converts into a [`Payload`] (`String`, `&str`,
+/// `serde_json::Value`, `Bytes`...), answering the message's `seq`; the error is a
+/// [`SessionGone`] when there is no such session. It is always ready: the session log's bounds
+/// apply, never backpressure. Made by [`Sessions::sender_for_client`] (which follows the
+/// client's newest session at each call) and [`Sessions::sender_for_session`].
+pub struct SessionSender<S = MemorySessionStore> {
+    sessions: Sessions<S>,
+    target: SenderTarget,
+}
+
+impl<S> Clone for SessionSender<S> {
+    fn clone(&self) -> Self {
+        Self {
+            sessions: self.sessions.clone(),
+            target: self.target.clone(),
+        }
+    }
+}
+
+impl<S> fmt::Debug for SessionSender<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionSender")
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: SessionStore> SessionSender<S> {
+    pub(crate) fn new(sessions: Sessions<S>, target: SenderTarget) -> Self {
+        Self { sessions, target }
+    }
+
+    /// Logs `payload` and returns its `seq`.
+    pub async fn send(&self, payload: impl Into<Payload>) -> Result<u64, SessionGone> {
+        self.start(payload.into()).await
+    }
+
+    fn start(&self, payload: Payload) -> SendFuture<S> {
+        let config = self.sessions.config();
+        let to = match &self.target {
+            SenderTarget::Session(token) => Target::Session(token),
+            SenderTarget::Client(client) => Target::Client(client),
+        };
+        SendFuture {
+            append: self.sessions.shared.store.append(to, payload, &config),
+            sessions: self.sessions.clone(),
+        }
+    }
+}
+
+impl<S: SessionStore, M: Into<Payload>> Service<M> for SessionSender<S> {
+    type Response = u64;
+    type Error = BoxError;
+    type Future = crate::future::SendFuture<S>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, message: M) -> Self::Future {
+        crate::future::SendFuture(self.start(message.into()))
+    }
+}
+
+/// Logging one message.
+pub(crate) struct SendFuture<S> {
+    append: StoreFuture<Option<Appended>>,
+    sessions: Sessions<S>,
+}
+
+impl<S: SessionStore> Future for SendFuture<S> {
+    type Output = Result<u64, SessionGone>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let appended = ready!(Pin::new(&mut self.append).poll(cx)).map_err(SessionGone::store)?;
+        Poll::Ready(self.sessions.appended(appended))
+    }
+}

@@ -1,0 +1,554 @@
+//! The registry: opening and resuming sessions under the protocol's rules.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+use wsguard_config::{ConfigSource, SessionConfig};
+
+use crate::error::SessionGone;
+use crate::inbound::{Accept, Admit, InboundIds, Processing};
+use crate::payload::Payload;
+use crate::protocol::{ClientFrame, RefusalReason, SessionFrame};
+use crate::sender::{SenderTarget, SessionSender};
+use crate::stats::{Counters, SessionStats};
+use crate::store::{
+    Appended, Attached, Created, Logged, MemorySessionStore, SessionStore, StoreError, Target,
+};
+use crate::token::SessionToken;
+
+/// Every session of a route (or a process), over a [`SessionStore`].
+///
+/// Cloning is cheap and shares the registry. Settings are read from the `session` section at
+/// each step, so a live [`ConfigHandle`](wsguard_config::ConfigHandle) changes bounds, caps and
+/// the TTL for what comes next.
+pub struct Sessions<S = MemorySessionStore> {
+    pub(crate) shared: Arc<Shared<S>>,
+}
+
+pub(crate) struct Shared<S> {
+    pub(crate) store: Arc<S>,
+    config: ConfigSource<SessionConfig>,
+    /// This node's per-session state: the wake-up of a live connection and the inbound ids.
+    /// Entries leave when the store frees their session.
+    locals: Mutex<HashMap<SessionToken, Arc<Local>>>,
+    pub(crate) counters: Counters,
+}
+
+/// What this node keeps of a session besides the store.
+pub(crate) struct Local {
+    token: SessionToken,
+    store: Arc<dyn SessionStore>,
+    inbound: Mutex<InboundIds>,
+    last_seq: watch::Sender<u64>,
+    /// Counts attachments; a connection whose number is not the latest was superseded.
+    attachment: AtomicU64,
+}
+
+impl Local {
+    fn inbound(&self) -> MutexGuard<'_, InboundIds> {
+        self.inbound.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn processed(&self, id: u64) {
+        let moved = self.inbound().processed(id);
+        if let Some(mark) = moved {
+            self.store.record_processed(&self.token, mark);
+        }
+    }
+
+    pub(crate) fn abandon(&self, id: u64) {
+        self.inbound().abandon(id);
+    }
+
+    pub(crate) fn logged(&self, seq: u64) {
+        self.last_seq.send_if_modified(|last| {
+            let newer = seq > *last;
+            if newer {
+                *last = seq;
+            }
+            newer
+        });
+    }
+}
+
+impl<S> Clone for Sessions<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for Sessions<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sessions")
+            .field("store", &self.shared.store)
+            .field("config", &self.shared.config)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The outcome of a connection's first frame.
+#[derive(Debug)]
+pub enum Opened<S = MemorySessionStore> {
+    /// The connection has a session: send `frame`, then the `replay` messages, then go on.
+    Attached {
+        /// The connection's handle on its session.
+        session: Session<S>,
+        /// The `session` frame to send first.
+        frame: SessionFrame,
+        /// The messages to send after it, in order (empty unless resumed).
+        replay: Vec<Logged>,
+    },
+    /// No session could be opened (`max_sessions` reached with none detached, or the store
+    /// failed): send `frame` (reason `unavailable`, no token) and close with 1013.
+    Unavailable {
+        /// The `session` frame to send.
+        frame: SessionFrame,
+    },
+}
+
+impl<S> Opened<S> {
+    /// The `session` frame to send first.
+    pub fn frame(&self) -> &SessionFrame {
+        match self {
+            Self::Attached { frame, .. } | Self::Unavailable { frame } => frame,
+        }
+    }
+}
+
+impl Sessions<MemorySessionStore> {
+    /// A registry over a new [`MemorySessionStore`].
+    pub fn new(config: impl Into<ConfigSource<SessionConfig>>) -> Self {
+        Self::with_store(MemorySessionStore::new(), config)
+    }
+}
+
+impl<S: SessionStore> Sessions<S> {
+    /// A registry over `store`.
+    pub fn with_store(store: S, config: impl Into<ConfigSource<SessionConfig>>) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                store: Arc::new(store),
+                config: config.into(),
+                locals: Mutex::new(HashMap::new()),
+                counters: Counters::default(),
+            }),
+        }
+    }
+
+    /// The store.
+    pub fn store(&self) -> &S {
+        &self.shared.store
+    }
+
+    /// The current `session` settings.
+    pub fn config(&self) -> SessionConfig {
+        self.shared.config.get()
+    }
+
+    /// Answers a connection's first frame: `hello` or `resume`. `client` is the route's client
+    /// identity, if it has one; a session is bound to it. Any other frame is `None`: the
+    /// protocol was not followed (close with 1002).
+    pub async fn open(&self, first: &ClientFrame, client: Option<&str>) -> Option<Opened<S>> {
+        match first {
+            ClientFrame::Hello => Some(self.hello(client).await),
+            ClientFrame::Resume { session, last } => {
+                Some(self.resume(session, client, *last).await)
+            }
+            ClientFrame::Msg { .. } | ClientFrame::Ack { .. } => None,
+        }
+    }
+
+    /// Opens a new session.
+    pub async fn hello(&self, client: Option<&str>) -> Opened<S> {
+        self.sweep().await;
+        self.create(client, None).await
+    }
+
+    /// Resumes session `token` of `client`, whose client holds every message up to `last`.
+    ///
+    /// Resumed: the frame says so with the highest client id processed, and `replay` holds
+    /// every message after `last` with its original `seq`. Refused (unknown token, another
+    /// client's token, expired, or messages after `last` dropped by a bound: `gap`): a new
+    /// session, and the frame says why.
+    pub async fn resume(&self, token: &SessionToken, client: Option<&str>, last: u64) -> Opened<S> {
+        self.sweep().await;
+        let config = self.config();
+        let attached = self
+            .shared
+            .store
+            .attach(token, client, last, Instant::now(), &config)
+            .await;
+        let (state, replay) = match attached {
+            Err(err) => return self.unavailable(&err),
+            Ok(Attached::Unknown) => return self.refuse(client, RefusalReason::Unknown).await,
+            Ok(Attached::Expired) => {
+                if self.forget(token) {
+                    self.shared.counters.expired.fetch_add(1, Ordering::Relaxed);
+                }
+                return self.refuse(client, RefusalReason::Expired).await;
+            }
+            Ok(Attached::Held { state, messages }) => (state, messages),
+        };
+        if last > state.last_seq {
+            // The client claims messages this session never sent: not this session's history.
+            self.free(token).await;
+            return self.refuse(client, RefusalReason::Unknown).await;
+        }
+        let lost = state.first_held.saturating_sub(last.max(state.acked) + 1);
+        if lost > 0 {
+            let old_last = state.processed.max(self.mark_of(token));
+            self.free(token).await;
+            self.shared.counters.refused[RefusalReason::Gap as usize]
+                .fetch_add(1, Ordering::Relaxed);
+            return self
+                .create(client, Some((RefusalReason::Gap, old_last, lost)))
+                .await;
+        }
+        // Resuming with `last` acknowledges everything up to it.
+        if let Err(err) = self.shared.store.trim(token, last).await {
+            tracing::warn!(%err, "session trim on resume failed");
+        }
+        let local = self.local(token, state.processed);
+        let processed = local.inbound().mark.max(state.processed);
+        self.shared.counters.resumed.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .counters
+            .replayed
+            .fetch_add(replay.len() as u64, Ordering::Relaxed);
+        Opened::Attached {
+            session: self.attach_handle(local),
+            frame: SessionFrame {
+                session: Some(*token),
+                resumed: true,
+                last: processed,
+                reason: None,
+                lost: None,
+            },
+            replay,
+        }
+    }
+
+    /// A sender that logs messages for the newest session of `client`, connected or not.
+    pub fn sender_for_client(&self, client: &str) -> SessionSender<S> {
+        SessionSender::new(self.clone(), SenderTarget::Client(client.into()))
+    }
+
+    /// A sender that logs messages for session `token`, connected or not.
+    pub fn sender_for_session(&self, token: &SessionToken) -> SessionSender<S> {
+        SessionSender::new(self.clone(), SenderTarget::Session(*token))
+    }
+
+    /// Frees every session detached longer than the TTL; returns how many.
+    ///
+    /// `hello` and `resume` sweep first; [`sweep_every`](Self::sweep_every) sweeps sessions
+    /// nobody resumes.
+    pub async fn sweep(&self) -> usize {
+        let config = self.config();
+        match self.shared.store.expire(Instant::now(), &config).await {
+            Ok(expired) => {
+                for token in &expired {
+                    self.forget(token);
+                }
+                self.shared
+                    .counters
+                    .expired
+                    .fetch_add(expired.len() as u64, Ordering::Relaxed);
+                expired.len()
+            }
+            Err(err) => {
+                tracing::warn!(%err, "session sweep failed");
+                0
+            }
+        }
+    }
+
+    /// Sweeps every `period`, forever: spawn it once per registry.
+    pub async fn sweep_every(self, period: Duration) {
+        let mut ticks = tokio::time::interval(period);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticks.tick().await;
+            self.sweep().await;
+        }
+    }
+
+    /// Counters and sizes now.
+    pub fn stats(&self) -> SessionStats {
+        self.shared.counters.snapshot(self.shared.store.counts())
+    }
+
+    pub(crate) async fn append(
+        &self,
+        to: Target<'_>,
+        payload: Payload,
+    ) -> Result<u64, SessionGone> {
+        let config = self.config();
+        let appended = self
+            .shared
+            .store
+            .append(to, payload, &config)
+            .await
+            .map_err(SessionGone::store)?;
+        self.appended(appended)
+    }
+
+    pub(crate) fn appended(&self, appended: Option<Appended>) -> Result<u64, SessionGone> {
+        let Some(appended) = appended else {
+            return Err(SessionGone::no_session());
+        };
+        let counters = &self.shared.counters;
+        counters
+            .dropped
+            .fetch_add(appended.dropped, Ordering::Relaxed);
+        counters
+            .evicted
+            .fetch_add(appended.evicted.len() as u64, Ordering::Relaxed);
+        for token in &appended.evicted {
+            self.forget(token);
+        }
+        if let Some(local) = self.locals().get(&appended.session) {
+            local.logged(appended.seq);
+        }
+        Ok(appended.seq)
+    }
+
+    async fn create(
+        &self,
+        client: Option<&str>,
+        refusal: Option<(RefusalReason, u64, u64)>,
+    ) -> Opened<S> {
+        let config = self.config();
+        let token = SessionToken::generate();
+        let created = self
+            .shared
+            .store
+            .create(token, client, Instant::now(), &config)
+            .await;
+        match created {
+            Err(err) => self.unavailable(&err),
+            Ok(Created::Full) => {
+                self.shared.counters.refused[RefusalReason::Unavailable as usize]
+                    .fetch_add(1, Ordering::Relaxed);
+                Opened::Unavailable {
+                    frame: unavailable_frame(),
+                }
+            }
+            Ok(Created::Created { evicted }) => {
+                self.shared
+                    .counters
+                    .evicted
+                    .fetch_add(evicted.len() as u64, Ordering::Relaxed);
+                for old in &evicted {
+                    self.forget(old);
+                }
+                self.shared.counters.created.fetch_add(1, Ordering::Relaxed);
+                let local = self.local(&token, 0);
+                let (reason, last, lost) = match refusal {
+                    Some((reason, last, lost)) => (
+                        Some(reason),
+                        last,
+                        (reason == RefusalReason::Gap).then_some(lost),
+                    ),
+                    None => (None, 0, None),
+                };
+                Opened::Attached {
+                    session: self.attach_handle(local),
+                    frame: SessionFrame {
+                        session: Some(token),
+                        resumed: false,
+                        last,
+                        reason,
+                        lost,
+                    },
+                    replay: Vec::new(),
+                }
+            }
+        }
+    }
+
+    async fn refuse(&self, client: Option<&str>, reason: RefusalReason) -> Opened<S> {
+        let opened = self.create(client, Some((reason, 0, 0))).await;
+        if let Opened::Attached { .. } = opened {
+            self.shared.counters.refused[reason as usize].fetch_add(1, Ordering::Relaxed);
+        }
+        opened
+    }
+
+    fn unavailable(&self, err: &StoreError) -> Opened<S> {
+        tracing::warn!(%err, "session store failed: answering unavailable");
+        self.shared.counters.refused[RefusalReason::Unavailable as usize]
+            .fetch_add(1, Ordering::Relaxed);
+        Opened::Unavailable {
+            frame: unavailable_frame(),
+        }
+    }
+
+    async fn free(&self, token: &SessionToken) {
+        if let Err(err) = self.shared.store.remove(token).await {
+            tracing::warn!(%err, "freeing a refused session failed");
+        }
+        self.forget(token);
+    }
+
+    fn locals(&self) -> MutexGuard<'_, HashMap<SessionToken, Arc<Local>>> {
+        self.shared.locals.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Drops this node's state of a freed session; whether it had any.
+    fn forget(&self, token: &SessionToken) -> bool {
+        self.locals().remove(token).is_some()
+    }
+
+    fn mark_of(&self, token: &SessionToken) -> u64 {
+        self.locals().get(token).map_or(0, |l| l.inbound().mark)
+    }
+
+    fn local(&self, token: &SessionToken, processed: u64) -> Arc<Local> {
+        let store: Arc<dyn SessionStore> = self.shared.store.clone();
+        Arc::clone(self.locals().entry(*token).or_insert_with(|| {
+            Arc::new(Local {
+                token: *token,
+                store,
+                inbound: Mutex::new(InboundIds::new(processed)),
+                last_seq: watch::channel(0).0,
+                attachment: AtomicU64::new(0),
+            })
+        }))
+    }
+
+    fn attach_handle(&self, local: Arc<Local>) -> Session<S> {
+        let attachment = local.attachment.fetch_add(1, Ordering::AcqRel) + 1;
+        let logged = local.last_seq.subscribe();
+        Session {
+            sessions: self.clone(),
+            local,
+            attachment,
+            logged,
+            ack_sent: AtomicU64::new(0),
+        }
+    }
+}
+
+fn unavailable_frame() -> SessionFrame {
+    SessionFrame {
+        session: None,
+        resumed: false,
+        last: 0,
+        reason: Some(RefusalReason::Unavailable),
+        lost: None,
+    }
+}
+
+/// A connection's handle on its session. Dropping it detaches the session (unless a newer
+/// connection attached it since), which then expires after the TTL unless resumed.
+pub struct Session<S = MemorySessionStore> {
+    sessions: Sessions<S>,
+    local: Arc<Local>,
+    attachment: u64,
+    logged: watch::Receiver<u64>,
+    ack_sent: AtomicU64,
+}
+
+impl<S> fmt::Debug for Session<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("token", &self.local.token)
+            .field("attachment", &self.attachment)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S: SessionStore> Session<S> {
+    /// The session's token.
+    pub fn token(&self) -> SessionToken {
+        self.local.token
+    }
+
+    /// Logs an outbound message and returns its `seq`; the connection sends it when
+    /// [`changed`](Self::changed) wakes it, like any other logged message.
+    pub async fn append(&self, payload: impl Into<Payload>) -> Result<u64, SessionGone> {
+        let token = self.local.token;
+        self.sessions
+            .append(Target::Session(&token), payload.into())
+            .await
+    }
+
+    /// At most `max` logged messages after `seq`, in order: what the connection sends next.
+    pub async fn read_after(&self, seq: u64, max: usize) -> Result<Vec<Logged>, StoreError> {
+        self.sessions
+            .shared
+            .store
+            .read_after(&self.local.token, seq, max)
+            .await
+    }
+
+    /// The highest `seq` logged while this connection held the session, as far as this node
+    /// saw.
+    pub fn last_logged(&self) -> u64 {
+        *self.logged.borrow()
+    }
+
+    /// Waits until a message is logged for the session after the last call (cancel-safe).
+    pub async fn changed(&mut self) {
+        if self.logged.changed().await.is_err() {
+            // The sender lives in `Local`, which this handle holds: never closed.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The client acknowledged every message up to `seq`: frees them.
+    pub async fn ack(&self, seq: u64) -> Result<(), StoreError> {
+        self.sessions
+            .shared
+            .store
+            .trim(&self.local.token, seq)
+            .await
+    }
+
+    /// Admits client message `id`: new (run the handler), already processed (skip it), or out
+    /// of order.
+    pub fn accept(&self, id: u64) -> Accept {
+        match self.local.inbound().admit(id) {
+            Admit::New => Accept::New(Processing {
+                id,
+                local: Arc::clone(&self.local),
+                done: false,
+            }),
+            Admit::AlreadyProcessed => Accept::AlreadyProcessed,
+            Admit::OutOfOrder { expected } => Accept::OutOfOrder { expected },
+        }
+    }
+
+    /// The highest client id processed with every one before it.
+    pub fn processed(&self) -> u64 {
+        self.local.inbound().mark
+    }
+
+    /// The `ack` to send now, if the mark moved since the last one this handle returned. Call it
+    /// every `ack_interval` (acks are batched) and before closing.
+    pub fn ack_to_send(&self) -> Option<u64> {
+        let mark = self.processed();
+        let sent = self.ack_sent.fetch_max(mark, Ordering::AcqRel);
+        (mark > sent).then_some(mark)
+    }
+
+    /// Whether a newer connection resumed this session: this one should close.
+    pub fn is_superseded(&self) -> bool {
+        self.local.attachment.load(Ordering::Acquire) != self.attachment
+    }
+}
+
+impl<S> Drop for Session<S> {
+    fn drop(&mut self) {
+        if self.local.attachment.load(Ordering::Acquire) == self.attachment {
+            self.local.store.detach(&self.local.token, Instant::now());
+        }
+    }
+}

@@ -1,0 +1,331 @@
+//! Where sessions and their logs live.
+//!
+//! [`MemorySessionStore`] is the embedded default. The trait is shaped for a Redis Streams store
+//! as well: each method is one atomic step (a Lua script or a `MULTI` there): `XADD` with a
+//! length bound for [`append`](SessionStore::append), `XRANGE` for
+//! [`read_after`](SessionStore::read_after), `XTRIM MINID` for [`trim`](SessionStore::trim), a
+//! hash per session for its client, marks and attachment, key expiry for detached sessions.
+
+mod memory;
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::time::Instant;
+use wsguard_config::SessionConfig;
+
+use crate::payload::Payload;
+use crate::protocol::{WireFrame, encode_binary, msg_text};
+use crate::token::SessionToken;
+
+pub use self::memory::MemorySessionStore;
+
+/// A message in a session log.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Logged {
+    /// Its number in the session.
+    pub seq: u64,
+    /// The message.
+    pub payload: Payload,
+}
+
+impl Logged {
+    /// The WebSocket frame that carries it: `{"type":"msg","seq":N,"data":V}`, or a binary frame
+    /// starting with the big-endian `seq`.
+    pub fn to_wire(&self) -> WireFrame {
+        match &self.payload {
+            Payload::Json(data) => WireFrame::Text(msg_text(self.seq, data)),
+            Payload::Binary(bytes) => WireFrame::Binary(encode_binary(self.seq, bytes)),
+        }
+    }
+}
+
+/// Who an appended message is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Target<'a> {
+    /// One session.
+    Session(&'a SessionToken),
+    /// The newest session of a client id.
+    Client(&'a str),
+}
+
+/// The answer of [`SessionStore::create`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    /// The session exists; `evicted` lists the detached sessions freed to make room for it.
+    Created {
+        /// Sessions freed for `max_sessions`, oldest detached first.
+        evicted: Vec<SessionToken>,
+    },
+    /// `max_sessions` sessions exist and none is detached.
+    Full,
+}
+
+/// A session's state as the store keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionState {
+    /// The client it is bound to, if the route identifies clients.
+    pub client: Option<String>,
+    /// The highest `seq` given so far (0 before the first message).
+    pub last_seq: u64,
+    /// The highest `seq` the client acknowledged.
+    pub acked: u64,
+    /// How many unacknowledged messages were dropped by a bound so far; a resume needs none of
+    /// them only if its `last` is past all of them.
+    pub dropped: u64,
+    /// The lowest `seq` still held (`last_seq + 1` when the log is empty).
+    pub first_held: u64,
+    /// The highest client `id` processed with every one before it.
+    pub processed: u64,
+}
+
+/// The answer of [`SessionStore::attach`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Attached {
+    /// No such session, or it belongs to another client.
+    Unknown,
+    /// The session expired (and was freed) while detached.
+    Expired,
+    /// The session, now attached, and the messages it holds after the `after` asked for.
+    Held {
+        /// Its state when attached.
+        state: SessionState,
+        /// Every held message with `seq > after`, in order.
+        messages: Vec<Logged>,
+    },
+}
+
+/// The answer of [`SessionStore::append`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    /// The session the message went to.
+    pub session: SessionToken,
+    /// The message's number.
+    pub seq: u64,
+    /// Unacknowledged messages of this session dropped to respect `max_messages`, `max_bytes`
+    /// or `max_total_bytes`.
+    pub dropped: u64,
+    /// Detached sessions freed to respect `max_total_bytes`.
+    pub evicted: Vec<SessionToken>,
+}
+
+/// Sizes a store can report cheaply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StoreCounts {
+    /// Sessions held, attached or detached.
+    pub sessions: usize,
+    /// Sessions held whose client is away.
+    pub detached: usize,
+    /// Payload bytes held in all logs.
+    pub bytes: usize,
+}
+
+/// A store failed (a network store's error or timeout). Hello and resume are then answered
+/// `unavailable`.
+#[derive(Debug, Clone)]
+pub struct StoreError(Arc<str>);
+
+impl StoreError {
+    /// An error with this description.
+    pub fn new(message: impl Into<String>) -> Self {
+        Self(Arc::from(message.into()))
+    }
+}
+
+impl fmt::Display for StoreError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "session store: {}", self.0)
+    }
+}
+
+impl std::error::Error for StoreError {}
+
+/// Sessions, their logs and their marks.
+///
+/// Each method is one atomic step. A store that answers without waiting returns
+/// [`StoreFuture::ready`]; one that waits on a network returns [`StoreFuture::boxed`]. Methods
+/// that return nothing must not block (spawn if they have to wait): connections call them from
+/// `Drop`. Times are `tokio::time::Instant`, so tests run on paused time; a shared store keeps
+/// its own clock for expiry and uses these only as "now" on this node.
+pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
+    /// Creates an attached session bound to `client`. Past `config.max_sessions` it frees the
+    /// oldest detached session first, and answers [`Created::Full`] if none is detached.
+    fn create(
+        &self,
+        token: SessionToken,
+        client: Option<&str>,
+        now: Instant,
+        config: &SessionConfig,
+    ) -> StoreFuture<Created>;
+
+    /// Attaches the session `token` of `client` and reads what it holds after `after`. A session
+    /// detached longer than `config.ttl` is freed and answered [`Attached::Expired`]; a token of
+    /// another client is answered [`Attached::Unknown`], as an unknown one.
+    fn attach(
+        &self,
+        token: &SessionToken,
+        client: Option<&str>,
+        after: u64,
+        now: Instant,
+        config: &SessionConfig,
+    ) -> StoreFuture<Attached>;
+
+    /// Logs an outbound message and gives it the next `seq`; `None` if there is no such
+    /// session. Past `max_messages` or `max_bytes` the oldest unacknowledged messages are
+    /// dropped; past `max_total_bytes` detached sessions are freed, oldest first, and then this
+    /// session's oldest messages are dropped.
+    fn append(
+        &self,
+        to: Target<'_>,
+        payload: Payload,
+        config: &SessionConfig,
+    ) -> StoreFuture<Option<Appended>>;
+
+    /// At most `max` held messages with `seq > after`, in order.
+    fn read_after(&self, token: &SessionToken, after: u64, max: usize) -> StoreFuture<Vec<Logged>>;
+
+    /// Frees the messages up to `seq`: the client acknowledged them. Beyond `last_seq` is
+    /// clamped to it.
+    fn trim(&self, token: &SessionToken, seq: u64) -> StoreFuture<()>;
+
+    /// Records that every client message up to `id` is processed. Must not block.
+    fn record_processed(&self, token: &SessionToken, id: u64);
+
+    /// Marks the session detached from `now` on: it expires after `ttl` unless attached again.
+    /// Must not block.
+    fn detach(&self, token: &SessionToken, now: Instant);
+
+    /// Frees a session and everything it holds.
+    fn remove(&self, token: &SessionToken) -> StoreFuture<()>;
+
+    /// Frees every session detached longer than `ttl` and returns their tokens.
+    fn expire(&self, now: Instant, config: &SessionConfig) -> StoreFuture<Vec<SessionToken>>;
+
+    /// Sizes, or `None` if the store cannot count them cheaply (a shared store would have to
+    /// ask the network).
+    fn counts(&self) -> Option<StoreCounts> {
+        None
+    }
+}
+
+/// A store shared by several registries.
+impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
+    fn create(
+        &self,
+        token: SessionToken,
+        client: Option<&str>,
+        now: Instant,
+        config: &SessionConfig,
+    ) -> StoreFuture<Created> {
+        (**self).create(token, client, now, config)
+    }
+
+    fn attach(
+        &self,
+        token: &SessionToken,
+        client: Option<&str>,
+        after: u64,
+        now: Instant,
+        config: &SessionConfig,
+    ) -> StoreFuture<Attached> {
+        (**self).attach(token, client, after, now, config)
+    }
+
+    fn append(
+        &self,
+        to: Target<'_>,
+        payload: Payload,
+        config: &SessionConfig,
+    ) -> StoreFuture<Option<Appended>> {
+        (**self).append(to, payload, config)
+    }
+
+    fn read_after(&self, token: &SessionToken, after: u64, max: usize) -> StoreFuture<Vec<Logged>> {
+        (**self).read_after(token, after, max)
+    }
+
+    fn trim(&self, token: &SessionToken, seq: u64) -> StoreFuture<()> {
+        (**self).trim(token, seq)
+    }
+
+    fn record_processed(&self, token: &SessionToken, id: u64) {
+        (**self).record_processed(token, id)
+    }
+
+    fn detach(&self, token: &SessionToken, now: Instant) {
+        (**self).detach(token, now)
+    }
+
+    fn remove(&self, token: &SessionToken) -> StoreFuture<()> {
+        (**self).remove(token)
+    }
+
+    fn expire(&self, now: Instant, config: &SessionConfig) -> StoreFuture<Vec<SessionToken>> {
+        (**self).expire(now, config)
+    }
+
+    fn counts(&self) -> Option<StoreCounts> {
+        (**self).counts()
+    }
+}
+
+/// The boxed future of a store that waits.
+pub type BoxStoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+
+/// The answer of a [`SessionStore`] method: ready at once, or a future.
+pub struct StoreFuture<T> {
+    inner: Inner<T>,
+}
+
+enum Inner<T> {
+    Ready(Option<Result<T, StoreError>>),
+    Boxed(BoxStoreFuture<T>),
+}
+
+impl<T> StoreFuture<T> {
+    /// An answer known at once.
+    pub fn ready(result: Result<T, StoreError>) -> Self {
+        Self {
+            inner: Inner::Ready(Some(result)),
+        }
+    }
+
+    /// An answer that needs waiting.
+    pub fn boxed<F>(future: F) -> Self
+    where
+        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+    {
+        Self {
+            inner: Inner::Boxed(Box::pin(future)),
+        }
+    }
+}
+
+impl<T> Unpin for StoreFuture<T> {}
+
+impl<T> fmt::Debug for StoreFuture<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.inner {
+            Inner::Ready(_) => f.write_str("StoreFuture::Ready"),
+            Inner::Boxed(_) => f.write_str("StoreFuture::Boxed"),
+        }
+    }
+}
+
+impl<T> Future for StoreFuture<T> {
+    type Output = Result<T, StoreError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.inner {
+            Inner::Ready(result) => Poll::Ready(
+                result
+                    .take()
+                    .unwrap_or_else(|| Err(StoreError::new("polled after completion"))),
+            ),
+            Inner::Boxed(future) => future.as_mut().poll(cx),
+        }
+    }
+}
