@@ -156,7 +156,8 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
-/// Serves `app` on `addr` (peer addresses available to handlers) until Ctrl-C.
+/// Serves `app` on `addr` (peer addresses available to handlers) until Ctrl-C or SIGTERM, then
+/// drains its WebSockets.
 ///
 /// Uses [`wsguard::axum::serve`]'s defaults: a request head must arrive within 10 s, at most
 /// 1,024 connections may wait for theirs, and shutdown waits at most 10 s for HTTP connections.
@@ -164,11 +165,34 @@ pub async fn serve(app: axum::Router, addr: SocketAddr) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     wsguard::axum::serve(listener, app)
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await;
     Ok(())
+}
+
+/// Ctrl-C (SIGINT) or SIGTERM (what a deploy sends): the server then drains its WebSockets
+/// (each client gets `1001` with a reconnect delay) and stops.
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = terminate.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    tracing::info!("shutting down: draining websocket connections");
 }
 
 #[cfg(test)]

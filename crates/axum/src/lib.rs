@@ -87,7 +87,10 @@
 //!   them all.
 //! - [`serve()`] serves a router (HTTP/1) with what `axum::serve` lacks against clients that
 //!   never finish their request: a header-read timeout (10 s) and a bound on connections that
-//!   have not sent their request head (1,024); past it a new connection is closed at once.
+//!   have not sent their request head (1,024); past it a new connection is closed at once. On its
+//!   shutdown signal it [drains](Drain) the WebSockets, which `axum::serve` does not see: upgrades
+//!   get `503`, each connection finishes its calls, writes its queue and closes with `1001` and a
+//!   reconnect delay, within a drain timeout.
 //! - Read and write buffers come from `read_buffer_size` and `write_buffer_size` (4 KiB by
 //!   default instead of tungstenite's 128 KiB), which keeps idle connections cheap.
 
@@ -103,6 +106,7 @@
 pub mod close;
 mod config;
 mod connection;
+pub mod drain;
 mod inbound;
 mod layers;
 mod outgoing;
@@ -116,6 +120,7 @@ pub use axum::extract::ws::Message;
 
 pub use self::{
     config::WsConfig,
+    drain::{Drain, DrainReport},
     inbound::{ConnInfo, ConnectionId, Inbound},
     layers::MessageClassifier,
     outgoing::{OutgoingMessage, SendToConnection},

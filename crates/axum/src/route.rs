@@ -17,6 +17,7 @@ use crate::BoxError;
 use crate::close;
 use crate::config::WsConfig;
 use crate::connection::{self, Settings};
+use crate::drain::Drain;
 use crate::inbound::{self, ConnInfo, ConnectionId, Inbound};
 use crate::reply::Replies;
 use crate::sender::{DropReport, Sender};
@@ -132,6 +133,16 @@ where
             Err(rejection) => return rejection.into_response(),
         };
         let config = self.config.connection().get();
+        let drain = parts.extensions.get::<Drain>();
+        if drain.is_some_and(Drain::is_draining) {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                [(header::RETRY_AFTER, "1")],
+                "server going away",
+            )
+                .into_response();
+        }
+        let drain = drain.map(Drain::ticket);
         let Some(permit) = self.stats.try_open(config.max_connections) else {
             static WARN: WarnLimit = WarnLimit::new();
             limited_warn!(
@@ -211,7 +222,7 @@ where
                     conn.slot.register(registry, Some(&conn.client_id));
                 }
                 let service = S::clone(&service);
-                connection::run(socket, service, conn, settings, replies, stats).await;
+                connection::run(socket, service, conn, settings, replies, stats, drain).await;
                 drop(permit);
             })
     }

@@ -293,12 +293,14 @@ impl Sender {
         self.state().closed = true;
     }
 
-    /// Drops whatever is still queued (the connection has ended).
-    pub(crate) fn discard(&self) {
+    /// Drops whatever is still queued (the connection has ended); returns how many.
+    pub(crate) fn discard(&self) -> usize {
         let mut state = self.state();
         state.closed = true;
+        let dropped = state.items.len();
         state.items = VecDeque::new();
         state.bytes = 0;
+        dropped
     }
 
     pub(crate) fn pop(&self) -> Option<Message> {

@@ -82,11 +82,14 @@ use tower::ServiceExt;
 use tower::util::Oneshot;
 use tower_service::Service;
 
+use crate::drain::{Drain, DrainReport};
 use crate::warn_limit::{WarnLimit, limited_warn};
 
 const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_MAX_PENDING_HANDSHAKES: usize = 1024;
 const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(5);
 /// Pause after an accept error such as `EMFILE`, which would otherwise repeat at once.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
 const LOG_INTERVAL: Duration = Duration::from_secs(1);
@@ -109,6 +112,9 @@ where
         header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         max_pending_handshakes: DEFAULT_MAX_PENDING_HANDSHAKES,
         shutdown_timeout: DEFAULT_SHUTDOWN_TIMEOUT,
+        drain_timeout: DEFAULT_DRAIN_TIMEOUT,
+        reconnect_window: DEFAULT_RECONNECT_WINDOW,
+        drain: Drain::new(),
         signal: None,
         stats: ServeStats::default(),
     }
@@ -122,6 +128,9 @@ pub struct Serve<S> {
     header_read_timeout: Duration,
     max_pending_handshakes: usize,
     shutdown_timeout: Duration,
+    drain_timeout: Duration,
+    reconnect_window: Duration,
+    drain: Drain,
     signal: Option<ShutdownSignal>,
     stats: ServeStats,
 }
@@ -151,12 +160,36 @@ impl<S> Serve<S> {
         self
     }
 
-    /// Stops the server when `signal` completes: no more connections are accepted, idle
-    /// connections close, requests in progress finish (for at most
-    /// [`shutdown_timeout`](Self::shutdown_timeout)), then the server's future completes.
-    ///
-    /// Connections already upgraded to WebSockets are not HTTP connections anymore: they keep
-    /// running in their own tasks and the server does not wait for them.
+    /// How long a shutdown waits for WebSocket connections to close (10 s by default): each one
+    /// stops reading, finishes its calls in flight, writes what is queued for it and closes with
+    /// `1001`. The shutdown never waits longer; connections still open then are counted in the
+    /// [report](crate::DrainReport).
+    pub fn drain_timeout(mut self, timeout: Duration) -> Self {
+        self.drain_timeout = timeout;
+        self
+    }
+
+    /// The window reconnect delays are spread over (5 s by default): each WebSocket closed by the
+    /// drain is told, in its close reason, to reconnect after its own delay in it
+    /// (`server going away; reconnect in 1234 ms`), so clients do not all come back at once.
+    pub fn reconnect_window(mut self, window: Duration) -> Self {
+        self.reconnect_window = window;
+        self
+    }
+
+    /// The drain of this server's WebSocket connections: every request carries it, so routes
+    /// made by [`ws_route`](crate::ws_route) refuse upgrades with `503` once it has started and
+    /// close their connections when it runs. Its [report](crate::Drain::run) says what happened.
+    pub fn drain(&self) -> Drain {
+        self.drain.clone()
+    }
+
+    /// Stops the server when `signal` completes. First the WebSocket connections are drained:
+    /// upgrades are refused with `503` and `Retry-After`, every connection closes with `1001` and
+    /// a reconnect delay after finishing its calls and writing what is queued (for at most
+    /// [`drain_timeout`](Self::drain_timeout)); the report is logged. Then no more connections
+    /// are accepted, idle HTTP connections close, requests in progress finish (for at most
+    /// [`shutdown_timeout`](Self::shutdown_timeout)), and the server's future completes.
     pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
     where
         F: Future<Output = ()> + Send + 'static,
@@ -213,6 +246,9 @@ where
             header_read_timeout,
             max_pending_handshakes,
             shutdown_timeout,
+            drain_timeout,
+            reconnect_window,
+            drain,
             signal,
             stats,
         } = self;
@@ -223,11 +259,20 @@ where
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
         let mut accept_error_log = LogThrottle::default();
+        // The drain runs while connections are still accepted, so that upgrades get a `503`.
+        let draining = drain.clone();
+        let mut drained = pin!(async move {
+            (&mut signal).await;
+            draining.run(drain_timeout, reconnect_window).await
+        });
 
         loop {
             tokio::select! {
                 biased;
-                () = &mut signal => break,
+                report = &mut drained => {
+                    log_drain(&report);
+                    break;
+                }
                 Some(_) = connections.join_next(), if !connections.is_empty() => {}
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
@@ -244,7 +289,7 @@ where
                             );
                             continue;
                         };
-                        let app = ConnectionApp { app: app.clone(), peer, slot };
+                        let app = ConnectionApp { app: app.clone(), peer, slot, drain: drain.clone() };
                         let conn = http.serve_connection(TokioIo::new(stream), app).with_upgrades();
                         let open = OpenConnection::new(&stats.inner);
                         connections.spawn(serve_connection(conn, shutdown_rx.clone(), open));
@@ -258,7 +303,10 @@ where
                             tracing::error!(error = %err, suppressed, "accept failed; backing off");
                         }
                         tokio::select! {
-                            () = &mut signal => break,
+                            report = &mut drained => {
+                                log_drain(&report);
+                                break;
+                            }
                             () = tokio::time::sleep(ACCEPT_ERROR_BACKOFF) => {}
                         }
                     }
@@ -280,6 +328,17 @@ where
             connections.shutdown().await;
         }
     }
+}
+
+fn log_drain(report: &DrainReport) {
+    tracing::info!(
+        closed = report.connections_closed,
+        flushed = report.messages_flushed,
+        dropped = report.messages_dropped,
+        still_open = report.still_open,
+        elapsed_ms = u64::try_from(report.elapsed.as_millis()).unwrap_or(u64::MAX),
+        "websocket connections drained"
+    );
 }
 
 /// The future of a running [`Serve`]; completes after a graceful shutdown.
@@ -345,6 +404,7 @@ struct ConnectionApp<S> {
     app: S,
     peer: SocketAddr,
     slot: PendingSlot,
+    drain: Drain,
 }
 
 impl<S> hyper::service::Service<http::Request<Incoming>> for ConnectionApp<S>
@@ -359,6 +419,7 @@ where
         self.slot.release();
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        request.extensions_mut().insert(self.drain.clone());
         self.app.clone().oneshot(request)
     }
 }

@@ -30,6 +30,7 @@ use self::handshake::{Handshake, log_close};
 use self::write::Writes;
 use crate::BoxError;
 use crate::close::{self, Ending};
+use crate::drain::{DrainTicket, reconnect_delay};
 use crate::inbound::{ConnInfo, Inbound};
 use crate::reply::{Action, Replies};
 use crate::route::ConnectionStats;
@@ -57,16 +58,18 @@ pub(crate) async fn run<S>(
     settings: Settings,
     replies: Replies,
     stats: ConnectionStats,
+    drain: Option<DrainTicket>,
 ) where
     S: Service<Inbound, Response = Option<Message>, Error = BoxError>,
 {
     let (sink, stream) = socket.split();
-    run_on(stream, sink, service, conn, settings, replies, stats).await;
+    run_on(stream, sink, service, conn, settings, replies, stats, drain).await;
 }
 
 /// Serves a connection given as any stream and sink of messages (a socket's halves; in tests,
 /// channels on paused time): the message loop, then the close handshake, the log line, and the
 /// release of what the connection held.
+#[allow(clippy::too_many_arguments)] // the parts of one connection, each used once
 pub(crate) async fn run_on<St, Si, S>(
     mut stream: St,
     mut sink: Si,
@@ -75,6 +78,7 @@ pub(crate) async fn run_on<St, Si, S>(
     settings: Settings,
     replies: Replies,
     stats: ConnectionStats,
+    drain: Option<DrainTicket>,
 ) where
     St: Stream<Item = Result<Message, axum::Error>> + Unpin,
     Si: Sink<Message, Error = axum::Error> + Unpin,
@@ -92,6 +96,9 @@ pub(crate) async fn run_on<St, Si, S>(
         settings,
         replies,
         writes: Writes::default(),
+        drain,
+        written_at_drain: None,
+        closed_by_drain: false,
     };
     let ending = connection.serve(&mut stream, &mut sink).await;
     // The first reason recorded wins (a `close` asked by the handler, say, over what followed).
@@ -125,7 +132,13 @@ pub(crate) async fn run_on<St, Si, S>(
         Ending::Peer { .. } => Handshake::NotTried,
     };
     // Whoever still holds the connection's info or sender keeps no unsent messages alive.
-    conn.sender.discard();
+    let dropped = conn.sender.discard();
+    if let Some(ticket) = &connection.drain {
+        let flushed = connection
+            .written_at_drain
+            .map_or(0, |at| conn.sender.written() - at);
+        ticket.finish(connection.closed_by_drain, flushed, dropped as u64);
+    }
     log_close(&conn, &ending, handshake);
     // Per-client metrics state goes with the client's last connection.
     conn.slot.release();
@@ -140,6 +153,11 @@ struct Connection<S> {
     settings: Settings,
     replies: Replies,
     writes: Writes,
+    drain: Option<DrainTicket>,
+    /// Messages written when the drain started, if it did.
+    written_at_drain: Option<u64>,
+    /// The drain, not something else, ended the connection.
+    closed_by_drain: bool,
 }
 
 impl<S> Connection<S>
@@ -171,10 +189,28 @@ where
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut heard = false;
 
+        // Once a drain starts: read no more, finish the calls in flight, then close 1001 with a
+        // reconnect hint.
+        let drain = &mut self.drain;
+        let mut drain_started = pin!(async move {
+            match drain {
+                Some(ticket) => ticket.started().await,
+                None => std::future::pending().await,
+            }
+        });
+        let mut going_away: Option<String> = None;
+
         // Two branches write, at different priorities; only one is polled at a time.
         let io = Mutex::new((Pin::new(sink), &mut self.writes));
         let lock = || io.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
+            if let Some(reason) = &going_away
+                && in_flight.is_empty()
+                && pending.is_none()
+            {
+                self.closed_by_drain = true;
+                return Ending::close(close::GOING_AWAY, reason.clone());
+            }
             let queued = out.len();
             let (write_first, write_later) = {
                 let io = lock();
@@ -193,6 +229,11 @@ where
                 biased;
                 () = &mut ended => {
                     return out.ending().borrow().clone().expect("waited for");
+                }
+                window = &mut drain_started, if going_away.is_none() => {
+                    let delay = reconnect_delay(self.conn.id.get(), window);
+                    going_away = Some(format!("server going away; reconnect in {} ms", delay.as_millis()));
+                    self.written_at_drain = Some(out.written());
                 }
                 Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
                     if let Some(end) = on_outcome(&self.conn, &self.replies, outcome) {
@@ -220,7 +261,7 @@ where
                         return write_error(err);
                     }
                 }
-                frame = stream.next(), if pending.is_none() && in_flight.len() < concurrency => {
+                frame = stream.next(), if pending.is_none() && in_flight.len() < concurrency && going_away.is_none() => {
                     last_heard = Instant::now();
                     heard = true;
                     match frame {

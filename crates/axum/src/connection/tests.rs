@@ -15,6 +15,7 @@ use wsguard_config::{ConnectionConfig, DedupConfig, OverflowPolicy};
 
 use super::{Settings, run_on};
 use crate::close;
+use crate::drain::Drain;
 use crate::inbound::{ConnInfo, ConnectionId, Inbound};
 use crate::reply::Replies;
 use crate::route::ConnectionStats;
@@ -108,6 +109,7 @@ struct Served {
     wire: Wire,
     conn: Arc<ConnInfo>,
     stats: ConnectionStats,
+    drain: Drain,
     task: JoinHandle<()>,
 }
 
@@ -143,8 +145,14 @@ impl Served {
             dedup: DedupConfig::testing().into(),
         };
         let stats = ConnectionStats::default();
-        let echo =
-            tower::service_fn(|req: Inbound| async move { Ok::<_, BoxError>(Some(req.message)) });
+        // Echo; `sleep N` answers after N ms.
+        let echo = tower::service_fn(|req: Inbound| async move {
+            if let Some(ms) = req.text().and_then(|t| t.strip_prefix("sleep ")) {
+                tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            }
+            Ok::<_, BoxError>(Some(req.message))
+        });
+        let drain = Drain::new();
         let task = tokio::spawn(run_on(
             stream,
             wire.clone(),
@@ -153,12 +161,14 @@ impl Served {
             settings,
             replies,
             stats.clone(),
+            Some(drain.ticket()),
         ));
         Self {
             peer: Some(peer),
             wire,
             conn,
             stats,
+            drain,
             task,
         }
     }
@@ -320,4 +330,47 @@ async fn messages_queued_before_a_close_go_out_before_the_close_frame() {
         matches!(&sent[..], [Message::Text(t), Message::Close(_)] if t.as_str() == "last words")
     );
     served.hang_up().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_lets_calls_in_flight_finish_then_closes_1001_with_a_reconnect_hint() {
+    let served = Served::start(|_| {});
+    served.send(Message::text("sleep 500"));
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let drain = served.drain.clone();
+    let report = tokio::spawn(async move { drain.run(secs(10), secs(5)).await });
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    // Sent after the drain started: never read, so never handled.
+    served.send(Message::text("too late"));
+    served.until_close_frame().await;
+
+    let sent: Vec<_> = served.wire.sent();
+    let texts: Vec<_> = sent
+        .iter()
+        .filter_map(|(_, m)| m.to_text().ok().filter(|t| !t.is_empty()))
+        .collect();
+    assert_eq!(texts[0], "sleep 500", "the call in flight finished first");
+    assert!(!texts.contains(&"too late"));
+    let Some((at, Message::Close(Some(frame)))) = sent.last() else {
+        panic!("ends with a close frame: {sent:?}");
+    };
+    assert_eq!(frame.code, close::GOING_AWAY);
+    assert!(frame.reason.contains("reconnect in"), "{}", frame.reason);
+    assert_eq!(
+        *at,
+        Duration::from_millis(500),
+        "closed once the reply was out"
+    );
+
+    served.hang_up().await;
+    let report = report.await.unwrap();
+    assert_eq!(
+        (
+            report.connections_closed,
+            report.messages_flushed,
+            report.messages_dropped
+        ),
+        (1, 1, 0)
+    );
+    assert_eq!(report.still_open, 0);
 }
