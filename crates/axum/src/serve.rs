@@ -19,7 +19,10 @@
 //!
 //! Handlers see the peer address as `ConnectInfo<SocketAddr>`, as with
 //! `Router::into_make_service_with_connect_info::<SocketAddr>()`, so [`ws_route`](crate::ws_route)
-//! takes client ids from it.
+//! takes client ids from it. Every request also carries the server's [`Drain`]: on the shutdown
+//! signal the WebSocket connections of its routes are drained (upgrades refused with `503`, each
+//! connection closed with `1001` and a reconnect delay once its calls and queue are done), then
+//! the server stops accepting.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -49,7 +52,8 @@
 //! let stats = server.stats();
 //! let running = tokio::spawn(server.into_future());
 //!
-//! // ... later: stop accepting, let HTTP connections finish (at most `shutdown_timeout`).
+//! // ... later: drain the WebSockets (at most `drain_timeout`), stop accepting, let HTTP
+//! // connections finish (at most `shutdown_timeout`).
 //! let _ = stop.send(());
 //! running.await.unwrap();
 //! println!("{} refused, {} header timeouts", stats.refused(), stats.header_timeouts());
