@@ -15,7 +15,7 @@ pub enum Accept {
     /// the acknowledgement covers it once it is processed.
     AlreadyProcessed,
     /// The message before it was never received: the client skipped an id, which the protocol
-    /// forbids (close the connection with 1008).
+    /// forbids (close the connection with 1002).
     OutOfOrder {
         /// The lowest id the session is waiting for.
         expected: u64,

@@ -425,6 +425,8 @@ impl<S: SessionStore> Sessions<S> {
 
     fn attach_handle(&self, local: Arc<Local>) -> Session<S> {
         let attachment = local.attachment.fetch_add(1, Ordering::AcqRel) + 1;
+        // Wakes the connection this one supersedes, if any, so that it closes.
+        local.last_seq.send_modify(|_| {});
         let logged = local.last_seq.subscribe();
         Session {
             sessions: self.clone(),
@@ -495,7 +497,9 @@ impl<S: SessionStore> Session<S> {
         *self.logged.borrow()
     }
 
-    /// Waits until a message is logged for the session after the last call (cancel-safe).
+    /// Waits until a message is logged for the session after the last call, or a newer
+    /// connection supersedes this one (check [`is_superseded`](Self::is_superseded)).
+    /// Cancel-safe.
     pub async fn changed(&mut self) {
         if self.logged.changed().await.is_err() {
             // The sender lives in `Local`, which this handle holds: never closed.

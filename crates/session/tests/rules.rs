@@ -509,9 +509,17 @@ async fn sender_for_client_logs_for_an_absent_client_and_wakes_a_live_one() {
 #[tokio::test(start_paused = true)]
 async fn a_newer_connection_supersedes_the_old_one_which_then_does_not_detach() {
     let sessions = Sessions::new(config());
-    let (old, token) = hello(&sessions, None).await;
+    let (mut old, token) = hello(&sessions, None).await;
+    let mut old_waits = task::spawn(old.changed());
+    assert_pending!(old_waits.poll());
     let (new, frame, _) = attached(sessions.resume(&token, None, 0).await);
     assert!(frame.resumed);
+    assert!(
+        old_waits.is_woken(),
+        "the old connection learns it was superseded"
+    );
+    assert_ready!(old_waits.poll());
+    drop(old_waits);
     assert!(old.is_superseded());
     assert!(!new.is_superseded());
     drop(old);
