@@ -21,6 +21,34 @@
 //!   process) and the TTL of detached sessions come from the `session` section of the
 //!   configuration ([`SessionConfig`](wsguard_config::SessionConfig)), fixed or live.
 //!
+//! Application code sends to a client whether or not it is connected at the moment; a route
+//! that notifies one:
+//!
+//! ```
+//! use axum::{Router, extract::{Path, State}, http::StatusCode, routing::post};
+//! use wsguard_config::SessionConfig;
+//! use wsguard_session::Sessions;
+//!
+//! async fn notify(
+//!     State(sessions): State<Sessions>,
+//!     Path(client): Path<String>,
+//!     body: String,
+//! ) -> StatusCode {
+//!     // Logged in the client's newest session: sent at once if it is connected, on resume if
+//!     // it comes back within the TTL.
+//!     match sessions.sender_for_client(&client).send(body).await {
+//!         Ok(_seq) => StatusCode::ACCEPTED,
+//!         Err(_no_session) => StatusCode::NOT_FOUND,
+//!     }
+//! }
+//!
+//! let sessions = Sessions::new(SessionConfig::production());
+//! let app: Router = Router::new()
+//!     .route("/notify/{client}", post(notify))
+//!     .with_state(sessions);
+//! # let _ = app;
+//! ```
+//!
 //! The connection's side of a session, step by step (the socket is left out; see
 //! `docs/protocol.md` for where each step sits in a connection loop):
 //!

@@ -201,7 +201,9 @@ impl<S: SessionStore> Sessions<S> {
             self.free(token).await;
             return self.refuse(client, RefusalReason::Unknown).await;
         }
-        let lost = state.first_held.saturating_sub(last.max(state.acked) + 1);
+        let lost = state
+            .first_held
+            .saturating_sub(last.max(state.acked).saturating_add(1));
         if lost > 0 {
             let old_last = state.processed.max(self.mark_of(token));
             self.free(token).await;

@@ -338,6 +338,28 @@ async fn a_client_claiming_unsent_messages_is_refused_unknown() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn extreme_numbers_from_a_client_are_refused_not_panicked_on() {
+    let sessions = Sessions::new(config());
+    let (session, token) = hello(&sessions, None).await;
+    session.append("m1").await.unwrap();
+    assert!(matches!(
+        session.accept(u64::MAX),
+        Accept::OutOfOrder { expected: 1 }
+    ));
+    session.ack(u64::MAX).await.unwrap();
+    assert!(
+        session
+            .read_after(u64::MAX, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    drop(session);
+    let (_s, frame, _) = attached(sessions.resume(&token, None, u64::MAX).await);
+    assert_eq!(frame.reason, Some(RefusalReason::Unknown));
+}
+
+#[tokio::test(start_paused = true)]
 async fn inbound_ids_are_processed_once_across_a_resume() {
     let sessions = Sessions::new(config());
     let (session, token) = hello(&sessions, None).await;

@@ -80,7 +80,7 @@ impl Entry {
     }
 
     fn after(&self, after: u64, max: usize) -> Vec<Logged> {
-        let skip = usize::try_from((after + 1).saturating_sub(self.first_held()))
+        let skip = usize::try_from(after.saturating_sub(self.first_held() - 1))
             .unwrap_or(usize::MAX)
             .min(self.log.len());
         self.log.range(skip..).take(max).cloned().collect()
