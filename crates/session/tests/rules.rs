@@ -567,3 +567,58 @@ async fn sweep_every_frees_sessions_nobody_resumes() {
     assert_eq!(sessions.stats().expired, 1);
     assert_eq!(sessions.stats().sessions, Some(0));
 }
+
+#[tokio::test(start_paused = true)]
+async fn counters_add_up_over_a_run() {
+    let sessions = Sessions::new(SessionConfig {
+        max_messages: 2,
+        max_sessions: 4,
+        ..config()
+    });
+    // a: three messages, one dropped; resumed past the drop, replaying two.
+    let (a, a_token) = hello(&sessions, None).await;
+    for i in 1..=3 {
+        a.append(format!("a{i}")).await.unwrap();
+    }
+    drop(a);
+    let (a, _, _) = attached(sessions.resume(&a_token, None, 1).await);
+    // b: expires. c: dropped into a gap.
+    let (b, b_token) = hello(&sessions, None).await;
+    drop(b);
+    advance(Duration::from_secs(300)).await;
+    let (c, c_token) = hello(&sessions, None).await;
+    for i in 1..=3 {
+        c.append(format!("c{i}")).await.unwrap();
+    }
+    drop(c);
+    let (_gap, _, _) = attached(sessions.resume(&c_token, None, 0).await);
+    let (_e, frame, _) = attached(sessions.resume(&b_token, None, 0).await);
+    assert_eq!(frame.reason, Some(RefusalReason::Expired));
+    drop(a);
+    let (_u, frame, _) = attached(sessions.resume(&SessionToken::generate(), None, 0).await);
+    assert_eq!(frame.reason, Some(RefusalReason::Unknown));
+    // Four sessions: f evicts the detached a; then none is detached and the next is refused.
+    let (_f, _) = hello(&sessions, None).await;
+    assert!(matches!(
+        sessions.hello(None).await,
+        Opened::Unavailable { .. }
+    ));
+
+    let stats = sessions.stats();
+    assert_eq!(stats.created, 7, "a, b, c, gap, expired, unknown, f");
+    assert_eq!(stats.resumed, 1);
+    assert_eq!(stats.replayed, 2);
+    assert_eq!(stats.dropped, 2, "a1 and c1");
+    assert_eq!(stats.expired, 1);
+    assert_eq!(stats.evicted, 1);
+    assert_eq!(
+        (
+            stats.refused.unknown,
+            stats.refused.expired,
+            stats.refused.gap,
+            stats.refused.unavailable
+        ),
+        (1, 1, 1, 1)
+    );
+    assert_eq!((stats.sessions, stats.detached), (Some(4), Some(0)));
+}
