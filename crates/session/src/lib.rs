@@ -6,8 +6,8 @@
 //! specified in `docs/protocol.md`; in short:
 //!
 //! - The client's first frame is `hello` or `resume` (token and the highest `seq` it holds); the
-//!   server answers with a [`SessionFrame`]: the token, whether it resumed, the highest client
-//!   `id` it processed, and on refusal a [`RefusalReason`] (`unknown`, `expired`, `gap` with
+//!   server answers with a [`SessionFrame`](protocol::SessionFrame): the token, whether it resumed, the highest client
+//!   `id` it processed, and on refusal a [`RefusalReason`](protocol::RefusalReason) (`unknown`, `expired`, `gap` with
 //!   `lost`, `unavailable`).
 //! - Every outbound message is logged in its session ([`Session::append`], or a
 //!   [`SessionSender`] from anywhere in the application, connected client or not) and sent as
@@ -109,6 +109,7 @@ mod inbound;
 mod payload;
 pub mod protocol;
 mod sender;
+mod session;
 mod sessions;
 mod stats;
 pub mod store;
@@ -118,7 +119,8 @@ pub use self::error::SessionGone;
 pub use self::inbound::{Accept, Processing};
 pub use self::payload::Payload;
 pub use self::sender::SessionSender;
-pub use self::sessions::{Opened, Session, Sessions};
+pub use self::session::Session;
+pub use self::sessions::{Opened, Sessions};
 pub use self::stats::{Refused, SessionStats};
 pub use self::store::MemorySessionStore;
 pub use self::token::{InvalidToken, SessionToken};

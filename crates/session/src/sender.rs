@@ -1,17 +1,16 @@
 //! Sending to a session whether or not its client is connected.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 
 use tower_service::Service;
 
 use crate::error::{BoxError, SessionGone};
+use crate::future::SendFuture;
 use crate::payload::Payload;
 use crate::sessions::Sessions;
-use crate::store::{Appended, MemorySessionStore, SessionStore, StoreFuture, Target};
+use crate::store::{MemorySessionStore, SessionStore, Target};
 use crate::token::SessionToken;
 
 #[derive(Debug, Clone)]
@@ -57,7 +56,7 @@ impl<S: SessionStore> SessionSender<S> {
 
     /// Logs `payload` and returns its `seq`.
     pub async fn send(&self, payload: impl Into<Payload>) -> Result<u64, SessionGone> {
-        self.start(payload.into()).await
+        self.start(payload.into()).logged().await
     }
 
     fn start(&self, payload: Payload) -> SendFuture<S> {
@@ -66,38 +65,23 @@ impl<S: SessionStore> SessionSender<S> {
             SenderTarget::Session(token) => Target::Session(token),
             SenderTarget::Client(client) => Target::Client(client),
         };
-        SendFuture {
-            append: self.sessions.shared.store.append(to, payload, &config),
-            sessions: self.sessions.clone(),
-        }
+        SendFuture::new(
+            self.sessions.shared.store.append(to, payload, &config),
+            self.sessions.clone(),
+        )
     }
 }
 
 impl<S: SessionStore, M: Into<Payload>> Service<M> for SessionSender<S> {
     type Response = u64;
     type Error = BoxError;
-    type Future = crate::future::SendFuture<S>;
+    type Future = SendFuture<S>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, message: M) -> Self::Future {
-        crate::future::SendFuture(self.start(message.into()))
-    }
-}
-
-/// Logging one message.
-pub(crate) struct SendFuture<S> {
-    append: StoreFuture<Option<Appended>>,
-    sessions: Sessions<S>,
-}
-
-impl<S: SessionStore> Future for SendFuture<S> {
-    type Output = Result<u64, SessionGone>;
-
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let appended = ready!(Pin::new(&mut self.append).poll(cx)).map_err(SessionGone::store)?;
-        Poll::Ready(self.sessions.appended(appended))
+        self.start(message.into())
     }
 }

@@ -11,10 +11,11 @@ use tokio::time::Instant;
 use wsguard_config::{ConfigSource, SessionConfig};
 
 use crate::error::SessionGone;
-use crate::inbound::{Accept, Admit, InboundIds, Processing};
+use crate::inbound::InboundIds;
 use crate::payload::Payload;
 use crate::protocol::{ClientFrame, RefusalReason, SessionFrame};
 use crate::sender::{SenderTarget, SessionSender};
+use crate::session::Session;
 use crate::stats::{Counters, SessionStats};
 use crate::store::{
     Appended, Attached, Created, Logged, MemorySessionStore, SessionStore, StoreError, Target,
@@ -41,16 +42,16 @@ pub(crate) struct Shared<S> {
 
 /// What this node keeps of a session besides the store.
 pub(crate) struct Local {
-    token: SessionToken,
-    store: Arc<dyn SessionStore>,
+    pub(crate) token: SessionToken,
+    pub(crate) store: Arc<dyn SessionStore>,
     inbound: Mutex<InboundIds>,
     last_seq: watch::Sender<u64>,
     /// Counts attachments; a connection whose number is not the latest was superseded.
-    attachment: AtomicU64,
+    pub(crate) attachment: AtomicU64,
 }
 
 impl Local {
-    fn inbound(&self) -> MutexGuard<'_, InboundIds> {
+    pub(crate) fn inbound(&self) -> MutexGuard<'_, InboundIds> {
         self.inbound.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -430,13 +431,7 @@ impl<S: SessionStore> Sessions<S> {
         // Wakes the connection this one supersedes, if any, so that it closes.
         local.last_seq.send_modify(|_| {});
         let logged = local.last_seq.subscribe();
-        Session {
-            sessions: self.clone(),
-            local,
-            attachment,
-            logged,
-            ack_sent: AtomicU64::new(0),
-        }
+        Session::new(self.clone(), local, attachment, logged)
     }
 }
 
@@ -447,114 +442,5 @@ fn unavailable_frame() -> SessionFrame {
         last: 0,
         reason: Some(RefusalReason::Unavailable),
         lost: None,
-    }
-}
-
-/// A connection's handle on its session. Dropping it detaches the session (unless a newer
-/// connection attached it since), which then expires after the TTL unless resumed.
-pub struct Session<S = MemorySessionStore> {
-    sessions: Sessions<S>,
-    local: Arc<Local>,
-    attachment: u64,
-    logged: watch::Receiver<u64>,
-    ack_sent: AtomicU64,
-}
-
-impl<S> fmt::Debug for Session<S> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Session")
-            .field("token", &self.local.token)
-            .field("attachment", &self.attachment)
-            .finish_non_exhaustive()
-    }
-}
-
-impl<S: SessionStore> Session<S> {
-    /// The session's token.
-    pub fn token(&self) -> SessionToken {
-        self.local.token
-    }
-
-    /// Logs an outbound message and returns its `seq`; the connection sends it when
-    /// [`changed`](Self::changed) wakes it, like any other logged message.
-    pub async fn append(&self, payload: impl Into<Payload>) -> Result<u64, SessionGone> {
-        let token = self.local.token;
-        self.sessions
-            .append(Target::Session(&token), payload.into())
-            .await
-    }
-
-    /// At most `max` logged messages after `seq`, in order: what the connection sends next.
-    pub async fn read_after(&self, seq: u64, max: usize) -> Result<Vec<Logged>, StoreError> {
-        self.sessions
-            .shared
-            .store
-            .read_after(&self.local.token, seq, max)
-            .await
-    }
-
-    /// The highest `seq` logged while this connection held the session, as far as this node
-    /// saw.
-    pub fn last_logged(&self) -> u64 {
-        *self.logged.borrow()
-    }
-
-    /// Waits until a message is logged for the session after the last call, or a newer
-    /// connection supersedes this one (check [`is_superseded`](Self::is_superseded)).
-    /// Cancel-safe.
-    pub async fn changed(&mut self) {
-        if self.logged.changed().await.is_err() {
-            // The sender lives in `Local`, which this handle holds: never closed.
-            std::future::pending::<()>().await;
-        }
-    }
-
-    /// The client acknowledged every message up to `seq`: frees them.
-    pub async fn ack(&self, seq: u64) -> Result<(), StoreError> {
-        self.sessions
-            .shared
-            .store
-            .trim(&self.local.token, seq)
-            .await
-    }
-
-    /// Admits client message `id`: new (run the handler), already processed (skip it), or out
-    /// of order.
-    pub fn accept(&self, id: u64) -> Accept {
-        match self.local.inbound().admit(id) {
-            Admit::New => Accept::New(Processing {
-                id,
-                local: Arc::clone(&self.local),
-                done: false,
-            }),
-            Admit::AlreadyProcessed => Accept::AlreadyProcessed,
-            Admit::OutOfOrder { expected } => Accept::OutOfOrder { expected },
-        }
-    }
-
-    /// The highest client id processed with every one before it.
-    pub fn processed(&self) -> u64 {
-        self.local.inbound().mark
-    }
-
-    /// The `ack` to send now, if the mark moved since the last one this handle returned. Call it
-    /// every `ack_interval` (acks are batched) and before closing.
-    pub fn ack_to_send(&self) -> Option<u64> {
-        let mark = self.processed();
-        let sent = self.ack_sent.fetch_max(mark, Ordering::AcqRel);
-        (mark > sent).then_some(mark)
-    }
-
-    /// Whether a newer connection resumed this session: this one should close.
-    pub fn is_superseded(&self) -> bool {
-        self.local.attachment.load(Ordering::Acquire) != self.attachment
-    }
-}
-
-impl<S> Drop for Session<S> {
-    fn drop(&mut self) {
-        if self.local.attachment.load(Ordering::Acquire) == self.attachment {
-            self.local.store.detach(&self.local.token, Instant::now());
-        }
     }
 }

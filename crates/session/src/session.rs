@@ -1,0 +1,141 @@
+//! A connection's handle on its session.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::error::SessionGone;
+use crate::inbound::{Accept, Admit, Processing};
+use crate::payload::Payload;
+use crate::sessions::{Local, Sessions};
+use crate::store::{Logged, MemorySessionStore, SessionStore, StoreError, Target};
+use crate::token::SessionToken;
+
+/// A connection's handle on its session. Dropping it detaches the session (unless a newer
+/// connection attached it since), which then expires after the TTL unless resumed.
+pub struct Session<S = MemorySessionStore> {
+    sessions: Sessions<S>,
+    local: Arc<Local>,
+    attachment: u64,
+    logged: watch::Receiver<u64>,
+    ack_sent: AtomicU64,
+}
+
+impl<S> fmt::Debug for Session<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Session")
+            .field("token", &self.local.token)
+            .field("attachment", &self.attachment)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S> Session<S> {
+    pub(crate) fn new(
+        sessions: Sessions<S>,
+        local: Arc<Local>,
+        attachment: u64,
+        logged: watch::Receiver<u64>,
+    ) -> Self {
+        Self {
+            sessions,
+            local,
+            attachment,
+            logged,
+            ack_sent: AtomicU64::new(0),
+        }
+    }
+}
+
+impl<S: SessionStore> Session<S> {
+    /// The session's token.
+    pub fn token(&self) -> SessionToken {
+        self.local.token
+    }
+
+    /// Logs an outbound message and returns its `seq`; the connection sends it when
+    /// [`changed`](Self::changed) wakes it, like any other logged message.
+    pub async fn append(&self, payload: impl Into<Payload>) -> Result<u64, SessionGone> {
+        let token = self.local.token;
+        self.sessions
+            .append(Target::Session(&token), payload.into())
+            .await
+    }
+
+    /// At most `max` logged messages after `seq`, in order: what the connection sends next.
+    pub async fn read_after(&self, seq: u64, max: usize) -> Result<Vec<Logged>, StoreError> {
+        self.sessions
+            .shared
+            .store
+            .read_after(&self.local.token, seq, max)
+            .await
+    }
+
+    /// The highest `seq` logged while this connection held the session, as far as this node
+    /// saw.
+    pub fn last_logged(&self) -> u64 {
+        *self.logged.borrow()
+    }
+
+    /// Waits until a message is logged for the session after the last call, or a newer
+    /// connection supersedes this one (check [`is_superseded`](Self::is_superseded)).
+    /// Cancel-safe.
+    pub async fn changed(&mut self) {
+        if self.logged.changed().await.is_err() {
+            // The sender lives in `Local`, which this handle holds: never closed.
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// The client acknowledged every message up to `seq`: frees them.
+    pub async fn ack(&self, seq: u64) -> Result<(), StoreError> {
+        self.sessions
+            .shared
+            .store
+            .trim(&self.local.token, seq)
+            .await
+    }
+
+    /// Admits client message `id`: new (run the handler), already processed (skip it), or out
+    /// of order.
+    pub fn accept(&self, id: u64) -> Accept {
+        match self.local.inbound().admit(id) {
+            Admit::New => Accept::New(Processing {
+                id,
+                local: Arc::clone(&self.local),
+                done: false,
+            }),
+            Admit::AlreadyProcessed => Accept::AlreadyProcessed,
+            Admit::OutOfOrder { expected } => Accept::OutOfOrder { expected },
+        }
+    }
+
+    /// The highest client id processed with every one before it.
+    pub fn processed(&self) -> u64 {
+        self.local.inbound().mark
+    }
+
+    /// The `ack` to send now, if the mark moved since the last one this handle returned. Call it
+    /// every `ack_interval` (acks are batched) and before closing.
+    pub fn ack_to_send(&self) -> Option<u64> {
+        let mark = self.processed();
+        let sent = self.ack_sent.fetch_max(mark, Ordering::AcqRel);
+        (mark > sent).then_some(mark)
+    }
+
+    /// Whether a newer connection resumed this session: this one should close.
+    pub fn is_superseded(&self) -> bool {
+        self.local.attachment.load(Ordering::Acquire) != self.attachment
+    }
+}
+
+impl<S> Drop for Session<S> {
+    fn drop(&mut self) {
+        if self.local.attachment.load(Ordering::Acquire) == self.attachment {
+            self.local.store.detach(&self.local.token, Instant::now());
+        }
+    }
+}
