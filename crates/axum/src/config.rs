@@ -1,7 +1,10 @@
-use wsguard_config::{ConfigHandle, ConfigSource, ConnectionConfig, DedupConfig, StabilityConfig};
+use wsguard_config::{
+    ConfigHandle, ConfigSource, ConnectionConfig, DedupConfig, SessionConfig, StabilityConfig,
+};
 
-/// The parts of the configuration a WebSocket route reads: [`ConnectionConfig`] for the socket
-/// and [`DedupConfig::on_duplicate`] for what a client hears of a duplicate.
+/// The parts of the configuration a WebSocket route reads: [`ConnectionConfig`] for the socket,
+/// [`DedupConfig::on_duplicate`] for what a client hears of a duplicate, and [`SessionConfig`]
+/// for clients that speak `wsguard.v1`.
 ///
 /// Built from a [`StabilityConfig`] (fixed) or a [`ConfigHandle`] (live: limits, policies and
 /// replies follow reloads; buffer sizes and timers apply to connections opened afterwards).
@@ -9,10 +12,12 @@ use wsguard_config::{ConfigHandle, ConfigSource, ConnectionConfig, DedupConfig, 
 pub struct WsConfig {
     connection: ConfigSource<ConnectionConfig>,
     dedup: ConfigSource<DedupConfig>,
+    session: ConfigSource<SessionConfig>,
 }
 
 impl WsConfig {
-    /// A config reading each part from its own source.
+    /// A config reading each part from its own source, with the production session settings
+    /// (see [`session`](Self::session)).
     pub fn new(
         connection: impl Into<ConfigSource<ConnectionConfig>>,
         dedup: impl Into<ConfigSource<DedupConfig>>,
@@ -20,7 +25,14 @@ impl WsConfig {
         Self {
             connection: connection.into(),
             dedup: dedup.into(),
+            session: SessionConfig::production().into(),
         }
+    }
+
+    /// Reads the session settings from `session` instead.
+    pub fn session(mut self, session: impl Into<ConfigSource<SessionConfig>>) -> Self {
+        self.session = session.into();
+        self
     }
 
     /// Where the connection settings come from.
@@ -31,6 +43,11 @@ impl WsConfig {
     /// Where the dedup settings come from.
     pub fn dedup(&self) -> &ConfigSource<DedupConfig> {
         &self.dedup
+    }
+
+    /// Where the session settings come from.
+    pub fn session_config(&self) -> &ConfigSource<SessionConfig> {
+        &self.session
     }
 }
 
@@ -43,30 +60,30 @@ impl Default for WsConfig {
 
 impl From<StabilityConfig> for WsConfig {
     fn from(config: StabilityConfig) -> Self {
-        Self::new(config.connection, config.dedup)
+        Self::new(config.connection, config.dedup).session(config.session)
     }
 }
 
 impl From<&StabilityConfig> for WsConfig {
     fn from(config: &StabilityConfig) -> Self {
-        Self::new(config.connection.clone(), config.dedup.clone())
+        Self::new(config.connection.clone(), config.dedup.clone()).session(config.session.clone())
     }
 }
 
 impl From<ConfigHandle> for WsConfig {
     fn from(handle: ConfigHandle) -> Self {
-        Self::new(&handle, &handle)
+        Self::new(&handle, &handle).session(&handle)
     }
 }
 
 impl From<&ConfigHandle> for WsConfig {
     fn from(handle: &ConfigHandle) -> Self {
-        Self::new(handle, handle)
+        Self::new(handle, handle).session(handle)
     }
 }
 
 impl From<ConnectionConfig> for WsConfig {
-    /// These connection settings, with the production dedup replies.
+    /// These connection settings, with the production dedup replies and session settings.
     fn from(connection: ConnectionConfig) -> Self {
         Self::new(connection, DedupConfig::production())
     }

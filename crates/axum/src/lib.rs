@@ -130,5 +130,7 @@ pub use self::{
     warn_limit::suppressed_warnings,
 };
 
+pub use wsguard_session::{SessionStats, SessionToken, Sessions};
+
 /// The error type of message services: any error, boxed (tower's `BoxError`).
 pub use wsguard_policy::BoxError;

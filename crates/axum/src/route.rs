@@ -2,8 +2,9 @@
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Once};
+use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, FromRequestParts, MatchedPath, Request};
@@ -11,12 +12,15 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{MethodRouter, get};
 use http::{StatusCode, header};
 use tower_service::Service;
+use wsguard_config::ClientIdSource;
 use wsguard_metrics::MetricsRegistry;
+use wsguard_session::Sessions;
+use wsguard_session::protocol::SUBPROTOCOL;
 
 use crate::BoxError;
 use crate::close;
 use crate::config::WsConfig;
-use crate::connection::{self, Settings};
+use crate::connection::{self, Opening, Settings};
 use crate::drain::Drain;
 use crate::inbound::{self, ConnInfo, ConnectionId, Inbound};
 use crate::reply::Replies;
@@ -34,12 +38,23 @@ use crate::warn_limit::{WarnLimit, limited_warn};
 /// The connection is refused with `503` past `max_connections`; [`stats`](Self::stats) counts
 /// open, accepted and refused connections.
 ///
+/// A client that offers the `wsguard.v1` subprotocol, on a route whose `session.enabled` is
+/// on, gets a session (`docs/protocol.md`): its connection opens or resumes one in the route's
+/// registry ([`sessions`](Self::sessions)), every message to it is numbered and logged until
+/// acknowledged, and every message from it is handled once, across reconnects within
+/// `session.ttl`. Handlers and layers see the same plain messages as without a session. Other
+/// clients get plain WebSocket, unchanged.
+///
 /// Most routes need only [`ws_route`]; keep a `WsRoute` when you want its stats.
 pub struct WsRoute<S> {
     service: Arc<S>,
     config: WsConfig,
     stats: ConnectionStats,
     metrics: Option<MetricsRegistry>,
+    sessions: Sessions,
+    /// The registry's TTL sweep, started with the first session (`new` may run outside a
+    /// runtime).
+    sweep: Arc<Once>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for WsRoute<S> {
@@ -49,6 +64,7 @@ impl<S: fmt::Debug> fmt::Debug for WsRoute<S> {
             .field("config", &self.config)
             .field("stats", &self.stats)
             .field("metrics", &self.metrics)
+            .field("sessions", &self.sessions)
             .finish()
     }
 }
@@ -60,6 +76,8 @@ impl<S> Clone for WsRoute<S> {
             config: self.config.clone(),
             stats: self.stats.clone(),
             metrics: self.metrics.clone(),
+            sessions: self.sessions.clone(),
+            sweep: self.sweep.clone(),
         }
     }
 }
@@ -91,11 +109,14 @@ where
 {
     /// A route calling `service` for every message, configured by `config`.
     pub fn new(service: S, config: impl Into<WsConfig>) -> Self {
+        let config = config.into();
         Self {
             service: Arc::new(service),
-            config: config.into(),
+            sessions: Sessions::new(config.session_config().clone()),
+            config,
             stats: ConnectionStats::default(),
             metrics: None,
+            sweep: Arc::new(Once::new()),
         }
     }
 
@@ -115,6 +136,17 @@ where
         self.stats.clone()
     }
 
+    /// The route's `wsguard.v1` sessions (a shared handle): send to a client or session whether
+    /// or not it is connected ([`Sessions::sender_for_client`]), and read the counters
+    /// ([`Sessions::stats`]).
+    ///
+    /// Sessions are bound to the client id when the route takes it from a header or a query
+    /// parameter (`connection.client_id`); with the peer address they are not, since a client
+    /// that reconnects may come from another address.
+    pub fn sessions(&self) -> Sessions {
+        self.sessions.clone()
+    }
+
     /// The `GET` handler for `Router::route`.
     pub fn into_method_router<St>(self) -> MethodRouter<St>
     where
@@ -128,7 +160,7 @@ where
 
     async fn upgrade(self, request: Request) -> Response {
         let (mut parts, _body) = request.into_parts();
-        let upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
+        let mut upgrade = match WebSocketUpgrade::from_request_parts(&mut parts, &()).await {
             Ok(upgrade) => upgrade,
             Err(rejection) => return rejection.into_response(),
         };
@@ -181,6 +213,20 @@ where
                 client: client_id.clone(),
             }),
         );
+        let offers_sessions = self.sessions.config().enabled
+            && upgrade
+                .requested_protocols()
+                .any(|p| p.as_bytes() == SUBPROTOCOL.as_bytes());
+        let opening = if offers_sessions {
+            upgrade = upgrade.protocols([SUBPROTOCOL]);
+            self.start_sweep();
+            Some(Opening {
+                sessions: self.sessions.clone(),
+                client: (config.client_id != ClientIdSource::PeerAddr).then(|| client_id.clone()),
+            })
+        } else {
+            None
+        };
         let conn = Arc::new(ConnInfo {
             id,
             client_id,
@@ -222,9 +268,22 @@ where
                     conn.slot.register(registry, Some(&conn.client_id));
                 }
                 let service = S::clone(&service);
-                connection::run(socket, service, conn, settings, replies, stats, drain).await;
+                connection::run(
+                    socket, service, conn, settings, replies, stats, drain, opening,
+                )
+                .await;
                 drop(permit);
             })
+    }
+}
+
+impl<S> WsRoute<S> {
+    fn start_sweep(&self) {
+        self.sweep.call_once(|| {
+            let ttl = self.sessions.config().ttl;
+            let period = (ttl / 4).max(Duration::from_millis(100));
+            tokio::spawn(self.sessions.clone().sweep_every(period));
+        });
     }
 }
 

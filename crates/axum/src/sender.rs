@@ -3,13 +3,14 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::future::{Ready, ready};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll};
 
 use axum::extract::ws::Message;
 use tokio::sync::{Notify, watch};
 use tower_service::Service;
 use wsguard_config::OverflowPolicy;
+use wsguard_session::{Payload, SessionSender, SessionToken};
 
 use wsguard_metrics::ConnectionSlot;
 
@@ -31,6 +32,11 @@ use crate::warn_limit::{WarnLimit, limited_warn};
 /// [`ConnectionStats::send_dropped`](crate::ConnectionStats::send_dropped), and a `MetricsLayer`'s
 /// registry per route and per client) and logged (rate-limited).
 ///
+/// Under a `wsguard.v1` session the queue is the session's log instead: text and binary
+/// messages are logged (numbered, held until the client acknowledges them, replayed on resume)
+/// and never dropped by the overflow policy; the log's bounds apply. Sends keep working while
+/// the client is away, until the session expires: the messages wait in the log for the resume.
+///
 /// `Sender` is a `tower::Service<Message>` too, so layers can wrap the sending side.
 #[derive(Clone)]
 pub struct Sender {
@@ -46,6 +52,8 @@ struct Shared {
     ending: watch::Sender<Option<Ending>>,
     /// Where dropped messages are counted besides this queue.
     drops: Option<DropReport>,
+    /// The session log data messages go to, once the connection has a session.
+    session: OnceLock<(SessionToken, SessionSender)>,
 }
 
 /// The counters a connection's dropped messages go to.
@@ -128,6 +136,7 @@ impl Sender {
                 policy,
                 ending,
                 drops,
+                session: OnceLock::new(),
             }),
         }
     }
@@ -144,8 +153,24 @@ impl Sender {
     ///
     /// Never waits. Fails only when the connection is closing or closed (including when this very
     /// message overflowed a queue whose policy is `close`).
+    ///
+    /// Under a session, a text or binary message is logged in the session instead; it fails
+    /// only once the session is gone (expired or evicted).
     pub fn send(&self, message: impl Into<Message>) -> Result<SendStatus, ConnectionClosed> {
         let message = message.into();
+        if let Some((_, session)) = self.shared.session.get() {
+            let payload = match &message {
+                Message::Text(text) => Some(Payload::from(text.as_str())),
+                Message::Binary(bytes) => Some(Payload::Binary(bytes.clone())),
+                _ => None,
+            };
+            if let Some(payload) = payload {
+                return match session.send_now(payload) {
+                    Ok(_seq) => Ok(SendStatus::Queued),
+                    Err(_gone) => Err(ConnectionClosed(())),
+                };
+            }
+        }
         let size = payload_len(&message);
         let (capacity, max_bytes) = (self.shared.capacity, self.shared.max_bytes);
         let fits = |state: &State| state.items.len() < capacity && state.bytes + size <= max_bytes;
@@ -216,6 +241,25 @@ impl Sender {
             policy = ?self.shared.policy,
             "send queue full (slow reader): messages dropped"
         );
+    }
+
+    /// The `wsguard.v1` session this connection's messages are logged in, if it has one.
+    pub fn session(&self) -> Option<SessionToken> {
+        self.shared.session.get().map(|(token, _)| *token)
+    }
+
+    /// From now on data messages are logged in this session.
+    pub(crate) fn log_to(&self, token: SessionToken, session: SessionSender) {
+        let _ = self.shared.session.set((token, session));
+    }
+
+    /// Queues a frame the connection itself produced (a protocol frame, or one read from the
+    /// session log): no overflow policy, the connection bounds what it queues.
+    pub(crate) fn push_frame(&self, message: Message) {
+        let mut state = self.state();
+        state.bytes += payload_len(&message);
+        state.items.push_back(message);
+        state.high_water = state.high_water.max(state.items.len());
     }
 
     /// Asks the connection to close with `code` and `reason` after the messages already queued.

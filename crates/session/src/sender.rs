@@ -1,8 +1,10 @@
 //! Sending to a session whether or not its client is connected.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 
 use tower_service::Service;
 
@@ -69,6 +71,18 @@ impl<S: SessionStore> SessionSender<S> {
             self.sessions.shared.store.append(to, payload, &config),
             self.sessions.clone(),
         )
+    }
+}
+
+impl SessionSender<MemorySessionStore> {
+    /// Logs `payload` and returns its `seq` without waiting, from synchronous code: the memory
+    /// store answers at once.
+    pub fn send_now(&self, payload: impl Into<Payload>) -> Result<u64, SessionGone> {
+        let mut logged = self.start(payload.into()).logged();
+        match Pin::new(&mut logged).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(result) => result,
+            Poll::Pending => unreachable!("the memory store answers at once"),
+        }
     }
 }
 

@@ -272,12 +272,16 @@ impl<S: SessionStore> Sessions<S> {
         }
     }
 
-    /// Sweeps every `period`, forever: spawn it once per registry.
+    /// Sweeps every `period` until nothing else holds the registry: spawn it once per
+    /// registry.
     pub async fn sweep_every(self, period: Duration) {
         let mut ticks = tokio::time::interval(period);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticks.tick().await;
+            if Arc::strong_count(&self.shared) == 1 {
+                return;
+            }
             self.sweep().await;
         }
     }

@@ -622,3 +622,37 @@ async fn counters_add_up_over_a_run() {
     );
     assert_eq!((stats.sessions, stats.detached), (Some(4), Some(0)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn send_now_logs_without_waiting_and_wakes_the_connection() {
+    let sessions = Sessions::new(config());
+    let (mut session, token) = hello(&sessions, None).await;
+    let sender = sessions.sender_for_session(&token);
+    assert_eq!(sender.send_now("a").unwrap(), 1);
+    assert_eq!(sender.send_now(vec![1u8]).unwrap(), 2);
+    let mut changed = task::spawn(session.changed());
+    assert_ready!(changed.poll());
+    drop(changed);
+    assert_eq!(session.last_logged(), 2);
+    let logged = session.read_after(0, 10).await.unwrap();
+    assert_eq!(logged.len(), 2);
+    drop(session);
+    advance(Duration::from_secs(300)).await;
+    assert_eq!(sessions.sweep().await, 1);
+    assert!(sender.send_now("too late").is_err());
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_periodic_sweep_ends_once_nothing_else_holds_the_registry() {
+    let sessions = Sessions::new(config());
+    let sweeper = tokio::spawn(sessions.clone().sweep_every(Duration::from_secs(1)));
+    advance(Duration::from_secs(3)).await;
+    tokio::task::yield_now().await;
+    assert!(!sweeper.is_finished());
+    drop(sessions);
+    advance(Duration::from_secs(2)).await;
+    tokio::time::timeout(Duration::from_secs(5), sweeper)
+        .await
+        .expect("the sweep ended")
+        .unwrap();
+}

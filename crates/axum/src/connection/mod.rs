@@ -6,11 +6,13 @@
 //! worker thread per message), and an idle connection costs one task.
 
 mod handshake;
+mod session;
 #[cfg(test)]
 mod tests;
 mod write;
 
 use std::any::Any;
+use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
@@ -23,10 +25,12 @@ use futures_util::future::CatchUnwind;
 use futures_util::stream::FuturesOrdered;
 use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use tokio::sync::watch;
-use tokio::time::{Instant, MissedTickBehavior, interval_at, sleep_until};
+use tokio::time::{Instant, MissedTickBehavior, Sleep, interval_at, sleep_until};
 use tower_service::Service;
+use wsguard_session::Processing;
 
 use self::handshake::{Handshake, log_close};
+use self::session::{Admitted, Live};
 use self::write::Writes;
 use crate::BoxError;
 use crate::close::{self, Ending};
@@ -34,6 +38,8 @@ use crate::drain::{DrainTicket, reconnect_delay};
 use crate::inbound::{ConnInfo, Inbound};
 use crate::reply::{Action, Replies};
 use crate::route::ConnectionStats;
+
+pub(crate) use self::session::Opening;
 
 /// Replies queued before the connection stops reading to write them: frames that are already
 /// buffered are read first, so that replies go out in batches with one flush, but never more
@@ -51,6 +57,7 @@ pub(crate) struct Settings {
 }
 
 /// Serves an upgraded socket until the connection ends.
+#[allow(clippy::too_many_arguments)] // the parts of one connection, each used once
 pub(crate) async fn run<S>(
     socket: WebSocket,
     service: S,
@@ -59,16 +66,21 @@ pub(crate) async fn run<S>(
     replies: Replies,
     stats: ConnectionStats,
     drain: Option<DrainTicket>,
+    opening: Option<Opening>,
 ) where
     S: Service<Inbound, Response = Option<Message>, Error = BoxError>,
 {
     let (sink, stream) = socket.split();
-    run_on(stream, sink, service, conn, settings, replies, stats, drain).await;
+    run_on(
+        stream, sink, service, conn, settings, replies, stats, drain, opening,
+    )
+    .await;
 }
 
 /// Serves a connection given as any stream and sink of messages (a socket's halves; in tests,
 /// channels on paused time): the message loop, then the close handshake, the log line, and the
-/// release of what the connection held.
+/// release of what the connection held. With an `opening` the client speaks `wsguard.v1`: the
+/// connection opens its session first, and keeps it attached while it lives.
 #[allow(clippy::too_many_arguments)] // the parts of one connection, each used once
 pub(crate) async fn run_on<St, Si, S>(
     mut stream: St,
@@ -79,6 +91,7 @@ pub(crate) async fn run_on<St, Si, S>(
     replies: Replies,
     stats: ConnectionStats,
     drain: Option<DrainTicket>,
+    opening: Option<Opening>,
 ) where
     St: Stream<Item = Result<Message, axum::Error>> + Unpin,
     Si: Sink<Message, Error = axum::Error> + Unpin,
@@ -90,6 +103,7 @@ pub(crate) async fn run_on<St, Si, S>(
     );
 
     let close_timeout = settings.close_timeout;
+    let idle_timeout = settings.idle_timeout;
     let mut connection = Connection {
         service,
         conn: conn.clone(),
@@ -100,7 +114,27 @@ pub(crate) async fn run_on<St, Si, S>(
         written_at_drain: None,
         closed_by_drain: false,
     };
-    let ending = connection.serve(&mut stream, &mut sink).await;
+    let mut live = None;
+    let opened = match &opening {
+        Some(opening) => session::open(&mut stream, &conn, opening, idle_timeout)
+            .await
+            .map(|session| live = Some(session)),
+        None => Ok(()),
+    };
+    let ending = match opened {
+        Ok(()) => connection.serve(&mut stream, &mut sink, &mut live).await,
+        Err(ending) => ending,
+    };
+    // A clean close tells the client everything processed, so that it resends nothing twice.
+    if let (Some(live), Ending::Close { code, .. }) = (&live, &ending)
+        && !matches!(
+            *code,
+            close::POLICY_VIOLATION | close::PROTOCOL_ERROR | close::INVALID_PAYLOAD
+        )
+        && let Some(ack) = live.ack_frame()
+    {
+        conn.sender.push_frame(ack);
+    }
     // The first reason recorded wins (a `close` asked by the handler, say, over what followed).
     conn.sender.end(ending);
     conn.sender.shut();
@@ -140,6 +174,8 @@ pub(crate) async fn run_on<St, Si, S>(
         ticket.finish(connection.closed_by_drain, flushed, dropped as u64);
     }
     log_close(&conn, &ending, handshake);
+    // Detaches the session: it waits `ttl` for a resume.
+    drop(live);
     // Per-client metrics state goes with the client's last connection.
     conn.slot.release();
 }
@@ -165,7 +201,12 @@ where
     S: Service<Inbound, Response = Option<Message>, Error = BoxError>,
 {
     /// Serves the connection until it ends; returns why.
-    async fn serve<St, Si>(&mut self, stream: &mut St, sink: &mut Si) -> Ending
+    async fn serve<St, Si>(
+        &mut self,
+        stream: &mut St,
+        sink: &mut Si,
+        live: &mut Option<Live>,
+    ) -> Ending
     where
         St: Stream<Item = Result<Message, axum::Error>> + Unpin,
         Si: Sink<Message, Error = axum::Error> + Unpin,
@@ -173,7 +214,13 @@ where
         let out = self.conn.sender.clone();
         let mut ended = pin!(ended(out.ending()));
         let mut in_flight: FuturesOrdered<Call<S::Future>> = FuturesOrdered::new();
-        let mut pending: Option<Inbound> = None;
+        let mut pending: Option<(Inbound, Option<Processing>)> = None;
+        // Beside `in_flight`, in the same order: the session's guard of each call.
+        let mut processing: VecDeque<Option<Processing>> = VecDeque::new();
+        // Under a session: acks go out at most every `ack_interval`.
+        let ack_interval = live.as_ref().map_or(Duration::MAX, |l| l.ack_interval);
+        let mut ack_due = false;
+        let mut ack_timer = pin!(sleep_until(Instant::now()));
         let mut peer_close: Option<Option<u16>> = None;
         let concurrency = self.settings.message_concurrency.max(1);
 
@@ -199,6 +246,9 @@ where
             }
         });
         let mut going_away: Option<String> = None;
+        // Under a session, once the client is gone or superseded: no more reading or writing,
+        // the calls in flight finish (their replies logged, their ids processed), then this.
+        let mut finishing: Option<Ending> = None;
 
         // Two branches write, at different priorities; only one is polled at a time.
         let io = Mutex::new((Pin::new(sink), &mut self.writes));
@@ -211,14 +261,31 @@ where
                 self.closed_by_drain = true;
                 return Ending::close(close::GOING_AWAY, reason.clone());
             }
+            if let Some(ending) = &finishing
+                && in_flight.is_empty()
+                && pending.is_none()
+            {
+                return ending.clone();
+            }
+            if finishing.is_none()
+                && let Some(live) = live.as_mut()
+                && let Err(ending) = live.refill(&out).await
+            {
+                return ending;
+            }
             let queued = out.len();
             let (write_first, write_later) = {
                 let io = lock();
                 // A pong owed goes out before the next frame is read, so that a client that
                 // pings without reading is seen while its pongs still fit the write buffer.
                 let first = io.1.ping_due || io.1.pongs_owed > 0 || queued >= WRITE_BATCH;
-                (first, !first && (queued > 0 || io.1.unflushed))
+                let writing = finishing.is_none();
+                (
+                    writing && first,
+                    writing && !first && (queued > 0 || io.1.unflushed),
+                )
             };
+            let can_finish = live.is_some() && (!in_flight.is_empty() || pending.is_some());
             let write = || {
                 poll_fn(|cx| {
                     let (sink, writes) = &mut *lock();
@@ -236,7 +303,19 @@ where
                     self.written_at_drain = Some(out.written());
                 }
                 Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
-                    if let Some(end) = on_outcome(&self.conn, &self.replies, outcome) {
+                    let guard = processing.pop_front().flatten();
+                    let id = guard.as_ref().map(Processing::id);
+                    let answered = outcome.is_ok();
+                    let end = on_outcome(&self.conn, &self.replies, outcome, id);
+                    // Handled, failed or rejected: processed, now that its reply is logged. A
+                    // panicked call is not: the client may resend it.
+                    if let Some(guard) = guard
+                        && answered
+                    {
+                        guard.processed();
+                        arm_ack(&mut ack_due, ack_timer.as_mut(), ack_interval);
+                    }
+                    if let Some(end) = end {
                         return end;
                     }
                 }
@@ -249,28 +328,43 @@ where
                         }
                         Err(panic) => return panicked(&self.conn, panic),
                     }
-                    let request = pending.take().expect("branch enabled by pending");
+                    let (request, guard) = pending.take().expect("branch enabled by pending");
                     let service = &mut self.service;
                     match std::panic::catch_unwind(AssertUnwindSafe(|| service.call(request))) {
-                        Ok(fut) => in_flight.push_back(AssertUnwindSafe(fut).catch_unwind()),
+                        Ok(fut) => {
+                            in_flight.push_back(AssertUnwindSafe(fut).catch_unwind());
+                            processing.push_back(guard);
+                        }
                         Err(panic) => return panicked(&self.conn, panic),
                     }
                 }
                 written = write(), if write_first => {
-                    if let Err(err) = written {
-                        return write_error(err);
+                    if let Err(err) = written
+                        && let Some(ending) = finish(write_error(err), can_finish, &mut finishing)
+                    {
+                        return ending;
                     }
                 }
-                frame = stream.next(), if pending.is_none() && in_flight.len() < concurrency && going_away.is_none() => {
+                frame = stream.next(), if pending.is_none() && in_flight.len() < concurrency && going_away.is_none() && finishing.is_none() => {
                     last_heard = Instant::now();
                     heard = true;
                     match frame {
                         None => {
                             // A close frame without a code is 1005; no close frame at all, 1006 (logged).
                             let code = peer_close.map(|code| code.unwrap_or(close::NO_STATUS_RECEIVED));
-                            return Ending::peer(code, if peer_close.is_some() { "close handshake" } else { "connection dropped" });
+                            let ending = Ending::peer(code, if peer_close.is_some() { "close handshake" } else { "connection dropped" });
+                            if let Some(ending) = finish(ending, can_finish, &mut finishing) {
+                                return ending;
+                            }
                         }
-                        Some(Err(err)) => return read_error(err),
+                        Some(Err(err)) => match read_error(err) {
+                            ending @ Ending::Peer { .. } => {
+                                if let Some(ending) = finish(ending, can_finish, &mut finishing) {
+                                    return ending;
+                                }
+                            }
+                            ending => return ending,
+                        },
                         Some(Ok(Message::Close(frame))) => {
                             // tungstenite answers the close; the next read completes it and ends.
                             peer_close = Some(frame.map(|f| f.code));
@@ -285,18 +379,55 @@ where
                             }
                         }
                         Some(Ok(Message::Pong(_))) => {}
-                        Some(Ok(message)) => {
-                            pending = Some(Inbound::new(message, self.conn.clone()));
-                        }
+                        Some(Ok(message)) => match live.as_mut() {
+                            None => pending = Some((Inbound::new(message, self.conn.clone()), None)),
+                            Some(live) => match live.admit(message) {
+                                Err(ending) => return ending,
+                                Ok(Admitted::Call(message, guard)) => {
+                                    pending = Some((Inbound::new(message, self.conn.clone()), Some(guard)));
+                                }
+                                Ok(Admitted::Ack(seq)) => {
+                                    if let Err(err) = live.session.ack(seq).await {
+                                        tracing::warn!(%err, "session trim failed");
+                                    }
+                                }
+                                Ok(Admitted::Resent) => {
+                                    arm_ack(&mut ack_due, ack_timer.as_mut(), ack_interval);
+                                }
+                            },
+                        },
                     }
                 }
                 written = write(), if write_later => {
-                    if let Err(err) = written {
-                        return write_error(err);
+                    if let Err(err) = written
+                        && let Some(ending) = finish(write_error(err), can_finish, &mut finishing)
+                    {
+                        return ending;
                     }
                 }
                 // A message queued by another task: the next turn writes it.
                 () = out.queued() => {}
+                // A message logged in the session: the next turn queues and writes it.
+                changed = session_changed(live), if finishing.is_none() => {
+                    match changed {
+                        Err(ending) => {
+                            if let Some(ending) = finish(ending, can_finish, &mut finishing) {
+                                return ending;
+                            }
+                        }
+                        // Another connection of the session (one finishing its calls after a
+                        // drop) may have processed messages: they are acknowledged here.
+                        Ok(()) => {
+                            arm_ack(&mut ack_due, ack_timer.as_mut(), ack_interval);
+                        }
+                    }
+                }
+                () = &mut ack_timer, if ack_due => {
+                    ack_due = false;
+                    if let Some(ack) = live.as_ref().and_then(Live::ack_frame) {
+                        out.push_frame(ack);
+                    }
+                }
                 _ = ping.tick() => {
                     if !std::mem::take(&mut heard) {
                         lock().1.ping_due = true;
@@ -314,11 +445,24 @@ where
     }
 }
 
-fn on_outcome(conn: &ConnInfo, replies: &Replies, outcome: Outcome) -> Option<Ending> {
+/// Acts on a call's outcome. `id` is the message's client id under a session: its error frame
+/// carries it and is not logged.
+fn on_outcome(
+    conn: &ConnInfo,
+    replies: &Replies,
+    outcome: Outcome,
+    id: Option<u64>,
+) -> Option<Ending> {
     let action = match outcome {
         Err(panic) => return Some(panicked(conn, panic)),
         Ok(Ok(reply)) => reply.map_or(Action::Nothing, Action::Reply),
-        Ok(Err(err)) => replies.for_error(conn, &err),
+        Ok(Err(err)) => match (replies.for_error(conn, &err), id) {
+            (Action::Reply(frame), Some(id)) => {
+                conn.sender.push_frame(session::with_id(frame, id));
+                Action::Nothing
+            }
+            (action, _) => action,
+        },
     };
     match action {
         Action::Nothing => None,
@@ -393,6 +537,33 @@ fn write_error(err: axum::Error) -> Ending {
             "client does not read (write buffer full)",
         ),
         _ => Ending::peer(None, format!("write error: {inner}")),
+    }
+}
+
+/// Schedules an ack `interval` from now, unless one is already due.
+fn arm_ack(due: &mut bool, timer: Pin<&mut Sleep>, interval: Duration) {
+    if !*due {
+        *due = true;
+        timer.reset(Instant::now() + interval);
+    }
+}
+
+/// `ending` now, or `None` once recorded in `finishing` when calls are still to finish under a
+/// session.
+fn finish(ending: Ending, can_finish: bool, finishing: &mut Option<Ending>) -> Option<Ending> {
+    if can_finish {
+        *finishing = Some(ending);
+        None
+    } else {
+        Some(ending)
+    }
+}
+
+/// Resolves when the session's log grows (or it is superseded: an error); never without one.
+async fn session_changed(live: &mut Option<Live>) -> Result<(), Ending> {
+    match live {
+        Some(live) => live.changed().await,
+        None => std::future::pending().await,
     }
 }
 

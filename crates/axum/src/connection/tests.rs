@@ -11,9 +11,11 @@ use futures_util::Sink;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use wsguard_config::{ConnectionConfig, DedupConfig, OverflowPolicy};
+use wsguard_config::{ConnectionConfig, DedupConfig, OverflowPolicy, SessionConfig};
+use wsguard_session::Sessions;
+use wsguard_session::protocol::{RefusalReason, ServerFrame};
 
-use super::{Settings, run_on};
+use super::{Opening, Settings, run_on};
 use crate::close;
 use crate::drain::Drain;
 use crate::inbound::{ConnInfo, ConnectionId, Inbound};
@@ -115,6 +117,19 @@ struct Served {
 
 impl Served {
     fn start(edit: impl FnOnce(&mut ConnectionConfig)) -> Self {
+        Self::start_with(edit, None)
+    }
+
+    /// A connection whose client offered `wsguard.v1`, on `sessions`.
+    fn start_session(sessions: &Sessions) -> Self {
+        let opening = Opening {
+            sessions: sessions.clone(),
+            client: None,
+        };
+        Self::start_with(|_| {}, Some(opening))
+    }
+
+    fn start_with(edit: impl FnOnce(&mut ConnectionConfig), opening: Option<Opening>) -> Self {
         let mut config = ConnectionConfig::testing();
         edit(&mut config);
         let (peer, mut frames) = mpsc::unbounded_channel();
@@ -162,6 +177,7 @@ impl Served {
             replies,
             stats.clone(),
             Some(drain.ticket()),
+            opening,
         ));
         Self {
             peer: Some(peer),
@@ -190,6 +206,40 @@ impl Served {
         (&mut self.task).await.unwrap();
         self
     }
+}
+
+impl Wire {
+    /// The protocol frames written, with when.
+    fn frames(&self) -> Vec<(Duration, ServerFrame)> {
+        self.sent()
+            .into_iter()
+            .filter_map(|(at, m)| match m {
+                Message::Text(text) => Some((at, ServerFrame::parse(text.as_str()).unwrap())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn acks(&self) -> Vec<(Duration, u64)> {
+        self.frames()
+            .into_iter()
+            .filter_map(|(at, f)| match f {
+                ServerFrame::Ack { id } => Some((at, id)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn session_frame(&self) -> wsguard_session::protocol::SessionFrame {
+        match self.frames().into_iter().next() {
+            Some((_, ServerFrame::Session(frame))) => frame,
+            other => panic!("the session frame comes first: {other:?}"),
+        }
+    }
+}
+
+fn ms(ms: u64) -> Duration {
+    Duration::from_millis(ms)
 }
 
 fn secs(s: u64) -> Duration {
@@ -373,4 +423,109 @@ async fn a_drain_lets_calls_in_flight_finish_then_closes_1001_with_a_reconnect_h
         (1, 1, 0)
     );
     assert_eq!(report.still_open, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn under_a_session_acks_are_batched_once_per_ack_interval() {
+    let sessions = Sessions::new(SessionConfig {
+        ack_interval: ms(50),
+        ..SessionConfig::testing()
+    });
+    let served = Served::start_session(&sessions);
+    served.send(Message::text(r#"{"type":"hello"}"#));
+    for id in 1..=5 {
+        served.send(Message::text(format!(
+            r#"{{"type":"msg","id":{id},"data":"m{id}"}}"#
+        )));
+    }
+    tokio::time::sleep(ms(49)).await;
+    assert!(served.wire.acks().is_empty());
+    tokio::time::sleep(ms(2)).await;
+    assert_eq!(served.wire.acks(), [(ms(50), 5)]);
+    let msgs: Vec<_> = served
+        .wire
+        .frames()
+        .into_iter()
+        .filter_map(|(_, f)| match f {
+            ServerFrame::Msg { seq, data } => Some((seq, data.get().to_owned())),
+            _ => None,
+        })
+        .collect();
+    let expected: Vec<_> = (1..=5).map(|i| (i, format!(r#""m{i}""#))).collect();
+    assert_eq!(msgs, expected, "the echoes, numbered from 1");
+    // Nothing more to acknowledge: no more acks.
+    tokio::time::sleep(ms(200)).await;
+    assert_eq!(served.wire.acks().len(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_resume_elsewhere_supersedes_the_first_connection_which_closes_1008() {
+    let sessions = Sessions::new(SessionConfig::testing());
+    let first = Served::start_session(&sessions);
+    first.send(Message::text(r#"{"type":"hello"}"#));
+    tokio::time::sleep(ms(1)).await;
+    let token = first.wire.session_frame().session.unwrap();
+
+    let second = Served::start_session(&sessions);
+    second.send(Message::text(format!(
+        r#"{{"type":"resume","session":"{token}","last":0}}"#
+    )));
+    first.until_close_frame().await;
+    assert_eq!(first.wire.closes()[0].1, close::POLICY_VIOLATION);
+    assert!(second.wire.session_frame().resumed);
+    assert!(second.wire.closes().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_sends_no_first_frame_is_closed_after_idle_timeout() {
+    let sessions = Sessions::new(SessionConfig::testing());
+    let served = Served::start_with(
+        |c| c.idle_timeout = secs(3),
+        Some(Opening {
+            sessions: sessions.clone(),
+            client: None,
+        }),
+    );
+    served.until_close_frame().await;
+    assert_eq!(served.wire.closes(), [(secs(3), close::GOING_AWAY)]);
+    assert_eq!(sessions.stats().created, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_whose_log_overflowed_is_closed_1008_and_its_resume_told_the_gap() {
+    let sessions = Sessions::new(SessionConfig {
+        max_messages: 8,
+        ..SessionConfig::testing()
+    });
+    let served = Served::start_with(
+        |c| c.close_timeout = secs(1),
+        Some(Opening {
+            sessions: sessions.clone(),
+            client: None,
+        }),
+    );
+    served.send(Message::text(r#"{"type":"hello"}"#));
+    tokio::time::sleep(ms(1)).await;
+    let token = served.wire.session_frame().session.unwrap();
+    served.wire.0.lock().unwrap().blocked = true;
+    for i in 1..=40 {
+        served.conn.sender.send(format!("n{i}")).unwrap();
+    }
+    tokio::time::sleep(ms(10)).await;
+    assert_eq!(served.stats.closed_slow_reader(), 1);
+    let served = served.hang_up().await;
+    assert_eq!(
+        served.wire.frames().len(),
+        1,
+        "nothing but the session frame"
+    );
+
+    let resumed = Served::start_session(&sessions);
+    resumed.send(Message::text(format!(
+        r#"{{"type":"resume","session":"{token}","last":0}}"#
+    )));
+    tokio::time::sleep(ms(1)).await;
+    let frame = resumed.wire.session_frame();
+    assert_eq!(frame.reason, Some(RefusalReason::Gap));
+    assert_eq!(frame.lost, Some(32));
 }

@@ -1,0 +1,242 @@
+//! The connection's side of a `wsguard.v1` session: the opening exchange, numbered inbound
+//! messages, acknowledgements, and the outbound log written in `seq` order.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::ws::Message;
+use futures_util::{Stream, StreamExt};
+use tokio::time::{Instant, timeout_at};
+use wsguard_session::protocol::{ClientFrame, ServerFrame, WireFrame, data_to_text, decode_binary};
+use wsguard_session::store::Logged;
+use wsguard_session::{Accept, Opened, Processing, Session, Sessions};
+
+use super::WRITE_BATCH;
+use crate::Sender;
+use crate::close::{self, Ending};
+use crate::inbound::ConnInfo;
+
+/// What a connection needs to open a session: the route's registry and the client identity
+/// sessions are bound to, when the route names its clients.
+#[derive(Debug, Clone)]
+pub(crate) struct Opening {
+    pub(crate) sessions: Sessions,
+    pub(crate) client: Option<Arc<str>>,
+}
+
+/// A connection's attached session.
+pub(super) struct Live {
+    pub(super) session: Session,
+    /// The highest `seq` handed to the socket's queue.
+    sent: u64,
+    /// The log may hold messages after `sent`.
+    dirty: bool,
+    pub(super) ack_interval: Duration,
+}
+
+/// What a client frame asks of the connection.
+pub(super) enum Admitted {
+    /// A new message: call the service with it; report it processed when the call is done.
+    Call(Message, Processing),
+    /// The client holds every message up to this `seq`.
+    Ack(u64),
+    /// A resend of a message processed or in flight: the next ack covers it.
+    Resent,
+}
+
+/// Reads the first frame (`hello` or `resume`) within `wait`, opens the session, and queues the
+/// `session` frame and the replay. A refusal to open (`unavailable`) queues the frame and ends
+/// the connection with 1013.
+pub(super) async fn open<St>(
+    stream: &mut St,
+    conn: &ConnInfo,
+    opening: &Opening,
+    wait: Duration,
+) -> Result<Live, Ending>
+where
+    St: Stream<Item = Result<Message, axum::Error>> + Unpin,
+{
+    let deadline = Instant::now() + wait;
+    let mut peer_close = None;
+    let text = loop {
+        let Ok(frame) = timeout_at(deadline, stream.next()).await else {
+            return Err(Ending::close(
+                close::GOING_AWAY,
+                "no hello or resume in time",
+            ));
+        };
+        match frame {
+            None => {
+                let code =
+                    peer_close.map(|code: Option<u16>| code.unwrap_or(close::NO_STATUS_RECEIVED));
+                return Err(Ending::peer(code, "closed before hello or resume"));
+            }
+            Some(Err(err)) => return Err(super::read_error(err)),
+            // tungstenite answers the close; the next read completes it and ends.
+            Some(Ok(Message::Close(frame))) => peer_close = Some(frame.map(|f| f.code)),
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(Message::Text(text))) => break text,
+            Some(Ok(Message::Binary(_))) => {
+                return Err(protocol_error("the first frame must be hello or resume"));
+            }
+        }
+    };
+    let first =
+        ClientFrame::parse(text.as_str()).map_err(|err| protocol_error(&err.to_string()))?;
+    let Some(opened) = opening
+        .sessions
+        .open(&first, opening.client.as_deref())
+        .await
+    else {
+        return Err(protocol_error("the first frame must be hello or resume"));
+    };
+    let out = &conn.sender;
+    out.push_frame(Message::text(
+        ServerFrame::Session(opened.frame().clone()).to_text(),
+    ));
+    match opened {
+        Opened::Unavailable { .. } => Err(Ending::close(
+            close::TRY_AGAIN_LATER,
+            "no session available, try again later",
+        )),
+        Opened::Attached {
+            session,
+            frame,
+            replay,
+        } => {
+            let mut sent = match first {
+                ClientFrame::Resume { last, .. } if frame.resumed => last,
+                _ => 0,
+            };
+            for logged in &replay {
+                out.push_frame(wire(logged));
+                sent = logged.seq;
+            }
+            let token = session.token();
+            out.log_to(token, opening.sessions.sender_for_session(&token));
+            tracing::debug!(
+                conn = %conn.id, session = ?token, resumed = frame.resumed,
+                reason = frame.reason.map_or("", |r| r.as_str()), replayed = replay.len(),
+                "wsguard.v1 session attached"
+            );
+            Ok(Live {
+                session,
+                sent,
+                dirty: true,
+                ack_interval: opening.sessions.config().ack_interval,
+            })
+        }
+    }
+}
+
+impl Live {
+    /// Queues the next logged messages while the queue has room for a batch. A message the
+    /// log dropped before it was written (a bound, while the client read too slowly) ends the
+    /// connection with 1008: the client resumes and is told exactly what it lost.
+    pub(super) async fn refill(&mut self, out: &Sender) -> Result<(), Ending> {
+        if !self.dirty || out.len() >= WRITE_BATCH {
+            return Ok(());
+        }
+        let batch = match self
+            .session
+            .read_after(self.sent, WRITE_BATCH - out.len())
+            .await
+        {
+            Ok(batch) => batch,
+            Err(err) => {
+                tracing::warn!(%err, "session log read failed");
+                return Err(Ending::close(close::INTERNAL_ERROR, "session store failed"));
+            }
+        };
+        let Some(first) = batch.first() else {
+            self.dirty = false;
+            return Ok(());
+        };
+        if first.seq != self.sent + 1 {
+            return Err(Ending::close(
+                close::POLICY_VIOLATION,
+                "client does not read (session log overflowed)",
+            ));
+        }
+        for logged in &batch {
+            out.push_frame(wire(logged));
+            self.sent = logged.seq;
+        }
+        Ok(())
+    }
+
+    /// Waits until the log grows, or a newer connection takes the session over.
+    pub(super) async fn changed(&mut self) -> Result<(), Ending> {
+        self.session.changed().await;
+        self.dirty = true;
+        if self.session.is_superseded() {
+            return Err(Ending::close(close::POLICY_VIOLATION, "superseded"));
+        }
+        Ok(())
+    }
+
+    /// Reads a client frame.
+    pub(super) fn admit(&self, message: Message) -> Result<Admitted, Ending> {
+        let (id, message) = match message {
+            Message::Text(text) => match ClientFrame::parse(text.as_str()) {
+                Ok(ClientFrame::Msg { id, data }) => (id, Message::text(data_to_text(&data))),
+                Ok(ClientFrame::Ack { seq }) => return Ok(Admitted::Ack(seq)),
+                Ok(ClientFrame::Hello | ClientFrame::Resume { .. }) => {
+                    return Err(protocol_error("the session is already open"));
+                }
+                Err(err) => return Err(protocol_error(&err.to_string())),
+            },
+            Message::Binary(bytes) => match decode_binary(&bytes) {
+                Ok((id, payload)) => (id, Message::Binary(payload)),
+                Err(err) => return Err(protocol_error(&err.to_string())),
+            },
+            // Control frames never reach here.
+            _ => return Ok(Admitted::Resent),
+        };
+        match self.session.accept(id) {
+            Accept::New(processing) => Ok(Admitted::Call(message, processing)),
+            Accept::AlreadyProcessed => Ok(Admitted::Resent),
+            Accept::OutOfOrder { expected } => {
+                Err(protocol_error(&format!("message id {id} skips {expected}")))
+            }
+        }
+    }
+
+    /// The `ack` frame to send now, if the processed mark moved since the last one.
+    pub(super) fn ack_frame(&self) -> Option<Message> {
+        self.session
+            .ack_to_send()
+            .map(|id| Message::text(ServerFrame::Ack { id }.to_text()))
+    }
+}
+
+/// An error frame (`{"type":"error",...}`) about client message `id`: the frame with `"id"`
+/// added. Error frames are not logged.
+pub(super) fn with_id(frame: Message, id: u64) -> Message {
+    let Message::Text(text) = &frame else {
+        return frame;
+    };
+    match serde_json::from_str::<serde_json::Value>(text.as_str()) {
+        Ok(serde_json::Value::Object(mut object)) => {
+            object.insert("id".to_owned(), id.into());
+            Message::text(serde_json::Value::Object(object).to_string())
+        }
+        _ => frame,
+    }
+}
+
+fn wire(logged: &Logged) -> Message {
+    match logged.to_wire() {
+        WireFrame::Text(text) => Message::text(text),
+        WireFrame::Binary(bytes) => Message::Binary(bytes),
+    }
+}
+
+/// A 1002 close; the reason is cut to fit a close frame (123 bytes).
+fn protocol_error(reason: &str) -> Ending {
+    let mut end = reason.len().min(120);
+    while !reason.is_char_boundary(end) {
+        end -= 1;
+    }
+    Ending::close(close::PROTOCOL_ERROR, reason[..end].to_owned())
+}
