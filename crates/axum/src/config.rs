@@ -17,7 +17,7 @@ pub struct WsConfig {
 
 impl WsConfig {
     /// A config reading each part from its own source, with the production session settings
-    /// (see [`session`](Self::session)).
+    /// (see [`with_session`](Self::with_session)).
     pub fn new(
         connection: impl Into<ConfigSource<ConnectionConfig>>,
         dedup: impl Into<ConfigSource<DedupConfig>>,
@@ -30,7 +30,7 @@ impl WsConfig {
     }
 
     /// Reads the session settings from `session` instead.
-    pub fn session(mut self, session: impl Into<ConfigSource<SessionConfig>>) -> Self {
+    pub fn with_session(mut self, session: impl Into<ConfigSource<SessionConfig>>) -> Self {
         self.session = session.into();
         self
     }
@@ -46,7 +46,7 @@ impl WsConfig {
     }
 
     /// Where the session settings come from.
-    pub fn session_config(&self) -> &ConfigSource<SessionConfig> {
+    pub fn session(&self) -> &ConfigSource<SessionConfig> {
         &self.session
     }
 }
@@ -60,25 +60,26 @@ impl Default for WsConfig {
 
 impl From<StabilityConfig> for WsConfig {
     fn from(config: StabilityConfig) -> Self {
-        Self::new(config.connection, config.dedup).session(config.session)
+        Self::new(config.connection, config.dedup).with_session(config.session)
     }
 }
 
 impl From<&StabilityConfig> for WsConfig {
     fn from(config: &StabilityConfig) -> Self {
-        Self::new(config.connection.clone(), config.dedup.clone()).session(config.session.clone())
+        Self::new(config.connection.clone(), config.dedup.clone())
+            .with_session(config.session.clone())
     }
 }
 
 impl From<ConfigHandle> for WsConfig {
     fn from(handle: ConfigHandle) -> Self {
-        Self::new(&handle, &handle).session(&handle)
+        Self::new(&handle, &handle).with_session(&handle)
     }
 }
 
 impl From<&ConfigHandle> for WsConfig {
     fn from(handle: &ConfigHandle) -> Self {
-        Self::new(handle, handle).session(handle)
+        Self::new(handle, handle).with_session(handle)
     }
 }
 

@@ -93,6 +93,18 @@
 //!   reconnect delay, within a drain timeout.
 //! - Read and write buffers come from `read_buffer_size` and `write_buffer_size` (4 KiB by
 //!   default instead of tungstenite's 128 KiB), which keeps idle connections cheap.
+//! - A client that offers the `wsguard.v1` subprotocol, on a route whose `session.enabled` is
+//!   on, gets a session (specified in `docs/protocol.md`): it opens or resumes one with its first
+//!   frame, every message to it is logged in the session, numbered and replayed after a
+//!   reconnect until it acknowledges it, and every message from it runs the service once, however
+//!   often it is resent. The service sees the same plain [`Inbound`] messages as without a
+//!   session. Under a session the connection's [`Sender`] (replies included) logs its text and
+//!   binary messages instead of queueing them, with no overflow policy: a client that does not
+//!   read is closed with `1008` once the log has dropped what it did not get, and its resume says
+//!   how many were lost. Error frames are not logged and carry the message's `"id"`. The route's
+//!   registry ([`WsRoute::sessions`]) sends to a client or session whether or not it is
+//!   connected, and counts sessions ([`SessionStats`]). Clients that do not offer the
+//!   subprotocol get plain WebSocket, unchanged.
 
 #![warn(
     missing_debug_implementations,

@@ -112,7 +112,7 @@ where
         let config = config.into();
         Self {
             service: Arc::new(service),
-            sessions: Sessions::new(config.session_config().clone()),
+            sessions: Sessions::new(config.session().clone()),
             config,
             stats: ConnectionStats::default(),
             metrics: None,

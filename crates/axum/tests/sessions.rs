@@ -35,6 +35,8 @@ enum Frame {
     Msg(u64, String),
     Binary(u64, Vec<u8>),
     Ack(u64),
+    /// An error frame's kind and the client id it is about.
+    Error(String, u64),
     Close(u16),
 }
 
@@ -134,6 +136,10 @@ impl V1 {
                 }),
                 "msg" => Frame::Msg(value["seq"].as_u64().unwrap(), value["data"].to_string()),
                 "ack" => Frame::Ack(value["id"].as_u64().unwrap()),
+                "error" => Frame::Error(
+                    value["error"].as_str().unwrap().to_owned(),
+                    value["id"].as_u64().unwrap(),
+                ),
                 other => panic!("unexpected frame type {other}: {text}"),
             };
         }
@@ -156,7 +162,8 @@ fn config(edit: impl FnOnce(&mut StabilityConfig)) -> StabilityConfig {
     config
 }
 
-/// Counts how often each text was handled; answers `r:TEXT` after 2 ms (binary: echoes).
+/// Counts how often each text was handled; answers `r:TEXT` after 2 ms (binary: echoes); the
+/// text `fail` fails.
 #[derive(Clone, Default)]
 struct Handled(Arc<Mutex<HashMap<String, usize>>>);
 
@@ -200,6 +207,9 @@ fn counting(handled: Handled) -> impl Counting {
                 return Ok::<_, BoxError>(Some(req.message));
             };
             *handled.lock().unwrap().entry(text.to_owned()).or_default() += 1;
+            if text == "fail" {
+                return Err("asked to fail".into());
+            }
             // Slow enough that a client dropping mid-stream leaves messages unprocessed.
             tokio::time::sleep(Duration::from_millis(2)).await;
             Ok(Some(Message::text(format!("r:{text}"))))
@@ -452,4 +462,40 @@ async fn a_plain_client_on_a_session_route_gets_plain_websocket() {
         .unwrap();
     assert_eq!(reply, tungstenite::Message::text(r#"r:{"type":"hello"}"#));
     assert_eq!(sessions.stats().created, 0);
+}
+
+#[tokio::test]
+async fn a_failed_message_gets_an_unnumbered_error_frame_with_its_id_and_is_acknowledged() {
+    let handled = Handled::default();
+    let route = handled.route(config(|_| {}));
+    let addr = serve_route(route).await;
+
+    let mut client = V1::connect(addr, None).await;
+    client.hello().await;
+    client.msg(1, r#""fail""#).await;
+    client.msg(2, r#""ok""#).await;
+    let mut frames = Vec::new();
+    while !frames.contains(&Frame::Ack(2)) {
+        match client.frame().await {
+            // Acks are batched: one for id 1 alone may come first.
+            Frame::Ack(1) => {}
+            frame => frames.push(frame),
+        }
+    }
+    assert_eq!(
+        frames,
+        [
+            Frame::Error("handler_error".into(), 1),
+            Frame::Msg(1, r#""r:ok""#.into()),
+            Frame::Ack(2),
+        ]
+    );
+    // A resend of the failed one is acknowledged, not run again.
+    client.msg(1, r#""fail""#).await;
+    client.msg(3, r#""ok again""#).await;
+    assert_eq!(
+        client.frame().await,
+        Frame::Msg(2, r#""r:ok again""#.into())
+    );
+    assert_eq!(handled.count("fail"), 1);
 }
