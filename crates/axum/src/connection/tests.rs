@@ -529,3 +529,38 @@ async fn a_slow_reader_whose_log_overflowed_is_closed_1008_and_its_resume_told_t
     assert_eq!(frame.reason, Some(RefusalReason::Gap));
     assert_eq!(frame.lost, Some(32));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_call_in_flight_when_the_client_drops_finishes_and_its_reply_waits_for_the_resume() {
+    let sessions = Sessions::new(SessionConfig::testing());
+    // With room for a second call the connection reads on, and sees the drop mid-call.
+    let opening = Opening {
+        sessions: sessions.clone(),
+        client: None,
+    };
+    let served = Served::start_with(|c| c.message_concurrency = 2, Some(opening));
+    served.send(Message::text(r#"{"type":"hello"}"#));
+    served.send(Message::text(r#"{"type":"msg","id":1,"data":"sleep 500"}"#));
+    tokio::time::sleep(ms(10)).await;
+    let token = served.wire.session_frame().session.unwrap();
+    // The client vanishes while its message is being handled.
+    let served = served.hang_up().await;
+    assert_eq!(served.wire.now(), ms(500), "the call finished first");
+    assert_eq!(sessions.stats().detached, Some(1));
+
+    let resumed = Served::start_session(&sessions);
+    resumed.send(Message::text(format!(
+        r#"{{"type":"resume","session":"{token}","last":0}}"#
+    )));
+    tokio::time::sleep(ms(1)).await;
+    let frames: Vec<_> = resumed.wire.frames().into_iter().map(|(_, f)| f).collect();
+    let ServerFrame::Session(frame) = &frames[0] else {
+        panic!("{frames:?}")
+    };
+    assert!(frame.resumed);
+    assert_eq!(frame.last, 1, "processed: the client must not resend it");
+    assert!(
+        matches!(&frames[1], ServerFrame::Msg { seq: 1, data } if data.get() == r#""sleep 500""#),
+        "{frames:?}"
+    );
+}
