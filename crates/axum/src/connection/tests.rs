@@ -564,3 +564,47 @@ async fn a_call_in_flight_when_the_client_drops_finishes_and_its_reply_waits_for
         "{frames:?}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_superseded_connection_finishes_its_call_and_the_resend_on_the_new_one_is_not_run() {
+    let sessions = Sessions::new(SessionConfig::testing());
+    let first = Served::start_session(&sessions);
+    first.send(Message::text(r#"{"type":"hello"}"#));
+    first.send(Message::text(r#"{"type":"msg","id":1,"data":"sleep 500"}"#));
+    tokio::time::sleep(ms(10)).await;
+    let token = first.wire.session_frame().session.unwrap();
+
+    // The client believes the first connection dead, resumes, and resends id 1.
+    let second = Served::start_session(&sessions);
+    second.send(Message::text(format!(
+        r#"{{"type":"resume","session":"{token}","last":0}}"#
+    )));
+    second.send(Message::text(r#"{"type":"msg","id":1,"data":"sleep 500"}"#));
+    first.until_close_frame().await;
+    assert_eq!(first.wire.closes()[0].1, close::POLICY_VIOLATION);
+    assert_eq!(
+        first.wire.closes()[0].0,
+        ms(500),
+        "closed once its call finished"
+    );
+
+    tokio::time::sleep(ms(100)).await;
+    let frames: Vec<_> = second.wire.frames().into_iter().map(|(_, f)| f).collect();
+    let ServerFrame::Session(frame) = &frames[0] else {
+        panic!("{frames:?}")
+    };
+    assert_eq!(frame.last, 0, "id 1 was still in flight");
+    let replies: Vec<_> = frames
+        .iter()
+        .filter_map(|f| match f {
+            ServerFrame::Msg { seq, data } => Some((*seq, data.get().to_owned())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        replies,
+        [(1, r#""sleep 500""#.to_owned())],
+        "handled once, by the first connection; written by the second"
+    );
+    assert!(frames.contains(&ServerFrame::Ack { id: 1 }), "{frames:?}");
+}
