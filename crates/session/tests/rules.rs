@@ -656,3 +656,14 @@ async fn the_periodic_sweep_ends_once_nothing_else_holds_the_registry() {
         .expect("the sweep ended")
         .unwrap();
 }
+
+#[tokio::test(start_paused = true)]
+async fn the_registry_debug_shows_sizes_not_messages_or_tokens() {
+    let sessions = Sessions::new(config());
+    let (session, token) = hello(&sessions, None).await;
+    session.append("a secret message").await.unwrap();
+    let debug = format!("{sessions:?}");
+    assert!(debug.contains("sessions: 1"), "{debug}");
+    assert!(!debug.contains("secret"), "{debug}");
+    assert!(!debug.contains(&token.to_string()[..8]), "{debug}");
+}

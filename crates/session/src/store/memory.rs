@@ -1,4 +1,5 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::fmt;
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::time::Instant;
@@ -35,9 +36,21 @@ use crate::token::SessionToken;
 /// assert_eq!(store.read_after(&token, 0, 10).await.unwrap().len(), 1);
 /// # }
 /// ```
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct MemorySessionStore {
     state: Mutex<State>,
+}
+
+/// Sizes only: the sessions' messages and tokens stay out of logs.
+impl fmt::Debug for MemorySessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = self.lock();
+        f.debug_struct("MemorySessionStore")
+            .field("sessions", &state.sessions.len())
+            .field("detached", &state.detached.len())
+            .field("bytes", &state.bytes)
+            .finish()
+    }
 }
 
 #[derive(Debug, Default)]
