@@ -43,7 +43,9 @@ use crate::warn_limit::{WarnLimit, limited_warn};
 /// registry ([`sessions`](Self::sessions)), every message to it is numbered and logged until
 /// acknowledged, and every message from it is handled once, across reconnects within
 /// `session.ttl`. Handlers and layers see the same plain messages as without a session. Other
-/// clients get plain WebSocket, unchanged.
+/// clients get plain WebSocket, unchanged. The first frame (`hello` or `resume`) must come within
+/// `idle_timeout`; a connection that drops or is superseded by a resume elsewhere lets its calls
+/// in flight finish, so that their replies are logged and their ids count as processed.
 ///
 /// Most routes need only [`ws_route`]; keep a `WsRoute` when you want its stats.
 pub struct WsRoute<S> {
