@@ -433,7 +433,8 @@ where
                         lock().1.ping_due = true;
                     }
                 }
-                () = &mut idle => {
+                // A finishing connection waits for its calls, however long they take.
+                () = &mut idle, if finishing.is_none() => {
                     let deadline = last_heard + idle_timeout;
                     if Instant::now() >= deadline {
                         return Ending::close(close::GOING_AWAY, "idle timeout");

@@ -608,3 +608,33 @@ async fn a_superseded_connection_finishes_its_call_and_the_resend_on_the_new_one
     );
     assert!(frames.contains(&ServerFrame::Ack { id: 1 }), "{frames:?}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_finishing_connection_is_not_cut_short_by_the_idle_timeout() {
+    let sessions = Sessions::new(SessionConfig::testing());
+    let opening = Opening {
+        sessions: sessions.clone(),
+        client: None,
+    };
+    let served = Served::start_with(
+        |c| {
+            c.message_concurrency = 2;
+            c.idle_timeout = secs(3);
+        },
+        Some(opening),
+    );
+    served.send(Message::text(r#"{"type":"hello"}"#));
+    served.send(Message::text(
+        r#"{"type":"msg","id":1,"data":"sleep 5000"}"#,
+    ));
+    tokio::time::sleep(ms(10)).await;
+    let served = served.hang_up().await;
+    assert_eq!(served.wire.now(), secs(5), "the call finished");
+    assert!(served.wire.closes().is_empty());
+    let stats = sessions.stats();
+    assert_eq!(
+        stats.bytes,
+        Some(r#""sleep 5000""#.len()),
+        "its reply is logged"
+    );
+}
