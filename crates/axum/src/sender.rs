@@ -10,7 +10,7 @@ use axum::extract::ws::Message;
 use tokio::sync::{Notify, watch};
 use tower_service::Service;
 use wsguard_config::OverflowPolicy;
-use wsguard_session::{Payload, SessionSender, SessionToken};
+use wsguard_session::{MessageData, SessionSender, SessionToken};
 
 use wsguard_metrics::ConnectionSlot;
 
@@ -160,8 +160,8 @@ impl Sender {
         let message = message.into();
         if let Some((_, session)) = self.shared.session.get() {
             let payload = match &message {
-                Message::Text(text) => Some(Payload::from(text.as_str())),
-                Message::Binary(bytes) => Some(Payload::Binary(bytes.clone())),
+                Message::Text(text) => Some(MessageData::from(text.as_str())),
+                Message::Binary(bytes) => Some(MessageData::Binary(bytes.clone())),
                 _ => None,
             };
             if let Some(payload) = payload {

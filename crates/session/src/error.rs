@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::store::StoreError;
+use crate::store::SessionStoreError;
 
 /// The error of services whose rejections are errors: tower's `BoxError`.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -13,7 +13,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// Only this crate creates it. Find it with `err.is::<SessionGone>()`.
 #[derive(Debug, Clone)]
 pub struct SessionGone {
-    store: Option<StoreError>,
+    store: Option<SessionStoreError>,
 }
 
 impl SessionGone {
@@ -21,12 +21,12 @@ impl SessionGone {
         Self { store: None }
     }
 
-    pub(crate) fn store(err: StoreError) -> Self {
+    pub(crate) fn store(err: SessionStoreError) -> Self {
         Self { store: Some(err) }
     }
 
     /// The store's error, if the store failed (rather than the session being absent).
-    pub fn store_error(&self) -> Option<&StoreError> {
+    pub fn store_error(&self) -> Option<&SessionStoreError> {
         self.store.as_ref()
     }
 }

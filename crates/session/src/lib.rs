@@ -103,10 +103,10 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod data;
 pub mod error;
 pub mod future;
 mod inbound;
-mod payload;
 pub mod protocol;
 mod sender;
 mod session;
@@ -115,9 +115,9 @@ mod stats;
 pub mod store;
 mod token;
 
+pub use self::data::MessageData;
 pub use self::error::SessionGone;
 pub use self::inbound::{Accept, Processing};
-pub use self::payload::Payload;
 pub use self::sender::SessionSender;
 pub use self::session::Session;
 pub use self::sessions::{Opened, Sessions};

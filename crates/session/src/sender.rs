@@ -8,9 +8,9 @@ use std::task::{Context, Poll, Waker};
 
 use tower_service::Service;
 
+use crate::data::MessageData;
 use crate::error::{BoxError, SessionGone};
 use crate::future::SendFuture;
-use crate::payload::Payload;
 use crate::sessions::Sessions;
 use crate::store::{MemorySessionStore, SessionStore, Target};
 use crate::token::SessionToken;
@@ -24,7 +24,7 @@ pub(crate) enum SenderTarget {
 /// Logs messages for a session, connected or not: a live connection is woken and sends them,
 /// a detached session delivers them on resume.
 ///
-/// A `tower::Service` of anything that converts into a [`Payload`] (`String`, `&str`,
+/// A `tower::Service` of anything that converts into a [`MessageData`] (`String`, `&str`,
 /// `serde_json::Value`, `Bytes`...), answering the message's `seq`; the error is a
 /// [`SessionGone`] when there is no such session. It is always ready: the session log's bounds
 /// apply, never backpressure. Made by [`Sessions::sender_for_client`] (which follows the
@@ -57,11 +57,11 @@ impl<S: SessionStore> SessionSender<S> {
     }
 
     /// Logs `payload` and returns its `seq`.
-    pub async fn send(&self, payload: impl Into<Payload>) -> Result<u64, SessionGone> {
+    pub async fn send(&self, payload: impl Into<MessageData>) -> Result<u64, SessionGone> {
         self.start(payload.into()).logged().await
     }
 
-    fn start(&self, payload: Payload) -> SendFuture<S> {
+    fn start(&self, payload: MessageData) -> SendFuture<S> {
         let config = self.sessions.config();
         let to = match &self.target {
             SenderTarget::Session(token) => Target::Session(token),
@@ -77,7 +77,7 @@ impl<S: SessionStore> SessionSender<S> {
 impl SessionSender<MemorySessionStore> {
     /// Logs `payload` and returns its `seq` without waiting, from synchronous code: the memory
     /// store answers at once.
-    pub fn send_now(&self, payload: impl Into<Payload>) -> Result<u64, SessionGone> {
+    pub fn send_now(&self, payload: impl Into<MessageData>) -> Result<u64, SessionGone> {
         let mut logged = self.start(payload.into()).logged();
         match Pin::new(&mut logged).poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(result) => result,
@@ -86,7 +86,7 @@ impl SessionSender<MemorySessionStore> {
     }
 }
 
-impl<S: SessionStore, M: Into<Payload>> Service<M> for SessionSender<S> {
+impl<S: SessionStore, M: Into<MessageData>> Service<M> for SessionSender<S> {
     type Response = u64;
     type Error = BoxError;
     type Future = SendFuture<S>;

@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use crate::data::MessageData;
 use crate::error::SessionGone;
 use crate::inbound::{Accept, Admit, Processing};
-use crate::payload::Payload;
 use crate::sessions::{Local, Sessions};
-use crate::store::{Logged, MemorySessionStore, SessionStore, StoreError, Target};
+use crate::store::{Logged, MemorySessionStore, SessionStore, SessionStoreError, Target};
 use crate::token::SessionToken;
 
 /// A connection's handle on its session. Dropping it detaches the session (unless a newer
@@ -58,7 +58,7 @@ impl<S: SessionStore> Session<S> {
 
     /// Logs an outbound message and returns its `seq`; the connection sends it when
     /// [`changed`](Self::changed) wakes it, like any other logged message.
-    pub async fn append(&self, payload: impl Into<Payload>) -> Result<u64, SessionGone> {
+    pub async fn append(&self, payload: impl Into<MessageData>) -> Result<u64, SessionGone> {
         let token = self.local.token;
         self.sessions
             .append(Target::Session(&token), payload.into())
@@ -66,7 +66,7 @@ impl<S: SessionStore> Session<S> {
     }
 
     /// At most `max` logged messages after `seq`, in order: what the connection sends next.
-    pub async fn read_after(&self, seq: u64, max: usize) -> Result<Vec<Logged>, StoreError> {
+    pub async fn read_after(&self, seq: u64, max: usize) -> Result<Vec<Logged>, SessionStoreError> {
         self.sessions
             .shared
             .store
@@ -91,7 +91,7 @@ impl<S: SessionStore> Session<S> {
     }
 
     /// The client acknowledged every message up to `seq`: frees them.
-    pub async fn ack(&self, seq: u64) -> Result<(), StoreError> {
+    pub async fn ack(&self, seq: u64) -> Result<(), SessionStoreError> {
         self.sessions
             .shared
             .store

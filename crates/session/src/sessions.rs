@@ -10,15 +10,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use wsguard_config::{ConfigSource, SessionConfig};
 
+use crate::data::MessageData;
 use crate::error::SessionGone;
 use crate::inbound::InboundIds;
-use crate::payload::Payload;
 use crate::protocol::{ClientFrame, RefusalReason, SessionFrame};
 use crate::sender::{SenderTarget, SessionSender};
 use crate::session::Session;
 use crate::stats::{Counters, SessionStats};
 use crate::store::{
-    Appended, Attached, Created, Logged, MemorySessionStore, SessionStore, StoreError, Target,
+    Appended, Attached, Created, Logged, MemorySessionStore, SessionStore, SessionStoreError,
+    Target,
 };
 use crate::token::SessionToken;
 
@@ -294,7 +295,7 @@ impl<S: SessionStore> Sessions<S> {
     pub(crate) async fn append(
         &self,
         to: Target<'_>,
-        payload: Payload,
+        payload: MessageData,
     ) -> Result<u64, SessionGone> {
         let config = self.config();
         let appended = self
@@ -388,7 +389,7 @@ impl<S: SessionStore> Sessions<S> {
         opened
     }
 
-    fn unavailable(&self, err: &StoreError) -> Opened<S> {
+    fn unavailable(&self, err: &SessionStoreError) -> Opened<S> {
         tracing::warn!(%err, "session store failed: answering unavailable");
         self.shared.counters.refused[RefusalReason::Unavailable as usize]
             .fetch_add(1, Ordering::Relaxed);

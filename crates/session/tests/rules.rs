@@ -11,7 +11,7 @@ use tower_service::Service;
 use wsguard_config::SessionConfig;
 use wsguard_session::protocol::{RefusalReason, SessionFrame, WireFrame};
 use wsguard_session::store::Logged;
-use wsguard_session::{Accept, Opened, Payload, Session, SessionGone, SessionToken, Sessions};
+use wsguard_session::{Accept, MessageData, Opened, Session, SessionGone, SessionToken, Sessions};
 
 fn config() -> SessionConfig {
     SessionConfig {
@@ -46,8 +46,8 @@ fn texts(replay: &[Logged]) -> Vec<(u64, String)> {
     replay
         .iter()
         .map(|m| match &m.payload {
-            Payload::Json(data) => (m.seq, data.get().to_owned()),
-            Payload::Binary(b) => (m.seq, format!("{b:?}")),
+            MessageData::Json(data) => (m.seq, data.get().to_owned()),
+            MessageData::Binary(b) => (m.seq, format!("{b:?}")),
         })
         .collect()
 }

@@ -9,7 +9,7 @@ use super::{
     Appended, Attached, Created, Logged, SessionState, SessionStore, StoreCounts, StoreFuture,
     Target,
 };
-use crate::payload::Payload;
+use crate::data::MessageData;
 use crate::token::SessionToken;
 
 /// Sessions in this process's memory: the embedded default.
@@ -257,7 +257,7 @@ impl SessionStore for MemorySessionStore {
     fn append(
         &self,
         to: Target<'_>,
-        payload: Payload,
+        payload: MessageData,
         config: &SessionConfig,
     ) -> StoreFuture<Option<Appended>> {
         let mut state = self.lock();

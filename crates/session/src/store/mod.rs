@@ -17,7 +17,7 @@ use std::task::{Context, Poll};
 use tokio::time::Instant;
 use wsguard_config::SessionConfig;
 
-use crate::payload::Payload;
+use crate::data::MessageData;
 use crate::protocol::{WireFrame, encode_binary, msg_text};
 use crate::token::SessionToken;
 
@@ -29,7 +29,7 @@ pub struct Logged {
     /// Its number in the session.
     pub seq: u64,
     /// The message.
-    pub payload: Payload,
+    pub payload: MessageData,
 }
 
 impl Logged {
@@ -37,8 +37,8 @@ impl Logged {
     /// starting with the big-endian `seq`.
     pub fn to_wire(&self) -> WireFrame {
         match &self.payload {
-            Payload::Json(data) => WireFrame::Text(msg_text(self.seq, data)),
-            Payload::Binary(bytes) => WireFrame::Binary(encode_binary(self.seq, bytes)),
+            MessageData::Json(data) => WireFrame::Text(msg_text(self.seq, data)),
+            MessageData::Binary(bytes) => WireFrame::Binary(encode_binary(self.seq, bytes)),
         }
     }
 }
@@ -126,22 +126,22 @@ pub struct StoreCounts {
 /// A store failed (a network store's error or timeout). Hello and resume are then answered
 /// `unavailable`.
 #[derive(Debug, Clone)]
-pub struct StoreError(Arc<str>);
+pub struct SessionStoreError(Arc<str>);
 
-impl StoreError {
+impl SessionStoreError {
     /// An error with this description.
     pub fn new(message: impl Into<String>) -> Self {
         Self(Arc::from(message.into()))
     }
 }
 
-impl fmt::Display for StoreError {
+impl fmt::Display for SessionStoreError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "session store: {}", self.0)
     }
 }
 
-impl std::error::Error for StoreError {}
+impl std::error::Error for SessionStoreError {}
 
 /// Sessions, their logs and their marks.
 ///
@@ -180,7 +180,7 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     fn append(
         &self,
         to: Target<'_>,
-        payload: Payload,
+        payload: MessageData,
         config: &SessionConfig,
     ) -> StoreFuture<Option<Appended>>;
 
@@ -237,7 +237,7 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
     fn append(
         &self,
         to: Target<'_>,
-        payload: Payload,
+        payload: MessageData,
         config: &SessionConfig,
     ) -> StoreFuture<Option<Appended>> {
         (**self).append(to, payload, config)
@@ -273,7 +273,7 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
 }
 
 /// The boxed future of a store that waits.
-pub type BoxStoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, StoreError>> + Send>>;
+pub type BoxStoreFuture<T> = Pin<Box<dyn Future<Output = Result<T, SessionStoreError>> + Send>>;
 
 /// The answer of a [`SessionStore`] method: ready at once, or a future.
 pub struct StoreFuture<T> {
@@ -281,13 +281,13 @@ pub struct StoreFuture<T> {
 }
 
 enum Inner<T> {
-    Ready(Option<Result<T, StoreError>>),
+    Ready(Option<Result<T, SessionStoreError>>),
     Boxed(BoxStoreFuture<T>),
 }
 
 impl<T> StoreFuture<T> {
     /// An answer known at once.
-    pub fn ready(result: Result<T, StoreError>) -> Self {
+    pub fn ready(result: Result<T, SessionStoreError>) -> Self {
         Self {
             inner: Inner::Ready(Some(result)),
         }
@@ -296,7 +296,7 @@ impl<T> StoreFuture<T> {
     /// An answer that needs waiting.
     pub fn boxed<F>(future: F) -> Self
     where
-        F: Future<Output = Result<T, StoreError>> + Send + 'static,
+        F: Future<Output = Result<T, SessionStoreError>> + Send + 'static,
     {
         Self {
             inner: Inner::Boxed(Box::pin(future)),
@@ -316,14 +316,14 @@ impl<T> fmt::Debug for StoreFuture<T> {
 }
 
 impl<T> Future for StoreFuture<T> {
-    type Output = Result<T, StoreError>;
+    type Output = Result<T, SessionStoreError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match &mut self.inner {
             Inner::Ready(result) => Poll::Ready(
                 result
                     .take()
-                    .unwrap_or_else(|| Err(StoreError::new("polled after completion"))),
+                    .unwrap_or_else(|| Err(SessionStoreError::new("polled after completion"))),
             ),
             Inner::Boxed(future) => future.as_mut().poll(cx),
         }

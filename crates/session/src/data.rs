@@ -11,14 +11,14 @@ use crate::protocol::text_to_data;
 ///
 /// Cloning shares the bytes (replay and the log hold the same message).
 #[derive(Debug, Clone)]
-pub enum Payload {
+pub enum MessageData {
     /// A text message as the JSON that goes into `data` (a non-JSON text is a JSON string).
     Json(Arc<RawValue>),
     /// A binary message's bytes, sent after the 8-byte `seq`.
     Binary(Bytes),
 }
 
-impl Payload {
+impl MessageData {
     /// Bytes it takes in a log (what `max_bytes` and `max_total_bytes` count).
     pub fn len(&self) -> usize {
         match self {
@@ -33,7 +33,7 @@ impl Payload {
     }
 }
 
-impl PartialEq for Payload {
+impl PartialEq for MessageData {
     fn eq(&self, other: &Self) -> bool {
         match (self, other) {
             (Self::Json(a), Self::Json(b)) => a.get() == b.get(),
@@ -44,21 +44,21 @@ impl PartialEq for Payload {
 }
 
 /// A text message: itself if it is JSON, else a JSON string.
-impl From<&str> for Payload {
+impl From<&str> for MessageData {
     fn from(text: &str) -> Self {
         Self::Json(Arc::from(text_to_data(text)))
     }
 }
 
 /// A text message: itself if it is JSON, else a JSON string.
-impl From<String> for Payload {
+impl From<String> for MessageData {
     fn from(text: String) -> Self {
         Self::from(text.as_str())
     }
 }
 
 /// JSON, encoded once here.
-impl From<serde_json::Value> for Payload {
+impl From<serde_json::Value> for MessageData {
     fn from(value: serde_json::Value) -> Self {
         let raw = serde_json::value::to_raw_value(&value).expect("a Value always serialises");
         Self::Json(Arc::from(raw))
@@ -66,21 +66,21 @@ impl From<serde_json::Value> for Payload {
 }
 
 /// JSON as it is.
-impl From<Box<RawValue>> for Payload {
+impl From<Box<RawValue>> for MessageData {
     fn from(raw: Box<RawValue>) -> Self {
         Self::Json(Arc::from(raw))
     }
 }
 
 /// A binary message.
-impl From<Bytes> for Payload {
+impl From<Bytes> for MessageData {
     fn from(bytes: Bytes) -> Self {
         Self::Binary(bytes)
     }
 }
 
 /// A binary message.
-impl From<Vec<u8>> for Payload {
+impl From<Vec<u8>> for MessageData {
     fn from(bytes: Vec<u8>) -> Self {
         Self::Binary(Bytes::from(bytes))
     }
