@@ -3,7 +3,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Once};
+use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocketUpgrade};
@@ -13,9 +13,9 @@ use axum::routing::{MethodRouter, get};
 use http::{StatusCode, header};
 use tower_service::Service;
 use wsguard_config::ClientIdSource;
-use wsguard_metrics::MetricsRegistry;
-use wsguard_session::Sessions;
+use wsguard_metrics::{MetricsRegistry, SessionFigures};
 use wsguard_session::protocol::SUBPROTOCOL;
+use wsguard_session::{SessionStats, Sessions};
 
 use crate::BoxError;
 use crate::close;
@@ -57,6 +57,8 @@ pub struct WsRoute<S> {
     /// The registry's TTL sweep, started with the first session (`new` may run outside a
     /// runtime).
     sweep: Arc<Once>,
+    /// Route labels whose session figures `metrics` reports already.
+    session_metrics: Arc<Mutex<Vec<Arc<str>>>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for WsRoute<S> {
@@ -80,6 +82,7 @@ impl<S> Clone for WsRoute<S> {
             metrics: self.metrics.clone(),
             sessions: self.sessions.clone(),
             sweep: self.sweep.clone(),
+            session_metrics: self.session_metrics.clone(),
         }
     }
 }
@@ -119,12 +122,17 @@ where
             stats: ConnectionStats::default(),
             metrics: None,
             sweep: Arc::new(Once::new()),
+            session_metrics: Arc::default(),
         }
     }
 
     /// Registers each connection with `registry` when it opens, so that idle connections are
     /// counted and listed before their first message; the registration ends when the
     /// connection closes.
+    ///
+    /// With `session.enabled`, the registry also reports the route's session figures
+    /// ([`MetricsRegistry::watch_sessions`], labelled with the matched path) from the first
+    /// upgrade on.
     ///
     /// Give it the registry of the stack's `MetricsLayer`. Without it, that layer registers a
     /// connection on its first message.
@@ -200,6 +208,9 @@ where
             .extensions
             .get::<MatchedPath>()
             .map(|path| Arc::from(path.as_str()));
+        if let Some(registry) = &self.metrics {
+            self.watch_sessions(registry, route.as_deref().unwrap_or(""));
+        }
         let id = ConnectionId::next();
         let client_id: Arc<str> = inbound::client_id(&config, &parts, peer_addr).into();
         let slot = Arc::new(wsguard_metrics::ConnectionSlot::new());
@@ -280,6 +291,23 @@ where
 }
 
 impl<S> WsRoute<S> {
+    /// Hands `registry` this route's session counters, once per route label.
+    fn watch_sessions(&self, registry: &MetricsRegistry, route: &str) {
+        if !self.sessions.config().enabled {
+            return;
+        }
+        let mut watched = self
+            .session_metrics
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if watched.iter().any(|r| &**r == route) {
+            return;
+        }
+        watched.push(route.into());
+        let sessions = self.sessions.clone();
+        registry.watch_sessions(route, move || session_figures(sessions.stats()));
+    }
+
     fn start_sweep(&self) {
         self.sweep.call_once(|| {
             let ttl = self.sessions.config().ttl;
@@ -287,6 +315,23 @@ impl<S> WsRoute<S> {
             tokio::spawn(self.sessions.clone().sweep_every(period));
         });
     }
+}
+
+fn session_figures(stats: SessionStats) -> SessionFigures {
+    let mut figures = SessionFigures::default();
+    figures.live = stats.sessions.map(|n| n as u64);
+    figures.detached = stats.detached.map(|n| n as u64);
+    figures.created = stats.created;
+    figures.resumed = stats.resumed;
+    figures.refused.unknown = stats.refused.unknown;
+    figures.refused.expired = stats.refused.expired;
+    figures.refused.gap = stats.refused.gap;
+    figures.refused.unavailable = stats.refused.unavailable;
+    figures.replayed = stats.replayed;
+    figures.dropped = stats.dropped;
+    figures.expired = stats.expired;
+    figures.evicted = stats.evicted;
+    figures
 }
 
 /// Counters of one route's connections; clones share them.

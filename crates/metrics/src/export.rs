@@ -72,6 +72,27 @@ pub const CLIENTS_EVICTED_TOTAL: &str = "wsguard_clients_evicted_total";
 /// `wsguard_clients_expired_total`: clients removed by the inactivity sweep.
 pub const CLIENTS_EXPIRED_TOTAL: &str = "wsguard_clients_expired_total";
 
+/// `wsguard_sessions_live{route}`: `wsguard.v1` sessions held now, attached or detached.
+pub const SESSIONS_LIVE: &str = "wsguard_sessions_live";
+/// `wsguard_sessions_detached{route}`: sessions held now whose client is away.
+pub const SESSIONS_DETACHED: &str = "wsguard_sessions_detached";
+/// `wsguard_sessions_created_total{route}`: sessions opened.
+pub const SESSIONS_CREATED_TOTAL: &str = "wsguard_sessions_created_total";
+/// `wsguard_sessions_resumed_total{route}`: resumes that succeeded.
+pub const SESSIONS_RESUMED_TOTAL: &str = "wsguard_sessions_resumed_total";
+/// `wsguard_sessions_refused_total{route, reason}`: resumes refused; `reason` is `unknown`,
+/// `expired`, `gap` or `unavailable` (no session could be opened).
+pub const SESSIONS_REFUSED_TOTAL: &str = "wsguard_sessions_refused_total";
+/// `wsguard_session_messages_replayed_total{route}`: messages sent again on resume.
+pub const SESSION_MESSAGES_REPLAYED_TOTAL: &str = "wsguard_session_messages_replayed_total";
+/// `wsguard_session_messages_dropped_total{route}`: unacknowledged messages dropped by a session
+/// bound (`max_messages`, `max_bytes`, `max_total_bytes`).
+pub const SESSION_MESSAGES_DROPPED_TOTAL: &str = "wsguard_session_messages_dropped_total";
+/// `wsguard_sessions_expired_total{route}`: sessions freed after their TTL.
+pub const SESSIONS_EXPIRED_TOTAL: &str = "wsguard_sessions_expired_total";
+/// `wsguard_sessions_evicted_total{route}`: detached sessions freed early by a global cap.
+pub const SESSIONS_EVICTED_TOTAL: &str = "wsguard_sessions_evicted_total";
+
 /// The counters of one route and direction, shared by every layer built for them.
 pub(crate) struct RouteStats {
     pub(crate) route: Arc<str>,
@@ -197,5 +218,41 @@ fn describe() {
         CLIENTS_EXPIRED_TOTAL,
         Unit::Count,
         "Clients removed by the inactivity sweep"
+    );
+}
+
+pub(crate) fn describe_sessions() {
+    metrics::describe_gauge!(SESSIONS_LIVE, Unit::Count, "Sessions held");
+    metrics::describe_gauge!(
+        SESSIONS_DETACHED,
+        Unit::Count,
+        "Sessions whose client is away"
+    );
+    metrics::describe_counter!(SESSIONS_CREATED_TOTAL, Unit::Count, "Sessions opened");
+    metrics::describe_counter!(SESSIONS_RESUMED_TOTAL, Unit::Count, "Sessions resumed");
+    metrics::describe_counter!(
+        SESSIONS_REFUSED_TOTAL,
+        Unit::Count,
+        "Resumes refused, by reason"
+    );
+    metrics::describe_counter!(
+        SESSION_MESSAGES_REPLAYED_TOTAL,
+        Unit::Count,
+        "Messages sent again on resume"
+    );
+    metrics::describe_counter!(
+        SESSION_MESSAGES_DROPPED_TOTAL,
+        Unit::Count,
+        "Unacknowledged messages dropped by a session bound"
+    );
+    metrics::describe_counter!(
+        SESSIONS_EXPIRED_TOTAL,
+        Unit::Count,
+        "Sessions freed after their TTL"
+    );
+    metrics::describe_counter!(
+        SESSIONS_EVICTED_TOTAL,
+        Unit::Count,
+        "Detached sessions freed by a global cap"
     );
 }

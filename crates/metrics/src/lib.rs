@@ -140,6 +140,7 @@ mod registry;
 mod request;
 mod sample;
 mod service;
+mod sessions;
 mod snapshot;
 
 /// Classifies `http::Response`s by status (re-exported from `wsguard-policy`).
@@ -155,9 +156,10 @@ pub use self::{
     request::{ClientIdOptions, ClientRequest, MAX_CLIENT_ID_LEN},
     sample::Sampler,
     service::Metrics,
+    sessions::{SessionFigures, SessionRefusals, SessionSource},
     snapshot::{
         ClientSnapshot, ClientsSnapshot, HistogramSnapshot, MetricsSnapshot, OutcomeCounts,
-        RouteSnapshot,
+        RouteSnapshot, SessionsSnapshot,
     },
 };
 

@@ -8,6 +8,7 @@ use crate::export::RouteStats;
 use crate::registry::Inner;
 use crate::registry::aggregate::{LatencyHistogram, Totals};
 use crate::registry::clients::ClientEntry;
+use crate::sessions::SessionFigures;
 
 /// Everything the registry knows, at one moment; see
 /// [`MetricsRegistry::snapshot`](crate::MetricsRegistry::snapshot).
@@ -42,6 +43,21 @@ pub struct MetricsSnapshot {
     pub routes: Vec<RouteSnapshot>,
     /// The client table.
     pub clients: ClientsSnapshot,
+    /// `wsguard.v1` session figures of each route that reports them
+    /// ([`MetricsRegistry::watch_sessions`](crate::MetricsRegistry::watch_sessions)).
+    #[serde(default)]
+    pub sessions: Vec<SessionsSnapshot>,
+}
+
+/// The session figures of one route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct SessionsSnapshot {
+    /// The route label.
+    pub route: String,
+    /// Its figures at this moment.
+    #[serde(flatten)]
+    pub figures: SessionFigures,
 }
 
 /// Exact counts of one route in one direction.

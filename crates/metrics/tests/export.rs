@@ -126,3 +126,88 @@ async fn in_flight_gauge_and_cancelled_calls_are_published() {
         "{text}"
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn session_figures_reach_the_snapshot_and_prometheus() {
+    use std::sync::Mutex;
+
+    use wsguard_metrics::SessionFigures;
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let figures = Arc::new(Mutex::new(SessionFigures::default()));
+    let set = |f: &dyn Fn(&mut SessionFigures)| f(&mut figures.lock().unwrap());
+    let registry = metrics::with_local_recorder(&recorder, || {
+        let registry = MetricsRegistry::new(config());
+        let source = figures.clone();
+        registry.watch_sessions("/ws", move || *source.lock().unwrap());
+        registry
+    });
+    set(&|f| {
+        f.live = Some(3);
+        f.detached = Some(1);
+        f.created = 4;
+        f.resumed = 2;
+        f.refused.unknown = 1;
+        f.refused.gap = 2;
+        f.replayed = 7;
+        f.dropped = 5;
+        f.expired = 1;
+        f.evicted = 1;
+    });
+
+    let snapshot = registry.snapshot();
+    assert_eq!(snapshot.sessions.len(), 1);
+    assert_eq!(snapshot.sessions[0].route, "/ws");
+    assert_eq!(snapshot.sessions[0].figures, *figures.lock().unwrap());
+    let json = serde_json::to_value(&snapshot).unwrap();
+    assert_eq!(json["sessions"][0]["route"], "/ws");
+    assert_eq!(json["sessions"][0]["replayed"], 7);
+    assert_eq!(json["sessions"][0]["refused"]["gap"], 2);
+
+    registry.publish();
+    let has = |text: &str, line: &str| {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    };
+    let text = prometheus.render();
+    for line in [
+        r#"wsguard_sessions_live{route="/ws"} 3"#,
+        r#"wsguard_sessions_detached{route="/ws"} 1"#,
+        r#"wsguard_sessions_created_total{route="/ws"} 4"#,
+        r#"wsguard_sessions_resumed_total{route="/ws"} 2"#,
+        r#"wsguard_sessions_refused_total{route="/ws",reason="unknown"} 1"#,
+        r#"wsguard_sessions_refused_total{route="/ws",reason="expired"} 0"#,
+        r#"wsguard_sessions_refused_total{route="/ws",reason="gap"} 2"#,
+        r#"wsguard_session_messages_replayed_total{route="/ws"} 7"#,
+        r#"wsguard_session_messages_dropped_total{route="/ws"} 5"#,
+        r#"wsguard_sessions_expired_total{route="/ws"} 1"#,
+        r#"wsguard_sessions_evicted_total{route="/ws"} 1"#,
+        "# TYPE wsguard_sessions_refused_total counter",
+        "# TYPE wsguard_sessions_live gauge",
+    ] {
+        has(&text, line);
+    }
+
+    // Publishing adds what the totals gained since the last publish, not the totals again.
+    set(&|f| {
+        f.live = Some(1);
+        f.detached = Some(0);
+        f.resumed = 3;
+        f.refused.gap = 3;
+    });
+    registry.publish();
+    registry.publish();
+    let text = prometheus.render();
+    for line in [
+        r#"wsguard_sessions_live{route="/ws"} 1"#,
+        r#"wsguard_sessions_detached{route="/ws"} 0"#,
+        r#"wsguard_sessions_resumed_total{route="/ws"} 3"#,
+        r#"wsguard_sessions_refused_total{route="/ws",reason="gap"} 3"#,
+        r#"wsguard_session_messages_replayed_total{route="/ws"} 7"#,
+    ] {
+        has(&text, line);
+    }
+}

@@ -22,9 +22,10 @@ use crate::Direction;
 use crate::export::{RegistryHandles, RouteStats};
 use crate::request::bounded_id;
 use crate::sample::{self, Sampler};
+use crate::sessions::{RouteSessions, SessionSource};
 use crate::snapshot::{
     ClientSnapshot, ClientsSnapshot, HistogramSnapshot, MetricsSnapshot, OutcomeCounts,
-    RouteSnapshot,
+    RouteSnapshot, SessionsSnapshot,
 };
 
 /// The figures every [`MetricsLayer`](crate::MetricsLayer) of a service records into.
@@ -73,6 +74,7 @@ pub(crate) struct Inner {
     sample_rate_bits: AtomicU64,
     sampler: Sampler,
     routes: Mutex<Vec<Arc<RouteStats>>>,
+    sessions: Mutex<Vec<Arc<RouteSessions>>>,
     histograms: ArcSwap<[LatencyHistogram; 2]>,
     connections_active: AtomicU64,
     connections_total: AtomicU64,
@@ -135,6 +137,7 @@ impl MetricsRegistry {
                 sample_rate_bits: AtomicU64::new(rate.to_bits()),
                 sampler,
                 routes: Mutex::new(Vec::new()),
+                sessions: Mutex::new(Vec::new()),
                 histograms: ArcSwap::from_pointee([
                     LatencyHistogram::new(&buckets),
                     LatencyHistogram::new(&buckets),
@@ -192,6 +195,41 @@ impl MetricsRegistry {
     /// (e.g. in a `/metrics` handler) for figures exact at that moment.
     pub fn publish(&self) {
         self.inner.publish();
+    }
+
+    /// Reports the `wsguard.v1` session figures of `route` from `source`, read on every
+    /// [`publish`](Self::publish) and [`snapshot`](Self::snapshot): in the snapshot's `sessions`
+    /// and through the facade (`wsguard_sessions_*{route}`, see [`export`](crate::export)).
+    ///
+    /// `WsRoute::metrics` in `wsguard-axum` calls it with the route's session registry. Watching
+    /// a route again replaces its source; the counters published so far stay.
+    ///
+    /// ```
+    /// use wsguard_config::MetricsConfig;
+    /// use wsguard_metrics::{MetricsRegistry, SessionFigures};
+    ///
+    /// let registry = MetricsRegistry::new(MetricsConfig::testing());
+    /// registry.watch_sessions("/ws", || {
+    ///     let mut figures = SessionFigures::default();
+    ///     figures.live = Some(2);
+    ///     figures.resumed = 5;
+    ///     figures
+    /// });
+    /// let snapshot = registry.snapshot();
+    /// assert_eq!(snapshot.sessions[0].route, "/ws");
+    /// assert_eq!(snapshot.sessions[0].figures.resumed, 5);
+    /// ```
+    pub fn watch_sessions(&self, route: impl Into<Arc<str>>, source: impl SessionSource) {
+        let (route, source): (Arc<str>, Arc<dyn SessionSource>) = (route.into(), Arc::new(source));
+        let mut sessions = self
+            .inner
+            .sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match sessions.iter().find(|s| s.route == route) {
+            Some(existing) => existing.replace(source),
+            None => sessions.push(Arc::new(RouteSessions::new(route, source))),
+        }
     }
 
     /// Live connections.
@@ -260,6 +298,14 @@ impl MetricsRegistry {
                     .map(|e| ClientSnapshot::of(e, now))
                     .collect(),
             },
+            sessions: inner
+                .sessions()
+                .iter()
+                .map(|s| SessionsSnapshot {
+                    route: s.route.to_string(),
+                    figures: s.figures(),
+                })
+                .collect(),
         }
     }
 }
@@ -287,9 +333,19 @@ impl Inner {
             .clone()
     }
 
+    fn sessions(&self) -> Vec<Arc<RouteSessions>> {
+        self.sessions
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn publish(&self) {
         for r in self.routes() {
             r.publish();
+        }
+        for s in self.sessions() {
+            s.publish();
         }
     }
 
