@@ -16,8 +16,9 @@
 //!   open wait when probes succeed.
 //! - `/ws` the chat socket. Frames: `{"type":"join","room":..,"name":..}` and
 //!   `{"type":"say","id":..,"text":..}`; the server sends `joined` and `message` frames to the
-//!   room through each member's outbound sender service.
-//! - `/stats` JSON figures for the panel (breaker, dedup, metrics, per-client table),
+//!   room through the sending side's stack (`SendToConnection` under an outbound metrics layer),
+//!   so that the panel's per-client "out" column counts them.
+//! - `/stats` JSON figures for the panel (breaker, dedup, metrics, per-client table, sessions),
 //!   `/metrics` Prometheus text, `/health` 200, `POST /fail?n=N` the failure switch.
 
 use std::collections::HashMap;
@@ -32,20 +33,24 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
-use tower::{Service, ServiceBuilder, ServiceExt};
-use wsguard::axum::ConnectionId;
+use tower::{Layer, ServiceBuilder, ServiceExt};
+use wsguard::axum::{ConnectionId, OutgoingMessage, SendToConnection, Sessions};
+use wsguard::metrics::{Direction, Metrics};
 use wsguard::prelude::*;
 use wsguard_config::{ClientIdSource, ConfigHandle, StabilityConfig};
-use wsguard_examples::{ServerArgs, init_tracing, prometheus, serve};
+use wsguard_examples::{ServerArgs, init_tracing, prometheus, serve, sessions_json};
 
 const INDEX: &str = include_str!("chat/index.html");
 const APP_JS: &str = include_str!("chat/app.js");
 const STYLE: &str = include_str!("chat/style.css");
 
-/// Rooms and their members' outbound senders.
-#[derive(Default)]
+/// What the chat sends to a member: through the outbound metrics layer, then the member's queue.
+type Outbound = Metrics<SendToConnection, MessageClassifier>;
+
+/// Rooms and their members' connections.
 struct Chat {
     rooms: Mutex<Rooms>,
+    outbound: Outbound,
     fail_next: AtomicU32,
     handled: AtomicU64,
 }
@@ -86,7 +91,7 @@ impl Rooms {
         };
         let room_of = &mut self.room_of;
         members.retain(|id, m| {
-            let open = !m.sender.is_closed();
+            let open = !m.conn.sender().is_closed();
             if !open {
                 room_of.remove(id);
             }
@@ -108,7 +113,7 @@ impl Rooms {
 #[derive(Clone)]
 struct Member {
     name: String,
-    sender: Sender,
+    conn: Arc<ConnInfo>,
 }
 
 #[derive(Deserialize)]
@@ -126,6 +131,20 @@ enum Frame {
 }
 
 impl Chat {
+    fn new(registry: &MetricsRegistry) -> Self {
+        let outbound = MetricsLayer::new(registry.clone())
+            .route("/ws")
+            .direction(Direction::Outbound)
+            .classifier(MessageClassifier)
+            .layer(SendToConnection);
+        Self {
+            rooms: Mutex::default(),
+            outbound,
+            fail_next: AtomicU32::new(0),
+            handled: AtomicU64::new(0),
+        }
+    }
+
     /// Handles one inbound message (after the breaker, dedup and metrics layers).
     async fn handle(self: Arc<Self>, inbound: Inbound) -> Result<Option<Message>, BoxError> {
         let Some(text) = inbound.text() else {
@@ -146,14 +165,14 @@ impl Chat {
                 let room = clip(&room, 32);
                 let member = Member {
                     name: name.clone(),
-                    sender: inbound.sender().clone(),
+                    conn: Arc::clone(&inbound.conn),
                 };
                 let members = self.rooms.lock().unwrap_or_else(|e| e.into_inner()).join(
                     conn,
                     room.clone(),
                     member,
                 );
-                broadcast(
+                self.broadcast(
                     members,
                     json!({"type": "joined", "room": room, "name": name}),
                 )
@@ -178,7 +197,7 @@ impl Chat {
                 };
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 let text = clip(&text, 500);
-                broadcast(
+                self.broadcast(
                     members,
                     json!({"type": "message", "room": room, "from": from, "text": text, "id": id}),
                 )
@@ -187,16 +206,15 @@ impl Chat {
             }
         }
     }
-}
 
-/// Sends `frame` to every member through its outbound sender service (a bounded queue; a slow
-/// reader's overflow policy applies there, not here).
-async fn broadcast(members: Vec<Member>, frame: serde_json::Value) {
-    let text = frame.to_string();
-    for member in members {
-        let mut sender = member.sender;
-        if let Ok(ready) = sender.ready().await {
-            let _ = ready.call(Message::text(text.clone())).await;
+    /// Sends `frame` to every member through the outbound stack, which counts it for the
+    /// member's client and queues it on the member's connection (a bounded queue; a slow reader's
+    /// overflow policy applies there, not here).
+    async fn broadcast(&self, members: Vec<Member>, frame: serde_json::Value) {
+        let text = frame.to_string();
+        for member in members {
+            let message = OutgoingMessage::new(Message::text(text.clone()), member.conn);
+            let _ = self.outbound.clone().oneshot(message).await;
         }
     }
 }
@@ -215,6 +233,7 @@ struct App {
     breaker: wsguard::circuit_breaker::Handle,
     dedup: wsguard::dedup::DedupHandle,
     registry: MetricsRegistry,
+    sessions: Sessions,
     prometheus: PrometheusHandle,
 }
 
@@ -249,6 +268,7 @@ async fn stats(State(app): State<App>) -> impl IntoResponse {
         "connections": metrics.connections_active,
         "fail_next": app.chat.fail_next.load(Ordering::Relaxed),
         "clients": clients,
+        "sessions": sessions_json(&app.sessions.stats()),
         "metrics": metrics,
     }))
 }
@@ -291,26 +311,31 @@ fn base_config() -> StabilityConfig {
 }
 
 fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
-    let chat = Arc::new(Chat::default());
     let registry = MetricsRegistry::new(config);
+    let chat = Arc::new(Chat::new(&registry));
     let breaker = CircuitBreakerLayer::new(config).classifier(MessageClassifier);
     let dedup = DedupLayer::new(config).classifier(MessageClassifier);
-    let state = App {
-        chat: Arc::clone(&chat),
-        breaker: breaker.handle(),
-        dedup: dedup.handle(),
-        registry: registry.clone(),
-        prometheus,
-    };
     let stack = ServiceBuilder::new()
         .layer(
             MetricsLayer::new(registry.clone())
                 .route("/ws")
                 .classifier(MessageClassifier),
         )
-        .layer(dedup)
-        .layer(breaker)
-        .service_fn(move |inbound| Arc::clone(&chat).handle(inbound));
+        .layer(dedup.clone())
+        .layer(breaker.clone())
+        .service_fn({
+            let chat = Arc::clone(&chat);
+            move |inbound| Arc::clone(&chat).handle(inbound)
+        });
+    let ws = WsRoute::new(stack, config).metrics(registry.clone());
+    let state = App {
+        chat,
+        breaker: breaker.handle(),
+        dedup: dedup.handle(),
+        registry,
+        sessions: ws.sessions(),
+        prometheus,
+    };
     Router::new()
         .route("/", get(|| async { Html(INDEX) }))
         .route(
@@ -321,12 +346,7 @@ fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
             "/style.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE) }),
         )
-        .route(
-            "/ws",
-            WsRoute::new(stack, config)
-                .metrics(registry)
-                .into_method_router(),
-        )
+        .route("/ws", ws.into_method_router())
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok" }))
@@ -351,5 +371,146 @@ async fn main() {
     if let Err(e) = serve(app(&config, prometheus), args.addr).await {
         eprintln!("server error: {e}");
         std::process::exit(1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
+    use futures_util::{SinkExt, StreamExt};
+    use metrics_exporter_prometheus::PrometheusBuilder;
+    use tokio::time::timeout;
+    use tokio_tungstenite::tungstenite::Message as WsMessage;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::{MaybeTlsStream, WebSocketStream, connect_async};
+
+    use super::*;
+
+    type Socket = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+
+    async fn start() -> (std::net::SocketAddr, Router) {
+        let config = ConfigHandle::new(base_config()).unwrap();
+        let prometheus = PrometheusBuilder::new().build_recorder().handle();
+        let router = app(&config, prometheus);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = router.clone();
+        tokio::spawn(async move { axum::serve(listener, serving).await.unwrap() });
+        (addr, router)
+    }
+
+    async fn stats(router: &Router) -> serde_json::Value {
+        let request = Request::get("/stats").body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    /// Reads frames until one contains `needle`.
+    async fn read_until(ws: &mut Socket, needle: &str) -> String {
+        loop {
+            let frame = timeout(Duration::from_secs(10), ws.next()).await.unwrap();
+            let text = frame.unwrap().unwrap().into_text().unwrap().to_string();
+            if text.contains(needle) {
+                return text;
+            }
+        }
+    }
+
+    /// A connection offering the `wsguard.v1` subprotocol.
+    async fn connect_v1(addr: std::net::SocketAddr) -> Socket {
+        let mut request = format!("ws://{addr}/ws?client=carol")
+            .into_client_request()
+            .unwrap();
+        request
+            .headers_mut()
+            .insert("sec-websocket-protocol", "wsguard.v1".parse().unwrap());
+        connect_async(request).await.unwrap().0
+    }
+
+    fn messages_out(stats: &serde_json::Value, client: &str) -> u64 {
+        stats["clients"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["client"] == client)
+            .map_or(0, |c| c["messages_out"].as_u64().unwrap())
+    }
+
+    #[tokio::test]
+    async fn broadcasts_count_as_messages_out_of_each_receiving_client() {
+        let (addr, router) = start().await;
+        let join = |name: &str| {
+            WsMessage::text(json!({"type": "join", "room": "r", "name": name}).to_string())
+        };
+        let (mut alice, _) = connect_async(format!("ws://{addr}/ws?client=alice"))
+            .await
+            .unwrap();
+        alice.send(join("alice")).await.unwrap();
+        read_until(&mut alice, r#""name":"alice""#).await;
+        let (mut bob, _) = connect_async(format!("ws://{addr}/ws?client=bob"))
+            .await
+            .unwrap();
+        bob.send(join("bob")).await.unwrap();
+        read_until(&mut bob, r#""name":"bob""#).await;
+        let say = json!({"type": "say", "text": "hello room"}).to_string();
+        alice.send(WsMessage::text(say)).await.unwrap();
+        read_until(&mut bob, "hello room").await;
+        read_until(&mut alice, "hello room").await;
+
+        // Alice received three broadcasts (both joins, her message), Bob two. The count is
+        // recorded as the send is queued, which may trail the frame by a moment.
+        let mut stats_now = stats(&router).await;
+        for _ in 0..100 {
+            if (
+                messages_out(&stats_now, "alice"),
+                messages_out(&stats_now, "bob"),
+            ) == (3, 2)
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            stats_now = stats(&router).await;
+        }
+        assert_eq!(messages_out(&stats_now, "alice"), 3, "{stats_now}");
+        assert_eq!(messages_out(&stats_now, "bob"), 2, "{stats_now}");
+        assert_eq!(stats_now["metrics"]["messages_out"], 5, "{stats_now}");
+    }
+
+    #[tokio::test]
+    async fn stats_show_the_route_sessions() {
+        let (addr, router) = start().await;
+        let before = stats(&router).await;
+        assert_eq!(before["sessions"]["created"], 0, "{before}");
+
+        let mut ws = connect_v1(addr).await;
+        ws.send(WsMessage::text(r#"{"type":"hello"}"#))
+            .await
+            .unwrap();
+        read_until(&mut ws, r#""type":"session""#).await;
+        // A well-formed token no session has: refused as `unknown`, and a new session opened.
+        let mut again = connect_v1(addr).await;
+        let token = "0123456789abcdef0123456789abcdef";
+        let resume = json!({"type": "resume", "session": token, "last": 0});
+        again
+            .send(WsMessage::text(resume.to_string()))
+            .await
+            .unwrap();
+        let answer = read_until(&mut again, r#""type":"session""#).await;
+        assert!(answer.contains(r#""reason":"unknown""#), "{answer}");
+
+        let after = stats(&router).await;
+        let sessions = &after["sessions"];
+        assert_eq!(sessions["created"], 2, "{after}");
+        assert_eq!(sessions["live"], 2, "{after}");
+        assert_eq!(sessions["refused"]["unknown"], 1, "{after}");
+        // The same figures reach the registry's snapshot, labelled with the route.
+        let reported = &after["metrics"]["sessions"][0];
+        assert_eq!(reported["route"], "/ws", "{after}");
+        assert_eq!(reported["created"], 2, "{after}");
+        assert_eq!(reported["refused"]["unknown"], 1, "{after}");
     }
 }

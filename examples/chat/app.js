@@ -97,6 +97,13 @@ async function poll() {
     show("handled", stats.handled);
     show("errors", stats.errors);
     show("connections", stats.connections);
+    const sessions = stats.sessions ?? {};
+    show("sessions", sessions.live);
+    show("sessions-detached", sessions.detached);
+    show("resumed", sessions.resumed);
+    show("replayed", sessions.replayed);
+    const refused = sessions.refused;
+    show("refused", refused && `${refused.unknown} / ${refused.expired} / ${refused.gap} / ${refused.unavailable}`);
     const body = $("clients").tBodies[0];
     body.replaceChildren();
     for (const c of stats.clients ?? []) {

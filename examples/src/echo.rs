@@ -9,7 +9,7 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceBuilder;
-use wsguard::axum::ConnectionStats;
+use wsguard::axum::{ConnectionStats, SessionStats};
 use wsguard::circuit_breaker::Handle as BreakerHandle;
 use wsguard::dedup::DedupHandle;
 use wsguard::prelude::*;
@@ -33,7 +33,7 @@ pub struct EchoApp {
 
 /// The echo server: `/ws` echoes every text or binary message through metrics, dedup (content
 /// fingerprint, per connection) and the circuit breaker; `/metrics` is Prometheus text (when a
-/// `prometheus` handle is given), `/stats` a JSON snapshot, `/health` 200.
+/// `prometheus` handle is given), `/stats` a JSON snapshot (sessions included), `/health` 200.
 pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoApp {
     let registry = MetricsRegistry::new(config);
     let dedup = DedupLayer::new(config).classifier(MessageClassifier);
@@ -56,6 +56,7 @@ pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoA
         });
     let ws = WsRoute::new(stack, config).metrics(registry.clone());
     let connections = ws.stats();
+    let sessions = ws.sessions();
 
     let stats = {
         let (registry, dedup, breaker, connections, handled) = (
@@ -66,7 +67,14 @@ pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoA
             handled.clone(),
         );
         move || async move {
-            let body = stats_json(&registry, &dedup, &breaker, &connections, &handled);
+            let body = stats_json(
+                &registry,
+                &dedup,
+                &breaker,
+                &connections,
+                &sessions.stats(),
+                &handled,
+            );
             axum::Json(body)
         }
     };
@@ -108,6 +116,7 @@ fn stats_json(
     dedup: &DedupHandle,
     breaker: &BreakerHandle,
     connections: &ConnectionStats,
+    sessions: &SessionStats,
     handled: &AtomicU64,
 ) -> serde_json::Value {
     let d = dedup.stats();
@@ -132,5 +141,31 @@ fn stats_json(
             "accepted": connections.accepted(),
             "refused": connections.refused(),
         },
+        "sessions": crate::sessions_json(sessions),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
+    use tower::ServiceExt;
+    use wsguard_config::StabilityConfig;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn stats_show_the_route_sessions() {
+        let config = ConfigHandle::new(StabilityConfig::testing()).unwrap();
+        let echo = app(&config, None);
+        let request = Request::get("/stats").body(Body::empty()).unwrap();
+        let response = echo.router.oneshot(request).await.unwrap();
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let sessions = &stats["sessions"];
+        assert_eq!(sessions["live"], 0, "{stats}");
+        assert_eq!(sessions["created"], 0, "{stats}");
+        assert_eq!(sessions["refused"]["gap"], 0, "{stats}");
+        assert!(stats["metrics"]["sessions"].is_array(), "{stats}");
+    }
 }

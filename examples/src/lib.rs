@@ -23,6 +23,7 @@ use std::sync::OnceLock;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
+use wsguard::axum::SessionStats;
 use wsguard_config::{ConfigHandle, ConfigLoader, FileWatcher, LoadError, Preset, StabilityConfig};
 
 /// Where a server listens when neither `--addr` nor `WSGUARD_ADDR` says.
@@ -193,6 +194,28 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutting down: draining websocket connections");
+}
+
+/// A route's `wsguard.v1` session figures as `/stats` shows them (`WsRoute::sessions().stats()`):
+/// sessions held and detached now (`null` if the store cannot count), and totals since start.
+pub fn sessions_json(stats: &SessionStats) -> serde_json::Value {
+    serde_json::json!({
+        "live": stats.sessions,
+        "detached": stats.detached,
+        "bytes": stats.bytes,
+        "created": stats.created,
+        "resumed": stats.resumed,
+        "refused": {
+            "unknown": stats.refused.unknown,
+            "expired": stats.refused.expired,
+            "gap": stats.refused.gap,
+            "unavailable": stats.refused.unavailable,
+        },
+        "replayed": stats.replayed,
+        "dropped": stats.dropped,
+        "expired": stats.expired,
+        "evicted": stats.evicted,
+    })
 }
 
 #[cfg(test)]
