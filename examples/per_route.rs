@@ -10,7 +10,9 @@
 //!   be hammered.
 //! - `/ws/chat`: metrics only, echo: resent chat lines are legitimate.
 //! - `/ws/raw`: no layers at all, echo.
-//! - `/stats`: the shared metrics registry as JSON (routes are labelled).
+//! - `/stats`: the shared metrics registry as JSON (routes are labelled), with the `wsguard.v1`
+//!   session figures of each route given the registry (`WsRoute::metrics`) once it has had a
+//!   connection.
 
 use std::process::ExitCode;
 
@@ -89,19 +91,24 @@ async fn main() -> ExitCode {
 mod tests {
     use std::time::Duration;
 
+    use axum::body::{Body, to_bytes};
+    use axum::http::Request;
     use futures_util::{SinkExt, StreamExt};
     use tokio::time::timeout;
     use tokio_tungstenite::connect_async;
     use tokio_tungstenite::tungstenite::Message as WsMessage;
+    use tower::ServiceExt;
 
     use super::*;
 
-    async fn start() -> std::net::SocketAddr {
+    async fn start() -> (std::net::SocketAddr, Router) {
         let config = ConfigHandle::new(StabilityConfig::testing()).unwrap();
+        let router = app(&config);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(async move { axum::serve(listener, app(&config)).await.unwrap() });
-        addr
+        let serving = router.clone();
+        tokio::spawn(async move { axum::serve(listener, serving).await.unwrap() });
+        (addr, router)
     }
 
     /// Sends `texts` on `path`, then a marker; the replies before the marker's.
@@ -123,7 +130,7 @@ mod tests {
 
     #[tokio::test]
     async fn routes_run_their_own_stacks() {
-        let addr = start().await;
+        let (addr, router) = start().await;
         let order = r#"{"item":"book","qty":1}"#;
         let resent = r#"{ "qty": 1, "item": "book" }"#;
         // Orders are deduplicated: the resent order is dropped.
@@ -134,5 +141,19 @@ mod tests {
         assert_eq!(chat, [order, order]);
         let raw = replies(addr, "/ws/raw", &[order, order]).await;
         assert_eq!(raw, [order, order]);
+
+        // Each route given the registry reports its sessions under its own label.
+        let request = Request::get("/stats").body(Body::empty()).unwrap();
+        let response = router.oneshot(request).await.unwrap();
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let mut routes: Vec<&str> = stats["sessions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["route"].as_str().unwrap())
+            .collect();
+        routes.sort_unstable();
+        assert_eq!(routes, ["/ws/chat", "/ws/orders"], "{stats}");
     }
 }

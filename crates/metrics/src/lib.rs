@@ -17,6 +17,9 @@
 //!   never a client id), see [`export`]: counts are published from the layer's own counters
 //!   every second and by [`MetricsRegistry::publish`] (call it before rendering); and
 //!   [`MetricsRegistry::snapshot`], serialisable, for a JSON endpoint.
+//! - **Sessions**: the `wsguard.v1` figures of each route (live and detached sessions, resumes,
+//!   refusals by reason, replays, drops by a bound, expiries), read from a [`SessionSource`]
+//!   ([`MetricsRegistry::watch_sessions`]; `WsRoute::metrics` in `wsguard-axum` connects one).
 //!
 //! ```
 //! use axum::{Router, body::Body, http::Request, routing::get};
