@@ -140,14 +140,12 @@ impl Connection {
                 }
             }
         };
-        self.stop(reason).await;
-        if let Some(done) = done {
-            let _ = done.send(());
-        }
+        self.stop(reason, done).await;
     }
 
-    /// Reports the end and releases every waiting sender.
-    async fn stop(&mut self, reason: StopReason) {
+    /// Releases every waiting sender, tells `close()` it is done, then reports the end (which
+    /// waits for room in the events buffer, so it comes last).
+    async fn stop(&mut self, reason: StopReason, done: Option<oneshot::Sender<()>>) {
         self.room.close();
         self.commands.close();
         let mut unconfirmed = self.outbox.take();
@@ -156,6 +154,9 @@ impl Connection {
                 Command::Send(out) => unconfirmed.push(out.message),
                 Command::Close(done) => drop(done.send(())),
             }
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
         }
         let _ = self
             .events

@@ -345,3 +345,19 @@ async fn the_service_is_ready_only_while_the_buffer_has_room() {
         WsMessage::binary(vec![0, 0, 0, 0, 0, 0, 0, 2, 1, 2])
     );
 }
+
+#[tokio::test]
+async fn close_returns_even_when_nobody_reads_the_events() {
+    let mut options = options();
+    options.event_buffer = 1;
+    let (_listener, mut conn, _token, client, events) = opened(options).await;
+    for seq in 1..=3 {
+        msg(&mut conn, seq, r#""unread""#).await;
+    }
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let server = tokio::spawn(async move { while let Some(Ok(_)) = conn.next().await {} });
+    timeout(WAIT, client.close()).await.expect("close in time");
+    assert!(client.is_closed());
+    drop(events);
+    timeout(WAIT, server).await.unwrap().unwrap();
+}
