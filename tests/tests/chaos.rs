@@ -1,6 +1,6 @@
 //! Chaos over real sockets: clients of `wsguard-client` talk to the `echo` example through a TCP
 //! proxy that cuts connections at random without a close frame; every message still comes back
-//! exactly once and in order.
+//! exactly once and in order, text and binary alike.
 //!
 //! The default size is what CI runs; `CHAOS_CLIENTS`, `CHAOS_MESSAGES` and `CHAOS_CUTS` set
 //! another (issue 19's full size: `CHAOS_CLIENTS=32 CHAOS_MESSAGES=1000 CHAOS_CUTS=200`).
@@ -63,6 +63,17 @@ impl Proxy {
     }
 }
 
+/// Message `m` of client `c`: unique content (the echo's dedup layer drops repeats), every
+/// tenth one binary.
+fn message(c: usize, m: usize) -> Message {
+    let text = format!("c{c} m{m}");
+    if m % 10 == 9 {
+        Message::binary(text.into_bytes())
+    } else {
+        Message::text(text)
+    }
+}
+
 struct XorShift(u64);
 
 impl XorShift {
@@ -112,10 +123,7 @@ async fn every_echo_arrives_exactly_once_and_in_order_across_random_cuts() {
             let sender = client.clone();
             let writer = tokio::spawn(async move {
                 for m in 0..messages {
-                    sender
-                        .send(format!("c{c} m{m}"))
-                        .await
-                        .expect("client open");
+                    sender.send(message(c, m)).await.expect("client open");
                 }
             });
             let mut echoed = Vec::with_capacity(messages);
@@ -125,17 +133,14 @@ async fn every_echo_arrives_exactly_once_and_in_order_across_random_cuts() {
                     .unwrap_or_else(|_| panic!("client {c}: echo {} in time", echoed.len()))
                     .expect("events open");
                 match event {
-                    Event::Message {
-                        message: Message::Text(text),
-                        ..
-                    } => echoed.push(text),
+                    Event::Message { message, .. } => echoed.push(message),
                     Event::Resumed => {
                         resumed.fetch_add(1, Ordering::Relaxed);
                     }
                     other => panic!("client {c}: unexpected {other:?}"),
                 }
             }
-            let expected: Vec<String> = (0..messages).map(|m| format!("c{c} m{m}")).collect();
+            let expected: Vec<Message> = (0..messages).map(|m| message(c, m)).collect();
             if echoed != expected {
                 let first = echoed.iter().zip(&expected).position(|(a, b)| a != b);
                 panic!("client {c}: echoes differ first at {first:?}");
