@@ -9,8 +9,11 @@ use tokio::time::timeout;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use tokio_tungstenite::tungstenite::handshake::server::{ErrorResponse, Request, Response};
 use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::{WebSocketStream, accept_hdr_async};
-use wsguard_client::{Client, ClientOptions, Event, Events, Message, RefusalReason, RetryConfig};
+use wsguard_client::{
+    Client, ClientOptions, Event, Events, Message, RefusalReason, RetryConfig, StopReason,
+};
 use wsguard_session::SessionToken;
 use wsguard_session::protocol::{ClientFrame, SUBPROTOCOL, ServerFrame, SessionFrame};
 
@@ -360,4 +363,67 @@ async fn close_returns_even_when_nobody_reads_the_events() {
     assert!(client.is_closed());
     drop(events);
     timeout(WAIT, server).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn unavailable_is_retried_with_the_same_first_frame_and_superseded_stops_the_client() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let server = async {
+        let mut conn = accept(&listener).await;
+        assert_eq!(frame(&mut conn).await, ClientFrame::Hello);
+        session(
+            &mut conn,
+            SessionFrame {
+                session: None,
+                resumed: false,
+                last: 0,
+                reason: Some(RefusalReason::Unavailable),
+                lost: None,
+            },
+        )
+        .await;
+        conn.close(Some(close_frame(1013, "try again later")))
+            .await
+            .unwrap();
+        let mut conn = accept(&listener).await;
+        assert_eq!(frame(&mut conn).await, ClientFrame::Hello);
+        session(
+            &mut conn,
+            SessionFrame {
+                session: Some(SessionToken::generate()),
+                resumed: false,
+                last: 0,
+                reason: None,
+                lost: None,
+            },
+        )
+        .await;
+        conn
+    };
+    let (mut conn, connected) = tokio::join!(server, Client::connect(url, options()));
+    let (client, mut events) = connected.unwrap();
+    client.send("x").await.unwrap();
+    msg_frame(&mut conn).await;
+    conn.close(Some(close_frame(1008, "superseded")))
+        .await
+        .unwrap();
+    match event(&mut events).await {
+        Event::Stopped(stopped) => {
+            assert!(
+                matches!(stopped.reason, StopReason::ServerClosed { code: 1008, .. }),
+                "{stopped:?}"
+            );
+            assert_eq!(stopped.unconfirmed, [Message::text("x")]);
+        }
+        other => panic!("expected the client to stop, got {other:?}"),
+    }
+    assert!(client.send("late").await.is_err());
+}
+
+fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
+    CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    }
 }
