@@ -81,7 +81,6 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tokio::time::Instant;
 use tower::ServiceExt;
 use tower::util::Oneshot;
 use tower_service::Service;
@@ -96,7 +95,6 @@ const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 const DEFAULT_RECONNECT_WINDOW: Duration = Duration::from_secs(5);
 /// Pause after an accept error such as `EMFILE`, which would otherwise repeat at once.
 const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
-const LOG_INTERVAL: Duration = Duration::from_secs(1);
 
 type ShutdownSignal = Pin<Box<dyn Future<Output = ()> + Send>>;
 
@@ -262,7 +260,6 @@ where
             .header_read_timeout(header_read_timeout);
         let (shutdown, shutdown_rx) = watch::channel(false);
         let mut connections = JoinSet::new();
-        let mut accept_error_log = LogThrottle::default();
         // The drain runs while connections are still accepted, so that upgrades get a `503`.
         let draining = drain.clone();
         let mut drained = pin!(async move {
@@ -303,7 +300,9 @@ where
                         if is_connection_error(&err) {
                             continue;
                         }
-                        if let Some(suppressed) = accept_error_log.admit() {
+                        // An error such as `EMFILE` repeats as long as its cause lasts.
+                        static ACCEPT_ERRORS: WarnLimit = WarnLimit::new();
+                        if let Some(suppressed) = ACCEPT_ERRORS.admit() {
                             tracing::error!(error = %err, suppressed, "accept failed; backing off");
                         }
                         tokio::select! {
@@ -482,27 +481,6 @@ impl Drop for OpenConnection {
     }
 }
 
-/// Lets a repeated log line through at most once per [`LOG_INTERVAL`], counting the rest: an
-/// accept error such as `EMFILE` repeats as long as its cause lasts.
-#[derive(Debug, Default)]
-struct LogThrottle {
-    last: Option<Instant>,
-    suppressed: u64,
-}
-
-impl LogThrottle {
-    /// `Some(lines left out since the last one)` if this one is to be written.
-    fn admit(&mut self) -> Option<u64> {
-        let now = Instant::now();
-        if self.last.is_some_and(|last| now - last < LOG_INTERVAL) {
-            self.suppressed += 1;
-            return None;
-        }
-        self.last = Some(now);
-        Some(std::mem::take(&mut self.suppressed))
-    }
-}
-
 /// Counters of a [`Serve`]; clones share them.
 #[derive(Debug, Clone, Default)]
 pub struct ServeStats {
@@ -576,18 +554,5 @@ mod tests {
         drop(second);
         drop(third);
         assert_eq!(counters.pending.load(Ordering::Acquire), 0);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn log_throttle_passes_one_line_a_second_and_counts_the_rest() {
-        let mut log = LogThrottle::default();
-        assert_eq!(log.admit(), Some(0));
-        assert_eq!(log.admit(), None);
-        assert_eq!(log.admit(), None);
-        tokio::time::advance(LOG_INTERVAL - Duration::from_millis(1)).await;
-        assert_eq!(log.admit(), None);
-        tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(log.admit(), Some(3));
-        assert_eq!(log.admit(), None);
     }
 }

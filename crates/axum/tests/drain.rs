@@ -2,6 +2,7 @@
 //! flight finish, every client gets `1001` with a reconnect delay, upgrades meanwhile get `503`,
 //! and the shutdown never waits past its drain timeout.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -18,10 +19,14 @@ type Client = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 const WAIT: Duration = Duration::from_secs(10);
 
+/// Calls of `sleep N` started, in this test binary.
+static SLEEPING: AtomicUsize = AtomicUsize::new(0);
+
 /// Echo; `sleep N` answers after N ms.
 fn app() -> Router {
     let echo = service_fn(|req: Inbound| async move {
         if let Some(ms) = req.text().and_then(|t| t.strip_prefix("sleep ")) {
+            SLEEPING.fetch_add(1, Ordering::SeqCst);
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
         }
         Ok::<_, BoxError>(Some(req.message))
@@ -95,8 +100,12 @@ async fn shutdown_drains_websockets_with_1001_and_a_reconnect_delay_and_refuses_
     let mut busy = connect(server.addr).await;
     let mut idle = [connect(server.addr).await, connect(server.addr).await];
     wait_until("three connections", || server.drain.open_connections() == 3).await;
+    let sleeping = SLEEPING.load(Ordering::SeqCst);
     busy.send(WsMessage::text("sleep 400")).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until("the call in flight", || {
+        SLEEPING.load(Ordering::SeqCst) > sleeping
+    })
+    .await;
 
     server.stop.send(()).unwrap();
     wait_until("the drain to start", || server.drain.is_draining()).await;
@@ -136,9 +145,12 @@ async fn shutdown_never_waits_past_the_drain_timeout() {
     let server = start(Duration::from_millis(300)).await;
     let mut stuck = connect(server.addr).await;
     // A call that never ends keeps its connection from closing.
+    let sleeping = SLEEPING.load(Ordering::SeqCst);
     stuck.send(WsMessage::text("sleep 1000000")).await.unwrap();
-    wait_until("the connection", || server.drain.open_connections() == 1).await;
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    wait_until("the call in flight", || {
+        SLEEPING.load(Ordering::SeqCst) > sleeping
+    })
+    .await;
 
     let stopping = Instant::now();
     server.stop.send(()).unwrap();
