@@ -65,6 +65,10 @@ pub enum FailureMode {
 pub struct RedisStoreConfig {
     /// `redis://` or `rediss://` URL of the server.
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://` or `rediss://` URLs). Empty (the default): one
+    /// server at `url`. Set: the store talks to the cluster these nodes belong to, discovering
+    /// the others from whichever answers, and `url` is not used.
+    pub cluster_nodes: Vec<String>,
     /// Prefix of every key the store writes.
     pub key_prefix: String,
     /// Longest wait for one Redis command before `on_error` applies.
@@ -78,6 +82,7 @@ impl Default for RedisStoreConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
+            cluster_nodes: Vec::new(),
             key_prefix: "wsguard:dedup:".to_owned(),
             operation_timeout: Duration::from_millis(50),
             on_error: FailureMode::FailOpen,

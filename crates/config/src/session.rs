@@ -21,6 +21,10 @@ pub enum SessionBackend {
 pub struct SessionRedisConfig {
     /// `redis://`, `rediss://` or `unix://` URL of the server.
     pub url: String,
+    /// Seed nodes of a Redis Cluster (`redis://` or `rediss://` URLs). Empty (the default): one
+    /// server at `url`. Set: the store talks to the cluster these nodes belong to, and `url` is
+    /// not used. All keys of one session share a hash tag, so they live on one shard.
+    pub cluster_nodes: Vec<String>,
     /// Prefix of every key the store writes.
     pub key_prefix: String,
     /// Longest wait for one Redis command before the client is answered `unavailable`.
@@ -32,6 +36,7 @@ impl Default for SessionRedisConfig {
     fn default() -> Self {
         Self {
             url: "redis://127.0.0.1:6379".to_owned(),
+            cluster_nodes: Vec::new(),
             key_prefix: "wsguard:session:".to_owned(),
             operation_timeout: Duration::from_millis(50),
         }

@@ -253,6 +253,7 @@ fn validate_dedup(d: &DedupConfig, p: &mut Problems) {
             "dedup.store.redis.url",
             "must be a redis://, rediss:// or unix:// URL",
         );
+        validate_cluster_nodes(&r.cluster_nodes, "dedup.store.redis.cluster_nodes", p);
         p.check(
             !r.operation_timeout.is_zero(),
             "dedup.store.redis.operation_timeout",
@@ -286,6 +287,16 @@ fn validate_client_scope(d: &DedupConfig, c: &ConnectionConfig, p: &mut Problems
             "\"client\" with connection.client_id = \"{source}\" lets any client suppress another client's messages by claiming its id; use scope = \"connection\", or set connection.client_id_trusted = true if the id is set by your own authentication"
         ),
     );
+}
+
+fn validate_cluster_nodes(nodes: &[String], path: &str, p: &mut Problems) {
+    for (i, node) in nodes.iter().enumerate() {
+        p.check(
+            node.starts_with("redis://") || node.starts_with("rediss://"),
+            &format!("{path}[{i}]"),
+            "must be a redis:// or rediss:// URL (cluster nodes are reached over TCP)",
+        );
+    }
 }
 
 fn redis_url(url: &str) -> bool {
@@ -401,6 +412,7 @@ fn validate_session(s: &SessionConfig, c: &ConnectionConfig, p: &mut Problems) {
             "session.store.redis.url",
             "must be a redis://, rediss:// or unix:// URL",
         );
+        validate_cluster_nodes(&r.cluster_nodes, "session.store.redis.cluster_nodes", p);
         p.check(
             !r.operation_timeout.is_zero(),
             "session.store.redis.operation_timeout",

@@ -172,6 +172,17 @@ const CASES: &[(&str, Mutation)] = &[
         c.session.store.backend = SessionBackend::Redis;
         c.session.store.redis.url.clear();
     }),
+    ("session.store.redis.cluster_nodes[1]", |c| {
+        c.session.store.backend = SessionBackend::Redis;
+        c.session.store.redis.cluster_nodes = vec![
+            "redis://10.0.0.1:7000".to_owned(),
+            "unix:///run/redis.sock".to_owned(),
+        ];
+    }),
+    ("dedup.store.redis.cluster_nodes[0]", |c| {
+        with_redis(c);
+        c.dedup.store.redis.cluster_nodes = vec!["10.0.0.1:7000".to_owned()];
+    }),
     ("session.store.redis.operation_timeout", |c| {
         c.session.store.backend = SessionBackend::Redis;
         c.session.store.redis.operation_timeout = Duration::ZERO;
@@ -230,6 +241,11 @@ fn session_redis_store_with_its_defaults_is_valid() {
         config.session.store.redis.url = url.to_owned();
         config.validate().unwrap();
     }
+    config.session.store.redis.cluster_nodes = vec![
+        "redis://10.0.0.1:7000".to_owned(),
+        "rediss://10.0.0.2:7000".to_owned(),
+    ];
+    config.validate().unwrap();
 }
 
 #[test]
