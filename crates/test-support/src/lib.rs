@@ -1,5 +1,11 @@
-//! What wsguard's tests share: a real `redis-server` started by the test on a free loopback port
-//! and stopped when the test ends. Not published.
+//! What wsguard's tests share: real Redis servers started by the test on free loopback ports and
+//! killed when the test ends. Not published.
+//!
+//! - [`RedisServer`]: one `redis-server`, with stop and restart for outage tests.
+//! - [`RedisCluster`]: a Redis Cluster of three masters (`redis-server` in cluster mode joined by
+//!   `redis-cli --cluster create`), with stop and restart of one master.
+//!
+//! Both need Debian's `redis-server` package (7.0 or newer), which `scripts/test.sh` installs.
 
 #![warn(
     missing_debug_implementations,
@@ -9,11 +15,16 @@
 )]
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader, Write};
+mod cluster;
+mod resp;
+
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+pub use self::cluster::RedisCluster;
+use self::resp::Reply;
 
 /// A `redis-server` child process on 127.0.0.1, killed on drop.
 #[derive(Debug)]
@@ -74,15 +85,10 @@ impl RedisServer {
 
     /// How many keys the server holds (`DBSIZE`).
     pub fn dbsize(&self) -> u64 {
-        let mut conn = TcpStream::connect(self.addr()).expect("connect to redis-server");
-        conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        conn.write_all(b"*1\r\n$6\r\nDBSIZE\r\n").unwrap();
-        let mut line = String::new();
-        BufReader::new(conn).read_line(&mut line).unwrap();
-        line.trim()
-            .strip_prefix(':')
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected DBSIZE answer {line:?}"))
+        match resp::command(self.addr(), &["DBSIZE"]) {
+            Ok(Reply::Integer(n)) => n.try_into().unwrap_or(0),
+            other => panic!("unexpected DBSIZE answer: {other:?}"),
+        }
     }
 
     fn addr(&self) -> SocketAddr {
@@ -97,7 +103,7 @@ impl Drop for RedisServer {
 }
 
 fn spawn(port: u16, dir: &Path) -> Child {
-    Command::new(redis_server_binary())
+    Command::new(binary("redis-server"))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
         .arg("--dir")
@@ -108,18 +114,31 @@ fn spawn(port: u16, dir: &Path) -> Child {
         .expect("start redis-server")
 }
 
-fn redis_server_binary() -> PathBuf {
+/// The path of a Redis program (`redis-server`, `redis-cli`) on `PATH` or in the usual places.
+fn binary(name: &str) -> PathBuf {
     let path = std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default();
     path.into_iter()
         .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/local/bin")])
-        .map(|dir| dir.join("redis-server"))
+        .map(|dir| dir.join(name))
         .find(|p| p.is_file())
         .unwrap_or_else(|| {
             panic!(
-                "redis-server not found: the Redis tests start a real Redis server. \
-                 Install it with `apt-get install redis-server` (scripts/test.sh does this)"
+                "{name} not found: the Redis tests start real Redis servers. Install it with \
+                 `apt-get install redis-server` (which brings redis-cli through redis-tools; \
+                 scripts/test.sh does this)"
             )
         })
+}
+
+/// The last lines of a server's log, for a failure message.
+fn log_tail(path: &Path) -> String {
+    match std::fs::read_to_string(path) {
+        Ok(log) => {
+            let lines: Vec<&str> = log.lines().collect();
+            lines[lines.len().saturating_sub(20)..].join("\n")
+        }
+        Err(e) => format!("(no log at {}: {e})", path.display()),
+    }
 }
