@@ -39,6 +39,10 @@ pub(crate) enum Ending {
         code: Option<u16>,
         detail: Cow<'static, str>,
     },
+    /// The server drops the TCP connection without a close frame ([`Sender::abort`]).
+    ///
+    /// [`Sender::abort`]: crate::Sender::abort
+    Abort,
 }
 
 impl Ending {
@@ -61,6 +65,7 @@ impl Ending {
         match self {
             Self::Close { code, .. } => Some(*code),
             Self::Peer { code, .. } => *code,
+            Self::Abort => None,
         }
     }
 }
@@ -74,6 +79,7 @@ impl fmt::Display for Ending {
                 detail,
             } => write!(f, "client closed with {code}: {detail}"),
             Self::Peer { code: None, detail } => write!(f, "client gone: {detail}"),
+            Self::Abort => f.write_str("server dropped the connection without a close frame"),
         }
     }
 }

@@ -267,6 +267,17 @@ impl Sender {
         self.end(Ending::close(code, reason.into()));
     }
 
+    /// Drops the connection at once: the TCP connection is closed without a WebSocket close
+    /// frame and the messages still queued are discarded, as when a network path breaks.
+    ///
+    /// For tests and demonstrations of what clients do when a connection dies (a `wsguard.v1`
+    /// client resumes its session and gets every message it missed). Calls in flight under a
+    /// session still finish, their replies kept in the session log. Nothing happens if the
+    /// connection is already ending.
+    pub fn abort(&self) {
+        self.end(Ending::Abort);
+    }
+
     /// Messages waiting in the queue now.
     pub fn len(&self) -> usize {
         self.state().items.len()

@@ -499,3 +499,122 @@ async fn a_failed_message_gets_an_unnumbered_error_frame_with_its_id_and_is_ackn
     );
     assert_eq!(handled.count("fail"), 1);
 }
+
+/// A service whose `slow` message waits for `gate` (after signalling `entered`), counting each
+/// run when it starts; it keeps the connection's sender in `kept`. Any other text: `r:TEXT`.
+fn gated(
+    runs: Arc<Mutex<u32>>,
+    entered: Arc<tokio::sync::Notify>,
+    gate: Arc<tokio::sync::Semaphore>,
+    kept: Arc<Mutex<Option<Sender>>>,
+) -> impl Counting {
+    service_fn(move |req: Inbound| {
+        let (runs, entered, gate) = (runs.clone(), entered.clone(), gate.clone());
+        *kept.lock().unwrap() = Some(req.sender().clone());
+        async move {
+            let text = req.text().unwrap_or_default().to_owned();
+            if text == "slow" {
+                *runs.lock().unwrap() += 1;
+                entered.notify_one();
+                gate.acquire().await.unwrap().forget();
+            }
+            Ok::<_, BoxError>(Some(Message::text(format!("r:{text}"))))
+        }
+    })
+}
+
+#[tokio::test]
+async fn an_application_close_lets_the_call_in_flight_finish_so_the_resend_is_not_run_again() {
+    let runs = Arc::new(Mutex::new(0));
+    let entered = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::new(tokio::sync::Semaphore::new(0));
+    let kept: Arc<Mutex<Option<Sender>>> = Arc::default();
+    let service = gated(runs.clone(), entered.clone(), gate.clone(), kept.clone());
+    let addr = serve_route(WsRoute::new(service, config(|_| {}))).await;
+
+    let mut client = V1::connect(addr, Some("erin")).await;
+    let token = client.hello().await.session.unwrap();
+    client.msg(1, r#""slow""#).await;
+    timeout(WAIT, entered.notified())
+        .await
+        .expect("the call starts");
+    // The application closes the connection while the call is in flight, and the call can
+    // finish at once: the connection sees both on its next turn (one thread runs both tasks).
+    let sender = kept.lock().unwrap().clone().unwrap();
+    sender.close(1000, "closing for a test");
+    gate.add_permits(1);
+    loop {
+        match client.frame().await {
+            Frame::Close(code) => {
+                assert_eq!(code, 1000);
+                break;
+            }
+            Frame::Ack(1) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+
+    // The client resends whatever the server says it has not processed.
+    let mut client = V1::connect(addr, Some("erin")).await;
+    let frame = client.resume(token, 0).await;
+    assert!(frame.resumed, "{frame:?}");
+    assert_eq!(
+        frame.last, 1,
+        "the call finished before the close: {frame:?}"
+    );
+    for id in frame.last + 1..=1 {
+        client.msg(id, r#""slow""#).await;
+        gate.add_permits(1);
+    }
+    assert_eq!(client.frame().await, Frame::Msg(1, r#""r:slow""#.into()));
+    assert_eq!(*runs.lock().unwrap(), 1, "the handler ran once");
+}
+
+#[tokio::test]
+async fn abort_drops_the_connection_without_a_close_frame_and_the_session_resumes() {
+    let handled = Handled::default();
+    let kept: Arc<Mutex<Option<Sender>>> = Arc::default();
+    let keep = kept.clone();
+    let inner = counting(handled.clone());
+    let service = service_fn(move |req: Inbound| {
+        *keep.lock().unwrap() = Some(req.sender().clone());
+        if req.text() == Some("abort me") {
+            req.sender().abort();
+        }
+        let mut inner = inner.clone();
+        async move { tower::ServiceExt::oneshot(&mut inner, req).await }
+    });
+    let route = WsRoute::new(service, config(|_| {}));
+    let stats = route.stats();
+    let addr = serve_route(route).await;
+
+    let mut client = V1::connect(addr, Some("frank")).await;
+    let token = client.hello().await.session.unwrap();
+    client.msg(1, r#""x""#).await;
+    assert_eq!(client.frame().await, Frame::Msg(1, r#""r:x""#.into()));
+    client.msg(2, r#""abort me""#).await;
+    // No close frame: the stream ends, or breaks as a reset.
+    let ended = timeout(WAIT, async {
+        loop {
+            match client.socket.next().await {
+                None | Some(Err(_)) => return,
+                Some(Ok(WsMessage::Close(frame))) => panic!("a close frame was sent: {frame:?}"),
+                Some(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
+    ended.expect("the connection ends");
+    assert!(kept.lock().unwrap().as_ref().unwrap().is_closed());
+    assert_eq!(stats.closed_protocol_error(), 0);
+
+    let mut client = V1::connect(addr, Some("frank")).await;
+    let frame = client.resume(token, 1).await;
+    assert!(frame.resumed, "{frame:?}");
+    assert_eq!(frame.last, 2, "the call in flight finished: {frame:?}");
+    assert_eq!(
+        client.frame().await,
+        Frame::Msg(2, r#""r:abort me""#.into())
+    );
+    assert_eq!(handled.count("abort me"), 1);
+}

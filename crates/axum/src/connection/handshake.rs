@@ -119,5 +119,8 @@ pub(super) fn log_close(conn: &ConnInfo, ending: &Ending, handshake: Handshake) 
         Ending::Peer { code, detail } => {
             tracing::info!(conn = %conn.id, client = %conn.client_id, route, code = code.unwrap_or(close::ABNORMAL_CLOSURE), %detail, "websocket closed by client");
         }
+        Ending::Abort => {
+            tracing::info!(conn = %conn.id, client = %conn.client_id, route, "websocket aborted by server (no close frame)");
+        }
     }
 }

@@ -163,7 +163,7 @@ pub(crate) async fn run_on<St, Si, S>(
             }
             handshake
         }
-        Ending::Peer { .. } => Handshake::NotTried,
+        Ending::Peer { .. } | Ending::Abort => Handshake::NotTried,
     };
     // Whoever still holds the connection's info or sender keeps no unsent messages alive.
     let dropped = conn.sender.discard();
@@ -294,10 +294,16 @@ where
             };
             tokio::select! {
                 biased;
-                () = &mut ended => {
-                    return out.ending().borrow().clone().expect("waited for");
+                // Asked by the application (`close`, `abort`) or by a full send queue. Under a
+                // session the calls in flight finish first, as after a drop: their ids are then
+                // processed, and a client that resends them after resuming does not run them twice.
+                () = &mut ended, if finishing.is_none() => {
+                    let ending = out.ending().borrow().clone().expect("waited for");
+                    if let Some(ending) = finish(ending, can_finish, &mut finishing) {
+                        return ending;
+                    }
                 }
-                window = &mut drain_started, if going_away.is_none() => {
+                window = &mut drain_started, if going_away.is_none() && finishing.is_none() => {
                     let delay = reconnect_delay(self.conn.id.get(), window);
                     going_away = Some(format!("server going away; reconnect in {} ms", delay.as_millis()));
                     self.written_at_drain = Some(out.written());
@@ -315,18 +321,28 @@ where
                         guard.processed();
                         arm_ack(&mut ack_due, ack_timer.as_mut(), ack_interval);
                     }
-                    if let Some(end) = end {
+                    if let Some(end) = end
+                        && let Some(end) = finish(end, live.is_some() && !in_flight.is_empty(), &mut finishing)
+                    {
                         return end;
                     }
                 }
                 ready = poll_ready_unwinding(&mut self.service), if pending.is_some() => {
-                    match ready {
-                        Ok(Ok(())) => {}
+                    let failed = match ready {
+                        Ok(Ok(())) => None,
                         Ok(Err(err)) => {
                             tracing::error!(conn = %self.conn.id, error = %err, "message service failed");
-                            return Ending::close(close::INTERNAL_ERROR, "service unavailable");
+                            Some(Ending::close(close::INTERNAL_ERROR, "service unavailable"))
                         }
-                        Err(panic) => return panicked(&self.conn, panic),
+                        Err(panic) => Some(panicked(&self.conn, panic)),
+                    };
+                    if let Some(ending) = failed {
+                        // The waiting message never ran: its id stays unprocessed (resent).
+                        pending = None;
+                        if let Some(ending) = finish(ending, live.is_some() && !in_flight.is_empty(), &mut finishing) {
+                            return ending;
+                        }
+                        continue;
                     }
                     let (request, guard) = pending.take().expect("branch enabled by pending");
                     let service = &mut self.service;
@@ -335,7 +351,11 @@ where
                             in_flight.push_back(AssertUnwindSafe(fut).catch_unwind());
                             processing.push_back(guard);
                         }
-                        Err(panic) => return panicked(&self.conn, panic),
+                        Err(panic) => {
+                            if let Some(ending) = finish(panicked(&self.conn, panic), live.is_some() && !in_flight.is_empty(), &mut finishing) {
+                                return ending;
+                            }
+                        }
                     }
                 }
                 written = write(), if write_first => {
@@ -363,7 +383,11 @@ where
                                     return ending;
                                 }
                             }
-                            ending => return ending,
+                            ending => {
+                                if let Some(ending) = finish(ending, can_finish, &mut finishing) {
+                                    return ending;
+                                }
+                            }
                         },
                         Some(Ok(Message::Close(frame))) => {
                             // tungstenite answers the close; the next read completes it and ends.
@@ -375,14 +399,22 @@ where
                             io.1.pongs_owed += 1;
                             io.1.unflushed = true;
                             if io.1.pongs_owed > self.settings.max_pending_pongs {
-                                return Ending::close(close::POLICY_VIOLATION, "client does not read (pongs pending)");
+                                drop(io);
+                                let ending = Ending::close(close::POLICY_VIOLATION, "client does not read (pongs pending)");
+                                if let Some(ending) = finish(ending, can_finish, &mut finishing) {
+                                    return ending;
+                                }
                             }
                         }
                         Some(Ok(Message::Pong(_))) => {}
                         Some(Ok(message)) => match live.as_mut() {
                             None => pending = Some((Inbound::new(message, self.conn.clone()), None)),
                             Some(live) => match live.admit(message) {
-                                Err(ending) => return ending,
+                                Err(ending) => {
+                                    if let Some(ending) = finish(ending, can_finish, &mut finishing) {
+                                        return ending;
+                                    }
+                                }
                                 Ok(Admitted::Call(message, guard)) => {
                                     pending = Some((Inbound::new(message, self.conn.clone()), Some(guard)));
                                 }
@@ -437,7 +469,11 @@ where
                 () = &mut idle, if finishing.is_none() => {
                     let deadline = last_heard + idle_timeout;
                     if Instant::now() >= deadline {
-                        return Ending::close(close::GOING_AWAY, "idle timeout");
+                        let ending = Ending::close(close::GOING_AWAY, "idle timeout");
+                        if let Some(ending) = finish(ending, can_finish, &mut finishing) {
+                            return ending;
+                        }
+                        continue;
                     }
                     idle.as_mut().reset(deadline);
                 }
@@ -550,10 +586,10 @@ fn arm_ack(due: &mut bool, timer: Pin<&mut Sleep>, interval: Duration) {
 }
 
 /// `ending` now, or `None` once recorded in `finishing` when calls are still to finish under a
-/// session.
+/// session. The first ending recorded wins.
 fn finish(ending: Ending, can_finish: bool, finishing: &mut Option<Ending>) -> Option<Ending> {
     if can_finish {
-        *finishing = Some(ending);
+        finishing.get_or_insert(ending);
         None
     } else {
         Some(ending)
