@@ -7,10 +7,10 @@
 //!   layer counts all four, the dedup layer forgets a message whose call failed or was rejected so
 //!   that a retry is not taken for a duplicate.
 //! - A **rejection** ([`Reject`]) says what a call a layer turns away returns, from a
-//!   [`Rejection`] that tells why (open breaker, duplicate, store unavailable), when to retry and
-//!   which HTTP status suits it. [`ReturnError`] returns the layer's marker error (for WebSocket
-//!   message services, whose error is a `BoxError`); [`RespondWithStatus`] answers an HTTP
-//!   response (for axum routes, whose error is `Infallible`).
+//!   [`Rejection`] that tells why (open breaker, duplicate, store unavailable, rate limited), when
+//!   to retry and which HTTP status suits it. [`ReturnError`] returns the layer's marker error
+//!   (for WebSocket message services, whose error is a `BoxError`); [`RespondWithStatus`] answers
+//!   an HTTP response (for axum routes, whose error is `Infallible`).
 //!
 //! Every layer sets them with the same builder methods, `.classifier(..)` and `.rejection(..)`, so
 //! one classifier serves the whole stack:

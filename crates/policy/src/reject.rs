@@ -15,24 +15,30 @@ pub enum Reason {
     Duplicate,
     /// A store the layer needs (the dedup window's Redis) failed, and the layer fails closed.
     Unavailable,
+    /// The caller sent more than its rate limit allows; the rejection's
+    /// [`retry_after`](Rejection::retry_after) says when the next call may pass.
+    RateLimited,
 }
 
 impl Reason {
-    /// `circuit_open`, `duplicate` or `unavailable`: the names clients see in error frames.
+    /// `circuit_open`, `duplicate`, `unavailable` or `rate_limited`: the names clients see in
+    /// error frames.
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::CircuitOpen => "circuit_open",
             Self::Duplicate => "duplicate",
             Self::Unavailable => "unavailable",
+            Self::RateLimited => "rate_limited",
         }
     }
 
     /// The HTTP status that suits the reason: `503` for an open breaker or an unavailable
-    /// store, `409 Conflict` for a duplicate.
+    /// store, `409 Conflict` for a duplicate, `429 Too Many Requests` for a rate limit.
     pub const fn default_status(self) -> u16 {
         match self {
             Self::CircuitOpen | Self::Unavailable => 503,
             Self::Duplicate => 409,
+            Self::RateLimited => 429,
         }
     }
 }
@@ -44,7 +50,7 @@ impl fmt::Display for Reason {
 }
 
 /// A call a layer turned away: why, when to retry, the HTTP status that suits it, and the
-/// layer's marker error (`CircuitOpen`, `Duplicate`, `StoreUnavailable`).
+/// layer's marker error (`CircuitOpen`, `Duplicate`, `StoreUnavailable`, `RateLimited`).
 #[derive(Debug)]
 pub struct Rejection {
     reason: Reason,
@@ -209,5 +215,21 @@ mod tests {
             Reject::<_, ()>::reject(&RespondWithStatus, duplicate).unwrap();
         assert_eq!(resp.status(), 208);
         assert!(!resp.headers().contains_key(http::header::RETRY_AFTER));
+    }
+
+    #[cfg(feature = "http")]
+    #[test]
+    fn rate_limited_answers_429_with_retry_after() {
+        assert_eq!(Reason::RateLimited.as_str(), "rate_limited");
+        let rejection = Rejection::new(Reason::RateLimited, Marker)
+            .with_retry_after(Duration::from_millis(1500));
+        let resp: http::Response<()> =
+            Reject::<_, ()>::reject(&RespondWithStatus, rejection).unwrap();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "2");
+        assert_eq!(
+            resp.extensions().get::<Reason>(),
+            Some(&Reason::RateLimited)
+        );
     }
 }
