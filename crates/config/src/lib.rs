@@ -4,8 +4,9 @@
 //!
 //! Every wsguard layer reads its part of a [`StabilityConfig`]: `CircuitBreakerLayer` the
 //! [`CircuitBreakerConfig`], `DedupLayer` the [`DedupConfig`], `MetricsLayer` the
-//! [`MetricsConfig`], and the WebSocket adapter the [`ConnectionConfig`] and, for clients that
-//! speak the `wsguard.v1` subprotocol, the [`SessionConfig`]. A layer takes its part
+//! [`MetricsConfig`], `RateLimitLayer` the [`RateLimitConfig`], and the WebSocket adapter the
+//! [`ConnectionConfig`] and, for clients that speak the `wsguard.v1` subprotocol, the
+//! [`SessionConfig`]. A layer takes its part
 //! either fixed or through a [`ConfigHandle`], which swaps in a new validated config without a
 //! restart and without a lock on the request path.
 //!
@@ -87,6 +88,7 @@ mod duration;
 #[cfg(feature = "load")]
 mod load;
 mod metrics;
+mod rate_limit;
 mod reload;
 mod retry;
 mod serialize;
@@ -116,6 +118,7 @@ pub use self::{
         StoreBackend, StoreConfig,
     },
     metrics::MetricsConfig,
+    rate_limit::{RateLimitAction, RateLimitConfig, RateLimitScope},
     reload::{ConfigHandle, ConfigSource, Section},
     retry::RetryConfig,
     serialize::SerializeError,
@@ -139,6 +142,8 @@ pub struct StabilityConfig {
     pub connection: ConnectionConfig,
     /// Sessions of clients that speak `wsguard.v1`: resume after a disconnect, exactly once.
     pub session: SessionConfig,
+    /// `RateLimitLayer`: messages and bytes per second, per client, per connection or for all.
+    pub rate_limit: RateLimitConfig,
     /// Retries of outbound calls.
     pub retry: RetryConfig,
 }
@@ -179,7 +184,7 @@ impl Preset {
 impl StabilityConfig {
     /// Production: 10% sampled latency and per-client detail, rate-based breaker over 100 calls
     /// with a 60 s open wait, 5-minute dedup window, clients kept an hour, sessions kept 5 minutes
-    /// after a disconnect. Same as `default()`.
+    /// after a disconnect, 100 messages and 1 MiB per second per client. Same as `default()`.
     pub fn production() -> Self {
         Self {
             metrics: MetricsConfig::production(),
@@ -187,6 +192,7 @@ impl StabilityConfig {
             dedup: DedupConfig::production(),
             connection: ConnectionConfig::production(),
             session: SessionConfig::production(),
+            rate_limit: RateLimitConfig::production(),
             retry: RetryConfig::production(),
         }
     }
@@ -200,6 +206,7 @@ impl StabilityConfig {
             dedup: DedupConfig::development(),
             connection: ConnectionConfig::development(),
             session: SessionConfig::development(),
+            rate_limit: RateLimitConfig::development(),
             retry: RetryConfig::development(),
         }
     }
@@ -213,6 +220,7 @@ impl StabilityConfig {
             dedup: DedupConfig::testing(),
             connection: ConnectionConfig::testing(),
             session: SessionConfig::testing(),
+            rate_limit: RateLimitConfig::testing(),
             retry: RetryConfig::testing(),
         }
     }

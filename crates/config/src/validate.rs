@@ -2,8 +2,8 @@ use std::fmt;
 
 use crate::{
     BackoffStrategy, CircuitBreakerConfig, ClientIdSource, ConnectionConfig, DedupConfig,
-    DedupScope, KeySource, MetricsConfig, RetryConfig, SessionBackend, SessionConfig,
-    StabilityConfig, StoreBackend, TripMode,
+    DedupScope, KeySource, MetricsConfig, RateLimitConfig, RetryConfig, SessionBackend,
+    SessionConfig, StabilityConfig, StoreBackend, TripMode,
 };
 
 /// One problem with one field of a configuration.
@@ -102,6 +102,7 @@ impl StabilityConfig {
         validate_client_scope(&self.dedup, &self.connection, &mut p);
         validate_connection(&self.connection, &mut p);
         validate_session(&self.session, &self.connection, &mut p);
+        validate_rate_limit(&self.rate_limit, &self.connection, &mut p);
         validate_retry(&self.retry, &mut p);
         if p.errors.is_empty() {
             Ok(())
@@ -419,6 +420,42 @@ fn validate_session(s: &SessionConfig, c: &ConnectionConfig, p: &mut Problems) {
             "must be > 0, or a slow Redis would hang every hello and resume",
         );
     }
+}
+
+/// governor counts time in nanoseconds: one cell per nanosecond is the finest rate it can hold.
+const MAX_BYTES_PER_SECOND: u32 = 1_000_000_000;
+
+fn validate_rate_limit(r: &RateLimitConfig, c: &ConnectionConfig, p: &mut Problems) {
+    p.check(
+        !r.enabled || r.messages_per_second > 0 || r.bytes_per_second > 0,
+        "rate_limit.messages_per_second",
+        "and rate_limit.bytes_per_second are both 0, so nothing is limited: set one, or enabled = false",
+    );
+    if r.messages_per_second > 0 {
+        p.check(
+            r.messages_burst > 0,
+            "rate_limit.messages_burst",
+            "must be > 0 when rate_limit.messages_per_second is set, or no message ever passes",
+        );
+    }
+    if r.bytes_per_second > 0 {
+        p.check(
+            r.bytes_per_second <= MAX_BYTES_PER_SECOND,
+            "rate_limit.bytes_per_second",
+            "must be <= 1000000000 (one byte per nanosecond, the limiter's resolution)",
+        );
+        p.check(
+            u64::from(r.bytes_burst) >= c.max_message_size as u64,
+            "rate_limit.bytes_burst",
+            "must be >= connection.max_message_size when rate_limit.bytes_per_second is set, or a message the connection accepts can never pass the limit",
+        );
+    }
+    p.check(r.max_keys > 0, "rate_limit.max_keys", "must be > 0");
+    p.check(
+        !r.cleanup_interval.is_zero(),
+        "rate_limit.cleanup_interval",
+        "must be > 0",
+    );
 }
 
 fn validate_retry(r: &RetryConfig, p: &mut Problems) {

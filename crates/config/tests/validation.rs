@@ -2,8 +2,8 @@
 use std::time::Duration;
 
 use wsguard_config::{
-    BackoffStrategy, ClientIdSource, DedupScope, KeySource, SessionBackend, StabilityConfig,
-    StoreBackend, TripMode,
+    BackoffStrategy, ClientIdSource, DedupScope, KeySource, RateLimitScope, SessionBackend,
+    StabilityConfig, StoreBackend, TripMode,
 };
 
 type Mutation = fn(&mut StabilityConfig);
@@ -191,6 +191,23 @@ const CASES: &[(&str, Mutation)] = &[
         c.connection.client_id = ClientIdSource::Query;
         c.dedup.scope = DedupScope::Client;
     }),
+    ("rate_limit.messages_per_second", |c| {
+        c.rate_limit.messages_per_second = 0;
+        c.rate_limit.bytes_per_second = 0;
+    }),
+    ("rate_limit.messages_burst", |c| {
+        c.rate_limit.messages_burst = 0
+    }),
+    ("rate_limit.bytes_per_second", |c| {
+        c.rate_limit.bytes_per_second = 1_000_000_001
+    }),
+    ("rate_limit.bytes_burst", |c| {
+        c.rate_limit.bytes_burst = c.connection.max_message_size as u32 - 1
+    }),
+    ("rate_limit.max_keys", |c| c.rate_limit.max_keys = 0),
+    ("rate_limit.cleanup_interval", |c| {
+        c.rate_limit.cleanup_interval = Duration::ZERO
+    }),
     ("retry.max_attempts", |c| c.retry.max_attempts = 0),
     ("retry.max_backoff", |c| {
         c.retry.initial_backoff = Duration::ZERO;
@@ -253,6 +270,7 @@ fn session_log_bounds_are_checked_against_the_connection_and_each_other() {
     let mut config = StabilityConfig::default();
     config.connection.max_message_size = 4 * 1024 * 1024;
     config.connection.send_queue_bytes = 4 * 1024 * 1024;
+    config.rate_limit.bytes_burst = 4 * 1024 * 1024;
     let err = config.validate().unwrap_err();
     assert_eq!(err.errors().len(), 1, "{err}");
     assert!(
@@ -360,4 +378,81 @@ fn client_chosen_ids_are_untrusted_unless_a_file_says_otherwise() {
     let config = StabilityConfig::from_toml_str(&trusted).unwrap();
     assert!(config.connection.client_id_trusted);
     assert_eq!(config.dedup.scope, DedupScope::Client);
+}
+
+#[test]
+fn rate_limit_checks_only_the_limits_that_are_on() {
+    let mut config = StabilityConfig::default();
+    // A byte limit that is off needs no burst, and may not fit the largest message.
+    config.rate_limit.bytes_per_second = 0;
+    config.rate_limit.bytes_burst = 0;
+    config.validate().unwrap();
+    // Likewise a message limit that is off.
+    config.rate_limit.bytes_per_second = 1024 * 1024;
+    config.rate_limit.bytes_burst = 1024 * 1024;
+    config.rate_limit.messages_per_second = 0;
+    config.rate_limit.messages_burst = 0;
+    config.validate().unwrap();
+    // A disabled layer may turn both off.
+    config.rate_limit.bytes_per_second = 0;
+    let err = config.validate().unwrap_err();
+    assert!(err.has("rate_limit.messages_per_second"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("rate_limit.bytes_per_second are both 0"),
+        "{err}"
+    );
+    config.rate_limit.enabled = false;
+    config.validate().unwrap();
+    for scope in [
+        RateLimitScope::Client,
+        RateLimitScope::Connection,
+        RateLimitScope::Global,
+    ] {
+        let mut config = StabilityConfig::default();
+        config.rate_limit.scope = scope;
+        config.validate().unwrap();
+    }
+}
+
+#[test]
+fn rate_limit_byte_burst_is_checked_against_the_largest_message() {
+    let mut config = StabilityConfig::default();
+    config.connection.max_message_size = 4 * 1024 * 1024;
+    config.connection.send_queue_bytes = 4 * 1024 * 1024;
+    config.session.max_bytes = 4 * 1024 * 1024;
+    let err = config.validate().unwrap_err();
+    assert_eq!(err.errors().len(), 1, "{err}");
+    assert!(
+        err.to_string().contains(
+            "rate_limit.bytes_burst: must be >= connection.max_message_size when rate_limit.bytes_per_second is set"
+        ),
+        "{err}"
+    );
+    config.rate_limit.bytes_burst = 4 * 1024 * 1024;
+    config.validate().unwrap();
+}
+
+#[cfg(feature = "load")]
+#[test]
+fn rate_limit_section_loads_from_toml_and_bad_values_are_refused_with_their_paths() {
+    use wsguard_config::RateLimitAction;
+    let config = StabilityConfig::from_toml_str(
+        "[rate_limit]\nscope = \"connection\"\nmessages_per_second = 5\nmessages_burst = 10\non_limit = \"close\"\ncleanup_interval = \"30s\"\n",
+    )
+    .unwrap();
+    assert_eq!(config.rate_limit.scope, RateLimitScope::Connection);
+    assert_eq!(config.rate_limit.messages_per_second, 5);
+    assert_eq!(config.rate_limit.on_limit, RateLimitAction::Close);
+    assert_eq!(config.rate_limit.cleanup_interval, Duration::from_secs(30));
+    assert_eq!(
+        config.rate_limit.bytes_per_second,
+        StabilityConfig::default().rate_limit.bytes_per_second
+    );
+
+    let err = StabilityConfig::from_toml_str("[rate_limit]\nmessages_burst = 0\nmax_keys = 0\n")
+        .unwrap_err();
+    let paths: Vec<_> = err.field_errors().iter().map(|e| e.path.clone()).collect();
+    assert_eq!(paths, ["rate_limit.messages_burst", "rate_limit.max_keys"]);
+    assert!(StabilityConfig::from_toml_str("[rate_limit]\non_limit = \"ignore\"\n").is_err());
 }
