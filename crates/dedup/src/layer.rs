@@ -43,7 +43,8 @@ impl<C, R> fmt::Debug for DedupLayer<C, R> {
 impl DedupLayer {
     /// A layer reading `config` (fixed, or live through a `ConfigHandle`), with the store
     /// `store.backend` names: a [`MemoryStore`] sized by `max_entries`, or (feature `redis`) a
-    /// [`RedisStore`](crate::store::RedisStore) on `store.redis` that connects in the background
+    /// [`RedisStore`](crate::store::RedisStore) on `store.redis` (one server at `url`, or the
+    /// Redis Cluster of `cluster_nodes` when that is set) that connects in the background
     /// (until it does, the layer fails open or closed as `on_error` says). A duplicate is the
     /// error [`Duplicate`](crate::error::Duplicate) (a `BoxError`).
     ///
@@ -168,11 +169,19 @@ fn store_from_config(config: &DedupConfig) -> Result<Arc<dyn DedupStore>, StoreE
         StoreBackend::Memory => Ok(Arc::new(MemoryStore::from_config(config))),
         #[cfg(feature = "redis")]
         StoreBackend::Redis => {
-            let store = crate::store::RedisStore::lazy(&config.store.redis).map_err(|e| {
-                StoreError::new(format!(
-                    "dedup.store.redis.url {:?} is not a Redis URL: {e}",
-                    config.store.redis.url
-                ))
+            let redis = &config.store.redis;
+            let store = crate::store::RedisStore::lazy(redis).map_err(|e| {
+                StoreError::new(if redis.cluster_nodes.is_empty() {
+                    format!(
+                        "dedup.store.redis.url {:?} is not a Redis URL: {e}",
+                        redis.url
+                    )
+                } else {
+                    format!(
+                        "dedup.store.redis.cluster_nodes {:?} are not Redis URLs: {e}",
+                        redis.cluster_nodes
+                    )
+                })
             })?;
             Ok(Arc::new(store))
         }

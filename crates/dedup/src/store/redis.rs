@@ -3,7 +3,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, Pipeline, RedisFuture, Value};
 use tokio::sync::watch;
 use wsguard_config::RedisStoreConfig;
 
@@ -19,6 +22,15 @@ use crate::fingerprint::Fingerprint;
 /// bounded by `operation_timeout`; an error or a timeout is a [`StoreError`], and the layer then
 /// fails open or closed as `on_error` says. The connection is a redis `ConnectionManager`
 /// (multiplexed, reconnects by itself once Redis is back).
+///
+/// **Redis Cluster.** When `cluster_nodes` is set, the store talks to the cluster those seed
+/// nodes belong to through a redis `cluster_async::ClusterConnection` (multiplexed per master,
+/// follows `MOVED` and slot changes, reconnects by itself), with the same timeouts and the same
+/// failing open or closed; `url` is then not used. Every command touches one key, so the window
+/// spreads over all masters by slot; keep hash tags (`{...}`) out of `key_prefix`, or the whole
+/// window lands on one master. While a master is down its keys cannot be claimed (and, with
+/// Redis's default `cluster-require-full-coverage yes`, after `cluster-node-timeout` no key
+/// can): the layer fails open or closed until it is back.
 ///
 /// Needs Redis 7.0 or newer (`SET ... NX GET`), and the same `fingerprint_key` on every node.
 ///
@@ -48,16 +60,30 @@ pub struct RedisStore {
 /// The store's connection: made before the store, or being made in the background.
 #[derive(Clone)]
 enum Connection {
-    Ready(ConnectionManager),
+    Ready(Link),
     Pending(Arc<PendingConnection>),
+}
+
+/// A multiplexed connection to one server or to a cluster.
+#[derive(Clone)]
+enum Link {
+    Server(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Where the store connects: one server, or a cluster through its seed nodes.
+#[derive(Clone)]
+enum Endpoint {
+    Server(redis::Client),
+    Cluster(Box<ClusterClient>),
 }
 
 /// A connection made in the background until it succeeds, by one task per store, started on
 /// the first command (a task needs a runtime, which building the layer does not).
 struct PendingConnection {
-    client: redis::Client,
+    endpoint: Endpoint,
     timeout: Duration,
-    manager: watch::Sender<Option<ConnectionManager>>,
+    manager: watch::Sender<Option<Link>>,
     started: AtomicBool,
     failures: AtomicU64,
 }
@@ -72,22 +98,21 @@ impl fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// Connects to `config.url`; fails if Redis does not answer within `operation_timeout`
-    /// (times 10, for the handshake).
+    /// Connects to `config.url`, or to the cluster of `config.cluster_nodes` when that is not
+    /// empty; fails if Redis does not answer within `operation_timeout` (times 10, for the
+    /// handshake).
     pub async fn connect(config: &RedisStoreConfig) -> Result<Self, StoreError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(StoreError::new)?;
-        let conn = open(client, config.operation_timeout).await?;
-        Ok(Self::from_connection(conn, config))
+        let link = open(endpoint(config)?, config.operation_timeout).await?;
+        Ok(Self::from_link(link, config))
     }
 
-    /// A store that connects to `config.url` in the background, from its first command on, and
-    /// keeps trying (backing off to 5 s) until Redis answers. Until then every command fails
-    /// after `operation_timeout`, and the layer fails open or closed as `on_error` says. Fails
-    /// only if the URL is not a Redis URL.
+    /// A store that connects to `config.url` (or to the cluster of `config.cluster_nodes`) in
+    /// the background, from its first command on, and keeps trying (backing off to 5 s) until
+    /// Redis answers. Until then every command fails after `operation_timeout`, and the layer
+    /// fails open or closed as `on_error` says. Fails only if a URL is not a Redis URL.
     pub fn lazy(config: &RedisStoreConfig) -> Result<Self, StoreError> {
-        let client = redis::Client::open(config.url.as_str()).map_err(StoreError::new)?;
         let pending = PendingConnection {
-            client,
+            endpoint: endpoint(config)?,
             timeout: config.operation_timeout,
             manager: watch::Sender::new(None),
             started: AtomicBool::new(false),
@@ -102,15 +127,25 @@ impl RedisStore {
 
     /// A store on an existing connection; `key_prefix` and `operation_timeout` from `config`.
     pub fn from_connection(conn: ConnectionManager, config: &RedisStoreConfig) -> Self {
+        Self::from_link(Link::Server(conn), config)
+    }
+
+    /// A store on an existing Redis Cluster connection; `key_prefix` and `operation_timeout`
+    /// from `config`.
+    pub fn from_cluster_connection(conn: ClusterConnection, config: &RedisStoreConfig) -> Self {
+        Self::from_link(Link::Cluster(conn), config)
+    }
+
+    fn from_link(link: Link, config: &RedisStoreConfig) -> Self {
         Self {
-            conn: Connection::Ready(conn),
+            conn: Connection::Ready(link),
             prefix: config.key_prefix.as_str().into(),
             timeout: config.operation_timeout,
         }
     }
 
     /// The connection, waiting at most `operation_timeout` for one being made.
-    async fn connection(&self) -> Result<ConnectionManager, StoreError> {
+    async fn connection(&self) -> Result<Link, StoreError> {
         match &self.conn {
             Connection::Ready(conn) => Ok(conn.clone()),
             Connection::Pending(pending) => pending.get().await,
@@ -123,24 +158,79 @@ impl RedisStore {
     }
 }
 
+/// The server or cluster `config` names; an error if a URL is not a Redis URL.
+fn endpoint(config: &RedisStoreConfig) -> Result<Endpoint, StoreError> {
+    let timeout = config.operation_timeout;
+    if config.cluster_nodes.is_empty() {
+        let client = redis::Client::open(config.url.as_str()).map_err(StoreError::new)?;
+        return Ok(Endpoint::Server(client));
+    }
+    ClusterClient::builder(config.cluster_nodes.iter().map(String::as_str))
+        .connection_timeout(timeout * 10)
+        .response_timeout(timeout)
+        .build()
+        .map(|client| Endpoint::Cluster(Box::new(client)))
+        .map_err(StoreError::new)
+}
+
 /// Connects within ten times `timeout` (the handshake); commands then time out after `timeout`.
-async fn open(client: redis::Client, timeout: Duration) -> Result<ConnectionManager, StoreError> {
-    let manager = ConnectionManagerConfig::new()
-        .set_connection_timeout(Some(timeout * 10))
-        .set_response_timeout(Some(timeout))
-        .set_number_of_retries(2)
-        .set_max_delay(Duration::from_secs(1));
-    tokio::time::timeout(
-        timeout * 10,
-        ConnectionManager::new_with_config(client, manager),
-    )
-    .await
-    .map_err(|_| StoreError::timeout(timeout * 10))?
-    .map_err(StoreError::new)
+async fn open(endpoint: Endpoint, timeout: Duration) -> Result<Link, StoreError> {
+    let handshake = timeout * 10;
+    let link = match endpoint {
+        Endpoint::Server(client) => {
+            let manager = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(handshake))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1));
+            let connect = ConnectionManager::new_with_config(client, manager);
+            tokio::time::timeout(handshake, connect)
+                .await
+                .map(|conn| conn.map(Link::Server))
+        }
+        Endpoint::Cluster(client) => {
+            let connect = async move { client.get_async_connection().await };
+            tokio::time::timeout(handshake, connect)
+                .await
+                .map(|conn| conn.map(Link::Cluster))
+        }
+    };
+    link.map_err(|_| StoreError::timeout(handshake))?
+        .map_err(StoreError::new)
+}
+
+/// One server's connection or the cluster's: the cluster one routes each command to the master
+/// of its key's slot.
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Link::Server(conn) => conn.req_packed_command(cmd),
+            Link::Cluster(conn) => conn.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Link::Server(conn) => conn.req_packed_commands(pipeline, offset, count),
+            Link::Cluster(conn) => conn.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Link::Server(conn) => conn.get_db(),
+            Link::Cluster(conn) => conn.get_db(),
+        }
+    }
 }
 
 impl PendingConnection {
-    async fn get(self: &Arc<Self>) -> Result<ConnectionManager, StoreError> {
+    async fn get(self: &Arc<Self>) -> Result<Link, StoreError> {
         if let Some(conn) = &*self.manager.borrow() {
             return Ok(conn.clone());
         }
@@ -160,7 +250,7 @@ async fn connect_until_done(pending: Weak<PendingConnection>) {
     let mut delay = Duration::from_millis(100);
     loop {
         let Some(p) = pending.upgrade() else { return };
-        match open(p.client.clone(), p.timeout).await {
+        match open(p.endpoint.clone(), p.timeout).await {
             Ok(conn) => {
                 p.manager.send_replace(Some(conn));
                 tracing::info!("dedup store connected to Redis");
