@@ -7,6 +7,7 @@ use std::task::{Context, Poll};
 use futures_util::Stream;
 use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore, TryAcquireError, mpsc, oneshot};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::handshake::client::Request;
 
 use crate::connection::{Command, Connection};
 use crate::error::{Closed, ConnectError};
@@ -50,11 +51,52 @@ impl Client {
             attempts: 0,
             source: e.into(),
         })?;
+        Self::start(vec![request], options).await
+    }
+
+    /// Connects to the first of several endpoints (nodes of one service sharing a session
+    /// store) and, at each later attempt, to the next one in turn: a reconnection after a drop
+    /// or a drain goes to another node, and a node that does not answer is skipped after one
+    /// attempt. Fails at once if `requests` is empty or one of them is not a valid request.
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), wsguard_client::error::ConnectError> {
+    /// use wsguard_client::{Client, ClientOptions};
+    ///
+    /// let nodes = ["ws://10.0.0.1:3000/ws", "ws://10.0.0.2:3000/ws"];
+    /// let (client, events) = Client::connect_any(nodes, ClientOptions::default()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_any<R: IntoClientRequest>(
+        requests: impl IntoIterator<Item = R>,
+        options: ClientOptions,
+    ) -> Result<(Client, Events), ConnectError> {
+        let requests = requests
+            .into_iter()
+            .map(|r| r.into_client_request())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| ConnectError {
+                attempts: 0,
+                source: e.into(),
+            })?;
+        if requests.is_empty() {
+            return Err(ConnectError {
+                attempts: 0,
+                source: "no endpoint to connect to".into(),
+            });
+        }
+        Self::start(requests, options).await
+    }
+
+    async fn start(
+        requests: Vec<Request>,
+        options: ClientOptions,
+    ) -> Result<(Client, Events), ConnectError> {
         let room = Arc::new(Semaphore::new(options.max_unacknowledged.max(1)));
         let (commands, commands_rx) = mpsc::unbounded_channel();
         let (events_tx, events) = mpsc::channel(options.event_buffer.max(1));
         let (connection, socket) =
-            Connection::open(request, options, commands_rx, events_tx, room.clone()).await?;
+            Connection::open(requests, options, commands_rx, events_tx, room.clone()).await?;
         tokio::spawn(connection.run(socket));
         let client = Client {
             shared: Arc::new(Shared { commands, room }),

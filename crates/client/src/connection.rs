@@ -1,6 +1,7 @@
 //! The background task that owns the socket: handshake, reconnection, sending, receiving.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -19,7 +20,7 @@ use wsguard_session::protocol::{
 };
 
 use crate::error::{BoxError, ConnectError};
-use crate::event::{Event, Restart, StopReason, Stopped};
+use crate::event::{Disconnect, Event, Restart, StopReason, Stopped};
 use crate::inbox::{Arrival, Inbox};
 use crate::message::Message;
 use crate::options::{ClientOptions, unit_draw};
@@ -51,7 +52,15 @@ enum AttemptError {
 }
 
 pub(crate) struct Connection {
-    request: Request,
+    /// The endpoints, tried in turn: each new attempt goes to the next one.
+    requests: Vec<Request>,
+    /// The endpoint of the current or last attempt.
+    endpoint: usize,
+    /// How long the server asked the client to wait before its next attempt: a draining
+    /// server's `1001` reason ("reconnect in N ms") or a `Retry-After` header.
+    server_wait: Option<Duration>,
+    /// The close frame of the connection that just ended, if the server sent one.
+    last_close: Option<(u16, String)>,
     options: ClientOptions,
     commands: mpsc::UnboundedReceiver<Command>,
     events: mpsc::Sender<Event>,
@@ -65,7 +74,7 @@ pub(crate) struct Connection {
 impl Connection {
     /// The first connection and session.
     pub(crate) async fn open(
-        request: Request,
+        requests: Vec<Request>,
         options: ClientOptions,
         commands: mpsc::UnboundedReceiver<Command>,
         events: mpsc::Sender<Event>,
@@ -73,7 +82,10 @@ impl Connection {
     ) -> Result<(Self, Socket), ConnectError> {
         let inbox = Inbox::new(options.ack_every, options.ack_interval);
         let mut connection = Self {
-            request,
+            requests,
+            endpoint: 0,
+            server_wait: None,
+            last_close: None,
             options,
             commands,
             events,
@@ -101,7 +113,9 @@ impl Connection {
                             source,
                         });
                     }
-                    sleep(connection.options.backoff(failed - 1, unit_draw())).await;
+                    let wait = connection.wait_before(failed - 1);
+                    sleep(wait).await;
+                    connection.next_endpoint();
                 }
             }
         }
@@ -120,6 +134,12 @@ impl Connection {
                 Ending::Lost(error) => {
                     tracing::debug!(%error, "wsguard.v1 connection lost; reconnecting");
                     drop(socket);
+                    let (code, reason) = match self.last_close.take() {
+                        Some((code, reason)) => (Some(code), reason),
+                        None => (None, error.to_string()),
+                    };
+                    self.emit(Event::Disconnected(Disconnect { code, reason }))
+                        .await;
                     match self.reconnect(error).await {
                         Ok(next) => socket = next,
                         Err(Ending::Close(done)) => break (StopReason::Closed, done),
@@ -180,7 +200,7 @@ impl Connection {
                     .into(),
                 ));
             }
-            let wake = Instant::now() + self.options.backoff(failed, unit_draw());
+            let wake = Instant::now() + self.wait_before(failed);
             loop {
                 tokio::select! {
                     biased;
@@ -193,6 +213,7 @@ impl Connection {
                     () = sleep_until(wake) => break,
                 }
             }
+            self.next_endpoint();
             match self.attempt().await {
                 Ok(socket) => return Ok(socket),
                 Err(AttemptError::Fatal(source)) => {
@@ -221,9 +242,12 @@ impl Connection {
             },
             None => ClientFrame::Hello,
         };
+        let mut retry_after = None;
         let handshake = async {
-            let (mut socket, response) =
-                connect_async(self.request()).await.map_err(upgrade_error)?;
+            let (mut socket, response) = connect_async(self.request()).await.map_err(|e| {
+                retry_after = retry_after_header(&e);
+                upgrade_error(e)
+            })?;
             if response.headers().get("sec-websocket-protocol")
                 != Some(&HeaderValue::from_static(SUBPROTOCOL))
             {
@@ -238,9 +262,10 @@ impl Connection {
             let frame = session_frame(&mut socket).await?;
             Ok((socket, frame))
         };
-        let (mut socket, frame) = timeout(self.options.connect_timeout, handshake)
-            .await
-            .map_err(|_| AttemptError::Retry("connection attempt timed out".into()))??;
+        let answered = timeout(self.options.connect_timeout, handshake).await;
+        self.server_wait = retry_after;
+        let (mut socket, frame) =
+            answered.map_err(|_| AttemptError::Retry("connection attempt timed out".into()))??;
         self.begin(&first, frame).await?;
         for frame in self.outbox.frames().collect::<Vec<_>>() {
             socket
@@ -303,15 +328,31 @@ impl Connection {
         let _ = self.events.send(event).await;
     }
 
+    /// The wait before attempt number `retry` (0 for the first) of a reconnection: what the
+    /// server asked for if it did, otherwise the backoff.
+    fn wait_before(&mut self, retry: u32) -> Duration {
+        let backoff = self.options.backoff(retry, unit_draw());
+        match self.server_wait.take() {
+            Some(asked) => asked,
+            None => backoff,
+        }
+    }
+
+    /// Moves to the next endpoint, if there are several.
+    fn next_endpoint(&mut self) {
+        self.endpoint = (self.endpoint + 1) % self.requests.len().max(1);
+    }
+
     /// The upgrade request of one attempt, offering `wsguard.v1`.
     fn request(&self) -> Request {
+        let template = &self.requests[self.endpoint % self.requests.len()];
         let mut request = Request::new(());
-        *request.method_mut() = self.request.method().clone();
-        *request.uri_mut() = self.request.uri().clone();
-        *request.version_mut() = self.request.version();
-        *request.headers_mut() = self.request.headers().clone();
+        *request.method_mut() = template.method().clone();
+        *request.uri_mut() = template.uri().clone();
+        *request.version_mut() = template.version();
+        *request.headers_mut() = template.headers().clone();
         // A fresh key and the defaults tungstenite adds, for anything the template lacks.
-        if let Ok(fresh) = self.request.uri().clone().into_client_request() {
+        if let Ok(fresh) = template.uri().clone().into_client_request() {
             for (name, value) in fresh.headers() {
                 if name == "sec-websocket-key" || !request.headers().contains_key(name) {
                     request.headers_mut().insert(name.clone(), value.clone());
@@ -415,7 +456,13 @@ impl Connection {
                 Ok((seq, payload)) => (seq, Message::Binary(payload)),
                 Err(e) => return Some(Ending::Lost(e.into())),
             },
-            WsMessage::Close(frame) => return Some(closed_by_server(frame)),
+            WsMessage::Close(frame) => {
+                if let Some(frame) = &frame {
+                    self.server_wait = reconnect_hint(u16::from(frame.code), &frame.reason);
+                    self.last_close = Some((u16::from(frame.code), frame.reason.to_string()));
+                }
+                return Some(closed_by_server(frame));
+            }
             WsMessage::Ping(_) | WsMessage::Pong(_) | WsMessage::Frame(_) => return None,
         };
         match self.inbox.arrive(seq, Instant::now()) {
@@ -514,8 +561,39 @@ fn is_final(code: u16, reason: &str) -> bool {
         || (code == 1008 && reason == "superseded")
 }
 
+/// The delay a draining wsguard server puts in its `1001` close reason: "... reconnect in N ms".
+fn reconnect_hint(code: u16, reason: &str) -> Option<Duration> {
+    if code != 1001 {
+        return None;
+    }
+    let (_, after) = reason.rsplit_once("reconnect in ")?;
+    let millis = after.strip_suffix(" ms")?.trim().parse::<u64>().ok()?;
+    // A hint is a spread over the drain's reconnect window, never more than a minute.
+    Some(Duration::from_millis(millis.min(60_000)))
+}
+
+/// A refused upgrade's `Retry-After` in seconds (429 and 503 carry one), at most a minute.
+fn retry_after_header(error: &tungstenite::Error) -> Option<Duration> {
+    let tungstenite::Error::Http(response) = error else {
+        return None;
+    };
+    let seconds = response
+        .headers()
+        .get("retry-after")?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    Some(Duration::from_secs(seconds.min(60)))
+}
+
 fn upgrade_error(error: tungstenite::Error) -> AttemptError {
     match error {
+        // Too many requests: the server limits how fast clients come; wait and come back.
+        tungstenite::Error::Http(response) if response.status().as_u16() == 429 => {
+            AttemptError::Retry(format!("upgrade refused: {}", response.status()).into())
+        }
         tungstenite::Error::Http(response) if response.status().is_client_error() => {
             AttemptError::Fatal(format!("upgrade refused: {}", response.status()).into())
         }
@@ -527,6 +605,23 @@ fn upgrade_error(error: tungstenite::Error) -> AttemptError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reconnect_hint_is_read_only_from_a_1001_reason_and_capped() {
+        let hint = |code, reason| reconnect_hint(code, reason);
+        assert_eq!(
+            hint(1001, "server going away; reconnect in 1234 ms"),
+            Some(Duration::from_millis(1234))
+        );
+        assert_eq!(
+            hint(1001, "reconnect in 99999999 ms"),
+            Some(Duration::from_secs(60))
+        );
+        assert_eq!(hint(1011, "reconnect in 10 ms"), None);
+        assert_eq!(hint(1001, "idle timeout"), None);
+        assert_eq!(hint(1001, "reconnect in soon ms"), None);
+        assert_eq!(hint(1001, "reconnect in -5 ms"), None);
+    }
 
     #[test]
     fn only_closes_that_say_do_not_come_back_are_final() {

@@ -18,6 +18,9 @@ pub enum Event {
     /// A text frame outside the numbered sequence, such as the server's error frames
     /// (`{"type":"error",...}`): not numbered and not replayed after a reconnect.
     Unnumbered(String),
+    /// The connection ended and the client is reconnecting (an [`Event::Resumed`] or
+    /// [`Event::Restarted`] follows once it is back).
+    Disconnected(Disconnect),
     /// The connection dropped and the client reconnected and resumed its session: nothing was
     /// lost either way.
     Resumed,
@@ -25,6 +28,17 @@ pub enum Event {
     Restarted(Restart),
     /// The client stopped; the last event.
     Stopped(Stopped),
+}
+
+/// Why a connection ended before a reconnection ([`Event::Disconnected`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Disconnect {
+    /// The server's close code, if it closed the connection (`1001` from a draining server,
+    /// whose reconnect hint the client follows); `None` if the connection broke.
+    pub code: Option<u16>,
+    /// The close reason, or what broke.
+    pub reason: String,
 }
 
 /// A new session after a refused resume ([`Event::Restarted`]).

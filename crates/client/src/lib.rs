@@ -15,6 +15,12 @@
 //! - [`Events`] yields the server's messages in order, exactly once in a session, and
 //!   acknowledges them cumulatively in batches (every `ack_every` messages or `ack_interval`).
 //!
+//! - Several nodes: [`Client::connect_any`] takes a list of endpoints and tries the next one at
+//!   each attempt, so a client whose node drains or dies resumes on another (the nodes share a
+//!   Redis session store). A draining server's `1001` close carries a reconnect delay ("reconnect
+//!   in N ms", spread over the drain's window), and a refused upgrade may carry `Retry-After`
+//!   (`429`, `503`): the client waits that long instead of its backoff.
+//!
 //! A background task owns the socket; `Client` handles are cheap clones. [`Client::close`]
 //! acknowledges what arrived and closes with `1000`.
 //!
@@ -67,7 +73,7 @@ mod outbox;
 
 pub use self::{
     client::{Client, Events},
-    event::{Event, Restart, StopReason, Stopped},
+    event::{Disconnect, Event, Restart, StopReason, Stopped},
     message::Message,
     options::ClientOptions,
 };

@@ -169,7 +169,7 @@ async fn a_dropped_connection_resumes_from_the_last_seq_and_resends_what_was_not
     // A replay overlapping what arrived is not delivered twice.
     msg(&mut conn, 2, r#"{"k":2}"#).await;
     msg(&mut conn, 3, r#""c""#).await;
-    assert!(matches!(event(&mut events).await, Event::Resumed));
+    assert!(matches!(after_disconnect(&mut events).await, Event::Resumed));
     assert_eq!(text(&mut events).await, (3, "c".to_owned()));
     client.send("z").await.unwrap();
     assert_eq!(msg_frame(&mut conn).await, (3, r#""z""#.to_owned()));
@@ -208,7 +208,7 @@ async fn a_gap_reports_how_many_were_lost_and_resends_the_unprocessed_renumbered
         },
     )
     .await;
-    match event(&mut events).await {
+    match after_disconnect(&mut events).await {
         Event::Restarted(restart) => {
             assert_eq!(restart.reason, RefusalReason::Gap);
             assert_eq!(restart.lost, Some(4));
@@ -254,7 +254,7 @@ async fn an_expired_session_hands_back_unconfirmed_messages_instead_of_resending
         },
     )
     .await;
-    match event(&mut events).await {
+    match after_disconnect(&mut events).await {
         Event::Restarted(restart) => {
             assert_eq!(restart.reason, RefusalReason::Expired);
             assert_eq!(restart.lost, None);
@@ -426,4 +426,130 @@ fn close_frame(code: u16, reason: &'static str) -> CloseFrame {
         code: code.into(),
         reason: reason.into(),
     }
+}
+
+fn opened_frame(token: SessionToken, resumed: bool) -> SessionFrame {
+    SessionFrame {
+        session: Some(token),
+        resumed,
+        last: 0,
+        reason: None,
+        lost: None,
+    }
+}
+
+/// The next event that is not a [`Event::Disconnected`].
+async fn after_disconnect(events: &mut Events) -> Event {
+    loop {
+        match event(events).await {
+            Event::Disconnected(_) => continue,
+            other => return other,
+        }
+    }
+}
+
+#[tokio::test]
+async fn connect_any_goes_to_the_next_endpoint_at_each_attempt_and_resumes_there() {
+    let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let urls = [&a, &b].map(|l| format!("ws://{}/ws", l.local_addr().unwrap()));
+    let token = SessionToken::generate();
+    let server = async {
+        let mut conn = accept(&a).await;
+        assert_eq!(frame(&mut conn).await, ClientFrame::Hello);
+        session(&mut conn, opened_frame(token, false)).await;
+        conn
+    };
+    let (conn, connected) = tokio::join!(server, Client::connect_any(urls, options()));
+    let (client, mut events) = connected.unwrap();
+    drop_abruptly(conn);
+
+    // The drop sends the client to the other node, with its session.
+    let mut conn = accept(&b).await;
+    assert_eq!(
+        frame(&mut conn).await,
+        ClientFrame::Resume {
+            session: token,
+            last: 0
+        }
+    );
+    session(&mut conn, opened_frame(token, true)).await;
+    match event(&mut events).await {
+        Event::Disconnected(disconnect) => assert_eq!(disconnect.code, None, "{disconnect:?}"),
+        other => panic!("expected the disconnect first, got {other:?}"),
+    }
+    assert!(matches!(event(&mut events).await, Event::Resumed));
+    client.send("on b").await.unwrap();
+    assert_eq!(msg_frame(&mut conn).await, (1, r#""on b""#.to_owned()));
+    drop_abruptly(conn);
+
+    // And back.
+    let mut conn = accept(&a).await;
+    assert!(matches!(frame(&mut conn).await, ClientFrame::Resume { .. }));
+    assert!(
+        Client::connect_any(Vec::<String>::new(), options())
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_draining_servers_reconnect_hint_is_waited_instead_of_the_backoff() {
+    let (listener, mut conn, token, _client, mut events) = opened(options()).await;
+    conn.close(Some(close_frame(
+        1001,
+        "server going away; reconnect in 400 ms",
+    )))
+    .await
+    .unwrap();
+    let closed = std::time::Instant::now();
+    let mut conn = accept(&listener).await;
+    let waited = closed.elapsed();
+    // The backoff alone would have come back within a few milliseconds.
+    assert!(
+        waited >= Duration::from_millis(400),
+        "reconnected after {waited:?}"
+    );
+    assert!(
+        matches!(frame(&mut conn).await, ClientFrame::Resume { session, .. } if session == token)
+    );
+    match event(&mut events).await {
+        Event::Disconnected(disconnect) => {
+            assert_eq!(disconnect.code, Some(1001));
+            assert!(disconnect.reason.contains("reconnect in 400 ms"));
+        }
+        other => panic!("expected the disconnect, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_429_upgrade_is_retried_after_its_retry_after() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("ws://{}/ws", listener.local_addr().unwrap());
+    let server = async {
+        let (tcp, _) = timeout(WAIT, listener.accept()).await.unwrap().unwrap();
+        #[allow(clippy::result_large_err)]
+        fn too_many(_: &Request, _: Response) -> Result<Response, ErrorResponse> {
+            let mut refusal = ErrorResponse::new(Some("slow down".into()));
+            *refusal.status_mut() =
+                tokio_tungstenite::tungstenite::http::StatusCode::TOO_MANY_REQUESTS;
+            refusal
+                .headers_mut()
+                .insert("retry-after", HeaderValue::from_static("1"));
+            Err(refusal)
+        }
+        let _ = accept_hdr_async(tcp, too_many).await;
+        let refused = std::time::Instant::now();
+        let mut conn = accept(&listener).await;
+        let waited = refused.elapsed();
+        assert_eq!(frame(&mut conn).await, ClientFrame::Hello);
+        session(&mut conn, opened_frame(SessionToken::generate(), false)).await;
+        (conn, waited)
+    };
+    let ((_conn, waited), connected) = tokio::join!(server, Client::connect(url, options()));
+    connected.expect("a 429 is retried, not fatal");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "came back after {waited:?}, before Retry-After"
+    );
 }
