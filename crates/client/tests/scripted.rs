@@ -169,7 +169,10 @@ async fn a_dropped_connection_resumes_from_the_last_seq_and_resends_what_was_not
     // A replay overlapping what arrived is not delivered twice.
     msg(&mut conn, 2, r#"{"k":2}"#).await;
     msg(&mut conn, 3, r#""c""#).await;
-    assert!(matches!(after_disconnect(&mut events).await, Event::Resumed));
+    assert!(matches!(
+        after_disconnect(&mut events).await,
+        Event::Resumed
+    ));
     assert_eq!(text(&mut events).await, (3, "c".to_owned()));
     client.send("z").await.unwrap();
     assert_eq!(msg_frame(&mut conn).await, (3, r#""z""#.to_owned()));
