@@ -22,6 +22,9 @@ need_package() { # need_package COMMAND PACKAGE
 
 # The Redis store tests start their own redis-server on a free loopback port.
 need_package redis-server redis-server
+# The cross-node metrics tests start their own Prometheus (free loopback port, data in a temporary
+# directory); a system service the package may start on :9090 is not used.
+need_package prometheus prometheus
 # The chat example's browser test drives Debian's Chromium through playwright-core (Node.js 20 or
 # newer; the machine image has it, Debian's own nodejs package is only the fallback).
 need_package chromium chromium
