@@ -7,11 +7,11 @@ use std::task::{Context, Poll, ready};
 
 use crate::error::{BoxError, SessionGone};
 use crate::sessions::Sessions;
-use crate::store::{Appended, MemorySessionStore, SessionStore, StoreFuture};
+use crate::store::{Appended, SessionStore, SharedSessionStore, StoreFuture};
 
 /// The response future of [`SessionSender`](crate::SessionSender): the message's `seq` once
 /// it is logged.
-pub struct SendFuture<S = MemorySessionStore> {
+pub struct SendFuture<S = SharedSessionStore> {
     append: StoreFuture<Option<Appended>>,
     sessions: Sessions<S>,
 }

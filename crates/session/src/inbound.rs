@@ -124,6 +124,17 @@ impl InboundIds {
         (self.mark > before).then_some(self.mark)
     }
 
+    /// Raises the mark to `mark` (processed elsewhere, say on another node) and returns it.
+    pub(crate) fn raise(&mut self, mark: u64) -> u64 {
+        if mark > self.mark {
+            self.mark = mark;
+            self.above = self.above.split_off(&(mark + 1));
+            // Ids processed out of order just above the new mark join it.
+            self.processed(0);
+        }
+        self.mark
+    }
+
     pub(crate) fn abandon(&mut self, id: u64) {
         if self.above.get(&id) == Some(&false) {
             self.above.remove(&id);
@@ -161,6 +172,18 @@ mod tests {
         assert!(is_new(ids.admit(1)));
         assert!(matches!(ids.admit(2), Admit::AlreadyProcessed));
         assert_eq!(ids.processed(1), Some(2));
+    }
+
+    #[test]
+    fn a_mark_raised_from_elsewhere_covers_every_id_up_to_it() {
+        let mut ids = InboundIds::new(1);
+        assert!(is_new(ids.admit(2)));
+        assert!(is_new(ids.admit(3)));
+        ids.processed(3);
+        assert_eq!(ids.raise(2), 3, "3 was processed here already");
+        assert!(matches!(ids.admit(3), Admit::AlreadyProcessed));
+        assert_eq!(ids.raise(1), 3, "a lower mark changes nothing");
+        assert!(is_new(ids.admit(4)));
     }
 
     #[test]

@@ -12,7 +12,8 @@ use crate::data::MessageData;
 use crate::error::{BoxError, SessionGone};
 use crate::future::SendFuture;
 use crate::sessions::Sessions;
-use crate::store::{MemorySessionStore, SessionStore, Target};
+use crate::store::SessionStoreError;
+use crate::store::{SessionStore, SharedSessionStore, Target};
 use crate::token::SessionToken;
 
 #[derive(Debug, Clone)]
@@ -29,7 +30,7 @@ pub(crate) enum SenderTarget {
 /// [`SessionGone`] when there is no such session. It is always ready: the session log's bounds
 /// apply, never backpressure. Made by [`Sessions::sender_for_client`] (which follows the
 /// client's newest session at each call) and [`Sessions::sender_for_session`].
-pub struct SessionSender<S = MemorySessionStore> {
+pub struct SessionSender<S = SharedSessionStore> {
     sessions: Sessions<S>,
     target: SenderTarget,
 }
@@ -74,14 +75,31 @@ impl<S: SessionStore> SessionSender<S> {
     }
 }
 
-impl SessionSender<MemorySessionStore> {
-    /// Logs `payload` and returns its `seq` without waiting, from synchronous code: the memory
-    /// store answers at once.
-    pub fn send_now(&self, payload: impl Into<MessageData>) -> Result<u64, SessionGone> {
+impl<S: SessionStore> SessionSender<S> {
+    /// Logs `payload` without waiting, from synchronous code: its `seq` when the store answers
+    /// at once (the memory store), `None` when it answers later (a network store).
+    ///
+    /// In the second case the message's place in the log is already fixed (see
+    /// [`SessionStore::append`]), so messages sent one after another keep their order; a
+    /// message the store then fails to log, or that finds no session, is reported in the log
+    /// (WARN) rather than to the caller. Needs a tokio runtime for that case.
+    pub fn send_now(&self, payload: impl Into<MessageData>) -> Result<Option<u64>, SessionGone> {
         let mut logged = self.start(payload.into()).logged();
         match Pin::new(&mut logged).poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(result) => result,
-            Poll::Pending => unreachable!("the memory store answers at once"),
+            Poll::Ready(result) => result.map(Some),
+            Poll::Pending => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return Err(SessionGone::store(SessionStoreError::new(
+                        "no tokio runtime to wait for the store on",
+                    )));
+                };
+                runtime.spawn(async move {
+                    if let Err(err) = logged.await {
+                        tracing::warn!(%err, "session message sent without waiting was not logged");
+                    }
+                });
+                Ok(None)
+            }
         }
     }
 }

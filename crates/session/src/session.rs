@@ -11,12 +11,12 @@ use crate::data::MessageData;
 use crate::error::SessionGone;
 use crate::inbound::{Accept, Admit, Processing};
 use crate::sessions::{Local, Sessions};
-use crate::store::{Logged, MemorySessionStore, SessionStore, SessionStoreError, Target};
+use crate::store::{Logged, SessionStore, SessionStoreError, SharedSessionStore, Target};
 use crate::token::SessionToken;
 
 /// A connection's handle on its session. Dropping it detaches the session (unless a newer
 /// connection attached it since), which then expires after the TTL unless resumed.
-pub struct Session<S = MemorySessionStore> {
+pub struct Session<S = SharedSessionStore> {
     sessions: Sessions<S>,
     local: Arc<Local>,
     attachment: u64,
@@ -135,7 +135,9 @@ impl<S: SessionStore> Session<S> {
 impl<S> Drop for Session<S> {
     fn drop(&mut self) {
         if self.local.attachment.load(Ordering::Acquire) == self.attachment {
-            self.local.store.detach(&self.local.token, Instant::now());
+            let now = Instant::now();
+            self.local.set_detached(Some(now));
+            self.local.store.detach(&self.local.token, now);
         }
     }
 }

@@ -18,8 +18,8 @@ use crate::sender::{SenderTarget, SessionSender};
 use crate::session::Session;
 use crate::stats::{Counters, SessionStats};
 use crate::store::{
-    Appended, Attached, Created, Logged, MemorySessionStore, SessionStore, SessionStoreError,
-    Target,
+    Appended, Attached, Created, Logged, MemorySessionStore, RemoteEvent, RemoteListener,
+    SessionStore, SessionStoreError, SharedSessionStore, Target,
 };
 use crate::token::SessionToken;
 
@@ -28,16 +28,24 @@ use crate::token::SessionToken;
 /// Cloning is cheap and shares the registry. Settings are read from the `session` section at
 /// each step, so a live [`ConfigHandle`](wsguard_config::ConfigHandle) changes bounds, caps and
 /// the TTL for what comes next.
-pub struct Sessions<S = MemorySessionStore> {
+///
+/// The store is a [`SharedSessionStore`] unless the registry is made with
+/// [`with_store`](Self::with_store) on a concrete type: [`new`](Self::new) puts sessions in
+/// memory, [`from_config`](Self::from_config) in the store `session.store` names (memory, or
+/// Redis with the `redis` feature, so that several nodes share them).
+pub struct Sessions<S = SharedSessionStore> {
     pub(crate) shared: Arc<Shared<S>>,
 }
+
+type Locals = Mutex<HashMap<SessionToken, Arc<Local>>>;
 
 pub(crate) struct Shared<S> {
     pub(crate) store: Arc<S>,
     config: ConfigSource<SessionConfig>,
     /// This node's per-session state: the wake-up of a live connection and the inbound ids.
-    /// Entries leave when the store frees their session.
-    locals: Mutex<HashMap<SessionToken, Arc<Local>>>,
+    /// Entries leave when the store frees their session, when another node takes it over, or
+    /// once unused for a `ttl`.
+    locals: Arc<Locals>,
     pub(crate) counters: Counters,
 }
 
@@ -49,6 +57,8 @@ pub(crate) struct Local {
     last_seq: watch::Sender<u64>,
     /// Counts attachments; a connection whose number is not the latest was superseded.
     pub(crate) attachment: AtomicU64,
+    /// When its last connection detached it, if none holds it now.
+    pub(crate) detached_at: Mutex<Option<Instant>>,
 }
 
 impl Local {
@@ -76,6 +86,47 @@ impl Local {
             newer
         });
     }
+
+    /// Wakes the connection, which reads its log again and checks whether it was superseded.
+    fn nudge(&self) {
+        self.last_seq.send_modify(|_| {});
+    }
+
+    /// Another node attached the session: the connection here is superseded.
+    fn superseded(&self) {
+        self.attachment.fetch_add(1, Ordering::AcqRel);
+        self.nudge();
+    }
+
+    pub(crate) fn set_detached(&self, at: Option<Instant>) {
+        *self.detached_at.lock().unwrap_or_else(|e| e.into_inner()) = at;
+    }
+
+    fn detached_before(&self, deadline: Instant) -> bool {
+        self.detached_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|at| at <= deadline)
+    }
+}
+
+/// What the store hears from other nodes, applied to this node's sessions.
+fn on_remote(locals: &Locals, event: RemoteEvent) {
+    let mut locals = locals.lock().unwrap_or_else(|e| e.into_inner());
+    match event {
+        RemoteEvent::Logged { session, seq } => {
+            if let Some(local) = locals.get(&session) {
+                local.logged(seq);
+            }
+        }
+        RemoteEvent::Superseded { session } => {
+            // Forgotten here: a later resume on this node starts from the store's marks.
+            if let Some(local) = locals.remove(&session) {
+                local.superseded();
+            }
+        }
+        RemoteEvent::Missed => locals.values().for_each(|local| local.nudge()),
+    }
 }
 
 impl<S> Clone for Sessions<S> {
@@ -97,7 +148,7 @@ impl<S: fmt::Debug> fmt::Debug for Sessions<S> {
 
 /// The outcome of a connection's first frame.
 #[derive(Debug)]
-pub enum Opened<S = MemorySessionStore> {
+pub enum Opened<S = SharedSessionStore> {
     /// The connection has a session: send `frame`, then the `replay` messages, then go on.
     Attached {
         /// The connection's handle on its session.
@@ -124,21 +175,46 @@ impl<S> Opened<S> {
     }
 }
 
-impl Sessions<MemorySessionStore> {
-    /// A registry over a new [`MemorySessionStore`].
+impl Sessions {
+    /// A registry over a new [`MemorySessionStore`], whatever `session.store` says.
     pub fn new(config: impl Into<ConfigSource<SessionConfig>>) -> Self {
-        Self::with_store(MemorySessionStore::new(), config)
+        let store: SharedSessionStore = Arc::new(MemorySessionStore::new());
+        Self::with_store(store, config)
+    }
+
+    /// A registry over the store `session.store` names: a [`MemorySessionStore`], or (feature
+    /// `redis`) a [`RedisSessionStore`](crate::store::RedisSessionStore) that connects in the
+    /// background (until it does, hello and resume are answered `unavailable`).
+    ///
+    /// Fails if the config names a store this build cannot make (`redis` without the `redis`
+    /// feature, or a URL that is not a Redis URL): a server must not run on another store than
+    /// the one its config names. A later reload that changes the backend does not move the
+    /// sessions.
+    pub fn from_config(
+        config: impl Into<ConfigSource<SessionConfig>>,
+    ) -> Result<Self, SessionStoreError> {
+        let config = config.into();
+        let store = crate::store::from_config(&config.get())?;
+        Ok(Self::with_store(store, config))
     }
 }
 
 impl<S: SessionStore> Sessions<S> {
     /// A registry over `store`.
     pub fn with_store(store: S, config: impl Into<ConfigSource<SessionConfig>>) -> Self {
+        let locals: Arc<Locals> = Arc::default();
+        let heard = Arc::downgrade(&locals);
+        let listener: RemoteListener = Arc::new(move |event| {
+            if let Some(locals) = heard.upgrade() {
+                on_remote(&locals, event);
+            }
+        });
+        store.listen(listener);
         Self {
             shared: Arc::new(Shared {
                 store: Arc::new(store),
                 config: config.into(),
-                locals: Mutex::new(HashMap::new()),
+                locals,
                 counters: Counters::default(),
             }),
         }
@@ -220,7 +296,9 @@ impl<S: SessionStore> Sessions<S> {
             tracing::warn!(%err, "session trim on resume failed");
         }
         let local = self.local(token, state.processed);
-        let processed = local.inbound().mark.max(state.processed);
+        // This node's marks may be older than the store's: the session may have been attached
+        // on another node since.
+        let processed = local.inbound().raise(state.processed);
         self.shared.counters.resumed.fetch_add(1, Ordering::Relaxed);
         self.shared
             .counters
@@ -255,7 +333,14 @@ impl<S: SessionStore> Sessions<S> {
     /// nobody resumes.
     pub async fn sweep(&self) -> usize {
         let config = self.config();
-        match self.shared.store.expire(Instant::now(), &config).await {
+        let now = Instant::now();
+        if let Some(deadline) = now.checked_sub(config.ttl) {
+            // Sessions another node freed or took over leave nothing behind here.
+            self.locals().retain(|_, local| {
+                Arc::strong_count(local) > 1 || !local.detached_before(deadline)
+            });
+        }
+        match self.shared.store.expire(now, &config).await {
             Ok(expired) => {
                 for token in &expired {
                     self.forget(token);
@@ -285,6 +370,13 @@ impl<S: SessionStore> Sessions<S> {
             }
             self.sweep().await;
         }
+    }
+
+    /// Waits until every step this node asked of the store has reached it (see
+    /// [`SessionStore::flush`]): before a node exits, so that its sessions are detached and its
+    /// processed marks recorded where other nodes resume them.
+    pub async fn flush(&self) -> Result<(), SessionStoreError> {
+        self.shared.store.flush().await
     }
 
     /// Counters and sizes now.
@@ -427,14 +519,16 @@ impl<S: SessionStore> Sessions<S> {
                 inbound: Mutex::new(InboundIds::new(processed)),
                 last_seq: watch::channel(0).0,
                 attachment: AtomicU64::new(0),
+                detached_at: Mutex::new(None),
             })
         }))
     }
 
     fn attach_handle(&self, local: Arc<Local>) -> Session<S> {
         let attachment = local.attachment.fetch_add(1, Ordering::AcqRel) + 1;
+        local.set_detached(None);
         // Wakes the connection this one supersedes, if any, so that it closes.
-        local.last_seq.send_modify(|_| {});
+        local.nudge();
         let logged = local.last_seq.subscribe();
         Session::new(self.clone(), local, attachment, logged)
     }

@@ -628,8 +628,8 @@ async fn send_now_logs_without_waiting_and_wakes_the_connection() {
     let sessions = Sessions::new(config());
     let (mut session, token) = hello(&sessions, None).await;
     let sender = sessions.sender_for_session(&token);
-    assert_eq!(sender.send_now("a").unwrap(), 1);
-    assert_eq!(sender.send_now(vec![1u8]).unwrap(), 2);
+    assert_eq!(sender.send_now("a").unwrap(), Some(1));
+    assert_eq!(sender.send_now(vec![1u8]).unwrap(), Some(2));
     let mut changed = task::spawn(session.changed());
     assert_ready!(changed.poll());
     drop(changed);

@@ -1,12 +1,15 @@
 //! Where sessions and their logs live.
 //!
-//! [`MemorySessionStore`] is the embedded default. The trait is shaped for a Redis Streams store
-//! as well: each method is one atomic step (a Lua script or a `MULTI` there): `XADD` with a
-//! length bound for [`append`](SessionStore::append), `XRANGE` for
-//! [`read_after`](SessionStore::read_after), `XTRIM MINID` for [`trim`](SessionStore::trim), a
-//! hash per session for its client, marks and attachment, key expiry for detached sessions.
+//! [`MemorySessionStore`] is the embedded default. With the `redis` feature,
+//! [`RedisSessionStore`] keeps them in Redis (one server or a cluster), so that a client resumes
+//! on any node: each method is one atomic step on a session's keys there (a Lua script): `XADD`
+//! for [`append`](SessionStore::append), `XRANGE` for [`read_after`](SessionStore::read_after),
+//! `XTRIM MINID` for [`trim`](SessionStore::trim), a hash per session for its client, marks and
+//! attachment, key expiry for detached sessions.
 
 mod memory;
+#[cfg(feature = "redis")]
+mod redis;
 
 use std::fmt;
 use std::future::Future;
@@ -15,13 +18,60 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::time::Instant;
-use wsguard_config::SessionConfig;
+use wsguard_config::{SessionBackend, SessionConfig};
 
 use crate::data::MessageData;
 use crate::protocol::{WireFrame, encode_binary, msg_text};
 use crate::token::SessionToken;
 
 pub use self::memory::MemorySessionStore;
+#[cfg(feature = "redis")]
+#[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+pub use self::redis::RedisSessionStore;
+
+/// A store shared behind a trait object: what [`Sessions`](crate::Sessions) holds unless told
+/// otherwise, so that a route's type does not depend on where its sessions live.
+pub type SharedSessionStore = Arc<dyn SessionStore>;
+
+/// What another node tells this one about a session attached here (see
+/// [`SessionStore::listen`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum RemoteEvent {
+    /// A message was logged in `session` on another node: the connection reads it from the
+    /// store.
+    Logged {
+        /// The session.
+        session: SessionToken,
+        /// The message's number.
+        seq: u64,
+    },
+    /// `session` was attached on another node: this node's connection to it closes.
+    Superseded {
+        /// The session.
+        session: SessionToken,
+    },
+    /// Events may have been lost (the store's subscription was made again): every connection
+    /// reads its log again.
+    Missed,
+}
+
+/// Receives [`RemoteEvent`]s; given to [`SessionStore::listen`] by the registry.
+pub type RemoteListener = Arc<dyn Fn(RemoteEvent) + Send + Sync>;
+
+/// The store `config.store` names (see [`Sessions::from_config`](crate::Sessions::from_config)).
+pub(crate) fn from_config(config: &SessionConfig) -> Result<SharedSessionStore, SessionStoreError> {
+    match config.store.backend {
+        SessionBackend::Memory => Ok(Arc::new(MemorySessionStore::new())),
+        #[cfg(feature = "redis")]
+        SessionBackend::Redis => Ok(Arc::new(RedisSessionStore::lazy(&config.store.redis)?)),
+        #[cfg(not(feature = "redis"))]
+        SessionBackend::Redis => Err(SessionStoreError::new(
+            "session.store.backend is \"redis\", but wsguard-session was built without its \
+             `redis` feature: enable it (wsguard-axum's `redis` feature) or use backend = \"memory\"",
+        )),
+    }
+}
 
 /// A message in a session log.
 #[derive(Debug, Clone, PartialEq)]
@@ -177,6 +227,11 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// session. Past `max_messages` or `max_bytes` the oldest unacknowledged messages are
     /// dropped; past `max_total_bytes` detached sessions are freed, oldest first, and then this
     /// session's oldest messages are dropped.
+    ///
+    /// A message's place is fixed when `append` is called, not when its future is first
+    /// polled: messages appended to a session one call after another get increasing `seq`s
+    /// whatever order their futures run in, and a future dropped unpolled does not cancel its
+    /// append (`SessionSender::send_now` relies on both).
     fn append(
         &self,
         to: Target<'_>,
@@ -208,6 +263,21 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// ask the network).
     fn counts(&self) -> Option<StoreCounts> {
         None
+    }
+
+    /// Waits until every step this node asked for so far has reached the store: a network
+    /// store sends detaches and processed marks in the background (they are called from
+    /// `Drop`). Call it before a node exits, so that its sessions are detached (and expire) and
+    /// other nodes see its processed marks. The default answers at once.
+    fn flush(&self) -> StoreFuture<()> {
+        StoreFuture::ready(Ok(()))
+    }
+
+    /// Hands the store the registry's listener for what other nodes do to sessions attached on
+    /// this one (a message logged there, a resume there). A store no other node writes to
+    /// never calls it: the default does nothing.
+    fn listen(&self, listener: RemoteListener) {
+        let _ = listener;
     }
 }
 
@@ -269,6 +339,14 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
 
     fn counts(&self) -> Option<StoreCounts> {
         (**self).counts()
+    }
+
+    fn flush(&self) -> StoreFuture<()> {
+        (**self).flush()
+    }
+
+    fn listen(&self, listener: RemoteListener) {
+        (**self).listen(listener)
     }
 }
 

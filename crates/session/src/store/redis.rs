@@ -1,0 +1,1169 @@
+mod scripts;
+
+use std::fmt;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::cluster::ClusterClientBuilder;
+use redis::cluster_async::ClusterConnection;
+use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, Value};
+use serde_json::value::RawValue;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::Instant;
+use wsguard_config::{SessionConfig, SessionRedisConfig};
+
+use self::scripts::ATTACHED;
+use super::{
+    Appended, Attached, Created, Logged, RemoteEvent, RemoteListener, SessionState, SessionStore,
+    SessionStoreError, StoreFuture, Target,
+};
+use crate::data::MessageData;
+use crate::token::SessionToken;
+
+/// Sessions in Redis, shared by every node on the same server or cluster: a client resumes on
+/// any node, and a message logged on one node for a session attached on another reaches it.
+///
+/// **Keys** (`P` is `key_prefix`, `T` a session's token, as 32 hex digits):
+///
+/// | key | type | holds |
+/// |---|---|---|
+/// | `P{T}:meta` | hash | client, `last` seq, `acked`, `dropped`, `processed`, payload `bytes`, the `node` it is attached to, `exp` (unix ms when a detached session expires; 0 while attached) |
+/// | `P{T}:log` | stream | the messages held, entry id `seq-0`, fields `k` (`j` JSON or `b` binary) and `d` (the payload) |
+/// | `P{T}:gone` | string | the client of a freed session (its tombstone: its resume reads `expired`), for one `ttl` |
+/// | `P{index}` | sorted set | every session, scored by its expiry time in unix µs (`2^52` while attached): `max_sessions` and the sweep |
+/// | `Pclient:C` | string | the newest session of client `C` (`Target::Client`) |
+///
+/// The keys of one session share the hash tag `{T}`, so every step on a session is one Lua
+/// script on one shard, atomic on a cluster as on one server. The index and the client entries
+/// are separate keys with their own slots: a step that touches them as well (create, attach,
+/// detach, remove, the sweep) takes two or three calls, each atomic, and the order of those calls
+/// is chosen so that a failure in between errs on keeping a session (a count that is one too
+/// high for a while) rather than losing one. `max_sessions` therefore holds for the whole store
+/// (all nodes together), exactly on one server and within a few concurrent creates on a
+/// cluster.
+///
+/// **Expiry** is Redis's: a detached session's keys get a `PEXPIREAT` of its detach time (by
+/// Redis's clock) plus `ttl`, so it is freed even if no node sweeps. **Bounds**: `max_messages`
+/// and `max_bytes` hold per session exactly as in memory; `max_total_bytes` is not enforced
+/// (Redis's own `maxmemory` is the bound of a shared server; sessions times `max_bytes` is the
+/// most the store holds).
+///
+/// **Across nodes**: a session's hash names the node it is attached to (each store has a random
+/// node id). An append on another node publishes `logged T seq` on that node's channel
+/// `Pnode:<id>`, from the same script; each store subscribes to its own channel once and wakes
+/// the connection, which then reads the message from the store. A resume on another node
+/// publishes `superseded T`, and the connection here closes. Pub/sub loses what is published
+/// while a subscriber is disconnected; when the subscription is made again every connection
+/// reads its log again.
+///
+/// **Order**: appends from this node go to Redis one after another in the order `append` was
+/// called (a queue of up to 4,096 messages, served by one task), so that a message sent without
+/// waiting keeps its place.
+///
+/// **Failures**: every command is bounded by `operation_timeout`; an error or a timeout is a
+/// [`SessionStoreError`], and a hello or resume is then answered `unavailable`. The connection
+/// is a multiplexed `ConnectionManager` (or a cluster connection) that reconnects by itself.
+///
+/// Needs Redis 7.0 or newer. A node that dies without detaching its sessions leaves them
+/// attached until their clients resume them elsewhere.
+///
+/// ```no_run
+/// use wsguard_config::SessionConfig;
+/// use wsguard_session::Sessions;
+/// use wsguard_session::store::RedisSessionStore;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = SessionConfig::production();
+/// let store = RedisSessionStore::connect(&config.store.redis).await?;
+/// let sessions = Sessions::with_store(store, config);
+/// # let _ = sessions; Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisSessionStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    conn: Pending,
+    prefix: Arc<str>,
+    timeout: Duration,
+    node: Arc<str>,
+    jobs: mpsc::Sender<Job>,
+    /// Taken by the task that serves the queue, on the first job.
+    queue: Mutex<Option<mpsc::Receiver<Job>>>,
+    listeners: Arc<Mutex<Vec<RemoteListener>>>,
+    /// Whether the subscriber is subscribed; the subscriber stops when this is dropped.
+    subscribed: watch::Sender<bool>,
+    subscriber_started: AtomicBool,
+    pubsub_urls: Vec<String>,
+    /// The `ttl` of the last config the store was given: `detach` is not given one.
+    ttl_ms: AtomicU64,
+}
+
+impl fmt::Debug for RedisSessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSessionStore")
+            .field("prefix", &self.inner.prefix)
+            .field("node", &self.inner.node)
+            .field("timeout", &self.inner.timeout)
+            .field("subscribed", &*self.inner.subscribed.borrow())
+            .finish_non_exhaustive()
+    }
+}
+
+/// One server's connection manager, or a cluster's connection.
+#[derive(Clone)]
+enum Conn {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+impl redis::aio::ConnectionLike for Conn {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(c) => c.req_packed_command(cmd),
+            Self::Cluster(c) => c.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(c) => c.get_db(),
+            Self::Cluster(c) => c.get_db(),
+        }
+    }
+}
+
+/// Where to connect.
+#[derive(Clone)]
+enum Endpoint {
+    Single(redis::Client),
+    Cluster(Box<redis::cluster::ClusterClient>),
+}
+
+/// The connection, made in the background until it succeeds (by one task, started on the
+/// first command: building the store needs no runtime).
+struct Pending {
+    endpoint: Endpoint,
+    timeout: Duration,
+    made: watch::Sender<Option<Conn>>,
+    started: AtomicBool,
+    failures: AtomicU64,
+}
+
+/// Past this many steps waiting for Redis, `append` and `attach` fail at once.
+const QUEUE: usize = 4096;
+
+/// Client numbers past this are clamped: the scripts format seqs into stream ids as Lua
+/// numbers, exact and without an exponent below 10^14.
+const MAX_SEQ: u64 = 99_999_999_999_999;
+
+/// How many due sessions one sweep looks at.
+const SWEEP_BATCH: usize = 256;
+
+/// A step that must reach Redis in the order it was asked for on this node: appends (a
+/// message's place), and a session's attach after its detach by a connection that just ended.
+enum Job {
+    Append {
+        to: OwnedTarget,
+        payload: MessageData,
+        max_messages: usize,
+        max_bytes: usize,
+        /// Not started after this: the caller has been told it timed out.
+        deadline: Instant,
+        reply: oneshot::Sender<Result<Option<Appended>, SessionStoreError>>,
+    },
+    Attach {
+        token: SessionToken,
+        client: Option<String>,
+        after: u64,
+        ttl: Duration,
+        deadline: Instant,
+        reply: oneshot::Sender<Result<Attached, SessionStoreError>>,
+    },
+    Detach {
+        token: SessionToken,
+        ttl: Duration,
+    },
+    Processed {
+        token: SessionToken,
+        id: u64,
+    },
+    Flush(oneshot::Sender<()>),
+}
+
+enum OwnedTarget {
+    Session(SessionToken),
+    Client(String),
+}
+
+/// The keys of one session.
+struct Keys {
+    meta: String,
+    log: String,
+    gone: String,
+}
+
+impl RedisSessionStore {
+    /// Connects to the server at `config.url`, or the cluster of `config.cluster_nodes`; fails
+    /// if Redis does not answer within ten times `operation_timeout`.
+    pub async fn connect(config: &SessionRedisConfig) -> Result<Self, SessionStoreError> {
+        let store = Self::lazy(config)?;
+        let conn = store
+            .inner
+            .conn
+            .get_within(config.operation_timeout * 10)
+            .await?;
+        drop(conn);
+        Ok(store)
+    }
+
+    /// A store that connects in the background, from its first command on, and keeps trying
+    /// (backing off to 5 s) until Redis answers; until then every command fails after
+    /// `operation_timeout`. Fails only if a URL is not a Redis URL or `key_prefix` holds a
+    /// brace (it would break the hash tags).
+    pub fn lazy(config: &SessionRedisConfig) -> Result<Self, SessionStoreError> {
+        if config.key_prefix.contains(['{', '}']) {
+            return Err(SessionStoreError::new(format!(
+                "session.store.redis.key_prefix {:?} must not hold braces (hash tags)",
+                config.key_prefix
+            )));
+        }
+        let invalid = |url: &str, e: redis::RedisError| {
+            SessionStoreError::new(format!("{url:?} is not a Redis URL: {e}"))
+        };
+        let timeout = config.operation_timeout;
+        let (endpoint, pubsub_urls) = if config.cluster_nodes.is_empty() {
+            let client =
+                redis::Client::open(config.url.as_str()).map_err(|e| invalid(&config.url, e))?;
+            (Endpoint::Single(client), vec![config.url.clone()])
+        } else {
+            for url in &config.cluster_nodes {
+                redis::Client::open(url.as_str()).map_err(|e| invalid(url, e))?;
+            }
+            let client = ClusterClientBuilder::new(config.cluster_nodes.clone())
+                .connection_timeout(timeout * 10)
+                .response_timeout(timeout)
+                .build()
+                .map_err(|e| SessionStoreError::new(format!("session.store.redis: {e}")))?;
+            (
+                Endpoint::Cluster(Box::new(client)),
+                config.cluster_nodes.clone(),
+            )
+        };
+        let (jobs, queue) = mpsc::channel(QUEUE);
+        Ok(Self {
+            inner: Arc::new(Inner {
+                conn: Pending {
+                    endpoint,
+                    timeout,
+                    made: watch::Sender::new(None),
+                    started: AtomicBool::new(false),
+                    failures: AtomicU64::new(0),
+                },
+                prefix: config.key_prefix.as_str().into(),
+                timeout,
+                node: SessionToken::generate().to_string()[..16].into(),
+                jobs,
+                queue: Mutex::new(Some(queue)),
+                listeners: Arc::default(),
+                subscribed: watch::Sender::new(false),
+                subscriber_started: AtomicBool::new(false),
+                pubsub_urls,
+                ttl_ms: AtomicU64::new(millis(SessionConfig::default().ttl)),
+            }),
+        })
+    }
+
+    /// This store's node id: the name under which sessions attached here are known to other
+    /// nodes, and the end of its pub/sub channel (`key_prefix` + `node:` + id).
+    pub fn node_id(&self) -> &str {
+        &self.inner.node
+    }
+
+    /// Whether this store's subscriber is listening for other nodes now.
+    pub fn is_listening(&self) -> bool {
+        *self.inner.subscribed.borrow()
+    }
+}
+
+impl Inner {
+    fn keys(&self, token: &SessionToken) -> Keys {
+        let p = &self.prefix;
+        Keys {
+            meta: format!("{p}{{{token}}}:meta"),
+            log: format!("{p}{{{token}}}:log"),
+            gone: format!("{p}{{{token}}}:gone"),
+        }
+    }
+
+    fn index(&self) -> String {
+        format!("{}{{index}}", self.prefix)
+    }
+
+    fn client_key(&self, client: &str) -> String {
+        format!("{}client:{client}", self.prefix)
+    }
+
+    fn channel(&self) -> String {
+        format!("{}node:{}", self.prefix, self.node)
+    }
+
+    async fn conn(&self) -> Result<Conn, SessionStoreError> {
+        self.conn.get_within(self.timeout).await
+    }
+
+    /// Runs a script within `operation_timeout`.
+    async fn run<T: FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        invocation: &ScriptInvocation<'_>,
+    ) -> Result<T, SessionStoreError> {
+        bounded(self.timeout, invocation.invoke_async(conn)).await
+    }
+
+    async fn query<T: FromRedisValue>(
+        &self,
+        conn: &mut Conn,
+        cmd: &Cmd,
+    ) -> Result<T, SessionStoreError> {
+        bounded(self.timeout, cmd.query_async(conn)).await
+    }
+
+    /// Starts the subscriber (once) and waits, at most `operation_timeout`, until it listens:
+    /// a session is attached here only once other nodes can reach this one.
+    async fn listening(self: &Arc<Self>) {
+        if !self.subscriber_started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(subscribe_until_dropped(
+                Arc::downgrade(self),
+                self.subscribed.subscribe(),
+            ));
+        }
+        let mut subscribed = self.subscribed.subscribe();
+        let _ = tokio::time::timeout(self.timeout, subscribed.wait_for(|s| *s)).await;
+    }
+
+    fn remember_ttl(&self, config: &SessionConfig) {
+        self.ttl_ms.store(millis(config.ttl), Ordering::Relaxed);
+    }
+
+    /// Queues a step; starts the task that serves the queue on the first one. Gives the job
+    /// back if the queue is full or there is no runtime to serve it on.
+    fn queue(self: &Arc<Self>, job: Job) -> Result<(), Job> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return Err(job);
+        }
+        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(mut queue) = queue {
+            let store = Arc::downgrade(self);
+            tokio::spawn(async move {
+                while let Some(job) = queue.recv().await {
+                    let Some(inner) = store.upgrade() else { return };
+                    inner.serve(job).await;
+                }
+            });
+        }
+        self.jobs.try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
+        })
+    }
+
+    /// Runs one queued step, one after another in the order they were queued.
+    async fn serve(&self, job: Job) {
+        let late = |deadline: Instant| Instant::now() > deadline;
+        match job {
+            Job::Append {
+                reply, deadline, ..
+            } if late(deadline) => drop(reply.send(Err(timeout_error(self.timeout)))),
+            Job::Attach {
+                reply, deadline, ..
+            } if late(deadline) => drop(reply.send(Err(timeout_error(self.timeout)))),
+            Job::Append {
+                to,
+                payload,
+                max_messages,
+                max_bytes,
+                reply,
+                ..
+            } => {
+                let result = self
+                    .append_now(&to, &payload, max_messages, max_bytes)
+                    .await;
+                let _ = reply.send(result);
+            }
+            Job::Attach {
+                token,
+                client,
+                after,
+                ttl,
+                reply,
+                ..
+            } => {
+                let _ = reply.send(self.attach(token, client, after, ttl).await);
+            }
+            Job::Detach { token, ttl } => {
+                if let Err(err) = self.detach(token, ttl).await {
+                    tracing::warn!(%err, "session not detached in Redis (it stays attached)");
+                }
+            }
+            Job::Processed { token, id } => {
+                if let Err(err) = self.processed(token, id).await {
+                    tracing::warn!(%err, "session processed mark not recorded");
+                }
+            }
+            Job::Flush(done) => drop(done.send(())),
+        }
+    }
+
+    async fn processed(&self, token: SessionToken, id: u64) -> Result<(), SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let mut invocation = scripts::PROCESSED.prepare_invoke();
+        invocation.key(self.keys(&token).meta).arg(id);
+        self.run::<i64>(&mut conn, &invocation).await.map(drop)
+    }
+
+    async fn append_now(
+        &self,
+        to: &OwnedTarget,
+        payload: &MessageData,
+        max_messages: usize,
+        max_bytes: usize,
+    ) -> Result<Option<Appended>, SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let token = match to {
+            OwnedTarget::Session(token) => *token,
+            OwnedTarget::Client(client) => {
+                let mut get = redis::cmd("GET");
+                get.arg(self.client_key(client));
+                let found: Option<String> = self.query(&mut conn, &get).await?;
+                match found.and_then(|t| t.parse().ok()) {
+                    Some(token) => token,
+                    None => return Ok(None),
+                }
+            }
+        };
+        let keys = self.keys(&token);
+        let (kind, data): (&str, &[u8]) = match payload {
+            MessageData::Json(json) => ("j", json.get().as_bytes()),
+            MessageData::Binary(bytes) => ("b", bytes),
+        };
+        let mut invocation = scripts::APPEND.prepare_invoke();
+        invocation
+            .key(&keys.meta)
+            .key(&keys.log)
+            .arg(kind)
+            .arg(data)
+            .arg(max_messages.max(1))
+            .arg(max_bytes)
+            .arg(&*self.node)
+            .arg(&*self.prefix)
+            .arg(token.to_string());
+        let answer: Option<(u64, u64)> = self.run(&mut conn, &invocation).await?;
+        Ok(answer.map(|(seq, dropped)| Appended {
+            session: token,
+            seq,
+            dropped,
+            evicted: Vec::new(),
+        }))
+    }
+
+    /// Frees `token` if it is detached (`expire`: and due); answers the script's word.
+    async fn free(
+        &self,
+        conn: &mut Conn,
+        token: &SessionToken,
+        mode: &str,
+        ttl: Duration,
+    ) -> Result<String, SessionStoreError> {
+        let keys = self.keys(token);
+        let mut invocation = scripts::FREE.prepare_invoke();
+        invocation
+            .key(&keys.meta)
+            .key(&keys.log)
+            .key(&keys.gone)
+            .arg(mode)
+            .arg(millis(ttl));
+        self.run(conn, &invocation).await
+    }
+
+    async fn set_score(
+        &self,
+        conn: &mut Conn,
+        token: &SessionToken,
+        score: u64,
+    ) -> Result<(), SessionStoreError> {
+        let mut zadd = redis::cmd("ZADD");
+        zadd.arg(self.index()).arg(score).arg(token.to_string());
+        self.query::<i64>(conn, &zadd).await.map(drop)
+    }
+
+    async fn client_entry(
+        &self,
+        conn: &mut Conn,
+        client: &str,
+        token: &SessionToken,
+        action: &str,
+        at: u64,
+    ) -> Result<(), SessionStoreError> {
+        let mut invocation = scripts::CLIENT.prepare_invoke();
+        invocation
+            .key(self.client_key(client))
+            .arg(token.to_string())
+            .arg(action)
+            .arg(at);
+        self.run::<i64>(conn, &invocation).await.map(drop)
+    }
+
+    async fn create(
+        &self,
+        token: SessionToken,
+        client: Option<String>,
+        config: &SessionConfig,
+    ) -> Result<Created, SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let mut admit = scripts::ADMIT.prepare_invoke();
+        admit
+            .key(self.index())
+            .arg(token.to_string())
+            .arg(config.max_sessions.max(1))
+            .arg(ATTACHED);
+        let Some(candidates): Option<Vec<String>> = self.run(&mut conn, &admit).await? else {
+            return Ok(Created::Full);
+        };
+        let mut evicted = Vec::new();
+        for candidate in candidates.iter().filter_map(|t| t.parse().ok()) {
+            match self
+                .free(&mut conn, &candidate, "evict", config.ttl)
+                .await?
+                .as_str()
+            {
+                // Resumed since the index was read: it stays, counted again.
+                "attached" => self.set_score(&mut conn, &candidate, ATTACHED).await?,
+                _ => evicted.push(candidate),
+            }
+        }
+        let made = self.make(&mut conn, &token, client.as_deref()).await;
+        if made.is_err() {
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(self.index()).arg(token.to_string());
+            let _ = self.query::<i64>(&mut conn, &zrem).await;
+        }
+        made.map(|()| Created::Created { evicted })
+    }
+
+    async fn make(
+        &self,
+        conn: &mut Conn,
+        token: &SessionToken,
+        client: Option<&str>,
+    ) -> Result<(), SessionStoreError> {
+        let keys = self.keys(token);
+        let mut invocation = scripts::CREATE.prepare_invoke();
+        invocation
+            .key(&keys.meta)
+            .key(&keys.gone)
+            .arg(identity(client))
+            .arg(client.unwrap_or(""))
+            .arg(if client.is_some() { "1" } else { "0" })
+            .arg(&*self.node);
+        self.run::<i64>(conn, &invocation).await?;
+        if let Some(client) = client {
+            let mut set = redis::cmd("SET");
+            set.arg(self.client_key(client)).arg(token.to_string());
+            self.query::<Value>(conn, &set).await?;
+        }
+        Ok(())
+    }
+
+    async fn attach(
+        &self,
+        token: SessionToken,
+        client: Option<String>,
+        after: u64,
+        ttl: Duration,
+    ) -> Result<Attached, SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let keys = self.keys(&token);
+        let mut invocation = scripts::ATTACH.prepare_invoke();
+        invocation
+            .key(&keys.meta)
+            .key(&keys.log)
+            .key(&keys.gone)
+            .arg(identity(client.as_deref()))
+            .arg(format!("{}-0", after.min(MAX_SEQ) + 1))
+            .arg(&*self.node)
+            .arg(millis(ttl))
+            .arg(&*self.prefix)
+            .arg(token.to_string());
+        let answer: Vec<Value> = self.run(&mut conn, &invocation).await?;
+        let attached = read_attached(answer, client)?;
+        if let Attached::Held { state, .. } = &attached {
+            self.set_score(&mut conn, &token, ATTACHED).await?;
+            if let Some(client) = &state.client {
+                self.client_entry(&mut conn, client, &token, "persist", 0)
+                    .await?;
+            }
+        }
+        Ok(attached)
+    }
+
+    async fn detach(&self, token: SessionToken, ttl: Duration) -> Result<(), SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let keys = self.keys(&token);
+        let mut invocation = scripts::DETACH.prepare_invoke();
+        invocation
+            .key(&keys.meta)
+            .key(&keys.log)
+            .key(&keys.gone)
+            .arg(&*self.node)
+            .arg(millis(ttl));
+        let (expires, score): (u64, u64) = self.run(&mut conn, &invocation).await?;
+        if expires == 0 {
+            return Ok(());
+        }
+        self.set_score(&mut conn, &token, score).await?;
+        let mut hget = redis::cmd("HMGET");
+        hget.arg(&keys.meta).arg("has_client").arg("client");
+        let (has_client, client): (Option<String>, Option<String>) =
+            self.query(&mut conn, &hget).await?;
+        if has_client.as_deref() == Some("1")
+            && let Some(client) = client
+        {
+            self.client_entry(&mut conn, &client, &token, "expire", expires)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn remove(&self, token: SessionToken) -> Result<(), SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let keys = self.keys(&token);
+        let mut hget = redis::cmd("HMGET");
+        hget.arg(&keys.meta).arg("has_client").arg("client");
+        let (has_client, client): (Option<String>, Option<String>) =
+            self.query(&mut conn, &hget).await?;
+        let mut del = redis::cmd("DEL");
+        del.arg(&keys.meta).arg(&keys.log).arg(&keys.gone);
+        self.query::<i64>(&mut conn, &del).await?;
+        let mut zrem = redis::cmd("ZREM");
+        zrem.arg(self.index()).arg(token.to_string());
+        self.query::<i64>(&mut conn, &zrem).await?;
+        if has_client.as_deref() == Some("1")
+            && let Some(client) = client
+        {
+            self.client_entry(&mut conn, &client, &token, "del", 0)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn expire(&self, ttl: Duration) -> Result<Vec<SessionToken>, SessionStoreError> {
+        let mut conn = self.conn().await?;
+        let mut due = scripts::DUE.prepare_invoke();
+        due.key(self.index()).arg(SWEEP_BATCH);
+        let due: Vec<(String, String)> = self.run(&mut conn, &due).await?;
+        let mut expired = Vec::new();
+        for (name, score) in due {
+            let Ok(token) = name.parse::<SessionToken>() else {
+                // Not a token this store wrote: drop it from the index.
+                self.rescore(&mut conn, &name, &score, None).await?;
+                continue;
+            };
+            let word = self.free(&mut conn, &token, "expire", ttl).await?;
+            let new_score = match word.as_str() {
+                "freed" | "gone" => None,
+                "attached" => Some(ATTACHED),
+                // Detached again since: due at its new expiry (ms, in the index as µs).
+                later => later.parse::<u64>().ok().map(|ms| ms.saturating_mul(1000)),
+            };
+            // Of several nodes sweeping at once, the one that takes it out reports it.
+            if self.rescore(&mut conn, &name, &score, new_score).await? && new_score.is_none() {
+                expired.push(token);
+            }
+        }
+        Ok(expired)
+    }
+
+    async fn rescore(
+        &self,
+        conn: &mut Conn,
+        name: &str,
+        score: &str,
+        new_score: Option<u64>,
+    ) -> Result<bool, SessionStoreError> {
+        let mut invocation = scripts::RESCORE.prepare_invoke();
+        invocation
+            .key(self.index())
+            .arg(name)
+            .arg(score)
+            .arg(new_score.map_or_else(String::new, |s| s.to_string()));
+        Ok(self.run::<i64>(conn, &invocation).await? == 1)
+    }
+}
+
+/// How a session's client is written in its hash and tombstone: `0` without one, `1` and the
+/// client with one (so that no client id reads like "none").
+fn identity(client: Option<&str>) -> String {
+    match client {
+        Some(client) => format!("1{client}"),
+        None => "0".to_owned(),
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
+}
+
+fn dropped() -> SessionStoreError {
+    SessionStoreError::new("the session store was dropped")
+}
+
+fn timeout_error(timeout: Duration) -> SessionStoreError {
+    SessionStoreError::new(format!("Redis did not answer within {timeout:?}"))
+}
+
+async fn bounded<T>(
+    timeout: Duration,
+    call: impl Future<Output = redis::RedisResult<T>>,
+) -> Result<T, SessionStoreError> {
+    match tokio::time::timeout(timeout, call).await {
+        Err(_) => Err(timeout_error(timeout)),
+        Ok(Err(e)) => Err(SessionStoreError::new(format!("Redis: {e}"))),
+        Ok(Ok(value)) => Ok(value),
+    }
+}
+
+fn bad_answer(what: &str) -> SessionStoreError {
+    SessionStoreError::new(format!("unexpected answer from Redis: {what}"))
+}
+
+fn number(value: &Value) -> Result<u64, SessionStoreError> {
+    match value {
+        Value::Int(n) => u64::try_from(*n).map_err(|_| bad_answer("a negative number")),
+        Value::BulkString(bytes) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| bad_answer("not a number")),
+        Value::SimpleString(s) => s.parse().map_err(|_| bad_answer("not a number")),
+        _ => Err(bad_answer("not a number")),
+    }
+}
+
+/// The seq of a stream entry id `seq-0`.
+fn entry_seq(id: &Value) -> Result<u64, SessionStoreError> {
+    let Value::BulkString(id) = id else {
+        return Err(bad_answer("a stream id"));
+    };
+    std::str::from_utf8(id)
+        .ok()
+        .and_then(|id| id.split('-').next())
+        .and_then(|seq| seq.parse().ok())
+        .ok_or_else(|| bad_answer("a stream id"))
+}
+
+/// Stream entries (`XRANGE`'s answer) as logged messages.
+fn entries(value: Value) -> Result<Vec<Logged>, SessionStoreError> {
+    let Value::Array(entries) = value else {
+        return Err(bad_answer("stream entries"));
+    };
+    entries
+        .into_iter()
+        .map(|entry| {
+            let Value::Array(mut parts) = entry else {
+                return Err(bad_answer("a stream entry"));
+            };
+            if parts.len() != 2 {
+                return Err(bad_answer("a stream entry"));
+            }
+            let fields = parts.pop().unwrap_or_default();
+            let seq = entry_seq(&parts[0])?;
+            let Value::Array(fields) = fields else {
+                return Err(bad_answer("stream fields"));
+            };
+            let (mut kind, mut data) = (None, None);
+            for pair in fields.chunks(2) {
+                if let [Value::BulkString(name), Value::BulkString(value)] = pair {
+                    match name.as_slice() {
+                        b"k" => kind = Some(value.clone()),
+                        b"d" => data = Some(value.clone()),
+                        _ => {}
+                    }
+                }
+            }
+            let payload = match (kind.as_deref(), data) {
+                (Some(b"b"), Some(data)) => MessageData::Binary(Bytes::from(data)),
+                (Some(b"j"), Some(data)) => {
+                    let json = String::from_utf8(data)
+                        .ok()
+                        .and_then(|text| RawValue::from_string(text).ok())
+                        .ok_or_else(|| bad_answer("a logged message that is not JSON"))?;
+                    MessageData::Json(Arc::from(json))
+                }
+                _ => return Err(bad_answer("a stream entry without kind or data")),
+            };
+            Ok(Logged { seq, payload })
+        })
+        .collect()
+}
+
+fn read_attached(
+    answer: Vec<Value>,
+    client: Option<String>,
+) -> Result<Attached, SessionStoreError> {
+    let word = match answer.first() {
+        Some(Value::BulkString(word)) => word.as_slice(),
+        _ => return Err(bad_answer("attach")),
+    };
+    match word {
+        b"unknown" => return Ok(Attached::Unknown),
+        b"expired" => return Ok(Attached::Expired),
+        b"held" => {}
+        _ => return Err(bad_answer("attach")),
+    }
+    let mut answer = answer.into_iter().skip(1);
+    let mut next = || answer.next().ok_or_else(|| bad_answer("attach"));
+    let last_seq = number(&next()?)?;
+    let acked = number(&next()?)?;
+    let dropped = number(&next()?)?;
+    let processed = number(&next()?)?;
+    let first = entries(next()?)?;
+    let messages = entries(next()?)?;
+    Ok(Attached::Held {
+        state: SessionState {
+            client,
+            last_seq,
+            acked,
+            dropped,
+            first_held: first.first().map_or(last_seq + 1, |m| m.seq),
+            processed,
+        },
+        messages,
+    })
+}
+
+impl Pending {
+    async fn get_within(&self, wait: Duration) -> Result<Conn, SessionStoreError> {
+        if let Some(conn) = &*self.made.borrow() {
+            return Ok(conn.clone());
+        }
+        if !self.started.swap(true, Ordering::AcqRel) {
+            tokio::spawn(connect_until_made(
+                self.endpoint.clone(),
+                self.timeout,
+                self.made.clone(),
+            ));
+        }
+        let mut made = self.made.subscribe();
+        match tokio::time::timeout(wait, made.wait_for(Option::is_some)).await {
+            Ok(Ok(conn)) => conn.clone().ok_or_else(|| timeout_error(wait)),
+            _ => Err(SessionStoreError::new(format!(
+                "no connection to Redis within {wait:?} ({} failed attempts)",
+                self.failures.load(Ordering::Relaxed)
+            ))),
+        }
+    }
+}
+
+async fn open(endpoint: &Endpoint, timeout: Duration) -> Result<Conn, SessionStoreError> {
+    let handshake = timeout * 10;
+    match endpoint {
+        Endpoint::Single(client) => {
+            let config = ConnectionManagerConfig::new()
+                .set_connection_timeout(Some(handshake))
+                .set_response_timeout(Some(timeout))
+                .set_number_of_retries(2)
+                .set_max_delay(Duration::from_secs(1));
+            let manager = ConnectionManager::new_with_config(client.clone(), config);
+            bounded(handshake, manager).await.map(Conn::Single)
+        }
+        Endpoint::Cluster(client) => bounded(handshake, client.get_async_connection())
+            .await
+            .map(Conn::Cluster),
+    }
+}
+
+/// Connects until it succeeds or nobody waits for the connection any more.
+async fn connect_until_made(
+    endpoint: Endpoint,
+    timeout: Duration,
+    made: watch::Sender<Option<Conn>>,
+) {
+    let mut delay = Duration::from_millis(100);
+    let mut failures = 0u64;
+    loop {
+        match open(&endpoint, timeout).await {
+            Ok(conn) => {
+                made.send_replace(Some(conn));
+                tracing::info!("session store connected to Redis");
+                return;
+            }
+            Err(error) => {
+                failures += 1;
+                // Every power of two: a Redis that stays down must not flood the log.
+                if failures.is_power_of_two() {
+                    tracing::warn!(attempts = failures, %error, "session store cannot reach Redis; retrying");
+                }
+            }
+        }
+        // This task's clone is the last: the store is gone.
+        if made.sender_count() == 1 {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+fn tell(listeners: &Mutex<Vec<RemoteListener>>, event: RemoteEvent) {
+    let listeners = listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    for listener in listeners {
+        listener(event);
+    }
+}
+
+/// A message on this node's channel.
+fn parse_event(payload: &str) -> Option<RemoteEvent> {
+    let mut words = payload.split(' ');
+    match (words.next(), words.next(), words.next()) {
+        (Some("logged"), Some(token), Some(seq)) => Some(RemoteEvent::Logged {
+            session: token.parse().ok()?,
+            seq: seq.parse().ok()?,
+        }),
+        (Some("superseded"), Some(token), None) => Some(RemoteEvent::Superseded {
+            session: token.parse().ok()?,
+        }),
+        _ => None,
+    }
+}
+
+/// Subscribes to this node's channel and hands what arrives to the listeners; subscribes again
+/// (backing off to 5 s) whenever the connection drops, until the store is dropped.
+async fn subscribe_until_dropped(store: Weak<Inner>, mut alive: watch::Receiver<bool>) {
+    let mut delay = Duration::from_millis(100);
+    let mut attempt = 0usize;
+    loop {
+        let Some(inner) = store.upgrade() else { return };
+        let url = inner.pubsub_urls[attempt % inner.pubsub_urls.len().max(1)].clone();
+        let channel = inner.channel();
+        let listeners = Arc::clone(&inner.listeners);
+        let subscribed = inner.subscribed.clone();
+        let timeout = inner.timeout * 10;
+        drop(inner);
+        attempt += 1;
+        let pubsub = async {
+            let client = redis::Client::open(url.as_str())?;
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.subscribe(&channel).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        match tokio::time::timeout(timeout, pubsub).await {
+            Ok(Ok(mut pubsub)) => {
+                delay = Duration::from_millis(100);
+                subscribed.send_replace(true);
+                // Whatever was published while not subscribed is lost: read every log again.
+                tell(&listeners, RemoteEvent::Missed);
+                let mut messages = pubsub.on_message();
+                loop {
+                    tokio::select! {
+                        message = messages.next() => match message {
+                            Some(message) => {
+                                let payload = String::from_utf8_lossy(message.get_payload_bytes());
+                                if let Some(event) = parse_event(&payload) {
+                                    tell(&listeners, event);
+                                }
+                            }
+                            None => break,
+                        },
+                        closed = alive.changed() => if closed.is_err() { return },
+                    }
+                }
+                subscribed.send_replace(false);
+                tracing::warn!("session store's subscription to Redis dropped; subscribing again");
+            }
+            Ok(Err(error)) => tracing::debug!(%error, "session store cannot subscribe yet"),
+            Err(_) => tracing::debug!("session store's subscription timed out"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            closed = alive.changed() => if closed.is_err() { return },
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+impl SessionStore for RedisSessionStore {
+    fn create(
+        &self,
+        token: SessionToken,
+        client: Option<&str>,
+        _now: Instant,
+        config: &SessionConfig,
+    ) -> StoreFuture<Created> {
+        self.inner.remember_ttl(config);
+        let inner = Arc::clone(&self.inner);
+        let client = client.map(str::to_owned);
+        let config = config.clone();
+        StoreFuture::boxed(async move {
+            inner.listening().await;
+            inner.create(token, client, &config).await
+        })
+    }
+
+    fn attach(
+        &self,
+        token: &SessionToken,
+        client: Option<&str>,
+        after: u64,
+        _now: Instant,
+        config: &SessionConfig,
+    ) -> StoreFuture<Attached> {
+        self.inner.remember_ttl(config);
+        let inner = Arc::clone(&self.inner);
+        let (token, client, ttl) = (*token, client.map(str::to_owned), config.ttl);
+        StoreFuture::boxed(async move {
+            inner.listening().await;
+            // Behind the detach of a connection of this session that just ended here.
+            let (reply, answer) = oneshot::channel();
+            let job = Job::Attach {
+                token,
+                client,
+                after,
+                ttl,
+                deadline: Instant::now() + inner.timeout,
+                reply,
+            };
+            if inner.queue(job).is_err() {
+                return Err(SessionStoreError::new("too many steps waiting for Redis"));
+            }
+            answer.await.unwrap_or_else(|_| Err(dropped()))
+        })
+    }
+
+    fn append(
+        &self,
+        to: Target<'_>,
+        payload: MessageData,
+        config: &SessionConfig,
+    ) -> StoreFuture<Option<Appended>> {
+        let (reply, answer) = oneshot::channel();
+        let job = Job::Append {
+            to: match to {
+                Target::Session(token) => OwnedTarget::Session(*token),
+                Target::Client(client) => OwnedTarget::Client(client.to_owned()),
+            },
+            payload,
+            max_messages: config.max_messages,
+            max_bytes: config.max_bytes,
+            deadline: Instant::now() + self.inner.timeout,
+            reply,
+        };
+        if self.inner.queue(job).is_err() {
+            return StoreFuture::ready(Err(SessionStoreError::new(
+                "too many messages waiting for Redis, or no tokio runtime",
+            )));
+        }
+        StoreFuture::boxed(async move { answer.await.unwrap_or_else(|_| Err(dropped())) })
+    }
+
+    fn read_after(&self, token: &SessionToken, after: u64, max: usize) -> StoreFuture<Vec<Logged>> {
+        let inner = Arc::clone(&self.inner);
+        let token = *token;
+        StoreFuture::boxed(async move {
+            let mut conn = inner.conn().await?;
+            let mut xrange = redis::cmd("XRANGE");
+            xrange
+                .arg(inner.keys(&token).log)
+                .arg(format!("{}-0", after.min(MAX_SEQ) + 1))
+                .arg("+")
+                .arg("COUNT")
+                .arg(max.clamp(1, 1 << 20));
+            entries(inner.query(&mut conn, &xrange).await?)
+        })
+    }
+
+    fn trim(&self, token: &SessionToken, seq: u64) -> StoreFuture<()> {
+        let inner = Arc::clone(&self.inner);
+        let token = *token;
+        StoreFuture::boxed(async move {
+            let mut conn = inner.conn().await?;
+            let keys = inner.keys(&token);
+            let mut invocation = scripts::TRIM.prepare_invoke();
+            invocation
+                .key(&keys.meta)
+                .key(&keys.log)
+                .arg(seq.min(MAX_SEQ));
+            inner.run::<i64>(&mut conn, &invocation).await.map(drop)
+        })
+    }
+
+    fn record_processed(&self, token: &SessionToken, id: u64) {
+        let job = Job::Processed { token: *token, id };
+        if self.inner.queue(job).is_err() {
+            tracing::warn!("session processed mark not recorded: queue full or no runtime");
+        }
+    }
+
+    fn detach(&self, token: &SessionToken, _now: Instant) {
+        // The TTL in force when the session detaches: the registry's config is not at hand
+        // here, so the store keeps the last one it was given.
+        let ttl = Duration::from_millis(self.inner.ttl_ms.load(Ordering::Relaxed));
+        let job = Job::Detach { token: *token, ttl };
+        if let Err(job) = self.inner.queue(job) {
+            // Out of order rather than never: a session left attached would never expire.
+            let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                tracing::warn!("session not detached in Redis: no tokio runtime");
+                return;
+            };
+            let inner = Arc::clone(&self.inner);
+            runtime.spawn(async move { inner.serve(job).await });
+        }
+    }
+
+    fn remove(&self, token: &SessionToken) -> StoreFuture<()> {
+        let inner = Arc::clone(&self.inner);
+        let token = *token;
+        StoreFuture::boxed(async move { inner.remove(token).await })
+    }
+
+    fn expire(&self, _now: Instant, config: &SessionConfig) -> StoreFuture<Vec<SessionToken>> {
+        self.inner.remember_ttl(config);
+        let inner = Arc::clone(&self.inner);
+        let ttl = config.ttl;
+        StoreFuture::boxed(async move { inner.expire(ttl).await })
+    }
+
+    fn flush(&self) -> StoreFuture<()> {
+        let (done, flushed) = oneshot::channel();
+        if self.inner.queue(Job::Flush(done)).is_err() {
+            return StoreFuture::ready(Err(SessionStoreError::new(
+                "too many steps waiting for Redis, or no tokio runtime",
+            )));
+        }
+        StoreFuture::boxed(async move { flushed.await.map_err(|_| dropped()) })
+    }
+
+    fn listen(&self, listener: RemoteListener) {
+        self.inner
+            .listeners
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(listener);
+    }
+}

@@ -1,0 +1,519 @@
+//! `RedisSessionStore` against a real `redis-server` (and a three-master cluster) started by
+//! the test on free loopback ports.
+//!
+//! The protocol's rules run twice, on the memory store and on Redis (`both!`), so that the two
+//! stores cannot drift apart; then what only a shared store does: two registries (two nodes) on
+//! one Redis, a resume on the other node, a message logged on one node waking the connection on
+//! the other, a Redis outage. These tests need real time (the server is a real process): they
+//! wait on conditions with deadlines, never on fixed sleeps.
+#![cfg(feature = "redis")]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use wsguard_config::{SessionBackend, SessionConfig};
+use wsguard_session::protocol::{RefusalReason, SessionFrame};
+use wsguard_session::store::Logged;
+use wsguard_session::{Accept, MessageData, Opened, Session, SessionToken, Sessions};
+use wsguard_test_support::{RedisCluster, RedisServer};
+
+const OP_TIMEOUT: Duration = Duration::from_millis(300);
+const TTL: Duration = Duration::from_millis(600);
+
+fn config() -> SessionConfig {
+    SessionConfig {
+        ttl: Duration::from_secs(60),
+        max_messages: 1000,
+        max_bytes: 1 << 20,
+        max_sessions: 100,
+        max_total_bytes: 1 << 24,
+        ..SessionConfig::testing()
+    }
+}
+
+/// A store to run the rules on: memory, or a Redis server of the test's own.
+struct Backend {
+    redis: Option<RedisServer>,
+    prefix: String,
+}
+
+impl Backend {
+    fn memory() -> Self {
+        Self {
+            redis: None,
+            prefix: String::new(),
+        }
+    }
+
+    fn redis() -> Self {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        Self {
+            redis: Some(RedisServer::start()),
+            prefix: format!(
+                "wsguard-test:{}:{}:",
+                std::process::id(),
+                N.fetch_add(1, Ordering::Relaxed)
+            ),
+        }
+    }
+
+    fn with_store(&self, mut config: SessionConfig) -> SessionConfig {
+        if let Some(redis) = &self.redis {
+            config.store.backend = SessionBackend::Redis;
+            config.store.redis.url = redis.url();
+            config.store.redis.key_prefix = self.prefix.clone();
+            config.store.redis.operation_timeout = OP_TIMEOUT;
+        }
+        config
+    }
+
+    /// A registry (a node) on this store: with Redis each call is another node on the same
+    /// server; in memory there is only one.
+    fn node(&self, config: SessionConfig) -> Sessions {
+        Sessions::from_config(self.with_store(config)).expect("the store the config names")
+    }
+}
+
+fn attached(opened: Opened) -> (Session, SessionFrame, Vec<Logged>) {
+    match opened {
+        Opened::Attached {
+            session,
+            frame,
+            replay,
+        } => (session, frame, replay),
+        Opened::Unavailable { frame } => panic!("unavailable: {frame:?}"),
+    }
+}
+
+async fn hello(sessions: &Sessions, client: Option<&str>) -> (Session, SessionToken) {
+    let (session, frame, _) = attached(sessions.hello(client).await);
+    let token = session.token();
+    assert_eq!(frame.session, Some(token));
+    (session, token)
+}
+
+fn texts(replay: &[Logged]) -> Vec<(u64, String)> {
+    replay
+        .iter()
+        .map(|m| match &m.payload {
+            MessageData::Json(data) => (m.seq, data.get().to_owned()),
+            MessageData::Binary(b) => (m.seq, format!("{b:?}")),
+        })
+        .collect()
+}
+
+async fn process(session: &Session, id: u64) {
+    match session.accept(id) {
+        Accept::New(p) => p.processed(),
+        other => panic!("id {id}: {other:?}"),
+    }
+}
+
+/// Detaches `session` and waits until the store has it.
+async fn detach(sessions: &Sessions, session: Session) {
+    drop(session);
+    sessions.flush().await.unwrap();
+}
+
+async fn wait_until<F: std::future::Future<Output = bool>>(
+    what: &str,
+    within: Duration,
+    mut condition: impl FnMut() -> F,
+) {
+    let deadline = Instant::now() + within;
+    while !condition().await {
+        assert!(Instant::now() < deadline, "not within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Runs a rule on both stores.
+macro_rules! both {
+    ($rule:ident) => {
+        mod $rule {
+            #[tokio::test]
+            async fn memory() {
+                super::$rule(super::Backend::memory()).await;
+            }
+
+            #[tokio::test]
+            async fn redis() {
+                super::$rule(super::Backend::redis()).await;
+            }
+        }
+    };
+}
+
+async fn resume_replays_what_follows_last_with_the_processed_mark(backend: Backend) {
+    let sessions = backend.node(config());
+    let (session, token) = hello(&sessions, Some("a")).await;
+    for i in 1..=5 {
+        assert_eq!(session.append(format!("m{i}")).await.unwrap(), i);
+    }
+    process(&session, 1).await;
+    process(&session, 2).await;
+    detach(&sessions, session).await;
+
+    let (session, frame, replay) = attached(sessions.resume(&token, Some("a"), 2).await);
+    assert!(frame.resumed);
+    assert_eq!(frame.session, Some(token));
+    assert_eq!(frame.last, 2, "ids 1 and 2 were processed");
+    assert_eq!(
+        texts(&replay),
+        [
+            (3, r#""m3""#.into()),
+            (4, r#""m4""#.into()),
+            (5, r#""m5""#.into())
+        ]
+    );
+    assert!(matches!(session.accept(2), Accept::AlreadyProcessed));
+    assert_eq!(session.append(vec![7u8, 8]).await.unwrap(), 6);
+    let read = session.read_after(5, 10).await.unwrap();
+    assert_eq!(read.len(), 1);
+    assert_eq!(read[0].payload, MessageData::Binary(vec![7u8, 8].into()));
+    assert_eq!(sessions.stats().replayed, 3);
+}
+both!(resume_replays_what_follows_last_with_the_processed_mark);
+
+async fn bounds_drop_the_oldest_and_a_resume_needing_them_is_a_gap(backend: Backend) {
+    let sessions = backend.node(SessionConfig {
+        max_messages: 3,
+        max_bytes: 10,
+        ..config()
+    });
+    let (session, token) = hello(&sessions, None).await;
+    process(&session, 1).await;
+    // Five messages of 3 bytes: the count bound keeps 3 of them, the byte bound 3 (9 bytes).
+    for i in 1..=5 {
+        session.append(format!("m{i}")).await.unwrap();
+    }
+    // One large message: the newest always stays, however large.
+    session.append("x".repeat(40)).await.unwrap();
+    let held = session.read_after(0, 10).await.unwrap();
+    assert_eq!(held.iter().map(|m| m.seq).collect::<Vec<_>>(), [6]);
+    detach(&sessions, session).await;
+
+    let opened = sessions.resume(&token, None, 2).await;
+    let (_session, frame, replay) = attached(opened);
+    assert!(!frame.resumed);
+    assert_eq!(frame.reason, Some(RefusalReason::Gap));
+    assert_eq!(frame.lost, Some(3), "seq 3, 4 and 5 are gone");
+    assert_eq!(frame.last, 1, "the old session's processed mark");
+    assert_ne!(frame.session, Some(token));
+    assert!(replay.is_empty());
+    assert_eq!(sessions.stats().dropped, 5);
+    assert_eq!(sessions.stats().refused.gap, 1);
+}
+both!(bounds_drop_the_oldest_and_a_resume_needing_them_is_a_gap);
+
+async fn acknowledged_messages_are_freed_and_not_counted_as_lost(backend: Backend) {
+    let sessions = backend.node(SessionConfig {
+        max_messages: 2,
+        ..config()
+    });
+    let (session, token) = hello(&sessions, None).await;
+    session.append("a").await.unwrap();
+    session.append("b").await.unwrap();
+    session.ack(2).await.unwrap();
+    assert!(session.read_after(0, 10).await.unwrap().is_empty());
+    session.append("c").await.unwrap();
+    session.append("d").await.unwrap();
+    // An ack past the last seq acknowledges everything sent.
+    session.ack(99).await.unwrap();
+    session.append("e").await.unwrap();
+    detach(&sessions, session).await;
+
+    let (_session, frame, replay) = attached(sessions.resume(&token, None, 4).await);
+    assert!(frame.resumed, "{frame:?}");
+    assert_eq!(texts(&replay), [(5, r#""e""#.into())]);
+    assert_eq!(sessions.stats().dropped, 0);
+}
+both!(acknowledged_messages_are_freed_and_not_counted_as_lost);
+
+async fn foreign_unknown_and_impossible_resumes_are_answered_unknown(backend: Backend) {
+    let sessions = backend.node(config());
+    let (session, token) = hello(&sessions, Some("alice")).await;
+    session.append("for alice").await.unwrap();
+    detach(&sessions, session).await;
+
+    for (token, client, last) in [
+        (token, Some("mallory"), 0),
+        (token, None, 0),
+        (SessionToken::generate(), Some("alice"), 0),
+    ] {
+        let (_s, frame, replay) = attached(sessions.resume(&token, client, last).await);
+        assert_eq!(frame.reason, Some(RefusalReason::Unknown), "{client:?}");
+        assert!(replay.is_empty());
+    }
+    // Alice's session is still hers.
+    let (session, frame, replay) = attached(sessions.resume(&token, Some("alice"), 0).await);
+    assert!(frame.resumed);
+    assert_eq!(replay.len(), 1);
+    detach(&sessions, session).await;
+    // A `last` the session never sent is not this session's history: refused and freed.
+    let (_s, frame, _) = attached(sessions.resume(&token, Some("alice"), 9).await);
+    assert_eq!(frame.reason, Some(RefusalReason::Unknown));
+    let (_s, frame, _) = attached(sessions.resume(&token, Some("alice"), 0).await);
+    assert_eq!(frame.reason, Some(RefusalReason::Unknown));
+    assert_eq!(sessions.stats().refused.unknown, 5);
+}
+both!(foreign_unknown_and_impossible_resumes_are_answered_unknown);
+
+async fn a_client_is_reached_in_its_newest_session_connected_or_not(backend: Backend) {
+    let sessions = backend.node(config());
+    let sender = sessions.sender_for_client("bob");
+    assert!(sender.send("nobody yet").await.is_err());
+    let (old, _) = hello(&sessions, Some("bob")).await;
+    let (new, new_token) = hello(&sessions, Some("bob")).await;
+    assert_eq!(sender.send("hi").await.unwrap(), 1);
+    assert!(old.read_after(0, 10).await.unwrap().is_empty());
+    detach(&sessions, new).await;
+    assert_eq!(sender.send("while away").await.unwrap(), 2);
+    let (_s, frame, replay) = attached(sessions.resume(&new_token, Some("bob"), 0).await);
+    assert!(frame.resumed);
+    assert_eq!(
+        texts(&replay),
+        [(1, r#""hi""#.into()), (2, r#""while away""#.into())]
+    );
+    drop(old);
+}
+both!(a_client_is_reached_in_its_newest_session_connected_or_not);
+
+async fn a_session_detached_past_the_ttl_is_expired_then_unknown(backend: Backend) {
+    let sessions = backend.node(SessionConfig {
+        ttl: TTL,
+        ..config()
+    });
+    let (session, token) = hello(&sessions, Some("c")).await;
+    session.append("held").await.unwrap();
+    let detached = Instant::now();
+    detach(&sessions, session).await;
+    // Within the TTL it resumes; detached again, the TTL starts over.
+    let (session, frame, _) = attached(sessions.resume(&token, Some("c"), 0).await);
+    assert!(frame.resumed);
+    assert!(detached.elapsed() < TTL, "the test machine is too slow");
+    detach(&sessions, session).await;
+
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    assert_eq!(sessions.sweep().await, 1, "the sweep frees it once");
+    assert_eq!(sessions.stats().expired, 1);
+    let (_s, frame, _) = attached(sessions.resume(&token, Some("c"), 0).await);
+    assert_eq!(frame.reason, Some(RefusalReason::Expired));
+    // The tombstone lasts one more TTL.
+    tokio::time::sleep(TTL + Duration::from_millis(100)).await;
+    sessions.sweep().await;
+    let (_s, frame, _) = attached(sessions.resume(&token, Some("c"), 0).await);
+    assert_eq!(frame.reason, Some(RefusalReason::Unknown));
+}
+both!(a_session_detached_past_the_ttl_is_expired_then_unknown);
+
+async fn max_sessions_evicts_the_oldest_detached_and_refuses_when_none_is(backend: Backend) {
+    let sessions = backend.node(SessionConfig {
+        max_sessions: 3,
+        ..config()
+    });
+    let (a, a_token) = hello(&sessions, None).await;
+    let (b, b_token) = hello(&sessions, None).await;
+    let (_c, _) = hello(&sessions, None).await;
+    detach(&sessions, a).await;
+    detach(&sessions, b).await;
+    let (_d, _) = hello(&sessions, None).await;
+    assert_eq!(sessions.stats().evicted, 1);
+    // The refused resume of a opens a session in its place, which evicts b.
+    let (_a, frame, _) = attached(sessions.resume(&a_token, None, 0).await);
+    assert_eq!(frame.reason, Some(RefusalReason::Expired), "a was evicted");
+    assert_eq!(sessions.stats().evicted, 2);
+    // Now all three are attached: no room for b's replacement, nor for a new session.
+    assert!(matches!(
+        sessions.resume(&b_token, None, 0).await,
+        Opened::Unavailable { .. }
+    ));
+    assert!(matches!(
+        sessions.hello(None).await,
+        Opened::Unavailable { .. }
+    ));
+    assert_eq!(sessions.stats().refused.unavailable, 2);
+}
+both!(max_sessions_evicts_the_oldest_detached_and_refuses_when_none_is);
+
+// What only a shared store does.
+
+#[tokio::test]
+async fn a_session_resumes_on_another_node_with_its_replay_and_processed_mark() {
+    let backend = Backend::redis();
+    let (node_a, node_b) = (backend.node(config()), backend.node(config()));
+    let (session, token) = hello(&node_a, Some("dana")).await;
+    for i in 1..=3 {
+        session.append(format!("m{i}")).await.unwrap();
+    }
+    process(&session, 1).await;
+    process(&session, 2).await;
+    detach(&node_a, session).await;
+
+    let (session, frame, replay) = attached(node_b.resume(&token, Some("dana"), 1).await);
+    assert!(frame.resumed);
+    assert_eq!(frame.last, 2);
+    assert_eq!(
+        texts(&replay),
+        [(2, r#""m2""#.into()), (3, r#""m3""#.into())]
+    );
+    assert!(matches!(session.accept(2), Accept::AlreadyProcessed));
+    assert!(matches!(session.accept(3), Accept::New(_)));
+    // Node A's sender for the client reaches the session, now on B.
+    assert_eq!(
+        node_a
+            .sender_for_client("dana")
+            .send("from a")
+            .await
+            .unwrap(),
+        4
+    );
+    assert_eq!(session.read_after(3, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_message_logged_on_one_node_wakes_the_connection_on_the_other() {
+    let backend = Backend::redis();
+    let (node_a, node_b) = (backend.node(config()), backend.node(config()));
+    let (mut session, token) = hello(&node_a, None).await;
+    let sender = node_b.sender_for_session(&token);
+    for i in 1..=20u64 {
+        let sent = Instant::now();
+        assert_eq!(sender.send(format!("n{i}")).await.unwrap(), i);
+        tokio::time::timeout(Duration::from_secs(2), session.changed())
+            .await
+            .expect("woken by the other node");
+        assert!(sent.elapsed() < Duration::from_secs(1));
+        assert!(!session.is_superseded());
+        let read = session.read_after(i - 1, 10).await.unwrap();
+        assert_eq!(texts(&read), [(i, format!(r#""n{i}""#))]);
+    }
+}
+
+#[tokio::test]
+async fn a_resume_on_another_node_supersedes_the_connection_here() {
+    let backend = Backend::redis();
+    let (node_a, node_b) = (backend.node(config()), backend.node(config()));
+    let (mut on_a, token) = hello(&node_a, None).await;
+    on_a.append("one").await.unwrap();
+    // The client is gone from A's point of view only later: B resumes first.
+    let (on_b, frame, replay) = attached(node_b.resume(&token, None, 0).await);
+    assert!(frame.resumed);
+    assert_eq!(replay.len(), 1);
+    tokio::time::timeout(Duration::from_secs(2), on_a.changed())
+        .await
+        .expect("told by B");
+    assert!(on_a.is_superseded());
+    // A's connection ends: that does not detach the session B holds.
+    detach(&node_a, on_a).await;
+    on_b.append("two").await.unwrap();
+    let node_c = backend.node(config());
+    let (_on_c, frame, replay) = attached(node_c.resume(&token, None, 0).await);
+    assert!(frame.resumed);
+    assert_eq!(replay.len(), 2);
+    drop(on_b);
+}
+
+#[tokio::test]
+async fn while_redis_is_down_hello_and_resume_are_unavailable_in_time_and_it_recovers() {
+    let mut backend = Backend::redis();
+    let sessions = backend.node(config());
+    let (session, token) = hello(&sessions, None).await;
+    session.append("kept").await.unwrap();
+    detach(&sessions, session).await;
+
+    backend.redis.as_mut().unwrap().stop();
+    for first in [None, Some(token)] {
+        let started = Instant::now();
+        let opened = match first {
+            None => sessions.hello(None).await,
+            Some(token) => sessions.resume(&token, None, 0).await,
+        };
+        assert!(matches!(opened, Opened::Unavailable { .. }));
+        // A sweep, then the step itself: each bounded by the operation timeout.
+        assert!(
+            started.elapsed() < OP_TIMEOUT * 4,
+            "answered after {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(sessions.sender_for_session(&token).send("x").await.is_err());
+
+    // A restarted server has lost everything (no persistence): the resume is unknown, but
+    // sessions open again by themselves.
+    backend.redis.as_mut().unwrap().restart();
+    wait_until(
+        "a hello succeeds again",
+        Duration::from_secs(10),
+        || async { matches!(sessions.hello(None).await, Opened::Attached { .. }) },
+    )
+    .await;
+    let (_s, frame, _) = attached(sessions.resume(&token, None, 0).await);
+    assert_eq!(frame.reason, Some(RefusalReason::Unknown));
+    assert!(sessions.stats().refused.unavailable >= 2);
+}
+
+#[tokio::test]
+async fn a_freed_session_leaves_no_key_behind_but_its_tombstone() {
+    let backend = Backend::redis();
+    let sessions = backend.node(SessionConfig {
+        ttl: TTL,
+        ..config()
+    });
+    let (session, _) = hello(&sessions, Some("e")).await;
+    session.append("x").await.unwrap();
+    detach(&sessions, session).await;
+    let redis = backend.redis.as_ref().unwrap();
+    // meta, log, gone, the index and the client's entry.
+    assert_eq!(redis.dbsize(), 5);
+    // Redis expires the keys by itself; the tombstone and the index entry outlive them until
+    // a sweep and one more TTL.
+    wait_until(
+        "only the tombstone and the index are left",
+        TTL * 3,
+        || async { redis.dbsize() == 2 },
+    )
+    .await;
+    sessions.sweep().await;
+    wait_until("nothing is left", TTL * 3, || async { redis.dbsize() == 0 }).await;
+}
+
+#[tokio::test]
+async fn on_a_cluster_sessions_resume_across_nodes_and_wake_each_other() {
+    let cluster = RedisCluster::start();
+    let mut config = config();
+    config.store.backend = SessionBackend::Redis;
+    config.store.redis.cluster_nodes = cluster.seed_urls();
+    config.store.redis.operation_timeout = Duration::from_secs(1);
+    let node_a = Sessions::from_config(config.clone()).unwrap();
+    let node_b = Sessions::from_config(config).unwrap();
+
+    let mut tokens = Vec::new();
+    for i in 0..12 {
+        let client = format!("client-{i}");
+        let (session, token) = hello(&node_a, Some(&client)).await;
+        session.append("first").await.unwrap();
+        process(&session, 1).await;
+        detach(&node_a, session).await;
+        tokens.push((client, token));
+    }
+    // Sessions spread over the three masters.
+    let holding = cluster.dbsizes().iter().filter(|&&n| n > 0).count();
+    assert!(holding >= 2, "keys on {holding} masters");
+
+    for (client, token) in &tokens {
+        let (mut session, frame, replay) = attached(node_b.resume(token, Some(client), 0).await);
+        assert!(frame.resumed);
+        assert_eq!(frame.last, 1);
+        assert_eq!(texts(&replay), [(1, r#""first""#.into())]);
+        node_a
+            .sender_for_client(client)
+            .send("second")
+            .await
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(2), session.changed())
+            .await
+            .expect("woken across the cluster");
+        assert_eq!(session.read_after(1, 10).await.unwrap().len(), 1);
+    }
+}
