@@ -50,6 +50,14 @@ async fn prometheus_sums_the_message_counter_over_two_nodes() {
             .await,
         (sent_a.duplicates + sent_b.duplicates) as f64
     );
+    // The nodes time every call (`sample_rate = 1` in the testing preset): the histograms summed
+    // over nodes, which the dashboard's percentiles read, count every message too.
+    assert_eq!(
+        prometheus
+            .scalar(r#"sum(wsguard_call_duration_seconds_count{direction="in"})"#)
+            .await,
+        total as f64
+    );
     let per_node = prometheus
         .by_instance(r#"sum by (instance) (wsguard_calls_total{direction="in"})"#)
         .await;
