@@ -212,6 +212,28 @@ async fn a_killed_master_fails_closed_within_the_timeout_and_the_cluster_recover
     wait_until_deduplicating(&mut svc, "after").await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_layer_whose_cluster_is_down_at_start_fails_as_configured_until_it_comes_up() {
+    let mut cluster = RedisCluster::start();
+    let cfg = config(cluster.urls(), FailureMode::FailClosed);
+    for i in 0..3 {
+        cluster.stop(i);
+    }
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layer = DedupLayer::new(cfg);
+    let mut svc = tower::Layer::layer(&layer, handler(&calls));
+    for i in 0..3 {
+        let err = send_timed(&mut svc, &format!("early {i}"))
+            .await
+            .unwrap_err();
+        assert!(err.is::<StoreUnavailable>(), "{err}");
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 0);
+
+    cluster.restart_all();
+    wait_until_deduplicating(&mut svc, "after").await;
+}
+
 /// After the master comes back, the store reconnects by itself: every message (on every
 /// master) passes once and is a duplicate the second time.
 async fn wait_until_deduplicating(svc: &mut Dedup<Handler>, tag: &str) {

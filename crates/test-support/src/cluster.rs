@@ -139,6 +139,20 @@ impl RedisCluster {
         self.wait_ok();
     }
 
+    /// Starts every stopped master again (on its ports, with its node id and slots) and waits
+    /// until every node says `cluster_state:ok`: for a cluster that was entirely down, where
+    /// restarting one master at a time could never reach `ok`.
+    pub fn restart_all(&mut self) {
+        for (i, node) in self.nodes.iter_mut().enumerate() {
+            if node.child.is_none()
+                && let Err(why) = node.spawn_and_wait()
+            {
+                panic!("master {i} did not restart: {why}");
+            }
+        }
+        self.wait_ok();
+    }
+
     /// Waits until every running master says `cluster_state:ok` in `CLUSTER INFO` (30 s at
     /// most).
     pub fn wait_ok(&self) {

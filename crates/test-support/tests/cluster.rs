@@ -42,6 +42,19 @@ fn three_masters_form_one_cluster_that_survives_a_master_restart() {
 }
 
 #[test]
+fn a_cluster_stopped_entirely_comes_back_with_restart_all() {
+    let mut cluster = RedisCluster::start();
+    let urls = cluster.urls();
+    for i in 0..3 {
+        cluster.stop(i);
+    }
+    assert!(cluster.seed_urls().is_empty());
+    cluster.restart_all();
+    assert_eq!(cluster.seed_urls(), urls);
+    assert_eq!(cluster.dbsizes(), [0, 0, 0]);
+}
+
+#[test]
 fn two_clusters_at_once_get_their_own_ports() {
     let (a, b) = std::thread::scope(|s| {
         let a = s.spawn(RedisCluster::start);
