@@ -13,20 +13,31 @@
 //!   sends the last message again byte for byte; the dedup layer drops it and the panel's
 //!   duplicates figure goes up. "Fail the next N" makes the handler fail, so the breaker opens
 //!   (clients get `{"type":"error","error":"circuit_open",..}` frames), then recovers after the
-//!   open wait when probes succeed.
-//! - `/ws` the chat socket. Frames: `{"type":"join","room":..,"name":..}` and
-//!   `{"type":"say","id":..,"text":..}`; the server sends `joined` and `message` frames to the
-//!   room through the sending side's stack (`SendToConnection` under an outbound metrics layer),
-//!   so that the panel's per-client "out" column counts them.
+//!   open wait when probes succeed. "Drop my connection" has the server cut the page's TCP
+//!   connection without a close frame, as a network would: the page reconnects, resumes its
+//!   `wsguard.v1` session and shows what was said while it was away, once each and in order;
+//!   the panel's resumed and replayed figures go up. `?backoff=MS` on the page's address sets
+//!   its first reconnection delay (250 ms by default), to have time to talk while it is away.
+//! - `/wsguard.js` the JavaScript client of `wsguard.v1` the page uses (an ES module, no build
+//!   step; its API is at the top of the file and in `docs/protocol.md`), `/app.js` the page.
+//! - `/ws` the chat socket, with sessions for clients that offer `wsguard.v1` (the page does)
+//!   and plain WebSocket for the others. Frames: `{"type":"join","room":..,"name":..}`,
+//!   `{"type":"say","id":..,"text":..}` and `{"type":"leave"}`; the server sends `joined`,
+//!   `message` and `left` frames to the room through the sending side's stack
+//!   (`SendToConnection` under an outbound metrics layer), so that the panel's per-client "out"
+//!   column counts them. A member with a session stays in its room while the session lives, so
+//!   what is said while it is away waits in its session log; joining again under the same name
+//!   (as the page does after every reconnect) is silent.
 //! - `/stats` JSON figures for the panel (breaker, dedup, metrics, per-client table, sessions),
-//!   `/metrics` Prometheus text, `/health` 200, `POST /fail?n=N` the failure switch.
+//!   `/metrics` Prometheus text, `/health` 200, `POST /fail?n=N` the failure switch,
+//!   `POST /drop?session=TOKEN` (or `?client=ID`) the connection cutter.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use axum::extract::{Query, State};
-use axum::http::header;
+use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -34,7 +45,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::Deserialize;
 use serde_json::json;
 use tower::{Layer, ServiceBuilder, ServiceExt};
-use wsguard::axum::{ConnectionId, OutgoingMessage, SendToConnection, Sessions};
+use wsguard::axum::{
+    ConnInfo, ConnectionId, OutgoingMessage, SendToConnection, SessionToken, Sessions,
+};
 use wsguard::metrics::{Direction, Metrics};
 use wsguard::prelude::*;
 use wsguard_config::{ClientIdSource, ConfigHandle, StabilityConfig};
@@ -42,6 +55,7 @@ use wsguard_examples::{ServerArgs, init_tracing, prometheus, serve, sessions_jso
 
 const INDEX: &str = include_str!("chat/index.html");
 const APP_JS: &str = include_str!("chat/app.js");
+const CLIENT_JS: &str = include_str!("chat/wsguard.js");
 const STYLE: &str = include_str!("chat/style.css");
 
 /// What the chat sends to a member: through the outbound metrics layer, then the member's queue.
@@ -55,64 +69,127 @@ struct Chat {
     handled: AtomicU64,
 }
 
+/// Who a member is: its `wsguard.v1` session, which outlives its connections, or else its
+/// connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum MemberKey {
+    Session(SessionToken),
+    Connection(ConnectionId),
+}
+
+impl MemberKey {
+    fn of(conn: &ConnInfo) -> Self {
+        match conn.sender().session() {
+            Some(token) => Self::Session(token),
+            None => Self::Connection(conn.id()),
+        }
+    }
+}
+
 /// Each room's members, and each member's room, so that a message finds its room without a scan.
 #[derive(Default)]
 struct Rooms {
-    members: HashMap<String, HashMap<ConnectionId, Member>>,
-    room_of: HashMap<ConnectionId, String>,
+    members: HashMap<String, HashMap<MemberKey, Member>>,
+    room_of: HashMap<MemberKey, String>,
 }
 
 impl Rooms {
-    /// Moves `conn` into `room` and returns the room's live members, itself included.
-    fn join(&mut self, conn: ConnectionId, room: String, member: Member) -> Vec<Member> {
-        if let Some(old) = self.room_of.insert(conn, room.clone()) {
-            self.leave(&old, conn);
+    /// Moves `member` into `room` and returns the room's live members, itself included, and
+    /// whether it is new there: joining the same room again under the same name (a page that
+    /// reconnected) only takes the member's newest connection.
+    fn join(&mut self, room: String, member: Member) -> (Vec<Member>, bool) {
+        let key = member.key;
+        if self.room_of.get(&key) == Some(&room)
+            && let Some(known) = self.members.get_mut(&room).and_then(|m| m.get_mut(&key))
+            && known.name == member.name
+        {
+            known.conn = member.conn;
+            return (self.live_members(&room), false);
+        }
+        if let Some(old) = self.room_of.insert(key, room.clone()) {
+            self.remove_from(&old, key);
         }
         self.members
             .entry(room.clone())
             .or_default()
-            .insert(conn, member);
-        self.live_members(&room)
+            .insert(key, member);
+        (self.live_members(&room), true)
     }
 
-    /// The room of `conn`, its name there, and the room's live members.
-    fn speak(&mut self, conn: ConnectionId) -> Option<(String, String, Vec<Member>)> {
-        let room = self.room_of.get(&conn)?.clone();
-        let from = self.members.get(&room)?.get(&conn)?.name.clone();
+    /// The room of `conn`'s member, its name there, and the room's live members; the member
+    /// now sends through `conn`, its newest connection.
+    fn speak(&mut self, conn: &Arc<ConnInfo>) -> Option<(String, String, Vec<Member>)> {
+        let key = MemberKey::of(conn);
+        let room = self.room_of.get(&key)?.clone();
+        let member = self.members.get_mut(&room)?.get_mut(&key)?;
+        member.conn = Arc::clone(conn);
+        let from = member.name.clone();
         let members = self.live_members(&room);
         Some((room, from, members))
     }
 
-    /// The members of `room` whose connection is open; the others are dropped here, the next
-    /// time their room is used (the handler hears of no disconnect).
+    /// Takes `key` out of its room; its room, its name there and the members left.
+    fn leave(&mut self, key: MemberKey) -> Option<(String, String, Vec<Member>)> {
+        let room = self.room_of.remove(&key)?;
+        let member = self.remove_from(&room, key)?;
+        let members = self.live_members(&room);
+        Some((room, member.name, members))
+    }
+
+    /// The members of `room` that can still be sent to: a member with a session while the
+    /// session lives (sends to it fail once it expired, and [`Rooms::forget`] takes it out), any
+    /// other while its connection is open. Closed ones are dropped here, the next time their
+    /// room is used (the handler hears of no disconnect).
     fn live_members(&mut self, room: &str) -> Vec<Member> {
         let Some(members) = self.members.get_mut(room) else {
             return Vec::new();
         };
         let room_of = &mut self.room_of;
-        members.retain(|id, m| {
-            let open = !m.conn.sender().is_closed();
-            if !open {
-                room_of.remove(id);
+        members.retain(|key, m| {
+            let live = matches!(key, MemberKey::Session(_)) || !m.conn.sender().is_closed();
+            if !live {
+                room_of.remove(key);
             }
-            open
+            live
         });
         members.values().cloned().collect()
     }
 
-    fn leave(&mut self, room: &str, conn: ConnectionId) {
-        if let Some(members) = self.members.get_mut(room) {
-            members.remove(&conn);
-            if members.is_empty() {
-                self.members.remove(room);
+    /// Takes out the members that could not be sent to.
+    fn forget(&mut self, keys: &[MemberKey]) {
+        for key in keys {
+            if let Some(room) = self.room_of.remove(key) {
+                self.remove_from(&room, *key);
             }
         }
+    }
+
+    /// The connections of the members `which` picks.
+    fn connections(&self, which: impl Fn(&Member) -> bool) -> Vec<Arc<ConnInfo>> {
+        self.members
+            .values()
+            .flat_map(HashMap::values)
+            .filter(|m| which(m))
+            .map(|m| Arc::clone(&m.conn))
+            .collect()
+    }
+
+    fn remove_from(&mut self, room: &str, key: MemberKey) -> Option<Member> {
+        let members = self.members.get_mut(room)?;
+        let member = members.remove(&key);
+        if members.is_empty() {
+            self.members.remove(room);
+        }
+        member
     }
 }
 
 #[derive(Clone)]
 struct Member {
+    key: MemberKey,
     name: String,
+    /// The member's newest connection known; under a session, sends through an older one still
+    /// reach the session's log.
     conn: Arc<ConnInfo>,
 }
 
@@ -128,6 +205,7 @@ enum Frame {
         #[serde(default)]
         id: Option<String>,
     },
+    Leave,
 }
 
 impl Chat {
@@ -145,6 +223,10 @@ impl Chat {
         }
     }
 
+    fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
+        self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Handles one inbound message (after the breaker, dedup and metrics layers).
     async fn handle(self: Arc<Self>, inbound: Inbound) -> Result<Option<Message>, BoxError> {
         let Some(text) = inbound.text() else {
@@ -158,25 +240,23 @@ impl Chat {
             // recorded by the breaker as a success.
             Err(e) => return Ok(Some(error_frame(&format!("bad frame: {e}")))),
         };
-        let conn = inbound.conn.id();
         match frame {
             Frame::Join { room, name } => {
                 let name = clip(&name, 32);
                 let room = clip(&room, 32);
                 let member = Member {
+                    key: MemberKey::of(&inbound.conn),
                     name: name.clone(),
                     conn: Arc::clone(&inbound.conn),
                 };
-                let members = self.rooms.lock().unwrap_or_else(|e| e.into_inner()).join(
-                    conn,
-                    room.clone(),
-                    member,
-                );
-                self.broadcast(
-                    members,
-                    json!({"type": "joined", "room": room, "name": name}),
-                )
-                .await;
+                let (members, new) = self.rooms().join(room.clone(), member);
+                if new {
+                    self.broadcast(
+                        members,
+                        json!({"type": "joined", "room": room, "name": name}),
+                    )
+                    .await;
+                }
                 Ok(None)
             }
             Frame::Say { text, id } => {
@@ -187,11 +267,7 @@ impl Chat {
                 {
                     return Err("injected failure (fail next N)".into());
                 }
-                let spoken = self
-                    .rooms
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .speak(conn);
+                let spoken = self.rooms().speak(&inbound.conn);
                 let Some((room, from, members)) = spoken else {
                     return Ok(Some(error_frame("join a room first")));
                 };
@@ -204,17 +280,32 @@ impl Chat {
                 .await;
                 Ok(None)
             }
+            Frame::Leave => {
+                let left = self.rooms().leave(MemberKey::of(&inbound.conn));
+                if let Some((room, name, members)) = left {
+                    self.broadcast(members, json!({"type": "left", "room": room, "name": name}))
+                        .await;
+                }
+                Ok(None)
+            }
         }
     }
 
     /// Sends `frame` to every member through the outbound stack, which counts it for the
     /// member's client and queues it on the member's connection (a bounded queue; a slow reader's
-    /// overflow policy applies there, not here).
+    /// overflow policy applies there, not here), or logs it in the member's session. Members
+    /// that cannot be sent to any more (closed, or their session expired) leave the room.
     async fn broadcast(&self, members: Vec<Member>, frame: serde_json::Value) {
         let text = frame.to_string();
+        let mut gone = Vec::new();
         for member in members {
             let message = OutgoingMessage::new(Message::text(text.clone()), member.conn);
-            let _ = self.outbound.clone().oneshot(message).await;
+            if self.outbound.clone().oneshot(message).await.is_err() {
+                gone.push(member.key);
+            }
+        }
+        if !gone.is_empty() {
+            self.rooms().forget(&gone);
         }
     }
 }
@@ -302,6 +393,52 @@ async fn fail(State(app): State<App>, Query(q): Query<FailQuery>) -> impl IntoRe
     Json(json!({"fail_next": n}))
 }
 
+#[derive(Deserialize)]
+struct DropQuery {
+    session: Option<String>,
+    client: Option<String>,
+}
+
+/// Aborts the connections of the members named by session token or client id: the TCP
+/// connection is dropped without a close frame, as when a network path breaks. A `wsguard.v1`
+/// page reconnects and resumes; a plain one reconnects and joins again.
+async fn drop_connection(State(app): State<App>, Query(q): Query<DropQuery>) -> impl IntoResponse {
+    let session = match q.session.as_deref().map(str::parse::<SessionToken>) {
+        Some(Err(e)) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                Json(json!({"error": e.to_string()})),
+            );
+        }
+        Some(Ok(token)) => Some(MemberKey::Session(token)),
+        None => None,
+    };
+    if session.is_none() && q.client.is_none() {
+        let error = "name the member: ?session=TOKEN or ?client=ID";
+        return (StatusCode::BAD_REQUEST, Json(json!({"error": error})));
+    }
+    let conns = app
+        .chat
+        .rooms()
+        .connections(|m| Some(m.key) == session || q.client.as_deref() == Some(m.conn.client_id()));
+    let mut dropped = 0;
+    for conn in conns {
+        if !conn.sender().is_closed() {
+            conn.sender().abort();
+            dropped += 1;
+        }
+    }
+    if dropped == 0 {
+        let error =
+            "no open connection of that member (not joined, or not seen since it reconnected)";
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({"dropped": 0, "error": error})),
+        );
+    }
+    (StatusCode::OK, Json(json!({"dropped": dropped})))
+}
+
 /// The development preset with client ids taken from the page's `?client=NAME`.
 fn base_config() -> StabilityConfig {
     let mut base = StabilityConfig::development();
@@ -343,6 +480,10 @@ fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], APP_JS) }),
         )
         .route(
+            "/wsguard.js",
+            get(|| async { ([(header::CONTENT_TYPE, "text/javascript")], CLIENT_JS) }),
+        )
+        .route(
             "/style.css",
             get(|| async { ([(header::CONTENT_TYPE, "text/css")], STYLE) }),
         )
@@ -351,6 +492,7 @@ fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok" }))
         .route("/fail", post(fail))
+        .route("/drop", post(drop_connection))
         .with_state(state)
 }
 
@@ -422,7 +564,11 @@ mod tests {
 
     /// A connection offering the `wsguard.v1` subprotocol.
     async fn connect_v1(addr: std::net::SocketAddr) -> Socket {
-        let mut request = format!("ws://{addr}/ws?client=carol")
+        connect_v1_as(addr, "carol").await
+    }
+
+    async fn connect_v1_as(addr: std::net::SocketAddr, client: &str) -> Socket {
+        let mut request = format!("ws://{addr}/ws?client={client}")
             .into_client_request()
             .unwrap();
         request
@@ -512,5 +658,131 @@ mod tests {
         assert_eq!(reported["route"], "/ws", "{after}");
         assert_eq!(reported["created"], 2, "{after}");
         assert_eq!(reported["refused"]["unknown"], 1, "{after}");
+    }
+
+    async fn post(router: &Router, uri: &str) -> (StatusCode, serde_json::Value) {
+        let request = Request::post(uri).body(Body::empty()).unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    fn text(value: serde_json::Value) -> WsMessage {
+        WsMessage::text(value.to_string())
+    }
+
+    fn join(name: &str) -> serde_json::Value {
+        json!({"type": "join", "room": "r", "name": name})
+    }
+
+    /// Reads until the connection ends; fails on a close frame.
+    async fn ends_without_close_frame(ws: &mut Socket) {
+        loop {
+            match timeout(Duration::from_secs(10), ws.next()).await.unwrap() {
+                Some(Ok(WsMessage::Close(frame))) => panic!("a close frame: {frame:?}"),
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => return,
+            }
+        }
+    }
+
+    /// Polls `/stats` until `ready` holds.
+    async fn stats_when(
+        router: &Router,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let mut now = stats(router).await;
+        for _ in 0..200 {
+            if ready(&now) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            now = stats(router).await;
+        }
+        now
+    }
+
+    #[tokio::test]
+    async fn a_member_cut_off_gets_what_was_said_meanwhile_when_it_resumes() {
+        let (addr, router) = start().await;
+        let mut alice = connect_v1_as(addr, "alice").await;
+        alice.send(text(json!({"type": "hello"}))).await.unwrap();
+        let opened = read_until(&mut alice, r#""type":"session""#).await;
+        let opened: serde_json::Value = serde_json::from_str(&opened).unwrap();
+        let token = opened["session"].as_str().unwrap().to_owned();
+        let msg = |id: u64, data: serde_json::Value| json!({"type": "msg", "id": id, "data": data});
+        alice.send(text(msg(1, join("alice")))).await.unwrap();
+        read_until(&mut alice, r#""seq":1,"data":{"name":"alice""#).await;
+        let (mut bob, _) = connect_async(format!("ws://{addr}/ws?client=bob"))
+            .await
+            .unwrap();
+        bob.send(text(join("bob"))).await.unwrap();
+        read_until(&mut bob, r#""name":"bob""#).await;
+        read_until(&mut alice, r#""seq":2,"data":{"name":"bob""#).await;
+
+        let (status, dropped) = post(&router, &format!("/drop?session={token}")).await;
+        assert_eq!((status, &dropped), (StatusCode::OK, &json!({"dropped": 1})));
+        ends_without_close_frame(&mut alice).await;
+        let away = stats_when(&router, |s| s["sessions"]["detached"] == 1).await;
+        assert_eq!(away["sessions"]["detached"], 1, "{away}");
+
+        let said = json!({"type": "say", "text": "while you were away"});
+        bob.send(text(said)).await.unwrap();
+        read_until(&mut bob, "while you were away").await;
+
+        let mut again = connect_v1_as(addr, "alice").await;
+        let resume = json!({"type": "resume", "session": token, "last": 2});
+        again.send(text(resume)).await.unwrap();
+        let answer = read_until(&mut again, r#""type":"session""#).await;
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["resumed"], true, "{answer}");
+        assert_eq!(answer["last"], 1, "{answer}");
+        let replayed = read_until(&mut again, "while you were away").await;
+        assert!(replayed.contains(r#""seq":3"#), "{replayed}");
+
+        // Joining again under the same name, as the page does after every reconnect, is silent.
+        again.send(text(msg(2, join("alice")))).await.unwrap();
+        read_until(&mut again, r#"{"type":"ack","id":2}"#).await;
+        bob.send(text(json!({"type": "say", "text": "fence"})))
+            .await
+            .unwrap();
+        loop {
+            let frame = read_until(&mut bob, r#""type""#).await;
+            assert!(!frame.contains("joined"), "{frame}");
+            if frame.contains("fence") {
+                break;
+            }
+        }
+        let fence = read_until(&mut again, "fence").await;
+        assert!(fence.contains(r#""seq":4"#), "{fence}");
+
+        let after = stats(&router).await;
+        assert_eq!(after["sessions"]["resumed"], 1, "{after}");
+        assert_eq!(after["sessions"]["replayed"], 1, "{after}");
+    }
+
+    #[tokio::test]
+    async fn drop_cuts_the_named_member_without_a_close_frame_or_says_why_not() {
+        let (addr, router) = start().await;
+        let (mut bob, _) = connect_async(format!("ws://{addr}/ws?client=bob"))
+            .await
+            .unwrap();
+        bob.send(text(join("bob"))).await.unwrap();
+        read_until(&mut bob, r#""name":"bob""#).await;
+
+        let (status, _) = post(&router, "/drop?client=nobody").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let (status, _) = post(&router, "/drop?session=not-a-token").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _) = post(&router, "/drop").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+
+        let (status, dropped) = post(&router, "/drop?client=bob").await;
+        assert_eq!((status, dropped), (StatusCode::OK, json!({"dropped": 1})));
+        ends_without_close_frame(&mut bob).await;
+        // Gone for good without a session: nothing left to cut.
+        let (status, _) = post(&router, "/drop?client=bob").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }
