@@ -519,6 +519,7 @@ export class WsguardClient {
     if (ws !== this._ws || this._stopped) return;
     this._phase = "open";
     for (const entry of this._outbox.held()) this._transmit(msgFrame(entry.id, entry.payload));
+    this._wake(); // the session frame's `last` may have freed room
     this._setState("open");
   }
 

@@ -343,6 +343,16 @@ test("the unacknowledged buffer is bounded: send says no when full, writable wai
   await writable;
   assert.equal(c.send("c"), true);
   assert.deepEqual(ws.after().at(-1), { type: "msg", id: 3, data: "c" });
+
+  // A resume's `last` frees room too.
+  ws.drop();
+  let resumedRoom = false;
+  const waiting = c.writable().then(() => (resumedRoom = true));
+  t.mock.timers.tick(250);
+  attach({ session: TOKEN, resumed: true, last: 3 });
+  await waiting;
+  assert.equal(resumedRoom, true);
+  assert.equal(c.unacknowledged, 0);
 });
 
 test("close waits for acknowledgements, acknowledges what arrived and closes with 1000", async (t) => {
