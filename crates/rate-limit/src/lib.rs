@@ -23,8 +23,9 @@
 //!   action (`drop`, `error_frame`, `close`) for the WebSocket adapter to carry out;
 //!   [`RateLimitLayer::http`] answers `429 Too Many Requests` with `Retry-After` and keeps the
 //!   inner error type, as axum needs.
-//! - **Counters** ([`RateLimitHandle`]): calls checked, refused by limit and by action, keys
-//!   tracked, evicted and expired.
+//! - **Counters** ([`RateLimitHandle`]): calls refused by limit and by action, keys tracked,
+//!   evicted and expired. Calls that pass touch no shared counter (the metrics layer counts
+//!   every call).
 //!
 //! Settings come from `wsguard_config::RateLimitConfig`, fixed or live through a
 //! `ConfigHandle` (see [`RateLimitLayer::new`] for what a change keeps).

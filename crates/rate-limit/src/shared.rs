@@ -45,7 +45,10 @@ impl Limit {
         clock: TokioClock,
         counters: &Arc<Counters>,
     ) -> Option<Arc<Self>> {
-        let quota = Quota::per_second(NonZeroU32::new(rate)?).allow_burst(NonZeroU32::new(burst)?);
+        // A burst of 0 (refused by validation, possible in a config built in code) would let
+        // nothing pass; the strictest limit that lets anything through is a burst of 1.
+        let burst_cells = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::per_second(NonZeroU32::new(rate)?).allow_burst(burst_cells);
         let table = Arc::new(KeyTable::new(cap, Arc::clone(counters)));
         Some(Arc::new(Self {
             rate,
@@ -163,7 +166,6 @@ impl Shared {
         if !derived.enabled {
             return Ok(());
         }
-        Counters::add(&self.counters.checked, 1);
         let key = self.key(req, derived.scope);
         if let Some(messages) = &derived.messages
             && let Err(not_until) = messages.gcra.check_key(&key)

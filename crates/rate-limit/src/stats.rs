@@ -10,7 +10,6 @@ use crate::shared::Shared;
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) checked: AtomicU64,
     pub(crate) limited_messages: AtomicU64,
     pub(crate) limited_bytes: AtomicU64,
     pub(crate) larger_than_burst: AtomicU64,
@@ -53,8 +52,6 @@ impl Counters {
 pub struct RateLimitStats {
     /// The route the layer was named for ([`RateLimitLayer::route`](crate::RateLimitLayer::route)).
     pub route: Option<std::sync::Arc<str>>,
-    /// Calls checked against the limits (while enabled).
-    pub checked: u64,
     /// Calls refused by the message limit.
     pub limited_messages: u64,
     /// Calls refused by the byte limit.
@@ -114,7 +111,6 @@ impl RateLimitHandle {
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
         RateLimitStats {
             route: self.shared.route(),
-            checked: load(&c.checked),
             limited_messages: load(&c.limited_messages),
             limited_bytes: load(&c.limited_bytes),
             larger_than_burst: load(&c.larger_than_burst),

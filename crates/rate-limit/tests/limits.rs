@@ -127,7 +127,6 @@ async fn burst_passes_at_once_then_the_limit_refills_at_its_rate() {
 
     let stats = layer.stats();
     assert_eq!(handler.calls(), 11);
-    assert_eq!(stats.checked, 15);
     assert_eq!(stats.limited_messages, 4);
     assert_eq!(stats.limited(), 4);
 }
@@ -302,14 +301,17 @@ async fn live_changes_apply_to_the_next_call_and_keep_state_unless_a_limit_chang
     assert!(err.has("rate_limit.messages_burst"), "{err}");
     limited(send(&svc, msg("alice", 1)).await);
 
-    // Disabled: everything passes, nothing is checked.
+    // Disabled: everything passes, and no new key is tracked.
     config.rate_limit.enabled = false;
     handle.update(config.clone()).unwrap();
-    let checked = layer.stats().checked;
-    for _ in 0..10 {
+    let before = layer.stats();
+    for i in 0..10 {
         send(&svc, msg("alice", 1)).await.unwrap();
+        send(&svc, msg(&format!("other-{i}"), 2)).await.unwrap();
     }
-    assert_eq!(layer.stats().checked, checked);
+    let after = layer.stats();
+    assert_eq!(after.limited(), before.limited());
+    assert_eq!(after.tracked_keys, before.tracked_keys);
 
     // A new burst starts the message limit afresh.
     config.rate_limit.enabled = true;
@@ -403,4 +405,14 @@ async fn a_dropped_layer_ends_its_background_sweep() {
             .num_alive_tasks(),
         before
     );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_zero_burst_in_a_config_built_in_code_is_a_burst_of_one() {
+    // Validation refuses it; a fixed config is not validated, and must neither panic nor turn
+    // the limit off.
+    let svc = RateLimitLayer::new(messages(1, 0)).layer(Handler::default().service());
+    send(&svc, msg("alice", 1)).await.unwrap();
+    let refused = limited(send(&svc, msg("alice", 1)).await);
+    assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
 }
