@@ -137,6 +137,8 @@ async fn every_echo_arrives_exactly_once_and_in_order_across_random_cuts() {
                     Event::Resumed => {
                         resumed.fetch_add(1, Ordering::Relaxed);
                     }
+                    // A cut: the resume follows.
+                    Event::Disconnected(_) => {}
                     other => panic!("client {c}: unexpected {other:?}"),
                 }
             }
