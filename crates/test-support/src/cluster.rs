@@ -4,15 +4,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::resp::{self, Reply};
-use crate::{binary, log_tail};
+use crate::{PORT_ATTEMPTS, binary, wait_answering};
 
 /// How many masters a [`RedisCluster`] has.
 const MASTERS: usize = 3;
-/// Attempts at starting a node on fresh ports when another process took one meanwhile.
-const PORT_ATTEMPTS: usize = 5;
 /// How long a master may be silent before the others mark it failed (`cluster-node-timeout`).
 const NODE_TIMEOUT: Duration = Duration::from_millis(2_000);
-/// Longest wait for a node to start or the cluster to agree.
+/// Longest wait for the cluster to agree.
 const DEADLINE: Duration = Duration::from_secs(30);
 
 /// A Redis Cluster of three masters (no replicas) on 127.0.0.1, started by the test and killed
@@ -251,43 +249,13 @@ impl Node {
     /// Starts the server and waits until it is the one answering on its port; on failure the
     /// server is stopped and the reason returned.
     fn spawn_and_wait(&mut self) -> Result<(), String> {
-        let child = spawn(self.port, self.bus_port, &self.dir);
-        let pid = child.id();
+        let mut child = spawn(self.port, self.bus_port, &self.dir);
+        let result = wait_answering(&mut child, self.port, &self.dir);
         self.child = Some(child);
-        let result = self.wait_started(pid);
         if result.is_err() {
             self.stop();
         }
         result
-    }
-
-    fn wait_started(&mut self, pid: u32) -> Result<(), String> {
-        let deadline = Instant::now() + DEADLINE;
-        loop {
-            let child = self.child.as_mut().expect("spawned");
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(format!(
-                    "redis-server on ports {}/{} exited ({status}):\n{}",
-                    self.port,
-                    self.bus_port,
-                    log_tail(&self.dir.join("redis.log"))
-                ));
-            }
-            // Once the port answers, make sure it is our server and not a stranger on it.
-            if let Ok(Reply::Text(info)) = resp::command(self.addr(), &["INFO", "server"])
-                && info.lines().any(|l| l == format!("process_id:{pid}"))
-            {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                return Err(format!(
-                    "redis-server did not answer on port {} within {DEADLINE:?}:\n{}",
-                    self.port,
-                    log_tail(&self.dir.join("redis.log"))
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
     }
 
     fn stop(&mut self) {

@@ -18,7 +18,7 @@
 mod cluster;
 mod resp;
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -35,25 +35,36 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
-    /// Starts a server on a free port (no persistence) and waits until it accepts connections.
+    /// Starts a server on a free port (no persistence) and waits until it answers.
     ///
     /// # Panics
     ///
     /// If `redis-server` is not installed (`scripts/test.sh` installs it) or does not start.
     pub fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let mut server = Self {
-            child: None,
-            port,
-            dir,
-        };
-        server.restart();
-        server
+        let dir = tempfile::tempdir().expect("temporary directory for redis-server");
+        let mut why = String::new();
+        for _ in 0..PORT_ATTEMPTS {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .and_then(|l| l.local_addr())
+                .expect("a free loopback port")
+                .port();
+            let mut child = spawn(port, dir.path());
+            match wait_answering(&mut child, port, dir.path()) {
+                Ok(()) => {
+                    return Self {
+                        child: Some(child),
+                        port,
+                        dir,
+                    };
+                }
+                Err(e) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    why = e;
+                }
+            }
+        }
+        panic!("redis-server did not start in {PORT_ATTEMPTS} attempts; last: {why}");
     }
 
     /// `redis://127.0.0.1:PORT/`.
@@ -61,17 +72,15 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// Starts the server again on the same port, after [`stop`](Self::stop).
+    /// Starts the server again on the same port, after [`stop`](Self::stop), and waits until it
+    /// answers.
     pub fn restart(&mut self) {
-        self.child = Some(spawn(self.port, self.dir.path()));
-        let addr = self.addr();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect_timeout(&addr, Duration::from_millis(100)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "redis-server did not start on {addr}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
+        let mut child = spawn(self.port, self.dir.path());
+        let result = wait_answering(&mut child, self.port, self.dir.path());
+        self.child = Some(child);
+        if let Err(why) = result {
+            self.stop();
+            panic!("redis-server did not restart: {why}");
         }
     }
 
@@ -106,12 +115,47 @@ fn spawn(port: u16, dir: &Path) -> Child {
     Command::new(binary("redis-server"))
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
+        .args(["--logfile", "redis.log"])
         .arg("--dir")
         .arg(dir)
+        .current_dir(dir)
+        .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .expect("start redis-server")
+}
+
+/// Attempts at starting a server on a fresh port when another process took it meanwhile.
+const PORT_ATTEMPTS: usize = 5;
+
+/// Waits until `child`, started with `--logfile redis.log` in `dir`, answers on `port` (10 s at
+/// most). The answer must come from `child` itself (`INFO`'s `process_id`): a port picked free
+/// can be taken by another process before the server binds it, and the server then exits.
+fn wait_answering(child: &mut Child, port: u16, dir: &Path) -> Result<(), String> {
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let ours = format!("process_id:{}", child.id());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!(
+                "redis-server for port {port} exited ({status}):\n{}",
+                log_tail(&dir.join("redis.log"))
+            ));
+        }
+        if let Ok(Reply::Text(info)) = resp::command(addr, &["INFO", "server"])
+            && info.lines().any(|l| l == ours)
+        {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(format!(
+                "redis-server did not answer on port {port} within 10 s:\n{}",
+                log_tail(&dir.join("redis.log"))
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }
 
 /// The path of a Redis program (`redis-server`, `redis-cli`) on `PATH` or in the usual places.
@@ -140,5 +184,21 @@ fn log_tail(path: &Path) -> String {
             lines[lines.len().saturating_sub(20)..].join("\n")
         }
         Err(e) => format!("(no log at {}: {e})", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_server_that_lost_its_port_to_another_is_not_taken_for_it() {
+        let first = RedisServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        // The port answers, but from the first server: the second cannot bind it and exits.
+        let mut second = spawn(first.port, dir.path());
+        let why = wait_answering(&mut second, first.port, dir.path()).unwrap_err();
+        assert!(why.contains("exited"), "{why}");
+        assert_eq!(first.dbsize(), 0);
     }
 }
