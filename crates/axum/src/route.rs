@@ -15,6 +15,7 @@ use tower_service::Service;
 use wsguard_config::ClientIdSource;
 use wsguard_metrics::{MetricsRegistry, SessionFigures};
 use wsguard_session::protocol::SUBPROTOCOL;
+use wsguard_session::store::SessionStoreError;
 use wsguard_session::{SessionStats, Sessions};
 
 use crate::BoxError;
@@ -113,17 +114,43 @@ where
     S::Future: Send + 'static,
 {
     /// A route calling `service` for every message, configured by `config`.
+    ///
+    /// Its sessions live in the store `session.store` names ([`Sessions::from_config`]):
+    /// memory, or Redis (feature `redis`), shared by every node on the same server or cluster
+    /// so that a client resumes on any of them. The Redis store connects in the background;
+    /// until it does, `wsguard.v1` clients are answered `unavailable` (close 1013) and retry.
+    ///
+    /// # Panics
+    ///
+    /// If the config names a store this build cannot make (`redis` without the `redis`
+    /// feature, or a URL that is not a Redis URL): a server must not keep its sessions elsewhere
+    /// than its config says. [`try_new`](Self::try_new) returns the error instead.
     pub fn new(service: S, config: impl Into<WsConfig>) -> Self {
+        Self::try_new(service, config).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// As [`new`](Self::new), with an error instead of a panic when the session store the
+    /// config names cannot be made.
+    pub fn try_new(service: S, config: impl Into<WsConfig>) -> Result<Self, SessionStoreError> {
         let config = config.into();
-        Self {
+        let sessions = Sessions::from_config(config.session().clone())?;
+        Ok(Self {
             service: Arc::new(service),
-            sessions: Sessions::new(config.session().clone()),
+            sessions,
             config,
             stats: ConnectionStats::default(),
             metrics: None,
             sweep: Arc::new(Once::new()),
             session_metrics: Arc::default(),
-        }
+        })
+    }
+
+    /// Keeps the route's sessions in `sessions` instead of the registry the config names: a
+    /// registry the application made ([`Sessions::with_store`] on a store of its own), or one
+    /// shared with another route.
+    pub fn sessions_in(mut self, sessions: Sessions) -> Self {
+        self.sessions = sessions;
+        self
     }
 
     /// Registers each connection with `registry` when it opens, so that idle connections are

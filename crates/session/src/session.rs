@@ -126,9 +126,11 @@ impl<S: SessionStore> Session<S> {
         (mark > sent).then_some(mark)
     }
 
-    /// Whether a newer connection resumed this session: this one should close.
+    /// Whether a newer connection resumed this session, here or on another node: this one
+    /// should close (after its calls in flight).
     pub fn is_superseded(&self) -> bool {
         self.local.attachment.load(Ordering::Acquire) != self.attachment
+            || self.local.moved_away.load(Ordering::Acquire)
     }
 }
 

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -57,6 +57,9 @@ pub(crate) struct Local {
     last_seq: watch::Sender<u64>,
     /// Counts attachments; a connection whose number is not the latest was superseded.
     pub(crate) attachment: AtomicU64,
+    /// A resume on another node took the session: the connection here closes, and detaches it
+    /// once its calls are done (which lets the other node go on).
+    pub(crate) moved_away: AtomicBool,
     /// When its last connection detached it, if none holds it now.
     pub(crate) detached_at: Mutex<Option<Instant>>,
 }
@@ -92,9 +95,9 @@ impl Local {
         self.last_seq.send_modify(|_| {});
     }
 
-    /// Another node attached the session: the connection here is superseded.
-    fn superseded(&self) {
-        self.attachment.fetch_add(1, Ordering::AcqRel);
+    /// Another node is resuming the session: the connection here is superseded.
+    fn moved_away(&self) {
+        self.moved_away.store(true, Ordering::Release);
         self.nudge();
     }
 
@@ -122,7 +125,7 @@ fn on_remote(locals: &Locals, event: RemoteEvent) {
         RemoteEvent::Superseded { session } => {
             // Forgotten here: a later resume on this node starts from the store's marks.
             if let Some(local) = locals.remove(&session) {
-                local.superseded();
+                local.moved_away();
             }
         }
         RemoteEvent::Missed => locals.values().for_each(|local| local.nudge()),
@@ -519,6 +522,7 @@ impl<S: SessionStore> Sessions<S> {
                 inbound: Mutex::new(InboundIds::new(processed)),
                 last_seq: watch::channel(0).0,
                 attachment: AtomicU64::new(0),
+                moved_away: AtomicBool::new(false),
                 detached_at: Mutex::new(None),
             })
         }))

@@ -377,41 +377,91 @@ async fn a_message_logged_on_one_node_wakes_the_connection_on_the_other() {
     let (node_a, node_b) = (backend.node(config()), backend.node(config()));
     let (mut session, token) = hello(&node_a, None).await;
     let sender = node_b.sender_for_session(&token);
+    let mut latencies = Vec::new();
     for i in 1..=20u64 {
         let sent = Instant::now();
         assert_eq!(sender.send(format!("n{i}")).await.unwrap(), i);
         tokio::time::timeout(Duration::from_secs(2), session.changed())
             .await
             .expect("woken by the other node");
+        latencies.push(sent.elapsed());
         assert!(sent.elapsed() < Duration::from_secs(1));
         assert!(!session.is_superseded());
         let read = session.read_after(i - 1, 10).await.unwrap();
         assert_eq!(texts(&read), [(i, format!(r#""n{i}""#))]);
     }
+    latencies.sort();
+    eprintln!(
+        "logged on B, woken on A: median {:?}, max {:?}",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1]
+    );
 }
 
 #[tokio::test]
-async fn a_resume_on_another_node_supersedes_the_connection_here() {
+async fn a_resume_on_another_node_waits_until_the_connection_here_lets_go() {
     let backend = Backend::redis();
     let (node_a, node_b) = (backend.node(config()), backend.node(config()));
     let (mut on_a, token) = hello(&node_a, None).await;
     on_a.append("one").await.unwrap();
-    // The client is gone from A's point of view only later: B resumes first.
+    let resuming = tokio::spawn(async move {
+        let started = Instant::now();
+        let opened = node_b.resume(&token, None, 0).await;
+        (opened, started.elapsed(), node_b)
+    });
+    // A's connection is told, finishes what it was doing (a reply logged, an id processed),
+    // then ends: only then does B go on, with both in hand.
+    tokio::time::timeout(Duration::from_secs(2), async {
+        while !on_a.is_superseded() {
+            on_a.changed().await;
+        }
+    })
+    .await
+    .expect("told by B");
+    on_a.append("two").await.unwrap();
+    process(&on_a, 1).await;
+    drop(on_a);
+    let (opened, waited, node_b) = resuming.await.unwrap();
+    let (on_b, frame, replay) = attached(opened);
+    assert!(frame.resumed);
+    assert_eq!(frame.last, 1, "A's processed mark");
+    assert_eq!(
+        texts(&replay),
+        [(1, r#""one""#.into()), (2, r#""two""#.into())]
+    );
+    assert!(waited < OP_TIMEOUT * 5, "waited {waited:?}");
+    // B holds it now: A ending did not detach it, and a third node waits for B.
+    on_b.append("three").await.unwrap();
+    detach(&node_b, on_b).await;
+    let node_c = backend.node(config());
+    let (_on_c, frame, replay) = attached(node_c.resume(&token, None, 2).await);
+    assert!(frame.resumed);
+    assert_eq!(texts(&replay), [(3, r#""three""#.into())]);
+}
+
+#[tokio::test]
+async fn a_node_that_does_not_let_go_in_time_is_taken_over() {
+    let backend = Backend::redis();
+    let (node_a, node_b) = (backend.node(config()), backend.node(config()));
+    let (on_a, token) = hello(&node_a, None).await;
+    on_a.append("one").await.unwrap();
+    let started = Instant::now();
     let (on_b, frame, replay) = attached(node_b.resume(&token, None, 0).await);
+    let waited = started.elapsed();
     assert!(frame.resumed);
     assert_eq!(replay.len(), 1);
-    tokio::time::timeout(Duration::from_secs(2), on_a.changed())
-        .await
-        .expect("told by B");
+    // Ten operation timeouts (3 s here), not more.
+    assert!(waited >= OP_TIMEOUT * 9, "took over after {waited:?}");
+    assert!(waited < OP_TIMEOUT * 15, "took over after {waited:?}");
     assert!(on_a.is_superseded());
-    // A's connection ends: that does not detach the session B holds.
+    // A's connection ending late does not detach the session B holds.
     detach(&node_a, on_a).await;
     on_b.append("two").await.unwrap();
-    let node_c = backend.node(config());
-    let (_on_c, frame, replay) = attached(node_c.resume(&token, None, 0).await);
+    drop(on_b);
+    node_b.flush().await.unwrap();
+    let (_s, frame, replay) = attached(node_a.resume(&token, None, 0).await);
     assert!(frame.resumed);
     assert_eq!(replay.len(), 2);
-    drop(on_b);
 }
 
 #[tokio::test]

@@ -195,8 +195,9 @@ enum Job {
         client: Option<String>,
         after: u64,
         ttl: Duration,
+        mode: Handover,
         deadline: Instant,
-        reply: oneshot::Sender<Result<Attached, SessionStoreError>>,
+        reply: oneshot::Sender<Result<Option<Attached>, SessionStoreError>>,
     },
     Detach {
         token: SessionToken,
@@ -208,6 +209,28 @@ enum Job {
     },
     Flush(oneshot::Sender<()>),
 }
+
+/// How an attach treats a session attached to another node (see the `ATTACH` script).
+#[derive(Debug, Clone, Copy)]
+enum Handover {
+    Ask,
+    Wait,
+    Take,
+}
+
+impl Handover {
+    fn word(self) -> &'static str {
+        match self {
+            Self::Ask => "ask",
+            Self::Wait => "wait",
+            Self::Take => "take",
+        }
+    }
+}
+
+/// How long a resume waits for the node a session is attached to to let go of it (its calls
+/// in flight finish and its connection detaches), in operation timeouts, before taking it over.
+const HANDOVER_TIMEOUTS: u32 = 10;
 
 enum OwnedTarget {
     Session(SessionToken),
@@ -413,10 +436,11 @@ impl Inner {
                 client,
                 after,
                 ttl,
+                mode,
                 reply,
                 ..
             } => {
-                let _ = reply.send(self.attach(token, client, after, ttl).await);
+                let _ = reply.send(self.attach(token, client, after, ttl, mode).await);
             }
             Job::Detach { token, ttl } => {
                 if let Err(err) = self.detach(token, ttl).await {
@@ -592,13 +616,15 @@ impl Inner {
         Ok(())
     }
 
+    /// Attaches `token`; `None` while another node holds it (see [`Handover`]).
     async fn attach(
         &self,
         token: SessionToken,
         client: Option<String>,
         after: u64,
         ttl: Duration,
-    ) -> Result<Attached, SessionStoreError> {
+        mode: Handover,
+    ) -> Result<Option<Attached>, SessionStoreError> {
         let mut conn = self.conn().await?;
         let keys = self.keys(&token);
         let mut invocation = scripts::ATTACH.prepare_invoke();
@@ -611,9 +637,12 @@ impl Inner {
             .arg(&*self.node)
             .arg(millis(ttl))
             .arg(&*self.prefix)
-            .arg(token.to_string());
+            .arg(token.to_string())
+            .arg(mode.word());
         let answer: Vec<Value> = self.run(&mut conn, &invocation).await?;
-        let attached = read_attached(answer, client)?;
+        let Some(attached) = read_attached(answer, client)? else {
+            return Ok(None);
+        };
         if let Attached::Held { state, .. } = &attached {
             self.set_score(&mut conn, &token, ATTACHED).await?;
             if let Some(client) = &state.client {
@@ -621,7 +650,7 @@ impl Inner {
                     .await?;
             }
         }
-        Ok(attached)
+        Ok(Some(attached))
     }
 
     async fn detach(&self, token: SessionToken, ttl: Duration) -> Result<(), SessionStoreError> {
@@ -823,17 +852,19 @@ fn entries(value: Value) -> Result<Vec<Logged>, SessionStoreError> {
         .collect()
 }
 
+/// The `ATTACH` script's answer; `None` for `busy`.
 fn read_attached(
     answer: Vec<Value>,
     client: Option<String>,
-) -> Result<Attached, SessionStoreError> {
+) -> Result<Option<Attached>, SessionStoreError> {
     let word = match answer.first() {
         Some(Value::BulkString(word)) => word.as_slice(),
         _ => return Err(bad_answer("attach")),
     };
     match word {
-        b"unknown" => return Ok(Attached::Unknown),
-        b"expired" => return Ok(Attached::Expired),
+        b"unknown" => return Ok(Some(Attached::Unknown)),
+        b"expired" => return Ok(Some(Attached::Expired)),
+        b"busy" => return Ok(None),
         b"held" => {}
         _ => return Err(bad_answer("attach")),
     }
@@ -845,7 +876,7 @@ fn read_attached(
     let processed = number(&next()?)?;
     let first = entries(next()?)?;
     let messages = entries(next()?)?;
-    Ok(Attached::Held {
+    Ok(Some(Attached::Held {
         state: SessionState {
             client,
             last_seq,
@@ -855,7 +886,7 @@ fn read_attached(
             processed,
         },
         messages,
-    })
+    }))
 }
 
 impl Pending {
@@ -1039,20 +1070,36 @@ impl SessionStore for RedisSessionStore {
         let (token, client, ttl) = (*token, client.map(str::to_owned), config.ttl);
         StoreFuture::boxed(async move {
             inner.listening().await;
-            // Behind the detach of a connection of this session that just ended here.
-            let (reply, answer) = oneshot::channel();
-            let job = Job::Attach {
-                token,
-                client,
-                after,
-                ttl,
-                deadline: Instant::now() + inner.timeout,
-                reply,
-            };
-            if inner.queue(job).is_err() {
-                return Err(SessionStoreError::new("too many steps waiting for Redis"));
+            let handover = Instant::now() + inner.timeout * HANDOVER_TIMEOUTS;
+            let mut mode = Handover::Ask;
+            loop {
+                // Queued: behind the detach of a connection of this session that just ended
+                // here.
+                let (reply, answer) = oneshot::channel();
+                let job = Job::Attach {
+                    token,
+                    client: client.clone(),
+                    after,
+                    ttl,
+                    mode,
+                    deadline: Instant::now() + inner.timeout,
+                    reply,
+                };
+                if inner.queue(job).is_err() {
+                    return Err(SessionStoreError::new("too many steps waiting for Redis"));
+                }
+                if let Some(attached) = answer.await.unwrap_or_else(|_| Err(dropped()))? {
+                    return Ok(attached);
+                }
+                // Another node holds it: wait until it lets go, or take it when it does not
+                // in time.
+                mode = if Instant::now() >= handover {
+                    Handover::Take
+                } else {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                    Handover::Wait
+                };
             }
-            answer.await.unwrap_or_else(|_| Err(dropped()))
         })
     }
 

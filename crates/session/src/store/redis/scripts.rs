@@ -75,9 +75,13 @@ return 'freed'
 });
 
 /// KEYS: meta, log, gone. ARGV: identity, first id to read (`after + 1`), node, ttl in ms, key
-/// prefix, token. Attaches the session to `node` (telling the node it was attached to, if
-/// another, that it is superseded) and reads it: `{'held', last, acked, dropped, processed,
-/// first entry, entries after}`, or `{'expired'}` / `{'unknown'}`.
+/// prefix, token, mode. Attaches the session to `node` and reads it: `{'held', last, acked,
+/// dropped, processed, first entry, entries after}`, or `{'expired'}` / `{'unknown'}`.
+///
+/// A session attached to another node is handed over: mode `ask` tells that node it is
+/// superseded and answers `{'busy'}`, `wait` answers `{'busy'}` until that node has detached
+/// it (after its calls in flight, so that their replies and processed marks are in), and
+/// `take` attaches it regardless (that node did not let go in time).
 pub(super) static ATTACH: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         lua_now!(),
@@ -96,7 +100,10 @@ if exp ~= 0 and exp <= now then
   return {'expired'}
 end
 if exp == 0 and m[4] ~= ARGV[3] then
-  redis.call('PUBLISH', ARGV[5] .. 'node:' .. m[4], 'superseded ' .. ARGV[6])
+  if ARGV[7] ~= 'wait' then
+    redis.call('PUBLISH', ARGV[5] .. 'node:' .. m[4], 'superseded ' .. ARGV[6])
+  end
+  if ARGV[7] ~= 'take' then return {'busy'} end
 end
 redis.call('HSET', KEYS[1], 'exp', 0, 'node', ARGV[3])
 redis.call('PERSIST', KEYS[1])
