@@ -13,7 +13,7 @@ mod write;
 
 use std::any::Any;
 use std::collections::VecDeque;
-use std::future::poll_fn;
+use std::future::{Future, poll_fn};
 use std::panic::AssertUnwindSafe;
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -58,7 +58,7 @@ pub(crate) struct Settings {
 
 /// Serves an upgraded socket until the connection ends.
 #[allow(clippy::too_many_arguments)] // the parts of one connection, each used once
-pub(crate) async fn run<S>(
+pub(crate) fn run<S>(
     socket: WebSocket,
     service: S,
     conn: Arc<ConnInfo>,
@@ -67,24 +67,28 @@ pub(crate) async fn run<S>(
     stats: ConnectionStats,
     drain: Option<DrainTicket>,
     opening: Option<Opening>,
-) where
+) -> impl Future<Output = ()>
+where
     S: Service<Inbound, Response = Option<Message>, Error = BoxError>,
 {
     let (sink, stream) = socket.split();
     run_on(
         stream, sink, service, conn, settings, replies, stats, drain, opening,
     )
-    .await;
 }
 
 /// Serves a connection given as any stream and sink of messages (a socket's halves; in tests,
 /// channels on paused time): the message loop, then the close handshake, the log line, and the
 /// release of what the connection held. With an `opening` the client speaks `wsguard.v1`: the
 /// connection opens its session first, and keeps it attached while it lives.
+///
+/// Not an `async fn`: its arguments go into one [`Parts`] here, and the future holds that
+/// alone. (An `async fn` keeps each argument for its whole life beside the values it moved them
+/// into, which made every idle connection's task hundreds of bytes larger.)
 #[allow(clippy::too_many_arguments)] // the parts of one connection, each used once
-pub(crate) async fn run_on<St, Si, S>(
-    mut stream: St,
-    mut sink: Si,
+pub(crate) fn run_on<St, Si, S>(
+    stream: St,
+    sink: Si,
     service: S,
     conn: Arc<ConnInfo>,
     settings: Settings,
@@ -92,92 +96,128 @@ pub(crate) async fn run_on<St, Si, S>(
     stats: ConnectionStats,
     drain: Option<DrainTicket>,
     opening: Option<Opening>,
-) where
+) -> impl Future<Output = ()>
+where
     St: Stream<Item = Result<Message, axum::Error>> + Unpin,
     Si: Sink<Message, Error = axum::Error> + Unpin,
     S: Service<Inbound, Response = Option<Message>, Error = BoxError>,
 {
-    tracing::debug!(
-        conn = %conn.id, client = %conn.client_id, route = conn.route.as_deref().unwrap_or(""),
-        "websocket connection opened"
-    );
+    let mut parts = Parts {
+        stream,
+        sink,
+        stats,
+        opening,
+        connection: Connection {
+            service,
+            conn,
+            settings,
+            replies,
+            writes: Writes::default(),
+            drain,
+            written_at_drain: None,
+            closed_by_drain: false,
+        },
+    };
+    async move { parts.run().await }
+}
 
-    let close_timeout = settings.close_timeout;
-    let idle_timeout = settings.idle_timeout;
-    let mut connection = Connection {
-        service,
-        conn: conn.clone(),
-        settings,
-        replies,
-        writes: Writes::default(),
-        drain,
-        written_at_drain: None,
-        closed_by_drain: false,
-    };
-    let mut live = None;
-    let opened = match &opening {
-        Some(opening) => session::open(&mut stream, &conn, opening, idle_timeout)
-            .await
-            .map(|session| live = Some(session)),
-        None => Ok(()),
-    };
-    let ending = match opened {
-        Ok(()) => connection.serve(&mut stream, &mut sink, &mut live).await,
-        Err(ending) => ending,
-    };
-    // A clean close tells the client everything processed, so that it resends nothing twice.
-    if let (Some(live), Ending::Close { code, .. }) = (&live, &ending)
-        && !matches!(
-            *code,
-            close::POLICY_VIOLATION | close::PROTOCOL_ERROR | close::INVALID_PAYLOAD
-        )
-        && let Some(ack) = live.ack_frame()
-    {
-        conn.sender.push_frame(ack);
-    }
-    // The first reason recorded wins (a `close` asked by the handler, say, over what followed).
-    conn.sender.end(ending);
-    conn.sender.shut();
-    let ending = conn
-        .sender
-        .ending()
-        .borrow()
-        .clone()
-        .expect("recorded just above");
+/// Everything one connection is served with.
+struct Parts<St, Si, S> {
+    stream: St,
+    sink: Si,
+    stats: ConnectionStats,
+    opening: Option<Opening>,
+    connection: Connection<S>,
+}
 
-    let handshake = match &ending {
-        Ending::Close { code, reason } => {
-            stats.count_close(*code);
-            let handshake = handshake::close(
-                &mut stream,
-                &mut sink,
-                connection.writes,
-                &conn.sender,
+impl<St, Si, S> Parts<St, Si, S>
+where
+    St: Stream<Item = Result<Message, axum::Error>> + Unpin,
+    Si: Sink<Message, Error = axum::Error> + Unpin,
+    S: Service<Inbound, Response = Option<Message>, Error = BoxError>,
+{
+    async fn run(&mut self) {
+        let Self {
+            stream,
+            sink,
+            stats,
+            opening,
+            connection,
+        } = self;
+        let conn = connection.conn.clone();
+        tracing::debug!(
+            conn = %conn.id, client = %conn.client_id, route = conn.route.as_deref().unwrap_or(""),
+            "websocket connection opened"
+        );
+        let close_timeout = connection.settings.close_timeout;
+        let idle_timeout = connection.settings.idle_timeout;
+        let mut live = None;
+        let opened = match opening {
+            // Boxed, as the close handshake below: a future held only at the start (or the end)
+            // would otherwise make every connection's task as large as it, for its whole life.
+            Some(opening) => Box::pin(session::open(stream, &conn, opening, idle_timeout))
+                .await
+                .map(|session| live = Some(session)),
+            None => Ok(()),
+        };
+        let ending = match opened {
+            Ok(()) => connection.serve(stream, sink, &mut live).await,
+            Err(ending) => ending,
+        };
+        // A clean close tells the client everything processed, so that it resends nothing twice.
+        if let (Some(live), Ending::Close { code, .. }) = (&live, &ending)
+            && !matches!(
                 *code,
-                reason,
-                close_timeout,
+                close::POLICY_VIOLATION | close::PROTOCOL_ERROR | close::INVALID_PAYLOAD
             )
-            .await;
-            if handshake.timed_out() {
-                stats.count_close_timeout();
-            }
-            handshake
+            && let Some(ack) = live.ack_frame()
+        {
+            conn.sender.push_frame(ack);
         }
-        Ending::Peer { .. } | Ending::Abort => Handshake::NotTried,
-    };
-    // Whoever still holds the connection's info or sender keeps no unsent messages alive.
-    let dropped = conn.sender.discard();
-    if let Some(ticket) = &connection.drain {
-        let flushed = connection
-            .written_at_drain
-            .map_or(0, |at| conn.sender.written() - at);
-        ticket.finish(connection.closed_by_drain, flushed, dropped as u64);
+        // The first reason recorded wins (a `close` asked by the handler, say, over what followed).
+        conn.sender.end(ending);
+        conn.sender.shut();
+        let ending = conn
+            .sender
+            .ending()
+            .borrow()
+            .clone()
+            .expect("recorded just above");
+
+        let handshake = match &ending {
+            Ending::Close { code, reason } => {
+                stats.count_close(*code);
+                let handshake = Box::pin(handshake::close(
+                    stream,
+                    sink,
+                    std::mem::take(&mut connection.writes),
+                    &conn.sender,
+                    *code,
+                    reason,
+                    close_timeout,
+                ))
+                .await;
+                if handshake.timed_out() {
+                    stats.count_close_timeout();
+                }
+                handshake
+            }
+            Ending::Peer { .. } | Ending::Abort => Handshake::NotTried,
+        };
+        // Whoever still holds the connection's info or sender keeps no unsent messages alive.
+        let dropped = conn.sender.discard();
+        if let Some(ticket) = &connection.drain {
+            let flushed = connection
+                .written_at_drain
+                .map_or(0, |at| conn.sender.written() - at);
+            ticket.finish(connection.closed_by_drain, flushed, dropped as u64);
+        }
+        log_close(&conn, &ending, handshake);
+        // Detaches the session: it waits `ttl` for a resume.
+        drop(live);
+        // Per-client metrics state goes with the client's last connection.
+        conn.slot.release();
     }
-    log_close(&conn, &ending, handshake);
-    // Detaches the session: it waits `ttl` for a resume.
-    drop(live);
-    // Per-client metrics state goes with the client's last connection.
-    conn.slot.release();
 }
 
 type Call<F> = CatchUnwind<AssertUnwindSafe<F>>;
@@ -213,14 +253,15 @@ where
     {
         let out = self.conn.sender.clone();
         let mut ended = pin!(ended(out.ending()));
-        let mut in_flight: FuturesOrdered<Call<S::Future>> = FuturesOrdered::new();
+        let mut in_flight: Calls<Call<S::Future>> = Calls::default();
         let mut pending: Option<(Inbound, Option<Processing>)> = None;
         // Beside `in_flight`, in the same order: the session's guard of each call.
         let mut processing: VecDeque<Option<Processing>> = VecDeque::new();
         // Under a session: acks go out at most every `ack_interval`.
         let ack_interval = live.as_ref().map_or(Duration::MAX, |l| l.ack_interval);
         let mut ack_due = false;
-        let mut ack_timer = pin!(sleep_until(Instant::now()));
+        // Made by the first ack: a connection without a session never has one.
+        let mut ack_timer: Option<Pin<Box<Sleep>>> = None;
         let mut peer_close: Option<Option<u16>> = None;
         let concurrency = self.settings.message_concurrency.max(1);
 
@@ -319,7 +360,7 @@ where
                         && answered
                     {
                         guard.processed();
-                        arm_ack(&mut ack_due, ack_timer.as_mut(), ack_interval);
+                        arm_ack(&mut ack_due, &mut ack_timer, ack_interval);
                     }
                     if let Some(end) = end
                         && let Some(end) = finish(end, live.is_some() && !in_flight.is_empty(), &mut finishing)
@@ -424,7 +465,7 @@ where
                                     }
                                 }
                                 Ok(Admitted::Resent) => {
-                                    arm_ack(&mut ack_due, ack_timer.as_mut(), ack_interval);
+                                    arm_ack(&mut ack_due, &mut ack_timer, ack_interval);
                                 }
                             },
                         },
@@ -450,11 +491,11 @@ where
                         // Another connection of the session (one finishing its calls after a
                         // drop) may have processed messages: they are acknowledged here.
                         Ok(()) => {
-                            arm_ack(&mut ack_due, ack_timer.as_mut(), ack_interval);
+                            arm_ack(&mut ack_due, &mut ack_timer, ack_interval);
                         }
                     }
                 }
-                () = &mut ack_timer, if ack_due => {
+                () = poll_fn(|cx| ack_timer.as_mut().map_or(Poll::Pending, |t| t.as_mut().poll(cx))), if ack_due => {
                     ack_due = false;
                     if let Some(ack) = live.as_ref().and_then(Live::ack_frame) {
                         out.push_frame(ack);
@@ -578,10 +619,48 @@ fn write_error(err: axum::Error) -> Ending {
 }
 
 /// Schedules an ack `interval` from now, unless one is already due.
-fn arm_ack(due: &mut bool, timer: Pin<&mut Sleep>, interval: Duration) {
+fn arm_ack(due: &mut bool, timer: &mut Option<Pin<Box<Sleep>>>, interval: Duration) {
     if !*due {
         *due = true;
-        timer.reset(Instant::now() + interval);
+        let at = Instant::now() + interval;
+        match timer {
+            Some(timer) => timer.as_mut().reset(at),
+            None => *timer = Some(Box::pin(sleep_until(at))),
+        }
+    }
+}
+
+/// The calls in flight, in order; the queue is made by the first call, so that an idle
+/// connection holds none.
+struct Calls<F: Future>(Option<FuturesOrdered<F>>);
+
+impl<F: Future> Default for Calls<F> {
+    fn default() -> Self {
+        Self(None)
+    }
+}
+
+impl<F: Future> Calls<F> {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, FuturesOrdered::len)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, call: F) {
+        self.0
+            .get_or_insert_with(FuturesOrdered::new)
+            .push_back(call);
+    }
+
+    /// The next call to finish, in order; never resolves while there is none.
+    async fn next(&mut self) -> Option<F::Output> {
+        match &mut self.0 {
+            Some(calls) if !calls.is_empty() => calls.next().await,
+            _ => std::future::pending().await,
+        }
     }
 }
 
