@@ -3,6 +3,7 @@
 //! ```text
 //! cargo run --example echo                                  # 127.0.0.1:3000, development preset
 //! cargo run --example echo -- --addr 0.0.0.0:8080 --config examples/wsguard.toml
+//! cargo run --example echo -- --preset production
 //! WSGUARD_ADDR=127.0.0.1:9000 cargo run --example echo
 //! ```
 //!
@@ -12,13 +13,17 @@
 //! - `GET /metrics`: Prometheus text (`wsguard_calls_total`, `wsguard_connections_active`, ...).
 //! - `GET /stats`: a JSON snapshot of the metrics registry, dedup, breaker and connections.
 //! - `GET /health`: 200.
+//! - `POST /sessions/{token}/messages?count=N`: logs the body N times in a `wsguard.v1` session,
+//!   whether its client is connected or not (it gets them on resume).
 //!
 //! With `--config FILE`, edits of the file apply without a restart (an invalid edit is refused
-//! and logged). Logs go to stderr, filtered by `RUST_LOG` (default `info`).
+//! and logged). Without `--preset` the base is the `development` preset. At start the server
+//! raises its file-descriptor limit as far as it may (one descriptor per connection) and logs it.
+//! Logs go to stderr, filtered by `RUST_LOG` (default `info`).
 
 use std::process::ExitCode;
 
-use wsguard_examples::{ServerArgs, echo, init_tracing, prometheus, serve};
+use wsguard_examples::{ServerArgs, echo, init_tracing, prometheus, raise_fd_limit, serve};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -37,6 +42,7 @@ async fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    raise_fd_limit(config.get().connection.max_connections);
     let app = echo::app(&config, Some(prometheus()));
     match serve(app.router, args.addr).await {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,35 +1,66 @@
-//! Load generator for WebSocket echo servers, and the side-by-side comparison of a bare axum echo
-//! with the wsguard `echo` example.
+//! Load generator for WebSocket echo servers: the side-by-side comparison of a bare axum echo
+//! with the wsguard `echo` example, of plain connections with `wsguard.v1` sessions, the time to
+//! resume a session, and the server's cost of many idle connections.
 //!
 //! ```text
 //! # load an echo server that is already running
 //! cargo run --release --example loadgen -- --url ws://127.0.0.1:3000/ws -c 16 -n 1000 --mode pipelined
-//! # bare axum echo vs wsguard echo, same load, alternating, with their ratio
 //! cargo build --release --example echo --example loadgen
+//! # bare axum echo vs wsguard echo, same load, alternating, with their ratio
 //! target/release/examples/loadgen --compare -c 16 -n 2000 --mode ping-pong --rounds 3
+//! # the same load on the wsguard echo, plain connections vs wsguard.v1 sessions
+//! target/release/examples/loadgen --compare --session -c 16 -n 2000 --mode ping-pong --rounds 3
+//! # a session resumed with 1000 messages logged while its client was away, 20 times
+//! target/release/examples/loadgen --resume 1000 --runs 20
 //! # server memory per idle connection, bare and wsguard
 //! target/release/examples/loadgen --idle 1000
+//! # 100,000 idle connections on the production preset, held through a heartbeat
+//! target/release/examples/loadgen --idle 100000 --servers wsguard --preset production --hold 25
+//! # 10,000 idle sessions, then every client drops and resumes at once
+//! target/release/examples/loadgen --idle 10000 --servers wsguard --preset production --session --reconnect
 //! ```
 //!
 //! Options: `-c` connections (16), `-n` messages per connection (1000), `--mode ping-pong|pipelined`
 //! (ping-pong), `--dup-ratio R` share of messages re-sent byte for byte (0), `--size B` payload
 //! bytes (100), `--rounds R` alternations in `--compare` (3), `--window W` messages in flight per
-//! connection when pipelined (64).
+//! connection when pipelined (64), `--session` speak `wsguard.v1` (hello, numbered messages,
+//! acks every 32 messages).
 //!
-//! For `--compare` and `--idle` the servers run as child processes (this binary with `serve-bare`,
-//! and the `echo` example built beside it), so that the server's memory is measured apart from the
-//! client's. Duplicates get no reply from wsguard (they are dropped before the handler), so the
-//! client never waits for one.
+//! `--idle K`: `--servers bare,wsguard` (both), `--preset NAME` of the wsguard server
+//! (`development`), `--hold S` seconds to hold the connections open (1; past the ping interval,
+//! ping lateness is measured), `--session` (each connection opens a session), `--reconnect`
+//! (with `--session`: all drop without a close frame and resume at once), `--per-source N`
+//! connections per loopback source address (20,000: about 28,000 ephemeral ports per address;
+//! above N connections they come from 127.0.0.2, 127.0.0.3, ...), `--dials D` connections being
+//! opened at once (256).
+//!
+//! The servers run as child processes (this binary with `serve-bare`, and the `echo` example
+//! built beside it), so that the server's memory and CPU are measured apart from the client's.
+//! Duplicates get no reply from wsguard (they are dropped before the handler), so the client
+//! never waits for one. The session client speaks the protocol itself (no client library), so
+//! that what is measured is the server.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::ws::{WebSocket, WebSocketUpgrade};
 use axum::routing::get;
 use futures_util::{SinkExt, StreamExt};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use wsguard::config::Preset;
+
+const SUBPROTOCOL: &str = "wsguard.v1";
+/// The session client acknowledges every this many messages (and at the end).
+const ACK_EVERY: u64 = 32;
 
 #[derive(Debug, Clone)]
 struct Opts {
@@ -41,6 +72,7 @@ struct Opts {
     dup_ratio: f64,
     size: usize,
     rounds: usize,
+    session: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -58,11 +90,7 @@ impl Report {
     }
 
     fn percentile(&self, p: f64) -> u64 {
-        if self.latencies_us.is_empty() {
-            return 0;
-        }
-        let i = ((self.latencies_us.len() - 1) as f64 * p).round() as usize;
-        self.latencies_us[i]
+        percentile(&self.latencies_us, p)
     }
 
     fn print(&self, label: &str) {
@@ -79,9 +107,18 @@ impl Report {
     }
 }
 
+/// The `p` quantile of sorted `values` (0 when empty).
+fn percentile(values: &[u64], p: f64) -> u64 {
+    if values.is_empty() {
+        return 0;
+    }
+    let i = ((values.len() - 1) as f64 * p).round() as usize;
+    values[i]
+}
+
 fn usage() -> ! {
     eprintln!(
-        "usage: loadgen [--url URL] [-c N] [-n N] [--mode ping-pong|pipelined] [--dup-ratio R] [--size B] [--window W]\n       loadgen --compare [--rounds R] [same options]\n       loadgen --idle K\n       loadgen serve-bare ADDR"
+        "usage: loadgen [--url URL] [-c N] [-n N] [--mode ping-pong|pipelined] [--dup-ratio R] [--size B] [--window W] [--session]\n       loadgen --compare [--session] [--rounds R] [same options]\n       loadgen --resume P [--runs R] [--size B]\n       loadgen --idle K [--servers bare,wsguard] [--preset NAME] [--hold S] [--session [--reconnect]] [--per-source N] [--dials D]\n       loadgen serve-bare ADDR"
     );
     std::process::exit(2)
 }
@@ -109,9 +146,22 @@ fn main() {
         dup_ratio: 0.0,
         size: 100,
         rounds: 3,
+        session: false,
+    };
+    let mut idle = IdleOpts {
+        connections: 0,
+        servers: vec!["bare".to_owned(), "wsguard".to_owned()],
+        preset: None,
+        hold: Duration::from_secs(1),
+        session: false,
+        reconnect: false,
+        per_source: 20_000,
+        dials: 256,
     };
     let mut compare = false;
-    let mut idle = None;
+    let mut idle_mode = false;
+    let mut resume = None;
+    let mut runs = 20;
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         let mut value = || it.next().cloned().unwrap_or_else(|| usage());
@@ -132,13 +182,47 @@ fn main() {
             "--dup-ratio" => opts.dup_ratio = value().parse().unwrap_or_else(|_| usage()),
             "--size" => opts.size = value().parse().unwrap_or_else(|_| usage()),
             "--rounds" => opts.rounds = value().parse().unwrap_or_else(|_| usage()),
+            "--session" => opts.session = true,
             "--compare" => compare = true,
-            "--idle" => idle = Some(value().parse::<usize>().unwrap_or_else(|_| usage())),
+            "--resume" => resume = Some(value().parse::<u32>().unwrap_or_else(|_| usage())),
+            "--runs" => runs = value().parse().unwrap_or_else(|_| usage()),
+            "--idle" => {
+                idle_mode = true;
+                idle.connections = value().parse().unwrap_or_else(|_| usage());
+            }
+            "--servers" => idle.servers = value().split(',').map(str::to_owned).collect(),
+            "--preset" => {
+                let name = value();
+                if Preset::from_name(&name).is_none() {
+                    usage()
+                }
+                idle.preset = Some(name);
+            }
+            "--hold" => {
+                idle.hold = Duration::from_secs_f64(value().parse().unwrap_or_else(|_| usage()))
+            }
+            "--reconnect" => idle.reconnect = true,
+            "--per-source" => idle.per_source = value().parse().unwrap_or_else(|_| usage()),
+            "--dials" => idle.dials = value().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
-    if let Some(k) = idle {
-        rt.block_on(idle_memory(k));
+    idle.session = opts.session;
+    if idle.reconnect && !idle.session {
+        eprintln!("--reconnect needs --session");
+        usage();
+    }
+    match wsguard_examples::raise_fd_limit(0) {
+        Some(limit) if idle_mode && (limit as usize) < idle.connections + 1024 => eprintln!(
+            "loadgen: open-file limit {limit} (after raising it as far as allowed) is below {} connections: it will stop there",
+            idle.connections
+        ),
+        _ => {}
+    }
+    if idle_mode {
+        rt.block_on(idle_connections(idle));
+    } else if let Some(pending) = resume {
+        rt.block_on(resume_bench(pending, runs, opts.size));
     } else if compare {
         rt.block_on(compare_servers(opts));
     } else {
@@ -162,7 +246,11 @@ async fn serve_bare(addr: SocketAddr) {
             get(|ws: WebSocketUpgrade| async { ws.on_upgrade(echo) }),
         )
         .route("/health", get(|| async { "ok" }));
-    let listener = tokio::net::TcpListener::bind(addr).await.expect("bind");
+    // TCP_NODELAY, inherited by accepted sockets, as the examples' servers have it.
+    let socket = TcpSocket::new_v4().expect("socket");
+    socket.set_nodelay(true).expect("TCP_NODELAY");
+    socket.bind(addr).expect("bind");
+    let listener = socket.listen(4096).expect("listen");
     axum::serve(listener, app).await.expect("serve");
 }
 
@@ -177,10 +265,16 @@ fn payload(conn: usize, seq: usize, size: usize, sent_at_us: u64) -> String {
     s
 }
 
+/// The unsigned integer after `"key":` in a JSON text (the first occurrence).
+fn field_u64(text: &str, key: &str) -> Option<u64> {
+    let needle = format!("\"{key}\":");
+    let start = text.find(&needle)? + needle.len();
+    let digits = text[start..].bytes().take_while(u8::is_ascii_digit).count();
+    text[start..start + digits].parse().ok()
+}
+
 fn sent_at(reply: &str) -> Option<u64> {
-    let start = reply.find("\"t\":")? + 4;
-    let end = start + reply[start..].find(',')?;
-    reply[start..end].parse().ok()
+    field_u64(reply, "t")
 }
 
 /// A cheap deterministic choice of which messages are duplicates (no RNG dependency needed).
@@ -195,16 +289,93 @@ fn is_duplicate(conn: usize, seq: usize, ratio: f64) -> bool {
     (x as f64 / u64::MAX as f64) < ratio
 }
 
+/// The server's answer to `hello` or `resume`.
+#[derive(Debug)]
+struct SessionAnswer {
+    token: String,
+    resumed: bool,
+    last: u64,
+}
+
+/// Sends `first` (`hello` or `resume`) and reads frames up to the `session` frame.
+async fn open_session<S>(
+    ws: &mut WebSocketStream<S>,
+    first: String,
+) -> Result<SessionAnswer, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    ws.send(Message::text(first))
+        .await
+        .map_err(|e| format!("send: {e}"))?;
+    loop {
+        match tokio::time::timeout(Duration::from_secs(30), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => {
+                let frame: serde_json::Value =
+                    serde_json::from_str(&text).map_err(|e| format!("{e}: {text}"))?;
+                if frame["type"] != "session" {
+                    return Err(format!("first frame is not a session frame: {text}"));
+                }
+                let Some(token) = frame["session"].as_str() else {
+                    return Err(format!("no session: {text}"));
+                };
+                return Ok(SessionAnswer {
+                    token: token.to_owned(),
+                    resumed: frame["resumed"].as_bool().unwrap_or(false),
+                    last: frame["last"].as_u64().unwrap_or(0),
+                });
+            }
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => return Err(format!("read: {e}")),
+            Ok(None) => return Err("closed before the session frame".to_owned()),
+            Err(_) => return Err("no session frame within 30 s".to_owned()),
+        }
+    }
+}
+
+/// A WebSocket request for `url`, offering `wsguard.v1` when `session`.
+fn ws_request(
+    url: &str,
+    session: bool,
+) -> tokio_tungstenite::tungstenite::handshake::client::Request {
+    let mut request = url.into_client_request().expect("a ws:// URL");
+    if session {
+        request.headers_mut().insert(
+            "Sec-WebSocket-Protocol",
+            SUBPROTOCOL.parse().expect("a header value"),
+        );
+    }
+    request
+}
+
+async fn connect(url: &str, session: bool) -> WebSocketStream<TcpStream> {
+    let request = ws_request(url, session);
+    let host = request.uri().authority().expect("host:port").to_string();
+    let stream = TcpStream::connect(host.as_str()).await.unwrap_or_else(|e| {
+        eprintln!("cannot connect to {url}: {e}");
+        std::process::exit(1)
+    });
+    let (ws, _) = tokio_tungstenite::client_async(request, stream)
+        .await
+        .unwrap_or_else(|e| {
+            eprintln!("cannot open a WebSocket on {url}: {e}");
+            std::process::exit(1)
+        });
+    ws
+}
+
 async fn run_load(opts: &Opts) -> Report {
     let epoch = Instant::now();
     let mut sockets = Vec::with_capacity(opts.connections);
     for _ in 0..opts.connections {
-        let (ws, _) = tokio_tungstenite::connect_async(opts.url.as_str())
-            .await
-            .unwrap_or_else(|e| {
-                eprintln!("cannot connect to {}: {e}", opts.url);
+        let mut ws = connect(&opts.url, opts.session).await;
+        if opts.session {
+            let answer = open_session(&mut ws, r#"{"type":"hello"}"#.to_owned()).await;
+            if let Err(err) = answer {
+                eprintln!("no session on {}: {err}", opts.url);
                 std::process::exit(1)
-            });
+            }
+        }
         sockets.push(ws);
     }
     let start = Instant::now();
@@ -229,9 +400,14 @@ async fn run_load(opts: &Opts) -> Report {
     total
 }
 
+/// Under a session, a message travels as `{"type":"msg","id":N,"data":PAYLOAD}`.
+fn session_msg(id: u64, data: &str) -> String {
+    format!(r#"{{"type":"msg","id":{id},"data":{data}}}"#)
+}
+
 async fn one_connection<S>(
     conn: usize,
-    ws: tokio_tungstenite::WebSocketStream<S>,
+    ws: WebSocketStream<S>,
     opts: &Opts,
     epoch: Instant,
 ) -> Report
@@ -243,37 +419,56 @@ where
     let mut last = String::new();
     let mut in_flight = 0usize;
     let mut seq = 0usize;
-    let recv_one = |report: &mut Report, msg: Message| {
-        if let Message::Text(text) = msg {
-            if let Some(t) = sent_at(&text) {
-                let now = epoch.elapsed().as_micros() as u64;
-                report.latencies_us.push(now.saturating_sub(t));
-            }
-            report.replied += 1;
-        }
-    };
+    // Under a session: the next message id, the highest seq received, the last one acked.
+    let mut next_id = 1u64;
+    let (mut received_seq, mut acked_seq) = (0u64, 0u64);
     while seq < opts.messages || in_flight > 0 {
         let window = if opts.pipelined { opts.window } else { 1 };
         while seq < opts.messages && in_flight < window {
-            if is_duplicate(conn, seq, opts.dup_ratio) && !last.is_empty() {
+            let duplicate = is_duplicate(conn, seq, opts.dup_ratio) && !last.is_empty();
+            if !duplicate {
+                last = payload(conn, seq, opts.size, epoch.elapsed().as_micros() as u64);
+            }
+            let frame = if opts.session {
+                next_id += 1;
+                session_msg(next_id - 1, &last)
+            } else {
+                last.clone()
+            };
+            tx.feed(Message::text(frame)).await.expect("send");
+            if duplicate {
                 // A byte-for-byte re-send: dropped by wsguard's dedup, so no reply is awaited.
-                tx.feed(Message::text(last.clone())).await.expect("send");
                 report.duplicates_sent += 1;
             } else {
-                last = payload(conn, seq, opts.size, epoch.elapsed().as_micros() as u64);
-                tx.feed(Message::text(last.clone())).await.expect("send");
                 in_flight += 1;
             }
             report.sent += 1;
             seq += 1;
         }
+        if opts.session && received_seq >= acked_seq + ACK_EVERY {
+            let ack = format!(r#"{{"type":"ack","seq":{received_seq}}}"#);
+            tx.feed(Message::text(ack)).await.expect("send");
+            acked_seq = received_seq;
+        }
         tx.flush().await.expect("flush");
         if in_flight > 0 {
             match tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
-                Ok(Some(Ok(msg))) => {
-                    recv_one(&mut report, msg);
+                Ok(Some(Ok(Message::Text(text)))) => {
+                    if opts.session {
+                        if !text.starts_with(r#"{"type":"msg""#) {
+                            // The server's acks of our ids.
+                            continue;
+                        }
+                        received_seq = field_u64(&text, "seq").unwrap_or(received_seq);
+                    }
+                    if let Some(t) = sent_at(&text) {
+                        let now = epoch.elapsed().as_micros() as u64;
+                        report.latencies_us.push(now.saturating_sub(t));
+                    }
+                    report.replied += 1;
                     in_flight -= 1;
                 }
+                Ok(Some(Ok(_))) => {}
                 Ok(_) => break,
                 Err(_) => {
                     eprintln!("connection {conn}: no reply for 10 s; {in_flight} in flight");
@@ -281,6 +476,10 @@ where
                 }
             }
         }
+    }
+    if opts.session && received_seq > acked_seq {
+        let ack = format!(r#"{{"type":"ack","seq":{received_seq}}}"#);
+        let _ = tx.send(Message::text(ack)).await;
     }
     let _ = tx.close().await;
     report
@@ -305,8 +504,9 @@ fn free_addr() -> SocketAddr {
 }
 
 /// Starts a server; `max_connections` raises the wsguard server's connection limit (the
-/// development preset allows 1000) through its `WSGUARD_` environment override.
-async fn start_server(kind: &str, max_connections: usize) -> ServerProcess {
+/// development preset allows 1000) through its `WSGUARD_` environment override, and its session
+/// cap likewise.
+async fn start_server(kind: &str, max_connections: usize, preset: Option<&str>) -> ServerProcess {
     let me = std::env::current_exe().expect("own path");
     let addr = free_addr();
     let mut cmd = match kind {
@@ -326,9 +526,16 @@ async fn start_server(kind: &str, max_connections: usize) -> ServerProcess {
             }
             let mut c = Command::new(echo);
             c.arg("--addr").arg(addr.to_string());
+            if let Some(preset) = preset {
+                c.arg("--preset").arg(preset);
+            }
             c.env(
                 "WSGUARD_CONNECTION__MAX_CONNECTIONS",
                 max_connections.max(1000).to_string(),
+            );
+            c.env(
+                "WSGUARD_SESSION__MAX_SESSIONS",
+                (max_connections + 1000).max(100_000).to_string(),
             );
             c
         }
@@ -340,27 +547,67 @@ async fn start_server(kind: &str, max_connections: usize) -> ServerProcess {
         .expect("start server");
     let server = ServerProcess { child, addr };
     let deadline = Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(addr).await.is_err() {
+    while TcpStream::connect(addr).await.is_err() {
         assert!(Instant::now() < deadline, "{kind} server did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     server
 }
 
-fn rss_kib(pid: u32) -> u64 {
+/// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(pid: u32, field: &str) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .unwrap_or(0)
 }
 
+fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS")
+}
+
+/// User plus system CPU time of a process, in clock ticks (`/proc/PID/stat` fields 14 and 15).
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name, which is in parentheses and may hold spaces.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // `rest` starts at field 3 (state): utime is field 14, stime 15.
+    field(11) + field(12)
+}
+
+/// Clock ticks per second of `/proc/PID/stat` (USER_HZ): 100 on Linux.
+const TICKS_PER_SECOND: f64 = 100.0;
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
 async fn compare_servers(opts: Opts) {
-    let bare = start_server("bare", opts.connections).await;
-    let guarded = start_server("wsguard", opts.connections).await;
+    // Without sessions: bare axum against the wsguard echo. With: the wsguard echo, plain
+    // connections against wsguard.v1 sessions.
+    let bare = if opts.session {
+        None
+    } else {
+        Some(start_server("bare", opts.connections, None).await)
+    };
+    let guarded = start_server("wsguard", opts.connections, None).await;
+    let (base, test) = if opts.session {
+        ("plain", "session")
+    } else {
+        ("bare", "wsguard")
+    };
     println!(
-        "compare: {} connections x {} messages, {}, {} B payload, {:.0}% duplicates, {} rounds",
+        "compare {base} vs {test}: {} connections x {} messages, {}, {} B payload, {:.0}% duplicates, {} rounds",
         opts.connections,
         opts.messages,
         if opts.pipelined {
@@ -372,14 +619,16 @@ async fn compare_servers(opts: Opts) {
         opts.dup_ratio * 100.0,
         opts.rounds
     );
+    let base_addr = bare.as_ref().unwrap_or(&guarded).addr;
     let (mut b_all, mut w_all) = (Vec::new(), Vec::new());
     for round in 0..opts.rounds {
-        for (label, server, acc) in [
-            ("bare", &bare, &mut b_all),
-            ("wsguard", &guarded, &mut w_all),
+        for (label, addr, session, acc) in [
+            (base, base_addr, false, &mut b_all),
+            (test, guarded.addr, opts.session, &mut w_all),
         ] {
             let o = Opts {
-                url: format!("ws://{}/ws", server.addr),
+                url: format!("ws://{addr}/ws"),
+                session,
                 ..opts.clone()
             };
             let r = run_load(&o).await;
@@ -388,85 +637,703 @@ async fn compare_servers(opts: Opts) {
             acc.push(r);
         }
     }
-    let median = |v: &mut Vec<f64>| {
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    let tb = median(&mut b_all.iter().map(Report::throughput).collect());
-    let tw = median(&mut w_all.iter().map(Report::throughput).collect());
-    let pb = median(&mut b_all.iter().map(|r| r.percentile(0.99) as f64).collect());
-    let pw = median(&mut w_all.iter().map(|r| r.percentile(0.99) as f64).collect());
+    let tb = median(&mut b_all.iter().map(Report::throughput).collect::<Vec<_>>());
+    let tw = median(&mut w_all.iter().map(Report::throughput).collect::<Vec<_>>());
+    let pb = median(
+        &mut b_all
+            .iter()
+            .map(|r| r.percentile(0.99) as f64)
+            .collect::<Vec<_>>(),
+    );
+    let pw = median(
+        &mut w_all
+            .iter()
+            .map(|r| r.percentile(0.99) as f64)
+            .collect::<Vec<_>>(),
+    );
     println!(
-        "median throughput: bare {tb:.0}/s, wsguard {tw:.0}/s, ratio wsguard/bare {:.3}",
+        "median throughput: {base} {tb:.0}/s, {test} {tw:.0}/s, ratio {test}/{base} {:.3}",
         tw / tb
     );
     println!(
-        "median p99: bare {pb:.0} us, wsguard {pw:.0} us, ratio wsguard/bare {:.3}",
+        "median p99: {base} {pb:.0} us, {test} {pw:.0} us, ratio {test}/{base} {:.3}",
         pw / pb
     );
 }
 
-async fn idle_memory(k: usize) {
-    for kind in ["bare", "wsguard"] {
-        let server = start_server(kind, k + 16).await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        let pid = server.child.id();
-        let before = rss_kib(pid);
-        let url = format!("ws://{}/ws", server.addr);
-        let mut held = Vec::with_capacity(k);
-        for i in 0..k {
-            match tokio_tungstenite::connect_async(url.as_str()).await {
-                Ok((ws, _)) => held.push(ws),
-                Err(e) => {
-                    eprintln!("{kind}: connection {i} failed: {e}");
-                    break;
+/// Closes the TCP connection with a reset: no close frame, as when a client's network goes.
+fn abort(ws: WebSocketStream<TcpStream>) {
+    let _ = ws.get_ref().set_zero_linger();
+    drop(ws);
+}
+
+/// A session opened, dropped without a close frame, `pending` messages logged for it by the
+/// server meanwhile, then resumed: the time from sending `resume` to the last replayed message.
+async fn resume_bench(pending: u32, runs: usize, size: usize) {
+    let server = start_server("wsguard", 16, None).await;
+    let url = format!("ws://{}/ws", server.addr);
+    let body = payload(0, 0, size, 0);
+    println!(
+        "resume: {pending} messages of {} B logged while the client was away, {runs} runs",
+        body.len()
+    );
+    let mut times = Vec::with_capacity(runs);
+    let mut first_frames = Vec::with_capacity(runs);
+    for run in 0..runs {
+        let mut ws = connect(&url, true).await;
+        let answer = open_session(&mut ws, r#"{"type":"hello"}"#.to_owned())
+            .await
+            .expect("hello");
+        let detached_before = session_stat(server.addr, "detached").await;
+        abort(ws);
+        // The server sees the reset and detaches the session.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while session_stat(server.addr, "detached").await <= detached_before {
+            assert!(Instant::now() < deadline, "the session was not detached");
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let path = format!("/sessions/{}/messages?count={pending}", answer.token);
+        let logged = post_json(server.addr, &path, &body)
+            .await
+            .expect("the echo server logs messages for a session");
+        assert_eq!(logged["last_seq"], pending, "{logged}");
+
+        let mut ws = connect(&url, true).await;
+        let resume = format!(
+            r#"{{"type":"resume","session":"{}","last":0}}"#,
+            answer.token
+        );
+        let start = Instant::now();
+        ws.send(Message::text(resume)).await.expect("send resume");
+        let mut next_seq = 1u64;
+        let mut session_frame_at = None;
+        while next_seq <= u64::from(pending) {
+            let frame = tokio::time::timeout(Duration::from_secs(10), ws.next())
+                .await
+                .expect("the replay within 10 s")
+                .expect("the connection stays open")
+                .expect("a frame");
+            let Message::Text(text) = frame else { continue };
+            if text.starts_with(r#"{"type":"session""#) {
+                assert!(text.contains(r#""resumed":true"#), "not resumed: {text}");
+                session_frame_at = Some(start.elapsed());
+            } else if text.starts_with(r#"{"type":"msg""#) {
+                let seq = field_u64(&text, "seq").expect("a seq");
+                assert_eq!(seq, next_seq, "replay out of order");
+                next_seq += 1;
+            }
+        }
+        let elapsed = start.elapsed();
+        let first = session_frame_at.expect("the session frame comes first");
+        println!(
+            "run {run:>2}: session frame after {:>6} us, last of {pending} replayed after {:>6} us",
+            first.as_micros(),
+            elapsed.as_micros()
+        );
+        times.push(elapsed.as_secs_f64() * 1e6);
+        first_frames.push(first.as_secs_f64() * 1e6);
+        let ack = format!(r#"{{"type":"ack","seq":{pending}}}"#);
+        let _ = ws.send(Message::text(ack)).await;
+        let _ = ws.close(None).await;
+    }
+    let worst = times.iter().copied().fold(0.0, f64::max);
+    println!(
+        "resume with {pending} pending: median {:.0} us, worst {worst:.0} us (session frame: median {:.0} us)",
+        median(&mut times),
+        median(&mut first_frames)
+    );
+}
+
+/// A figure of `/stats` `sessions` (0 when absent).
+async fn session_stat(addr: SocketAddr, name: &str) -> u64 {
+    get_json(addr, "/stats")
+        .await
+        .and_then(|s| s["sessions"][name].as_u64())
+        .unwrap_or(0)
+}
+
+#[derive(Debug, Clone)]
+struct IdleOpts {
+    connections: usize,
+    servers: Vec<String>,
+    preset: Option<String>,
+    hold: Duration,
+    session: bool,
+    reconnect: bool,
+    per_source: usize,
+    dials: usize,
+}
+
+/// What the idle connections are told to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Hold,
+    /// Drop without a close frame and resume at once.
+    Reconnect,
+    Close,
+}
+
+/// How one idle connection went.
+#[derive(Debug, Default)]
+struct Held {
+    /// How late each ping came, against the ping interval, in microseconds.
+    lateness_us: Vec<u64>,
+    /// The connection ended before it was told to.
+    dropped: bool,
+    /// Under `--reconnect`: the resume's outcome.
+    resumed: Option<Result<(), String>>,
+    /// Under `--reconnect`, for the sample: the exactly-once check.
+    exact: Option<Result<(), String>>,
+}
+
+/// Opens connections from loopback source addresses, `per_source` from each.
+#[derive(Debug)]
+struct Dialer {
+    target: SocketAddr,
+    url: String,
+    per_source: usize,
+    spread: bool,
+    session: bool,
+    dials: Semaphore,
+}
+
+impl Dialer {
+    /// Source address of connection `i`: 127.0.0.2, 127.0.0.3, ... when spreading.
+    fn source(&self, i: usize) -> Option<IpAddr> {
+        let n = i / self.per_source.max(1);
+        self.spread.then(|| {
+            IpAddr::V4(Ipv4Addr::from(
+                u32::from(Ipv4Addr::new(127, 0, 0, 2)) + n as u32,
+            ))
+        })
+    }
+
+    async fn dial(&self, i: usize) -> Result<WebSocketStream<TcpStream>, String> {
+        let Ok(_permit) = self.dials.acquire().await else {
+            return Err("not dialled: an earlier connection failed".to_owned());
+        };
+        let socket = TcpSocket::new_v4().map_err(|e| describe_io("socket", &e, None))?;
+        let source = self.source(i);
+        if let Some(source) = source {
+            socket
+                .bind(SocketAddr::new(source, 0))
+                .map_err(|e| describe_io("bind", &e, Some(source)))?;
+        }
+        let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(self.target))
+            .await
+            .map_err(|_| "connect: no answer in 10 s (server's accept backlog?)".to_owned())?
+            .map_err(|e| describe_io("connect", &e, source))?;
+        // Small buffers: 100,000 clients with tungstenite's default 128 KiB would take 13 GB.
+        let config = WebSocketConfig::default()
+            .read_buffer_size(4096)
+            .write_buffer_size(0);
+        let request = ws_request(&self.url, self.session);
+        let (ws, _) = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio_tungstenite::client_async_with_config(request, stream, Some(config)),
+        )
+        .await
+        .map_err(|_| "upgrade: no answer in 10 s".to_owned())?
+        .map_err(|e| format!("upgrade: {e} (a 503 is the server's max_connections)"))?;
+        Ok(ws)
+    }
+}
+
+/// Names the limit behind a socket error.
+fn describe_io(step: &str, err: &std::io::Error, source: Option<IpAddr>) -> String {
+    let limit = match err.raw_os_error() {
+        Some(24) => " (EMFILE: this process's open-file limit, `ulimit -n`)".to_owned(),
+        Some(23) => " (ENFILE: the system's open-file limit, fs.file-max)".to_owned(),
+        Some(99) | Some(98) => format!(
+            " (no free local port on {}: net.ipv4.ip_local_port_range; lower --per-source)",
+            source.map_or("127.0.0.1".to_owned(), |s| s.to_string())
+        ),
+        Some(111) => " (refused: the server is gone or its listen backlog is full)".to_owned(),
+        _ => String::new(),
+    };
+    format!("{step}: {err}{limit}")
+}
+
+/// What every idle connection shares: how to dial again, what to do, and the count of resumes.
+#[derive(Debug, Clone)]
+struct Control {
+    dialer: Arc<Dialer>,
+    phase: watch::Receiver<Phase>,
+    ping_interval: Duration,
+    resumed: Arc<AtomicUsize>,
+}
+
+/// Holds one idle connection: answers pings (tungstenite does) and records how late each came;
+/// then closes, or drops and resumes, as told.
+async fn hold_one(
+    i: usize,
+    (mut ws, opened_at): (WebSocketStream<TcpStream>, Instant),
+    token: Option<String>,
+    sample: bool,
+    control: Control,
+) -> Held {
+    let Control {
+        dialer,
+        mut phase,
+        ping_interval,
+        resumed,
+    } = control;
+    let mut held = Held::default();
+    let interval_us = ping_interval.as_micros().max(1) as u64;
+    // Pings are due a whole number of intervals after the connection opened (after a pong the
+    // server skips one) or after the previous ping (a late tick moves the schedule).
+    let mut since = opened_at;
+    loop {
+        tokio::select! {
+            frame = ws.next() => match frame {
+                Some(Ok(Message::Ping(_))) => {
+                    // Past the nearest due time: lateness; before it (jitter): on time.
+                    let over = since.elapsed().as_micros() as u64 % interval_us;
+                    held.lateness_us.push(if over < interval_us / 2 { over } else { 0 });
+                    since = Instant::now();
+                }
+                Some(Ok(_)) => {}
+                Some(Err(_)) | None => {
+                    held.dropped = true;
+                    return held;
+                }
+            },
+            changed = phase.changed() => {
+                if changed.is_err() {
+                    return held;
+                }
+                let now = *phase.borrow_and_update();
+                match now {
+                    Phase::Hold => {}
+                    Phase::Close => {
+                        let _ = ws.close(None).await;
+                        // Read until the server's close frame ends the stream.
+                        let _ = tokio::time::timeout(Duration::from_secs(10), async {
+                            while let Some(Ok(_)) = ws.next().await {}
+                        })
+                        .await;
+                        return held;
+                    }
+                    Phase::Reconnect => {
+                        let token = token.clone().expect("reconnect needs a session");
+                        if sample {
+                            held.exact = Some(exactly_once(i, &dialer, ws, &token).await);
+                            resumed.fetch_add(1, Ordering::AcqRel);
+                            return held;
+                        }
+                        abort(ws);
+                        let outcome = resume_session(&dialer, i, &token).await;
+                        resumed.fetch_add(1, Ordering::AcqRel);
+                        match outcome {
+                            Ok(new) => {
+                                ws = new;
+                                since = Instant::now();
+                                held.resumed = Some(Ok(()));
+                            }
+                            Err(err) => {
+                                held.resumed = Some(Err(err));
+                                return held;
+                            }
+                        }
+                    }
                 }
             }
         }
-        // Let the server finish setting up every connection before reading its memory.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let during = rss_kib(pid);
-        let per = (during.saturating_sub(before) as f64 * 1024.0) / held.len().max(1) as f64;
-        let n = held.len();
-        let open_stats = get_json(server.addr, "/stats").await;
-        for mut ws in held {
-            let _ = ws.close(None).await;
+    }
+}
+
+/// Dials again and resumes session `token` (its client holds nothing: `last` 0).
+async fn resume_session(
+    dialer: &Dialer,
+    i: usize,
+    token: &str,
+) -> Result<WebSocketStream<TcpStream>, String> {
+    let mut ws = dialer.dial(i).await?;
+    let resume = format!(r#"{{"type":"resume","session":"{token}","last":0}}"#);
+    let answer = open_session(&mut ws, resume).await?;
+    if !answer.resumed {
+        return Err(format!("not resumed: {answer:?}"));
+    }
+    Ok(ws)
+}
+
+/// Messages each sampled session sends around its drop.
+const SAMPLE_MESSAGES: u64 = 20;
+
+/// The exactly-once check of one session: sends 20 numbered messages, reads part of their
+/// echoes, drops without a close frame, resumes with the highest `seq` it holds, resends what
+/// the server had not processed, and checks that every message came back exactly once and in
+/// `seq` order.
+async fn exactly_once(
+    i: usize,
+    dialer: &Dialer,
+    mut ws: WebSocketStream<TcpStream>,
+    token: &str,
+) -> Result<(), String> {
+    let data = |k: u64| format!(r#"{{"conn":{i},"k":{k}}}"#);
+    for id in 1..=SAMPLE_MESSAGES {
+        ws.feed(Message::text(session_msg(id, &data(id))))
+            .await
+            .map_err(|e| format!("send: {e}"))?;
+    }
+    ws.flush().await.map_err(|e| format!("flush: {e}"))?;
+    let mut echoed = vec![0u32; SAMPLE_MESSAGES as usize + 1];
+    let mut held_seq = 0u64;
+    let mut record = |text: &str, held_seq: &mut u64| -> Result<(), String> {
+        if !text.starts_with(r#"{"type":"msg""#) {
+            return Ok(());
         }
-        // Give the server time to see every close and drop the connections' state.
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = rss_kib(pid);
-        println!(
-            "{kind:>8}: {n} idle connections, server RSS {before} KiB -> {during} KiB ({:.1} KB per connection), {after} KiB after they closed",
-            per / 1000.0
-        );
-        let field = |stats: &serde_json::Value, path: &[&str]| {
-            path.iter()
-                .try_fold(stats, |v, k| v.get(k))
-                .map_or_else(|| "-".to_owned(), ToString::to_string)
-        };
-        if let Some(stats) = open_stats {
+        let seq = field_u64(text, "seq").ok_or("no seq")?;
+        if seq != *held_seq + 1 {
+            return Err(format!("seq {seq} after {held_seq}"));
+        }
+        *held_seq = seq;
+        let k = field_u64(text, "k").ok_or("no k")?;
+        echoed[k as usize] += 1;
+        Ok(())
+    };
+    // Half the echoes, then the drop: the rest are in flight or not yet processed.
+    while held_seq < SAMPLE_MESSAGES / 2 {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => record(&text, &mut held_seq)?,
+            Ok(Some(Ok(_))) => {}
+            other => return Err(format!("before the drop: {other:?}")),
+        }
+    }
+    abort(ws);
+    let mut ws = dialer.dial(i).await?;
+    let resume = format!(r#"{{"type":"resume","session":"{token}","last":{held_seq}}}"#);
+    let answer = open_session(&mut ws, resume).await?;
+    if !answer.resumed {
+        return Err(format!("not resumed: {answer:?}"));
+    }
+    for id in answer.last + 1..=SAMPLE_MESSAGES {
+        ws.feed(Message::text(session_msg(id, &data(id))))
+            .await
+            .map_err(|e| format!("resend: {e}"))?;
+    }
+    ws.flush().await.map_err(|e| format!("flush: {e}"))?;
+    while held_seq < SAMPLE_MESSAGES {
+        match tokio::time::timeout(Duration::from_secs(10), ws.next()).await {
+            Ok(Some(Ok(Message::Text(text)))) => record(&text, &mut held_seq)?,
+            Ok(Some(Ok(_))) => {}
+            other => return Err(format!("after the resume, at seq {held_seq}: {other:?}")),
+        }
+    }
+    // Anything more within a moment would be a duplicate.
+    if let Ok(Some(Ok(Message::Text(text)))) =
+        tokio::time::timeout(Duration::from_millis(200), ws.next()).await
+        && text.starts_with(r#"{"type":"msg""#)
+    {
+        return Err(format!("more than {SAMPLE_MESSAGES} echoes: {text}"));
+    }
+    if echoed[1..].iter().any(|&n| n != 1) {
+        return Err(format!("echo counts by k: {:?}", &echoed[1..]));
+    }
+    let ack = format!(r#"{{"type":"ack","seq":{held_seq}}}"#);
+    let _ = ws.send(Message::text(ack)).await;
+    let _ = ws.close(None).await;
+    Ok(())
+}
+
+/// Sessions in the exactly-once sample of `--reconnect`.
+const SAMPLE_SESSIONS: usize = 100;
+
+async fn idle_connections(opts: IdleOpts) {
+    let k = opts.connections;
+    let ping_interval = opts
+        .preset
+        .as_deref()
+        .and_then(Preset::from_name)
+        .unwrap_or(Preset::Development)
+        .config()
+        .connection
+        .ping_interval;
+    for kind in opts.servers.clone() {
+        let server = start_server(&kind, k + 16, opts.preset.as_deref()).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let pid = server.child.id();
+        let before = rss_kib(pid);
+        let session = opts.session && kind != "bare";
+        let spread = k > opts.per_source;
+        let dialer = Arc::new(Dialer {
+            target: server.addr,
+            url: format!("ws://{}/ws", server.addr),
+            per_source: opts.per_source,
+            spread,
+            session,
+            dials: Semaphore::new(opts.dials.max(1)),
+        });
+        if spread {
             println!(
-                "{kind:>8}: while open: open connections {}, connections registered with the metrics {}",
-                field(&stats, &["connections", "open"]),
-                field(&stats, &["metrics", "connections_active"]),
+                "{kind:>8}: {k} connections from {} loopback addresses, 127.0.0.2 on, {} each",
+                k.div_ceil(opts.per_source),
+                opts.per_source
             );
         }
+
+        // Open every connection, `dials` at a time.
+        let (phase_tx, phase_rx) = watch::channel(Phase::Hold);
+        let resumed = Arc::new(AtomicUsize::new(0));
+        let start = Instant::now();
+        let mut opening = tokio::task::JoinSet::new();
+        for i in 0..k {
+            let dialer = dialer.clone();
+            opening.spawn(async move {
+                let mut ws = dialer.dial(i).await?;
+                let token = if dialer.session {
+                    let answer = open_session(&mut ws, r#"{"type":"hello"}"#.to_owned()).await?;
+                    Some(answer.token)
+                } else {
+                    None
+                };
+                Ok::<_, String>((i, ws, token, Instant::now()))
+            });
+        }
+        let control = Control {
+            dialer: dialer.clone(),
+            phase: phase_rx,
+            ping_interval,
+            resumed: resumed.clone(),
+        };
+        let mut holders = tokio::task::JoinSet::new();
+        let mut first_error = None;
+        let mut opened = 0usize;
+        while let Some(done) = opening.join_next().await {
+            match done.expect("dial task") {
+                Ok((i, ws, token, opened_at)) => {
+                    opened += 1;
+                    let sample = opts.reconnect && i < SAMPLE_SESSIONS;
+                    holders.spawn(hold_one(i, (ws, opened_at), token, sample, control.clone()));
+                }
+                Err(err) => {
+                    if first_error.is_none() {
+                        first_error = Some(err);
+                        // Stop dialling: whatever stopped this one stops the rest.
+                        dialer.dials.close();
+                    }
+                }
+            }
+        }
+        let open_time = start.elapsed();
+        if let Some(err) = &first_error {
+            println!(
+                "{kind:>8}: stopped at {opened} of {k} connections: {err} (the dials left were cancelled)"
+            );
+        }
+        // The server counts a connection once its upgrade is done.
+        let accepted_time = wait_for(server.addr, &kind, |s| {
+            s["connections"]["open"].as_u64() == Some(opened as u64)
+        })
+        .await
+        .map(|_| start.elapsed());
+        println!(
+            "{kind:>8}: {opened} connections open in {:.1} s (client side), all counted by the server after {}",
+            open_time.as_secs_f64(),
+            accepted_time.map_or("-".to_owned(), |t| format!("{:.1} s", t.as_secs_f64()))
+        );
+
+        // Let the server finish setting up every connection, then hold them.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let during = rss_kib(pid);
+        let per = (during.saturating_sub(before) as f64 * 1024.0) / opened.max(1) as f64;
+        let cpu_start = (cpu_ticks(pid), Instant::now());
+        tokio::time::sleep(opts.hold.saturating_sub(Duration::from_secs(1))).await;
+        let cpu = (cpu_ticks(pid) - cpu_start.0) as f64
+            / TICKS_PER_SECOND
+            / cpu_start.1.elapsed().as_secs_f64();
+        let held_rss = rss_kib(pid);
+        let open_stats = get_json(server.addr, "/stats").await;
+        println!(
+            "{kind:>8}: {opened} idle connections{}, server RSS {before} KiB -> {during} KiB ({:.2} KB per connection; {held_rss} KiB after the hold), client RSS {} KiB",
+            if session { " with sessions" } else { "" },
+            per / 1000.0,
+            rss_kib(std::process::id()),
+        );
+        println!(
+            "{kind:>8}: server CPU while idle {:.2}% of one core over {:.1} s",
+            cpu * 100.0,
+            cpu_start.1.elapsed().as_secs_f64()
+        );
+        if let Some(stats) = &open_stats {
+            println!(
+                "{kind:>8}: while open: open connections {}, registered with the metrics {}, sessions {} ({} detached)",
+                field(stats, &["connections", "open"]),
+                field(stats, &["metrics", "connections_active"]),
+                field(stats, &["sessions", "live"]),
+                field(stats, &["sessions", "detached"]),
+            );
+        }
+
+        if opts.reconnect && session {
+            reconnect_all(&kind, pid, &server, opened, &phase_tx, &resumed).await;
+        }
+
+        // Close them all, then wait for the server's tables and memory.
+        let closing = Instant::now();
+        let _ = phase_tx.send(Phase::Close);
+        let mut lateness = Vec::new();
+        let mut dropped = 0usize;
+        let (mut resume_failed, mut exact_ok, mut exact_failed) = (Vec::new(), 0usize, Vec::new());
+        while let Some(held) = holders.join_next().await {
+            let held = held.expect("holder task");
+            lateness.extend(held.lateness_us);
+            dropped += usize::from(held.dropped);
+            if let Some(Err(err)) = held.resumed {
+                resume_failed.push(err);
+            }
+            match held.exact {
+                Some(Ok(())) => exact_ok += 1,
+                Some(Err(err)) => exact_failed.push(err),
+                None => {}
+            }
+        }
+        let client_closed = closing.elapsed();
+        // Dedup keys (of the sample's messages) and detached sessions stay for their TTLs.
+        let messages_sent = opts.reconnect && session;
+        let emptied = wait_for(server.addr, &kind, |s| {
+            s["connections"]["open"].as_u64() == Some(0)
+                && s["metrics"]["clients"]["tracked"].as_u64() == Some(0)
+                && (messages_sent || s["dedup"]["remembered"].as_u64() == Some(0))
+                && (session || s["sessions"]["live"].as_u64() == Some(0))
+        })
+        .await
+        .map(|_| closing.elapsed());
+        let mut rss_back = None;
+        let settle = Instant::now();
+        while settle.elapsed() < Duration::from_secs(10) {
+            if rss_kib(pid) as f64 <= before as f64 * 1.2 {
+                rss_back = Some(closing.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        tokio::time::sleep(Duration::from_secs(2).saturating_sub(closing.elapsed())).await;
+        let after = rss_kib(pid);
+        lateness.sort_unstable();
+        if !lateness.is_empty() {
+            println!(
+                "{kind:>8}: ping lateness over {} pings (interval {} s): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                lateness.len(),
+                ping_interval.as_secs(),
+                percentile(&lateness, 0.50) as f64 / 1000.0,
+                percentile(&lateness, 0.99) as f64 / 1000.0,
+                lateness.last().copied().unwrap_or(0) as f64 / 1000.0,
+            );
+        } else if opts.hold > ping_interval {
+            println!("{kind:>8}: no pings received");
+        }
+        if dropped > 0 {
+            println!("{kind:>8}: {dropped} connections ended before they were closed");
+        }
+        if opts.reconnect && session {
+            println!(
+                "{kind:>8}: exactly-once sample: {exact_ok} of {} sessions passed{}",
+                exact_ok + exact_failed.len(),
+                exact_failed
+                    .first()
+                    .map_or(String::new(), |e| format!("; first failure: {e}"))
+            );
+            if !resume_failed.is_empty() {
+                println!(
+                    "{kind:>8}: {} resumes failed; first: {}",
+                    resume_failed.len(),
+                    resume_failed[0]
+                );
+            }
+        }
+        println!(
+            "{kind:>8}: closed by the clients in {:.1} s; server tables empty after {}; RSS within 20% of the start after {}; RSS {before} KiB at start, {after} KiB after close",
+            client_closed.as_secs_f64(),
+            emptied.map_or("-".to_owned(), |t| format!("{:.1} s", t.as_secs_f64())),
+            rss_back.map_or("- (not within 10 s)".to_owned(), |t| format!(
+                "{:.1} s",
+                t.as_secs_f64()
+            )),
+        );
         if let Some(stats) = get_json(server.addr, "/stats").await {
             println!(
-                "{kind:>8}: after close: open connections {}, tracked clients {}, remembered dedup keys {}",
+                "{kind:>8}: after close: open connections {}, tracked clients {}, remembered dedup keys {}, sessions {} ({} detached, kept for the TTL)",
                 field(&stats, &["connections", "open"]),
                 field(&stats, &["metrics", "clients", "tracked"]),
                 field(&stats, &["dedup", "remembered"]),
+                field(&stats, &["sessions", "live"]),
+                field(&stats, &["sessions", "detached"]),
             );
         }
     }
 }
 
-/// `GET path` on `addr`, parsed as JSON; `None` when the server has no such route.
-async fn get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+/// Every session's client drops without a close frame and resumes at once, as after a load
+/// balancer restart.
+async fn reconnect_all(
+    kind: &str,
+    pid: u32,
+    server: &ServerProcess,
+    opened: usize,
+    phase: &watch::Sender<Phase>,
+    resumed: &AtomicUsize,
+) {
+    let rss_start = rss_kib(pid);
+    let start = Instant::now();
+    let _ = phase.send(Phase::Reconnect);
+    let mut peak = rss_start;
+    while resumed.load(Ordering::Acquire) < opened && start.elapsed() < Duration::from_secs(60) {
+        peak = peak.max(rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = start.elapsed();
+    peak = peak.max(rss_kib(pid));
+    let stats = get_json(server.addr, "/stats").await;
+    println!(
+        "{kind:>8}: mass reconnect: {} of {opened} sessions resumed in {:.2} s; server RSS {rss_start} KiB before, peak {peak} KiB (sampled every 20 ms; VmHWM {} KiB)",
+        resumed.load(Ordering::Acquire),
+        took.as_secs_f64(),
+        status_kib(pid, "VmHWM"),
+    );
+    if let Some(stats) = stats {
+        println!(
+            "{kind:>8}: after the reconnect: open connections {}, sessions {} ({} detached), resumed {}, replayed {}, refused {}",
+            field(&stats, &["connections", "open"]),
+            field(&stats, &["sessions", "live"]),
+            field(&stats, &["sessions", "detached"]),
+            field(&stats, &["sessions", "resumed"]),
+            field(&stats, &["sessions", "replayed"]),
+            field(&stats, &["sessions", "refused"]),
+        );
+    }
+}
+
+fn field(stats: &serde_json::Value, path: &[&str]) -> String {
+    path.iter()
+        .try_fold(stats, |v, k| v.get(k))
+        .map_or_else(|| "-".to_owned(), ToString::to_string)
+}
+
+/// Polls `/stats` until `done` holds (at most 120 s); `None` without a `/stats` (bare) or in
+/// time.
+async fn wait_for(
+    addr: SocketAddr,
+    kind: &str,
+    done: impl Fn(&serde_json::Value) -> bool,
+) -> Option<()> {
+    if kind == "bare" {
+        return None;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while Instant::now() < deadline {
+        if get_json(addr, "/stats").await.as_ref().is_some_and(&done) {
+            return Some(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    None
+}
+
+/// One HTTP/1.1 request on `addr`, its body parsed as JSON; `None` unless the answer is 200.
+async fn http_json(addr: SocketAddr, request: String) -> Option<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    let mut stream = TcpStream::connect(addr).await.ok()?;
     stream.write_all(request.as_bytes()).await.ok()?;
     let mut response = Vec::new();
     stream.read_to_end(&mut response).await.ok()?;
@@ -476,4 +1343,25 @@ async fn get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
     }
     let body = response.split_once("\r\n\r\n")?.1;
     serde_json::from_str(body).ok()
+}
+
+/// `GET path` on `addr`, parsed as JSON; `None` when the server has no such route.
+async fn get_json(addr: SocketAddr, path: &str) -> Option<serde_json::Value> {
+    http_json(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"),
+    )
+    .await
+}
+
+/// `POST path` with `body` on `addr`, the answer parsed as JSON.
+async fn post_json(addr: SocketAddr, path: &str, body: &str) -> Option<serde_json::Value> {
+    http_json(
+        addr,
+        format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        ),
+    )
+    .await
 }

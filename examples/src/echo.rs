@@ -4,12 +4,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::Router;
+use axum::extract::{Path, Query};
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tower::ServiceBuilder;
-use wsguard::axum::{ConnectionStats, SessionStats};
+use wsguard::axum::{ConnectionStats, SessionStats, SessionToken, Sessions};
 use wsguard::circuit_breaker::Handle as BreakerHandle;
 use wsguard::dedup::DedupHandle;
 use wsguard::prelude::*;
@@ -34,6 +35,8 @@ pub struct EchoApp {
 /// The echo server: `/ws` echoes every text or binary message through metrics, dedup (content
 /// fingerprint, per connection) and the circuit breaker; `/metrics` is Prometheus text (when a
 /// `prometheus` handle is given), `/stats` a JSON snapshot (sessions included), `/health` 200.
+/// `POST /sessions/{token}/messages?count=N` logs the request body N times (default 1) in a
+/// `wsguard.v1` session, connected or not: what a detached client finds on resume.
 pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoApp {
     let registry = MetricsRegistry::new(config);
     let dedup = DedupLayer::new(config).classifier(MessageClassifier);
@@ -57,6 +60,12 @@ pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoA
     let ws = WsRoute::new(stack, config).metrics(registry.clone());
     let connections = ws.stats();
     let sessions = ws.sessions();
+    let log = {
+        let sessions = sessions.clone();
+        move |Path(token): Path<String>, Query(query): Query<LogQuery>, body: String| async move {
+            log_to_session(&sessions, &token, query.count.unwrap_or(1), &body).await
+        }
+    };
 
     let stats = {
         let (registry, dedup, breaker, connections, handled) = (
@@ -100,6 +109,7 @@ pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoA
         .route("/ws", ws.into_method_router())
         .route("/stats", get(stats))
         .route("/metrics", get(metrics))
+        .route("/sessions/{token}/messages", post(log))
         .route("/health", get(|| async { "ok" }));
     EchoApp {
         router,
@@ -109,6 +119,38 @@ pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoA
         connections,
         handled,
     }
+}
+
+/// The query of `POST /sessions/{token}/messages`.
+#[derive(Debug, serde::Deserialize)]
+struct LogQuery {
+    count: Option<u32>,
+}
+
+/// At most this many messages per request: a session log holds `max_messages` anyway.
+const MAX_LOGGED_PER_REQUEST: u32 = 100_000;
+
+async fn log_to_session(
+    sessions: &Sessions,
+    token: &str,
+    count: u32,
+    body: &str,
+) -> axum::response::Response {
+    let Ok(token) = token.parse::<SessionToken>() else {
+        return (StatusCode::BAD_REQUEST, "not a session token").into_response();
+    };
+    if count > MAX_LOGGED_PER_REQUEST {
+        return (StatusCode::BAD_REQUEST, "count is at most 100000").into_response();
+    }
+    let sender = sessions.sender_for_session(&token);
+    let mut last = 0;
+    for _ in 0..count {
+        match sender.send(body).await {
+            Ok(seq) => last = seq,
+            Err(_) => return (StatusCode::NOT_FOUND, "no such session").into_response(),
+        }
+    }
+    axum::Json(serde_json::json!({ "logged": count, "last_seq": last })).into_response()
 }
 
 fn stats_json(
@@ -167,5 +209,22 @@ mod tests {
         assert_eq!(sessions["created"], 0, "{stats}");
         assert_eq!(sessions["refused"]["gap"], 0, "{stats}");
         assert!(stats["metrics"]["sessions"].is_array(), "{stats}");
+    }
+
+    #[tokio::test]
+    async fn logging_to_a_session_needs_a_token_it_holds() {
+        let config = ConfigHandle::new(StabilityConfig::testing()).unwrap();
+        let echo = app(&config, None);
+        let post = |path: String| {
+            let request = Request::post(path).body(Body::from("hi")).unwrap();
+            echo.router.clone().oneshot(request)
+        };
+        let response = post("/sessions/nope/messages".to_owned()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+        let unknown = SessionToken::generate();
+        let response = post(format!("/sessions/{unknown}/messages?count=3"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::NOT_FOUND);
     }
 }

@@ -29,12 +29,15 @@ use wsguard_config::{ConfigHandle, ConfigLoader, FileWatcher, LoadError, Preset,
 /// Where a server listens when neither `--addr` nor `WSGUARD_ADDR` says.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
 
-/// The command line of an example server: `[--addr HOST:PORT] [--config FILE]`.
+/// The command line of an example server: `[--addr HOST:PORT] [--preset NAME] [--config FILE]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerArgs {
     /// `--addr`, else `WSGUARD_ADDR`, else [`DEFAULT_ADDR`].
     pub addr: SocketAddr,
-    /// `--config FILE`; without it the `development` preset is used.
+    /// `--preset production|development|testing`: the base under the file and the environment.
+    /// `None`: the `development` preset (or the server's own base).
+    pub preset: Option<Preset>,
+    /// `--config FILE`, over the preset.
     pub config_file: Option<PathBuf>,
 }
 
@@ -50,6 +53,7 @@ impl ServerArgs {
         env_addr: Option<String>,
     ) -> Result<Self, String> {
         let mut addr = None;
+        let mut preset = None;
         let mut config_file = None;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
@@ -66,8 +70,18 @@ impl ServerArgs {
             match flag.as_str() {
                 "--addr" => addr = Some(value()?),
                 "--config" => config_file = Some(PathBuf::from(value()?)),
+                "--preset" => {
+                    let name = value()?;
+                    preset = Some(
+                        Preset::from_name(&name)
+                            .ok_or_else(|| format!("unknown preset {name:?}"))?,
+                    );
+                }
                 "-h" | "--help" => {
-                    return Err("usage: [--addr HOST:PORT] [--config FILE]".to_owned());
+                    return Err(
+                        "usage: [--addr HOST:PORT] [--preset production|development|testing] [--config FILE]"
+                            .to_owned(),
+                    );
                 }
                 other => return Err(format!("unknown argument {other:?}")),
             }
@@ -76,17 +90,23 @@ impl ServerArgs {
         let addr = addr
             .parse()
             .map_err(|e| format!("bad address {addr:?}: {e}"))?;
-        Ok(Self { addr, config_file })
+        Ok(Self {
+            addr,
+            preset,
+            config_file,
+        })
     }
 
-    /// The configuration loader: `--config FILE` (with `WSGUARD_` environment overrides) or the
-    /// `development` preset.
+    /// The configuration loader: the `--preset` (default `development`), then `--config FILE`,
+    /// then `WSGUARD_` environment overrides.
     pub fn loader(&self) -> ConfigLoader {
         self.loader_from(Preset::Development.config())
     }
 
-    /// As [`loader`](Self::loader), starting from `base` instead of the `development` preset.
+    /// As [`loader`](Self::loader), starting from `base` instead of the `development` preset
+    /// when no `--preset` is given.
     pub fn loader_from(&self, base: StabilityConfig) -> ConfigLoader {
+        let base = self.preset.map_or(base, Preset::config);
         let loader = ConfigLoader::new().base(base);
         match &self.config_file {
             Some(file) => loader.file(file),
@@ -163,13 +183,30 @@ pub fn prometheus() -> PrometheusHandle {
 /// Uses [`wsguard::axum::serve`]'s defaults: a request head must arrive within 10 s, at most
 /// 1,024 connections may wait for theirs, and shutdown waits at most 10 s for HTTP connections.
 pub async fn serve(app: axum::Router, addr: SocketAddr) -> std::io::Result<()> {
-    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let listener = listen(addr)?;
     tracing::info!(addr = %listener.local_addr()?, "listening");
     wsguard::axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
     Ok(())
 }
+
+/// A listener on `addr` whose connections send each write at once (`TCP_NODELAY`, which accepted
+/// sockets inherit from the listener on Linux): a batch written after an unacknowledged one would
+/// otherwise wait for the client's delayed ACK, up to 40 ms (a resume's replay did).
+fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.set_nodelay(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
+/// Connections the kernel queues before the server accepts them (capped by `net.core.somaxconn`).
+const LISTEN_BACKLOG: u32 = 4096;
 
 /// Ctrl-C (SIGINT) or SIGTERM (what a deploy sends): the server then drains its WebSockets
 /// (each client gets `1001` with a reconnect delay) and stops.
@@ -194,6 +231,71 @@ async fn shutdown_signal() {
         let _ = tokio::signal::ctrl_c().await;
     }
     tracing::info!("shutting down: draining websocket connections");
+}
+
+/// Raises this process's open-file limit (one descriptor per connection) as far as it may: the
+/// hard limit up to the kernel's `fs.nr_open` when the process is allowed to (root), else the
+/// soft limit up to the hard one. Logs the limit it ends with, and warns when it is below
+/// `connections` plus a margin, naming what to raise. Returns the soft limit (`None` where
+/// there are no such limits).
+pub fn raise_fd_limit(connections: usize) -> Option<u64> {
+    let limit = fd_limit::raise()?;
+    let wanted = connections as u64 + 256;
+    if limit < wanted {
+        tracing::warn!(
+            limit,
+            wanted,
+            "open-file limit below max_connections: raise it (`ulimit -n`, LimitNOFILE=, or \
+             fs.nr_open for the hard limit)"
+        );
+    } else {
+        tracing::info!(limit, "open-file limit");
+    }
+    Some(limit)
+}
+
+#[cfg(unix)]
+mod fd_limit {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+
+    pub(crate) fn raise() -> Option<u64> {
+        let old = getrlimit(Resource::Nofile);
+        let nr_open = std::fs::read_to_string("/proc/sys/fs/nr_open")
+            .ok()
+            .and_then(|s| s.trim().parse::<u64>().ok());
+        let hard = match (old.maximum, nr_open) {
+            (Some(hard), Some(ceiling)) if ceiling > hard => {
+                let raised = Rlimit {
+                    current: Some(ceiling),
+                    maximum: Some(ceiling),
+                };
+                // Refused without CAP_SYS_RESOURCE: then the soft limit rises to the hard one.
+                match setrlimit(Resource::Nofile, raised) {
+                    Ok(()) => return Some(ceiling),
+                    Err(_) => hard,
+                }
+            }
+            (Some(hard), _) => hard,
+            (None, _) => return old.current.or(Some(u64::MAX)),
+        };
+        if old.current.is_some_and(|soft| soft < hard) {
+            let raised = Rlimit {
+                current: Some(hard),
+                maximum: Some(hard),
+            };
+            if setrlimit(Resource::Nofile, raised).is_ok() {
+                return Some(hard);
+            }
+        }
+        old.current.or(Some(u64::MAX))
+    }
+}
+
+#[cfg(not(unix))]
+mod fd_limit {
+    pub(crate) fn raise() -> Option<u64> {
+        None
+    }
 }
 
 /// A route's `wsguard.v1` session figures as `/stats` shows them (`WsRoute::sessions().stats()`):
@@ -249,6 +351,15 @@ mod tests {
         assert!(parse(&["--addr", "nope"], None).is_err());
         assert!(parse(&["--addr"], None).is_err());
         assert!(parse(&["--bogus"], None).is_err());
+    }
+
+    #[test]
+    fn preset_flag_sets_the_base() {
+        let args = parse(&["--preset", "production"], None).unwrap();
+        assert_eq!(args.preset, Some(Preset::Production));
+        let loaded = args.loader().without_env().load().unwrap();
+        assert_eq!(loaded, wsguard_config::StabilityConfig::production());
+        assert!(parse(&["--preset", "fast"], None).is_err());
     }
 
     #[test]
