@@ -8,7 +8,7 @@ use wsguard_policy::{Reject, ReturnError};
 
 use crate::future::ResponseFuture;
 use crate::request::RateLimitRequest;
-use crate::shared::Shared;
+use crate::shared::{DerivedCache, Shared};
 use crate::stats::RateLimitHandle;
 
 /// Turns away calls over their rate limit; see [`RateLimitLayer`](crate::RateLimitLayer).
@@ -18,6 +18,7 @@ use crate::stats::RateLimitHandle;
 pub struct RateLimit<S, R = ReturnError> {
     inner: S,
     shared: Arc<Shared>,
+    derived: DerivedCache,
     rejection: R,
 }
 
@@ -26,6 +27,7 @@ impl<S: Clone, R: Clone> Clone for RateLimit<S, R> {
         Self {
             inner: self.inner.clone(),
             shared: Arc::clone(&self.shared),
+            derived: self.derived.clone(),
             rejection: self.rejection.clone(),
         }
     }
@@ -53,6 +55,7 @@ impl<S, R> RateLimit<S, R> {
     pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, rejection: R) -> Self {
         Self {
             inner,
+            derived: shared.cache(),
             shared,
             rejection,
         }
@@ -99,7 +102,7 @@ where
     }
 
     fn call(&mut self, req: Req) -> Self::Future {
-        match self.shared.check(&req) {
+        match self.shared.check(&mut self.derived, &req) {
             Ok(()) => ResponseFuture::called(self.inner.call(req), self.rejection.clone()),
             Err(limited) => ResponseFuture::limited(limited, self.rejection.clone()),
         }

@@ -77,8 +77,12 @@ impl Limit {
     }
 }
 
+/// A service's own view of the derived state: checking it costs a pointer comparison, not the
+/// shared `ArcSwap`'s load.
+pub(crate) type DerivedCache = arc_swap::Cache<Arc<ArcSwap<Derived>>, Arc<Derived>>;
+
 /// What is derived from the config and cached until the config changes.
-struct Derived {
+pub(crate) struct Derived {
     generation: u64,
     enabled: bool,
     scope: RateLimitScope,
@@ -91,7 +95,7 @@ pub(crate) struct Shared {
     config: ConfigSource<RateLimitConfig>,
     clock: TokioClock,
     hasher: RandomState,
-    derived: ArcSwap<Derived>,
+    derived: Arc<ArcSwap<Derived>>,
     rebuild: Mutex<()>,
     route: RwLock<Option<Arc<str>>>,
     pub(crate) counters: Arc<Counters>,
@@ -117,7 +121,7 @@ impl Shared {
             config,
             clock,
             hasher: RandomState::new(),
-            derived: ArcSwap::from_pointee(derived),
+            derived: Arc::new(ArcSwap::from_pointee(derived)),
             rebuild: Mutex::new(()),
             route: RwLock::new(None),
             counters,
@@ -140,14 +144,21 @@ impl Shared {
             .clone()
     }
 
+    /// A cache of the derived state for one service.
+    pub(crate) fn cache(&self) -> DerivedCache {
+        arc_swap::Cache::new(Arc::clone(&self.derived))
+    }
+
+    /// The derived state, rebuilt first if the config changed since.
     fn current(&self) -> arc_swap::Guard<Arc<Derived>> {
-        // Read the generation first: a config newer than it only causes one more rebuild.
         let generation = self.config.generation();
-        let derived = self.derived.load();
-        if derived.generation == generation {
-            return derived;
+        if self.derived.load().generation != generation {
+            self.refresh(generation);
         }
-        drop(derived);
+        self.derived.load()
+    }
+
+    fn refresh(&self, generation: u64) {
         let _one_at_a_time = self.rebuild.lock().unwrap_or_else(PoisonError::into_inner);
         let old = self.derived.load_full();
         if old.generation != generation {
@@ -156,13 +167,21 @@ impl Shared {
                 .with(|cfg| derive(generation, cfg, Some(&old), self.clock, &self.counters));
             self.derived.store(Arc::new(new));
         }
-        self.derived.load()
     }
 
     /// `Ok` if `req` is within its limits (and counts against them), else the rejection.
     #[inline]
-    pub(crate) fn check<R: RateLimitRequest>(&self, req: &R) -> Result<(), Rejection> {
-        let derived = self.current();
+    pub(crate) fn check<R: RateLimitRequest>(
+        &self,
+        cache: &mut DerivedCache,
+        req: &R,
+    ) -> Result<(), Rejection> {
+        // Read the generation first: a config newer than it only causes one more rebuild.
+        let generation = self.config.generation();
+        if cache.load().generation != generation {
+            self.refresh(generation);
+        }
+        let derived = cache.load();
         if !derived.enabled {
             return Ok(());
         }
