@@ -11,7 +11,9 @@ use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, Value};
+use redis::{
+    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, ServerErrorKind, Value,
+};
 use serde_json::value::RawValue;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
@@ -210,6 +212,62 @@ enum Job {
     Flush(oneshot::Sender<()>),
 }
 
+/// Steps sent in one pipeline, at most.
+const PIPELINE: usize = 256;
+
+impl Job {
+    /// Whether it can share a pipeline: an append to a session (not a client: that needs a
+    /// lookup first) or a processed mark.
+    fn pipelines(&self) -> bool {
+        matches!(
+            self,
+            Self::Append {
+                to: OwnedTarget::Session(_),
+                ..
+            } | Self::Processed { .. }
+        )
+    }
+
+    /// The same step without its reply (to send it again; the reply stays with the original).
+    fn step_copy(&self) -> Job {
+        match self {
+            Self::Append {
+                to: OwnedTarget::Session(token),
+                payload,
+                max_messages,
+                max_bytes,
+                deadline,
+                ..
+            } => Self::Append {
+                to: OwnedTarget::Session(*token),
+                payload: payload.clone(),
+                max_messages: *max_messages,
+                max_bytes: *max_bytes,
+                deadline: *deadline,
+                reply: oneshot::channel().0,
+            },
+            Self::Processed { token, id } => Self::Processed {
+                token: *token,
+                id: *id,
+            },
+            _ => Self::Flush(oneshot::channel().0),
+        }
+    }
+
+    /// Answers the step with `err`.
+    fn fail(self, err: &SessionStoreError) {
+        match self {
+            Self::Append { reply, .. } => drop(reply.send(Err(err.clone()))),
+            Self::Attach { reply, .. } => drop(reply.send(Err(err.clone()))),
+            Self::Processed { .. } => tracing::warn!(%err, "session processed mark not recorded"),
+            Self::Detach { .. } => {
+                tracing::warn!(%err, "session not detached in Redis (it stays attached)")
+            }
+            Self::Flush(done) => drop(done.send(())),
+        }
+    }
+}
+
 /// How an attach treats a session attached to another node (see the `ATTACH` script).
 #[derive(Debug, Clone, Copy)]
 enum Handover {
@@ -397,15 +455,181 @@ impl Inner {
         if let Some(mut queue) = queue {
             let store = Arc::downgrade(self);
             tokio::spawn(async move {
-                while let Some(job) = queue.recv().await {
+                let mut carried = None;
+                loop {
+                    let job = match carried.take() {
+                        Some(job) => job,
+                        None => match queue.recv().await {
+                            Some(job) => job,
+                            None => return,
+                        },
+                    };
                     let Some(inner) = store.upgrade() else { return };
-                    inner.serve(job).await;
+                    if !job.pipelines() || !inner.is_single() {
+                        inner.serve(job).await;
+                        continue;
+                    }
+                    // What waits behind it goes in the same round trip, in order, up to the
+                    // first step that cannot.
+                    let mut batch = vec![job];
+                    while batch.len() < PIPELINE {
+                        match queue.try_recv() {
+                            Ok(next) if next.pipelines() => batch.push(next),
+                            Ok(next) => {
+                                carried = Some(next);
+                                break;
+                            }
+                            Err(_) => break,
+                        }
+                    }
+                    inner.serve_pipelined(batch).await;
                 }
             });
         }
         self.jobs.try_send(job).map_err(|e| match e {
             mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
         })
+    }
+
+    fn is_single(&self) -> bool {
+        matches!(&*self.conn.made.borrow(), Some(Conn::Single(_)))
+    }
+
+    /// Appends to a session and processed marks, in one pipeline: one round trip for all of
+    /// them, run by Redis in order. A script Redis does not hold (after a restart) is loaded,
+    /// and the steps it failed are sent again, in order.
+    async fn serve_pipelined(&self, batch: Vec<Job>) {
+        let mut steps = Vec::with_capacity(batch.len());
+        for job in batch {
+            match job {
+                Job::Append {
+                    reply, deadline, ..
+                } if Instant::now() > deadline => {
+                    let _ = reply.send(Err(timeout_error(self.timeout)));
+                }
+                job => steps.push(job),
+            }
+        }
+        let mut conn = match self.conn().await {
+            Ok(conn) => conn,
+            Err(err) => return steps.into_iter().for_each(|job| job.fail(&err)),
+        };
+        let mut answers = self.pipeline(&mut conn, &steps).await;
+        let missing = |a: &Result<redis::RedisResult<Value>, SessionStoreError>| matches!(a, Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript));
+        if answers.iter().any(missing) {
+            let loaded = async {
+                scripts::APPEND.load_async(&mut conn).await?;
+                scripts::PROCESSED.load_async(&mut conn).await
+            };
+            match bounded(self.timeout, loaded).await {
+                Ok(_) => {
+                    let again: Vec<usize> =
+                        (0..steps.len()).filter(|&i| missing(&answers[i])).collect();
+                    let retried: Vec<Job> = again.iter().map(|&i| steps[i].step_copy()).collect();
+                    let second = self.pipeline(&mut conn, &retried).await;
+                    for (i, answer) in again.into_iter().zip(second) {
+                        answers[i] = answer;
+                    }
+                }
+                Err(err) => answers = steps.iter().map(|_| Err(err.clone())).collect(),
+            }
+        }
+        for (job, answer) in steps.into_iter().zip(answers) {
+            let answer =
+                answer.and_then(|a| a.map_err(|e| SessionStoreError::new(format!("Redis: {e}"))));
+            match job {
+                Job::Append {
+                    to: OwnedTarget::Session(token),
+                    reply,
+                    ..
+                } => {
+                    let appended = answer.and_then(|value| {
+                        redis::from_redis_value::<Option<(u64, u64)>>(value)
+                            .map_err(|_| bad_answer("append"))
+                    });
+                    let _ = reply.send(appended.map(|a| {
+                        a.map(|(seq, dropped)| Appended {
+                            session: token,
+                            seq,
+                            dropped,
+                            evicted: Vec::new(),
+                        })
+                    }));
+                }
+                Job::Processed { .. } => {
+                    if let Err(err) = answer {
+                        tracing::warn!(%err, "session processed mark not recorded");
+                    }
+                }
+                job => job.fail(&bad_answer("a step that is not pipelined")),
+            }
+        }
+    }
+
+    /// Sends `steps` (appends to a session and processed marks) as one pipeline; one answer
+    /// per step.
+    async fn pipeline(
+        &self,
+        conn: &mut Conn,
+        steps: &[Job],
+    ) -> Vec<Result<redis::RedisResult<Value>, SessionStoreError>> {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for step in steps {
+            match step {
+                Job::Append {
+                    to: OwnedTarget::Session(token),
+                    payload,
+                    max_messages,
+                    max_bytes,
+                    ..
+                } => {
+                    let keys = self.keys(token);
+                    let (kind, data): (&str, &[u8]) = match payload {
+                        MessageData::Json(json) => ("j", json.get().as_bytes()),
+                        MessageData::Binary(bytes) => ("b", bytes),
+                    };
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(scripts::APPEND.get_hash())
+                        .arg(2)
+                        .arg(&keys.meta)
+                        .arg(&keys.log)
+                        .arg(kind)
+                        .arg(data)
+                        .arg((*max_messages).max(1))
+                        .arg(*max_bytes)
+                        .arg(&*self.node)
+                        .arg(&*self.prefix)
+                        .arg(token.to_string());
+                    pipe.add_command(cmd);
+                }
+                Job::Processed { token, id } => {
+                    let mut cmd = redis::cmd("EVALSHA");
+                    cmd.arg(scripts::PROCESSED.get_hash())
+                        .arg(1)
+                        .arg(self.keys(token).meta)
+                        .arg(*id);
+                    pipe.add_command(cmd);
+                }
+                // Never batched; answered as an error by the caller.
+                _ => {
+                    pipe.cmd("PING");
+                }
+            }
+        }
+        match bounded(
+            self.timeout,
+            pipe.query_async::<Vec<redis::RedisResult<Value>>>(conn),
+        )
+        .await
+        {
+            Ok(answers) if answers.len() == steps.len() => answers.into_iter().map(Ok).collect(),
+            Ok(_) => steps
+                .iter()
+                .map(|_| Err(bad_answer("pipeline length")))
+                .collect(),
+            Err(err) => steps.iter().map(|_| Err(err.clone())).collect(),
+        }
     }
 
     /// Runs one queued step, one after another in the order they were queued.
