@@ -116,7 +116,9 @@ impl Shared {
         };
         let clock = TokioClock::new();
         let counters = Arc::new(Counters::default());
-        let derived = config.with(|cfg| derive(config.generation(), cfg, None, clock, &counters));
+        // The generation first: a config newer than it only causes one more rebuild.
+        let generation = config.generation();
+        let derived = config.with(|cfg| derive(generation, cfg, None, clock, &counters));
         let shared = Arc::new(Self {
             config,
             clock,
@@ -161,7 +163,8 @@ impl Shared {
     fn refresh(&self, generation: u64) {
         let _one_at_a_time = self.rebuild.lock().unwrap_or_else(PoisonError::into_inner);
         let old = self.derived.load_full();
-        if old.generation != generation {
+        // Generations only grow: another call may have rebuilt from a newer one meanwhile.
+        if old.generation < generation {
             let new = self
                 .config
                 .with(|cfg| derive(generation, cfg, Some(&old), self.clock, &self.counters));

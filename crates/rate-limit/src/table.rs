@@ -238,4 +238,30 @@ mod tests {
         assert_eq!(counters.expired.load(Ordering::Relaxed), 3);
         assert!(!store.is_empty());
     }
+
+    #[test]
+    fn concurrent_inserts_keep_the_count_exact_and_the_table_near_its_cap() {
+        const THREADS: u64 = 4;
+        let counters = Arc::new(Counters::default());
+        let store = TableRef(Arc::new(KeyTable::new(64, Arc::clone(&counters))));
+        std::thread::scope(|scope| {
+            for t in 0..THREADS {
+                let store = store.clone();
+                scope.spawn(move || {
+                    for i in 0..5_000u64 {
+                        // Spread over shards like hashed keys: distinct high bits per key.
+                        let key = (t << 60) | (i << 40) | (i % 7);
+                        put(&store, key, 1 + i);
+                    }
+                });
+            }
+        });
+        let tracked = store.len();
+        assert_eq!(store.0.len.load(Ordering::Relaxed), tracked);
+        assert!(tracked <= 64 + THREADS as usize, "{tracked}");
+        assert_eq!(
+            counters.evicted.load(Ordering::Relaxed),
+            THREADS * 5_000 - tracked as u64
+        );
+    }
 }
