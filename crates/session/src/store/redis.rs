@@ -102,6 +102,7 @@ struct Inner {
     /// Whether the subscriber is subscribed; the subscriber stops when this is dropped.
     subscribed: watch::Sender<bool>,
     subscriber_started: AtomicBool,
+    ever_subscribed: Arc<AtomicBool>,
     pubsub_urls: Vec<String>,
     /// The `ttl` of the last config the store was given: `detach` is not given one.
     ttl_ms: AtomicU64,
@@ -367,6 +368,7 @@ impl RedisSessionStore {
                 listeners: Arc::default(),
                 subscribed: watch::Sender::new(false),
                 subscriber_started: AtomicBool::new(false),
+                ever_subscribed: Arc::default(),
                 pubsub_urls,
                 ttl_ms: AtomicU64::new(millis(SessionConfig::default().ttl)),
             }),
@@ -428,14 +430,18 @@ impl Inner {
         bounded(self.timeout, cmd.query_async(conn)).await
     }
 
-    /// Starts the subscriber (once) and waits, at most `operation_timeout`, until it listens:
-    /// a session is attached here only once other nodes can reach this one.
+    /// Starts the subscriber (once) and waits, at most `operation_timeout`, until it first
+    /// listens: the first sessions are attached here once other nodes can reach this one.
+    /// Later, while it subscribes again, nobody waits: it then wakes every connection.
     async fn listening(self: &Arc<Self>) {
         if !self.subscriber_started.swap(true, Ordering::AcqRel) {
             tokio::spawn(subscribe_until_dropped(
                 Arc::downgrade(self),
                 self.subscribed.subscribe(),
             ));
+        }
+        if self.ever_subscribed.load(Ordering::Acquire) {
+            return;
         }
         let mut subscribed = self.subscribed.subscribe();
         let _ = tokio::time::timeout(self.timeout, subscribed.wait_for(|s| *s)).await;
@@ -1219,6 +1225,7 @@ async fn subscribe_until_dropped(store: Weak<Inner>, mut alive: watch::Receiver<
         let channel = inner.channel();
         let listeners = Arc::clone(&inner.listeners);
         let subscribed = inner.subscribed.clone();
+        let ever_subscribed = Arc::clone(&inner.ever_subscribed);
         let timeout = inner.timeout * 10;
         drop(inner);
         attempt += 1;
@@ -1232,6 +1239,7 @@ async fn subscribe_until_dropped(store: Weak<Inner>, mut alive: watch::Receiver<
             Ok(Ok(mut pubsub)) => {
                 delay = Duration::from_millis(100);
                 subscribed.send_replace(true);
+                ever_subscribed.store(true, Ordering::Release);
                 // Whatever was published while not subscribed is lost: read every log again.
                 tell(&listeners, RemoteEvent::Missed);
                 let mut messages = pubsub.on_message();
