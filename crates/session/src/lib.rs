@@ -21,6 +21,13 @@
 //!   process) and the TTL of detached sessions come from the `session` section of the
 //!   configuration ([`SessionConfig`](wsguard_config::SessionConfig)), fixed or live.
 //!
+//! Sessions live in a [`SessionStore`](store::SessionStore): in this process's memory by default
+//! ([`MemorySessionStore`]), or (feature `redis`) in Redis
+//! (`store::RedisSessionStore`, one server or a cluster) so that every
+//! node on the same Redis shares them: a client resumes on any node, and a message sent on one
+//! node reaches the client on another. [`Sessions::from_config`] builds the store
+//! `session.store` names.
+//!
 //! Application code sends to a client whether or not it is connected at the moment; a route
 //! that notifies one:
 //!

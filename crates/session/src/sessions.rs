@@ -186,7 +186,7 @@ impl Sessions {
     }
 
     /// A registry over the store `session.store` names: a [`MemorySessionStore`], or (feature
-    /// `redis`) a [`RedisSessionStore`](crate::store::RedisSessionStore) that connects in the
+    /// `redis`) a `store::RedisSessionStore` that connects in the
     /// background (until it does, hello and resume are answered `unavailable`).
     ///
     /// Fails if the config names a store this build cannot make (`redis` without the `redis`

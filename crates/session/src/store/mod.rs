@@ -1,7 +1,7 @@
 //! Where sessions and their logs live.
 //!
 //! [`MemorySessionStore`] is the embedded default. With the `redis` feature,
-//! [`RedisSessionStore`] keeps them in Redis (one server or a cluster), so that a client resumes
+//! `RedisSessionStore` keeps them in Redis (one server or a cluster), so that a client resumes
 //! on any node: each method is one atomic step on a session's keys there (a Lua script): `XADD`
 //! for [`append`](SessionStore::append), `XRANGE` for [`read_after`](SessionStore::read_after),
 //! `XTRIM MINID` for [`trim`](SessionStore::trim), a hash per session for its client, marks and
