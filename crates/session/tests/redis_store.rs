@@ -607,3 +607,23 @@ async fn messages_sent_without_waiting_keep_their_order(backend: Backend) {
     );
 }
 both!(messages_sent_without_waiting_keep_their_order);
+
+async fn a_resume_replays_a_full_log_at_once(backend: Backend) {
+    const HELD: u64 = 1000;
+    let sessions = backend.node(config());
+    let (session, token) = hello(&sessions, Some("f")).await;
+    let payload = format!("\"{}\"", "x".repeat(100));
+    for _ in 0..HELD {
+        session.append(payload.as_str()).await.unwrap();
+    }
+    detach(&sessions, session).await;
+    let started = Instant::now();
+    let (_session, frame, replay) = attached(sessions.resume(&token, Some("f"), 0).await);
+    let took = started.elapsed();
+    assert!(frame.resumed);
+    assert_eq!(replay.len() as u64, HELD);
+    assert!(replay.iter().zip(1..).all(|(m, seq)| m.seq == seq));
+    eprintln!("resume with {HELD} messages of 102 bytes held: {took:?}");
+    assert!(took < Duration::from_secs(2), "{took:?}");
+}
+both!(a_resume_replays_a_full_log_at_once);

@@ -2,7 +2,7 @@ mod scripts;
 
 use std::fmt;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
@@ -51,9 +51,9 @@ use crate::token::SessionToken;
 ///
 /// **Expiry** is Redis's: a detached session's keys get a `PEXPIREAT` of its detach time (by
 /// Redis's clock) plus `ttl`, so it is freed even if no node sweeps. **Bounds**: `max_messages`
-/// and `max_bytes` hold per session exactly as in memory; `max_total_bytes` is not enforced
-/// (Redis's own `maxmemory` is the bound of a shared server; sessions times `max_bytes` is the
-/// most the store holds).
+/// and `max_bytes` hold per session exactly as in memory; `max_total_bytes` bounds what waits
+/// on this node to reach Redis, not what Redis holds (Redis's own `maxmemory` is the bound of a
+/// shared server; `max_sessions` times `max_bytes` is the most the store holds).
 ///
 /// **Across nodes**: a session's hash names the node it is attached to (each store has a random
 /// node id). An append on another node publishes `logged T seq` on that node's channel
@@ -63,9 +63,11 @@ use crate::token::SessionToken;
 /// while a subscriber is disconnected; when the subscription is made again every connection
 /// reads its log again.
 ///
-/// **Order**: appends from this node go to Redis one after another in the order `append` was
-/// called (a queue of up to 4,096 messages, served by one task), so that a message sent without
-/// waiting keeps its place.
+/// **Order**: appends, processed marks, attaches and detaches from this node go to Redis in the
+/// order they were asked for, through one queue served by one task (appends and marks
+/// pipelined, up to 256 per round trip), so that a message sent without waiting keeps its
+/// place. The queue holds at most `max_total_bytes` of payloads: past it an append fails at
+/// once (`max_total_bytes` bounds what this node holds, as it does in memory).
 ///
 /// **Failures**: every command is bounded by `operation_timeout`; an error or a timeout is a
 /// [`SessionStoreError`], and a hello or resume is then answered `unavailable`. The connection
@@ -95,9 +97,13 @@ struct Inner {
     prefix: Arc<str>,
     timeout: Duration,
     node: Arc<str>,
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::UnboundedSender<Job>,
+    /// Bytes of the steps waiting in the queue (payloads and a fixed cost per step).
+    queued: AtomicUsize,
+    /// `max_total_bytes` of the last config the store was given: the most the queue holds.
+    max_queued: AtomicUsize,
     /// Taken by the task that serves the queue, on the first job.
-    queue: Mutex<Option<mpsc::Receiver<Job>>>,
+    queue: Mutex<Option<mpsc::UnboundedReceiver<Job>>>,
     listeners: Arc<Mutex<Vec<RemoteListener>>>,
     /// Whether the subscriber is subscribed; the subscriber stops when this is dropped.
     subscribed: watch::Sender<bool>,
@@ -171,8 +177,8 @@ struct Pending {
     failures: AtomicU64,
 }
 
-/// Past this many steps waiting for Redis, `append` and `attach` fail at once.
-const QUEUE: usize = 4096;
+/// What a step costs in the queue besides its payload.
+const STEP_BYTES: usize = 64;
 
 /// Client numbers past this are clamped: the scripts format seqs into stream ids as Lua
 /// numbers, exact and without an exponent below 10^14.
@@ -217,6 +223,14 @@ enum Job {
 const PIPELINE: usize = 256;
 
 impl Job {
+    /// What it takes in the queue.
+    fn size(&self) -> usize {
+        match self {
+            Self::Append { payload, .. } => STEP_BYTES + payload.len(),
+            _ => STEP_BYTES,
+        }
+    }
+
     /// Whether it can share a pipeline: an append to a session (not a client: that needs a
     /// lookup first) or a processed mark.
     fn pipelines(&self) -> bool {
@@ -350,7 +364,7 @@ impl RedisSessionStore {
                 config.cluster_nodes.clone(),
             )
         };
-        let (jobs, queue) = mpsc::channel(QUEUE);
+        let (jobs, queue) = mpsc::unbounded_channel();
         Ok(Self {
             inner: Arc::new(Inner {
                 conn: Pending {
@@ -364,6 +378,8 @@ impl RedisSessionStore {
                 timeout,
                 node: SessionToken::generate().to_string()[..16].into(),
                 jobs,
+                queued: AtomicUsize::new(0),
+                max_queued: AtomicUsize::new(SessionConfig::default().max_total_bytes),
                 queue: Mutex::new(Some(queue)),
                 listeners: Arc::default(),
                 subscribed: watch::Sender::new(false),
@@ -447,8 +463,10 @@ impl Inner {
         let _ = tokio::time::timeout(self.timeout, subscribed.wait_for(|s| *s)).await;
     }
 
-    fn remember_ttl(&self, config: &SessionConfig) {
+    fn remember(&self, config: &SessionConfig) {
         self.ttl_ms.store(millis(config.ttl), Ordering::Relaxed);
+        self.max_queued
+            .store(config.max_total_bytes, Ordering::Relaxed);
     }
 
     /// Queues a step; starts the task that serves the queue on the first one. Gives the job
@@ -471,6 +489,7 @@ impl Inner {
                         },
                     };
                     let Some(inner) = store.upgrade() else { return };
+                    inner.dequeued(&job);
                     if !job.pipelines() || !inner.is_single() {
                         inner.serve(job).await;
                         continue;
@@ -480,8 +499,12 @@ impl Inner {
                     let mut batch = vec![job];
                     while batch.len() < PIPELINE {
                         match queue.try_recv() {
-                            Ok(next) if next.pipelines() => batch.push(next),
+                            Ok(next) if next.pipelines() => {
+                                inner.dequeued(&next);
+                                batch.push(next);
+                            }
                             Ok(next) => {
+                                // Counted out at the top of the loop, like any other.
                                 carried = Some(next);
                                 break;
                             }
@@ -492,9 +515,22 @@ impl Inner {
                 }
             });
         }
-        self.jobs.try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(job) | mpsc::error::TrySendError::Closed(job) => job,
+        let size = job.size();
+        let limit = self.max_queued.load(Ordering::Relaxed);
+        let queued = self.queued.fetch_add(size, Ordering::AcqRel);
+        // Appends and attaches can be refused; detaches and marks must reach Redis.
+        if queued + size > limit && matches!(job, Job::Append { .. } | Job::Attach { .. }) {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            return Err(job);
+        }
+        self.jobs.send(job).map_err(|e| {
+            self.queued.fetch_sub(size, Ordering::AcqRel);
+            e.0
         })
+    }
+
+    fn dequeued(&self, job: &Job) {
+        self.queued.fetch_sub(job.size(), Ordering::AcqRel);
     }
 
     fn is_single(&self) -> bool {
@@ -1279,7 +1315,7 @@ impl SessionStore for RedisSessionStore {
         _now: Instant,
         config: &SessionConfig,
     ) -> StoreFuture<Created> {
-        self.inner.remember_ttl(config);
+        self.inner.remember(config);
         let inner = Arc::clone(&self.inner);
         let client = client.map(str::to_owned);
         let config = config.clone();
@@ -1297,7 +1333,7 @@ impl SessionStore for RedisSessionStore {
         _now: Instant,
         config: &SessionConfig,
     ) -> StoreFuture<Attached> {
-        self.inner.remember_ttl(config);
+        self.inner.remember(config);
         let inner = Arc::clone(&self.inner);
         let (token, client, ttl) = (*token, client.map(str::to_owned), config.ttl);
         StoreFuture::boxed(async move {
@@ -1318,7 +1354,9 @@ impl SessionStore for RedisSessionStore {
                     reply,
                 };
                 if inner.queue(job).is_err() {
-                    return Err(SessionStoreError::new("too many steps waiting for Redis"));
+                    return Err(SessionStoreError::new(
+                        "more than max_total_bytes waiting for Redis",
+                    ));
                 }
                 if let Some(attached) = answer.await.unwrap_or_else(|_| Err(dropped()))? {
                     return Ok(attached);
@@ -1341,6 +1379,7 @@ impl SessionStore for RedisSessionStore {
         payload: MessageData,
         config: &SessionConfig,
     ) -> StoreFuture<Option<Appended>> {
+        self.inner.remember(config);
         let (reply, answer) = oneshot::channel();
         let job = Job::Append {
             to: match to {
@@ -1355,7 +1394,7 @@ impl SessionStore for RedisSessionStore {
         };
         if self.inner.queue(job).is_err() {
             return StoreFuture::ready(Err(SessionStoreError::new(
-                "too many messages waiting for Redis, or no tokio runtime",
+                "more than max_total_bytes waiting for Redis, or no tokio runtime",
             )));
         }
         StoreFuture::boxed(async move { answer.await.unwrap_or_else(|_| Err(dropped())) })
@@ -1422,7 +1461,7 @@ impl SessionStore for RedisSessionStore {
     }
 
     fn expire(&self, _now: Instant, config: &SessionConfig) -> StoreFuture<Vec<SessionToken>> {
-        self.inner.remember_ttl(config);
+        self.inner.remember(config);
         let inner = Arc::clone(&self.inner);
         let ttl = config.ttl;
         StoreFuture::boxed(async move { inner.expire(ttl).await })
