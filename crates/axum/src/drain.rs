@@ -121,6 +121,11 @@ pub(crate) struct DrainTicket {
 }
 
 impl DrainTicket {
+    /// Whether the drain has started.
+    pub(crate) fn is_draining(&self) -> bool {
+        self.started.borrow().is_some()
+    }
+
     /// Resolves when the drain starts, with the reconnect window.
     pub(crate) async fn started(&mut self) -> Duration {
         let window = match self.started.wait_for(Option::is_some).await {

@@ -172,6 +172,11 @@ where
             )
             && let Some(ack) = live.ack_frame()
         {
+            // An ack tells the client never to resend: the marks it covers must have reached a
+            // shared store first, or a resume on another node would ask for what it skipped.
+            if let Some(opening) = opening.as_ref() {
+                flush_sessions(&opening.sessions, close_timeout).await;
+            }
             conn.sender.push_frame(ack);
         }
         // The first reason recorded wins (a `close` asked by the handler, say, over what followed).
@@ -206,15 +211,25 @@ where
         };
         // Whoever still holds the connection's info or sender keeps no unsent messages alive.
         let dropped = conn.sender.discard();
+        log_close(&conn, &ending, handshake);
+        // Detaches the session: it waits `ttl` for a resume.
+        let had_session = live.is_some();
+        drop(live);
         if let Some(ticket) = &connection.drain {
+            // The node is going away: its session steps (the detach, the last processed marks)
+            // reach a shared store before the drain counts this connection done, so that the
+            // client resumes on another node at once and is not asked for what it skipped.
+            if had_session
+                && ticket.is_draining()
+                && let Some(opening) = opening.as_ref()
+            {
+                flush_sessions(&opening.sessions, close_timeout).await;
+            }
             let flushed = connection
                 .written_at_drain
                 .map_or(0, |at| conn.sender.written() - at);
             ticket.finish(connection.closed_by_drain, flushed, dropped as u64);
         }
-        log_close(&conn, &ending, handshake);
-        // Detaches the session: it waits `ttl` for a resume.
-        drop(live);
         // Per-client metrics state goes with the client's last connection.
         conn.slot.release();
     }
@@ -520,6 +535,16 @@ where
                 }
             }
         }
+    }
+}
+
+/// Waits, at most `limit`, until the session steps this node asked of the store have reached it
+/// (immediate with the memory store).
+async fn flush_sessions(sessions: &wsguard_session::Sessions, limit: Duration) {
+    match tokio::time::timeout(limit, sessions.flush()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(err)) => tracing::warn!(%err, "session store flush failed"),
+        Err(_) => tracing::warn!(?limit, "session store flush timed out"),
     }
 }
 
