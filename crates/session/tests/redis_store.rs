@@ -627,3 +627,52 @@ async fn a_resume_replays_a_full_log_at_once(backend: Backend) {
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
 both!(a_resume_replays_a_full_log_at_once);
+
+#[tokio::test]
+async fn on_a_cluster_a_master_down_answers_unavailable_in_time_and_sessions_come_back() {
+    let mut cluster = RedisCluster::start();
+    let mut config = config();
+    config.store.backend = SessionBackend::Redis;
+    config.store.redis.cluster_nodes = cluster.seed_urls();
+    config.store.redis.operation_timeout = OP_TIMEOUT;
+    let sessions = Sessions::from_config(config).unwrap();
+    let (_warm, _) = hello(&sessions, None).await;
+    // The master holding the index: without it no session can be opened.
+    let index = (0..3)
+        .find(|&i| cluster.keys(i).iter().any(|k| k.ends_with("{index}")))
+        .expect("the index is on a master");
+
+    cluster.stop(index);
+    for _ in 0..5 {
+        let started = Instant::now();
+        assert!(matches!(
+            sessions.hello(None).await,
+            Opened::Unavailable { .. }
+        ));
+        // The sweep, then admitting to the index: each bounded by the operation timeout.
+        let took = started.elapsed();
+        assert!(took < OP_TIMEOUT * 3, "answered after {took:?}");
+    }
+
+    cluster.restart(index);
+    let restarted = Instant::now();
+    // Every one of 30 new sessions, over all three masters, works again.
+    wait_until("sessions on every master", WAIT_CLUSTER, || async {
+        for _ in 0..30 {
+            let Opened::Attached { session, .. } = sessions.hello(None).await else {
+                return false;
+            };
+            if session.append("back").await.is_err() {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    eprintln!(
+        "sessions on every master {:?} after the restart",
+        restarted.elapsed()
+    );
+}
+
+const WAIT_CLUSTER: Duration = Duration::from_secs(20);
