@@ -10,14 +10,37 @@ use crate::shared::Shared;
 
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) limited_messages: AtomicU64,
-    pub(crate) limited_bytes: AtomicU64,
-    pub(crate) larger_than_burst: AtomicU64,
-    pub(crate) dropped: AtomicU64,
-    pub(crate) error_frames: AtomicU64,
-    pub(crate) closed: AtomicU64,
+    /// Refused calls by limit (rows, [`limit_index`]) and action (columns, [`action_index`]).
+    pub(crate) limited: [[AtomicU64; 3]; 3],
     pub(crate) evicted: AtomicU64,
     pub(crate) expired: AtomicU64,
+}
+
+const LIMITS: [LimitKind; 3] = [
+    LimitKind::Messages,
+    LimitKind::Bytes,
+    LimitKind::LargerThanBurst,
+];
+const ACTIONS: [RateLimitAction; 3] = [
+    RateLimitAction::Drop,
+    RateLimitAction::ErrorFrame,
+    RateLimitAction::Close,
+];
+
+const fn limit_index(limit: LimitKind) -> usize {
+    match limit {
+        LimitKind::Messages => 0,
+        LimitKind::Bytes => 1,
+        LimitKind::LargerThanBurst => 2,
+    }
+}
+
+const fn action_index(action: RateLimitAction) -> usize {
+    match action {
+        RateLimitAction::Drop => 0,
+        RateLimitAction::ErrorFrame => 1,
+        RateLimitAction::Close => 2,
+    }
 }
 
 impl Counters {
@@ -27,22 +50,7 @@ impl Counters {
     }
 
     pub(crate) fn limited(&self, limit: LimitKind, action: RateLimitAction) {
-        Self::add(
-            match limit {
-                LimitKind::Messages => &self.limited_messages,
-                LimitKind::Bytes => &self.limited_bytes,
-                LimitKind::LargerThanBurst => &self.larger_than_burst,
-            },
-            1,
-        );
-        Self::add(
-            match action {
-                RateLimitAction::Drop => &self.dropped,
-                RateLimitAction::ErrorFrame => &self.error_frames,
-                RateLimitAction::Close => &self.closed,
-            },
-            1,
-        );
+        Self::add(&self.limited[limit_index(limit)][action_index(action)], 1);
     }
 }
 
@@ -70,6 +78,7 @@ pub struct RateLimitStats {
     pub evicted: u64,
     /// Keys forgotten by the sweep because their limit had refilled completely.
     pub expired: u64,
+    by_limit_and_action: [[u64; 3]; 3],
 }
 
 impl RateLimitStats {
@@ -85,6 +94,22 @@ impl RateLimitStats {
             RateLimitAction::ErrorFrame => self.error_frames,
             RateLimitAction::Close => self.closed,
         }
+    }
+
+    /// Calls refused by `limit` whose action was `action` (the labels of a metrics export).
+    pub fn limited_with(&self, limit: LimitKind, action: RateLimitAction) -> u64 {
+        self.by_limit_and_action[limit_index(limit)][action_index(action)]
+    }
+
+    /// Every (limit, action) pair with its count of refused calls, zeros included.
+    pub fn limited_by_limit_and_action(
+        &self,
+    ) -> impl Iterator<Item = (LimitKind, RateLimitAction, u64)> + '_ {
+        LIMITS.into_iter().flat_map(move |limit| {
+            ACTIONS
+                .into_iter()
+                .map(move |action| (limit, action, self.limited_with(limit, action)))
+        })
     }
 }
 
@@ -109,17 +134,22 @@ impl RateLimitHandle {
     pub fn stats(&self) -> RateLimitStats {
         let c = &self.shared.counters;
         let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        let matrix = c.limited.each_ref().map(|row| row.each_ref().map(load));
+        let by_limit = |limit: LimitKind| matrix[limit_index(limit)].iter().sum();
+        let by_action =
+            |action: RateLimitAction| matrix.iter().map(|row| row[action_index(action)]).sum();
         RateLimitStats {
             route: self.shared.route(),
-            limited_messages: load(&c.limited_messages),
-            limited_bytes: load(&c.limited_bytes),
-            larger_than_burst: load(&c.larger_than_burst),
-            dropped: load(&c.dropped),
-            error_frames: load(&c.error_frames),
-            closed: load(&c.closed),
+            limited_messages: by_limit(LimitKind::Messages),
+            limited_bytes: by_limit(LimitKind::Bytes),
+            larger_than_burst: by_limit(LimitKind::LargerThanBurst),
+            dropped: by_action(RateLimitAction::Drop),
+            error_frames: by_action(RateLimitAction::ErrorFrame),
+            closed: by_action(RateLimitAction::Close),
             tracked_keys: self.shared.tracked_keys(),
             evicted: load(&c.evicted),
             expired: load(&c.expired),
+            by_limit_and_action: matrix,
         }
     }
 

@@ -268,6 +268,12 @@ async fn the_configured_action_and_retry_delay_travel_with_each_refusal() {
         let stats = layer.stats();
         assert_eq!(stats.limited_by(action), 1, "{action:?}: {stats:?}");
         assert_eq!(stats.limited(), 1);
+        assert_eq!(stats.limited_with(LimitKind::Messages, action), 1);
+        let counted: Vec<_> = stats
+            .limited_by_limit_and_action()
+            .filter(|&(_, _, n)| n > 0)
+            .collect();
+        assert_eq!(counted, [(LimitKind::Messages, action, 1)]);
     }
 }
 
