@@ -93,6 +93,18 @@ pub const SESSIONS_EXPIRED_TOTAL: &str = "wsguard_sessions_expired_total";
 /// `wsguard_sessions_evicted_total{route}`: detached sessions freed early by a global cap.
 pub const SESSIONS_EVICTED_TOTAL: &str = "wsguard_sessions_evicted_total";
 
+/// `wsguard_rate_limited_total{route, limit, action}`: calls a rate limit refused; `limit` is
+/// `messages`, `bytes` or `larger_than_burst` (the payload is larger than the byte burst),
+/// `action` is `drop`, `error_frame` or `close` (`rate_limit.on_limit` at the time).
+pub const RATE_LIMITED_TOTAL: &str = "wsguard_rate_limited_total";
+/// `wsguard_rate_limit_tracked_keys{route}`: keys (clients, connections) a rate limit tracks now.
+pub const RATE_LIMIT_TRACKED_KEYS: &str = "wsguard_rate_limit_tracked_keys";
+/// `wsguard_rate_limit_keys_evicted_total{route}`: keys evicted by the `max_keys` cap.
+pub const RATE_LIMIT_KEYS_EVICTED_TOTAL: &str = "wsguard_rate_limit_keys_evicted_total";
+/// `wsguard_rate_limit_keys_expired_total{route}`: keys forgotten by the sweep because their limit
+/// had refilled.
+pub const RATE_LIMIT_KEYS_EXPIRED_TOTAL: &str = "wsguard_rate_limit_keys_expired_total";
+
 /// The counters of one route and direction, shared by every layer built for them.
 pub(crate) struct RouteStats {
     pub(crate) route: Arc<str>,
@@ -254,5 +266,28 @@ pub(crate) fn describe_sessions() {
         SESSIONS_EVICTED_TOTAL,
         Unit::Count,
         "Detached sessions freed by a global cap"
+    );
+}
+
+pub(crate) fn describe_rate_limits() {
+    metrics::describe_counter!(
+        RATE_LIMITED_TOTAL,
+        Unit::Count,
+        "Calls refused by a rate limit, by limit and action"
+    );
+    metrics::describe_gauge!(
+        RATE_LIMIT_TRACKED_KEYS,
+        Unit::Count,
+        "Keys a rate limit tracks"
+    );
+    metrics::describe_counter!(
+        RATE_LIMIT_KEYS_EVICTED_TOTAL,
+        Unit::Count,
+        "Rate-limit keys evicted by the max_keys cap"
+    );
+    metrics::describe_counter!(
+        RATE_LIMIT_KEYS_EXPIRED_TOTAL,
+        Unit::Count,
+        "Rate-limit keys forgotten after their limit refilled"
     );
 }

@@ -20,6 +20,10 @@
 //! - **Sessions**: the `wsguard.v1` figures of each route (live and detached sessions, resumes,
 //!   refusals by reason, replays, drops by a bound, expiries), read from a [`SessionSource`]
 //!   ([`MetricsRegistry::watch_sessions`]; `WsRoute::metrics` in `wsguard-axum` connects one).
+//! - **Rate limits**: calls each route's rate limit refused, by limit and action, and the keys it
+//!   tracks, evicts and forgets, read from a [`RateLimitSource`]
+//!   ([`MetricsRegistry::watch_rate_limit`]; the `wsguard` crate's `watch_rate_limit` connects a
+//!   `RateLimitLayer`).
 //!
 //! ```
 //! use axum::{Router, body::Body, http::Request, routing::get};
@@ -139,6 +143,7 @@ mod classify;
 pub mod export;
 pub mod future;
 mod layer;
+mod rate_limits;
 mod registry;
 mod request;
 mod sample;
@@ -155,6 +160,7 @@ pub use wsguard_policy::{Classify, DefaultClassifier, Outcome};
 
 pub use self::{
     layer::{Direction, MetricsLayer},
+    rate_limits::{RateLimitActions, RateLimitFigures, RateLimitRefusals, RateLimitSource},
     registry::{ConnectionGuard, ConnectionSlot, MetricsRegistry},
     request::{ClientIdOptions, ClientRequest, MAX_CLIENT_ID_LEN},
     sample::Sampler,
@@ -162,7 +168,7 @@ pub use self::{
     sessions::{SessionFigures, SessionRefusals, SessionSource},
     snapshot::{
         ClientSnapshot, ClientsSnapshot, HistogramSnapshot, MetricsSnapshot, OutcomeCounts,
-        RouteSnapshot, SessionsSnapshot,
+        RateLimitsSnapshot, RouteSnapshot, SessionsSnapshot,
     },
 };
 

@@ -5,6 +5,7 @@ use std::sync::atomic::Ordering;
 use serde::{Deserialize, Serialize};
 
 use crate::export::RouteStats;
+use crate::rate_limits::RateLimitFigures;
 use crate::registry::Inner;
 use crate::registry::aggregate::{LatencyHistogram, Totals};
 use crate::registry::clients::ClientEntry;
@@ -47,6 +48,21 @@ pub struct MetricsSnapshot {
     /// ([`MetricsRegistry::watch_sessions`](crate::MetricsRegistry::watch_sessions)).
     #[serde(default)]
     pub sessions: Vec<SessionsSnapshot>,
+    /// Rate-limit figures of each route that reports them
+    /// ([`MetricsRegistry::watch_rate_limit`](crate::MetricsRegistry::watch_rate_limit)).
+    #[serde(default)]
+    pub rate_limits: Vec<RateLimitsSnapshot>,
+}
+
+/// The rate-limit figures of one route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct RateLimitsSnapshot {
+    /// The route label.
+    pub route: String,
+    /// Its figures at this moment.
+    #[serde(flatten)]
+    pub figures: RateLimitFigures,
 }
 
 /// The session figures of one route.

@@ -211,3 +211,81 @@ async fn session_figures_reach_the_snapshot_and_prometheus() {
         has(&text, line);
     }
 }
+
+#[tokio::test(start_paused = true)]
+async fn rate_limit_figures_reach_the_snapshot_and_prometheus() {
+    use std::sync::Mutex;
+
+    use wsguard_metrics::RateLimitFigures;
+
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let prometheus = recorder.handle();
+    let figures = Arc::new(Mutex::new(RateLimitFigures::default()));
+    let set = |f: &dyn Fn(&mut RateLimitFigures)| f(&mut figures.lock().unwrap());
+    let registry = metrics::with_local_recorder(&recorder, || {
+        let registry = MetricsRegistry::new(config());
+        let source = figures.clone();
+        registry.watch_rate_limit("/ws", move || *source.lock().unwrap());
+        registry
+    });
+    set(&|f| {
+        f.limited.messages.error_frame = 5;
+        f.limited.bytes.drop = 2;
+        f.limited.larger_than_burst.close = 1;
+        f.tracked_keys = 3;
+        f.evicted = 4;
+        f.expired = 6;
+    });
+
+    let snapshot = registry.snapshot();
+    assert_eq!(snapshot.rate_limits.len(), 1);
+    assert_eq!(snapshot.rate_limits[0].route, "/ws");
+    assert_eq!(snapshot.rate_limits[0].figures, *figures.lock().unwrap());
+    assert_eq!(snapshot.rate_limits[0].figures.limited.total(), 8);
+    let json = serde_json::to_value(&snapshot).unwrap();
+    assert_eq!(json["rate_limits"][0]["route"], "/ws");
+    assert_eq!(
+        json["rate_limits"][0]["limited"]["messages"]["error_frame"],
+        5
+    );
+    assert_eq!(json["rate_limits"][0]["tracked_keys"], 3);
+
+    registry.publish();
+    let has = |text: &str, line: &str| {
+        assert!(
+            text.lines().any(|l| l == line),
+            "missing `{line}` in\n{text}"
+        );
+    };
+    let text = prometheus.render();
+    for line in [
+        r#"wsguard_rate_limited_total{route="/ws",limit="messages",action="error_frame"} 5"#,
+        r#"wsguard_rate_limited_total{route="/ws",limit="messages",action="drop"} 0"#,
+        r#"wsguard_rate_limited_total{route="/ws",limit="bytes",action="drop"} 2"#,
+        r#"wsguard_rate_limited_total{route="/ws",limit="larger_than_burst",action="close"} 1"#,
+        r#"wsguard_rate_limit_tracked_keys{route="/ws"} 3"#,
+        r#"wsguard_rate_limit_keys_evicted_total{route="/ws"} 4"#,
+        r#"wsguard_rate_limit_keys_expired_total{route="/ws"} 6"#,
+        "# TYPE wsguard_rate_limited_total counter",
+        "# TYPE wsguard_rate_limit_tracked_keys gauge",
+    ] {
+        has(&text, line);
+    }
+
+    // Publishing adds what the totals gained since the last publish, not the totals again.
+    set(&|f| {
+        f.limited.messages.error_frame = 9;
+        f.tracked_keys = 1;
+    });
+    registry.publish();
+    registry.publish();
+    let text = prometheus.render();
+    for line in [
+        r#"wsguard_rate_limited_total{route="/ws",limit="messages",action="error_frame"} 9"#,
+        r#"wsguard_rate_limited_total{route="/ws",limit="bytes",action="drop"} 2"#,
+        r#"wsguard_rate_limit_tracked_keys{route="/ws"} 1"#,
+        r#"wsguard_rate_limit_keys_evicted_total{route="/ws"} 4"#,
+    ] {
+        has(&text, line);
+    }
+}

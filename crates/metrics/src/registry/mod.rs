@@ -20,12 +20,13 @@ use self::clients::{ClientEntry, ClientTable};
 pub use self::connection::{ConnectionGuard, ConnectionSlot};
 use crate::Direction;
 use crate::export::{RegistryHandles, RouteStats};
+use crate::rate_limits::{RateLimitSource, RouteRateLimit};
 use crate::request::bounded_id;
 use crate::sample::{self, Sampler};
 use crate::sessions::{RouteSessions, SessionSource};
 use crate::snapshot::{
     ClientSnapshot, ClientsSnapshot, HistogramSnapshot, MetricsSnapshot, OutcomeCounts,
-    RouteSnapshot, SessionsSnapshot,
+    RateLimitsSnapshot, RouteSnapshot, SessionsSnapshot,
 };
 
 /// The figures every [`MetricsLayer`](crate::MetricsLayer) of a service records into.
@@ -75,6 +76,7 @@ pub(crate) struct Inner {
     sampler: Sampler,
     routes: Mutex<Vec<Arc<RouteStats>>>,
     sessions: Mutex<Vec<Arc<RouteSessions>>>,
+    rate_limits: Mutex<Vec<Arc<RouteRateLimit>>>,
     histograms: ArcSwap<[LatencyHistogram; 2]>,
     connections_active: AtomicU64,
     connections_total: AtomicU64,
@@ -138,6 +140,7 @@ impl MetricsRegistry {
                 sampler,
                 routes: Mutex::new(Vec::new()),
                 sessions: Mutex::new(Vec::new()),
+                rate_limits: Mutex::new(Vec::new()),
                 histograms: ArcSwap::from_pointee([
                     LatencyHistogram::new(&buckets),
                     LatencyHistogram::new(&buckets),
@@ -232,6 +235,45 @@ impl MetricsRegistry {
         }
     }
 
+    /// Reports the rate-limit figures of `route` from `source`, read on every
+    /// [`publish`](Self::publish) and [`snapshot`](Self::snapshot): in the snapshot's
+    /// `rate_limits` and through the facade (`wsguard_rate_limited_total{route, limit, action}`,
+    /// `wsguard_rate_limit_*{route}`, see [`export`](crate::export)).
+    ///
+    /// The `wsguard` crate's `watch_rate_limit` calls it with a `RateLimitLayer`'s counters.
+    /// Watching a route again replaces its source; the counters published so far stay. The calls
+    /// a limit refuses are also counted by a `MetricsLayer` outside it, as `rejected` with a
+    /// classifier that knows the limit's error (`wsguard_axum::MessageClassifier` does).
+    ///
+    /// ```
+    /// use wsguard_config::MetricsConfig;
+    /// use wsguard_metrics::{MetricsRegistry, RateLimitFigures};
+    ///
+    /// let registry = MetricsRegistry::new(MetricsConfig::testing());
+    /// registry.watch_rate_limit("/ws", || {
+    ///     let mut figures = RateLimitFigures::default();
+    ///     figures.limited.messages.error_frame = 3;
+    ///     figures.tracked_keys = 2;
+    ///     figures
+    /// });
+    /// let snapshot = registry.snapshot();
+    /// assert_eq!(snapshot.rate_limits[0].route, "/ws");
+    /// assert_eq!(snapshot.rate_limits[0].figures.limited.total(), 3);
+    /// ```
+    pub fn watch_rate_limit(&self, route: impl Into<Arc<str>>, source: impl RateLimitSource) {
+        let (route, source): (Arc<str>, Arc<dyn RateLimitSource>) =
+            (route.into(), Arc::new(source));
+        let mut limits = self
+            .inner
+            .rate_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match limits.iter().find(|l| l.route == route) {
+            Some(existing) => existing.replace(source),
+            None => limits.push(Arc::new(RouteRateLimit::new(route, source))),
+        }
+    }
+
     /// Live connections.
     pub fn active_connections(&self) -> u64 {
         self.inner.connections_active.load(Ordering::Relaxed)
@@ -306,6 +348,14 @@ impl MetricsRegistry {
                     figures: s.figures(),
                 })
                 .collect(),
+            rate_limits: inner
+                .rate_limits()
+                .iter()
+                .map(|l| RateLimitsSnapshot {
+                    route: l.route.to_string(),
+                    figures: l.figures(),
+                })
+                .collect(),
         }
     }
 }
@@ -340,12 +390,22 @@ impl Inner {
             .clone()
     }
 
+    fn rate_limits(&self) -> Vec<Arc<RouteRateLimit>> {
+        self.rate_limits
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
     fn publish(&self) {
         for r in self.routes() {
             r.publish();
         }
         for s in self.sessions() {
             s.publish();
+        }
+        for l in self.rate_limits() {
+            l.publish();
         }
     }
 
