@@ -639,7 +639,7 @@ async fn on_a_cluster_a_master_down_answers_unavailable_in_time_and_sessions_com
     let (_warm, _) = hello(&sessions, None).await;
     // The master holding the index: without it no session can be opened.
     let index = (0..3)
-        .find(|&i| cluster.keys(i).iter().any(|k| k.ends_with("{index}")))
+        .find(|&i| cluster.keys(i).iter().any(|k| k.contains("{index}")))
         .expect("the index is on a master");
 
     cluster.stop(index);
@@ -676,3 +676,78 @@ async fn on_a_cluster_a_master_down_answers_unavailable_in_time_and_sessions_com
 }
 
 const WAIT_CLUSTER: Duration = Duration::from_secs(20);
+
+#[test]
+fn the_sessions_of_a_node_that_died_are_detached_once_their_lease_lapses() {
+    let backend = Backend::redis();
+    // A lease lasts the TTL (and at least 20 operation timeouts).
+    let config = SessionConfig {
+        ttl: TTL,
+        max_sessions: 2,
+        store: {
+            let mut store = backend.with_store(config()).store;
+            store.redis.operation_timeout = Duration::from_millis(25);
+            store
+        },
+        ..config()
+    };
+    // Node A opens two sessions, then dies: its runtime, and every task of its store, stops
+    // without detaching anything.
+    let on_a = config.clone();
+    let tokens = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let (held, tokens) = runtime.block_on(async {
+            let node_a = Sessions::from_config(on_a).unwrap();
+            let (one, first) = hello(&node_a, None).await;
+            let (two, second) = hello(&node_a, None).await;
+            one.append("before the crash").await.unwrap();
+            ((one, two, node_a), [first, second])
+        });
+        drop(runtime);
+        std::mem::forget(held);
+        tokens
+    })
+    .join()
+    .unwrap();
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let node_b = Sessions::from_config(config.clone()).unwrap();
+        // Both sessions count as attached: no room.
+        assert!(matches!(
+            node_b.hello(None).await,
+            Opened::Unavailable { .. }
+        ));
+        // Once the lease lapses a sweep detaches them, and one is evicted for a new session.
+        wait_until("a session opens", TTL * 3, || async {
+            matches!(node_b.hello(None).await, Opened::Attached { .. })
+        })
+        .await;
+        assert_eq!(node_b.stats().evicted, 1);
+        // The other resumes at once: detached, it has no node to wait for.
+        let node_c = Sessions::from_config(SessionConfig {
+            max_sessions: 10,
+            ..config
+        })
+        .unwrap();
+        let started = Instant::now();
+        let mut resumed = 0;
+        for token in &tokens {
+            let (_session, frame, replay) = attached(node_c.resume(token, None, 0).await);
+            if frame.resumed {
+                resumed += 1;
+                assert!(replay.len() <= 1);
+            } else {
+                assert_eq!(frame.reason, Some(RefusalReason::Expired));
+            }
+        }
+        assert_eq!(resumed, 1, "one evicted, one resumed");
+        assert!(started.elapsed() < Duration::from_millis(200));
+    });
+}

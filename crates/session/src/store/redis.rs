@@ -1,10 +1,11 @@
 mod scripts;
 
+use std::collections::HashSet;
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -19,7 +20,6 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use wsguard_config::{SessionConfig, SessionRedisConfig};
 
-use self::scripts::ATTACHED;
 use super::{
     Appended, Attached, Created, Logged, RemoteEvent, RemoteListener, SessionState, SessionStore,
     SessionStoreError, StoreFuture, Target,
@@ -37,7 +37,8 @@ use crate::token::SessionToken;
 /// | `P{T}:meta` | hash | client, `last` seq, `acked`, `dropped`, `processed`, payload `bytes`, the `node` it is attached to, `exp` (unix ms when a detached session expires; 0 while attached) |
 /// | `P{T}:log` | stream | the messages held, entry id `seq-0`, fields `k` (`j` JSON or `b` binary) and `d` (the payload) |
 /// | `P{T}:gone` | string | the client of a freed session (its tombstone: its resume reads `expired`), for one `ttl` |
-/// | `P{index}` | sorted set | every session, scored by its expiry time in unix µs (`2^52` while attached): `max_sessions` and the sweep |
+/// | `P{index}:attached` | sorted set | attached sessions, scored by the end of their lease (unix µs) |
+/// | `P{index}:detached` | sorted set | detached sessions, scored by their expiry time (unix µs): eviction for `max_sessions`, and the sweep |
 /// | `Pclient:C` | string | the newest session of client `C` (`Target::Client`) |
 ///
 /// The keys of one session share the hash tag `{T}`, so every step on a session is one Lua
@@ -50,7 +51,11 @@ use crate::token::SessionToken;
 /// cluster.
 ///
 /// **Expiry** is Redis's: a detached session's keys get a `PEXPIREAT` of its detach time (by
-/// Redis's clock) plus `ttl`, so it is freed even if no node sweeps. **Bounds**: `max_messages`
+/// Redis's clock) plus `ttl`, so it is freed even if no node sweeps. **Leases**: the node a
+/// session is attached to renews its lease (`ttl`, and at least 20 operation timeouts) three
+/// times per lease, for all its sessions in a few commands; a node that dies stops, and the
+/// sweep detaches its sessions once their leases lapse, so they expire and free their place
+/// under `max_sessions` like any other. **Bounds**: `max_messages`
 /// and `max_bytes` hold per session exactly as in memory; `max_total_bytes` bounds what waits
 /// on this node to reach Redis, not what Redis holds (Redis's own `maxmemory` is the bound of a
 /// shared server; `max_sessions` times `max_bytes` is the most the store holds).
@@ -73,8 +78,7 @@ use crate::token::SessionToken;
 /// [`SessionStoreError`], and a hello or resume is then answered `unavailable`. The connection
 /// is a multiplexed `ConnectionManager` (or a cluster connection) that reconnects by itself.
 ///
-/// Needs Redis 7.0 or newer. A node that dies without detaching its sessions leaves them
-/// attached until their clients resume them elsewhere.
+/// Needs Redis 7.0 or newer.
 ///
 /// ```no_run
 /// use wsguard_config::SessionConfig;
@@ -112,6 +116,8 @@ struct Inner {
     pubsub_urls: Vec<String>,
     /// The `ttl` of the last config the store was given: `detach` is not given one.
     ttl_ms: AtomicU64,
+    /// Sessions attached here, whose leases this node renews.
+    held: Mutex<HashSet<SessionToken>>,
 }
 
 impl fmt::Debug for RedisSessionStore {
@@ -183,6 +189,12 @@ const STEP_BYTES: usize = 64;
 /// Client numbers past this are clamped: the scripts format seqs into stream ids as Lua
 /// numbers, exact and without an exponent below 10^14.
 const MAX_SEQ: u64 = 99_999_999_999_999;
+
+/// A lease lasts `ttl`, and at least this many operation timeouts.
+const LEASE_TIMEOUTS: u32 = 20;
+
+/// Sessions whose leases one command renews.
+const RENEW_BATCH: usize = 512;
 
 /// How many due sessions one sweep looks at.
 const SWEEP_BATCH: usize = 256;
@@ -387,6 +399,7 @@ impl RedisSessionStore {
                 ever_subscribed: Arc::default(),
                 pubsub_urls,
                 ttl_ms: AtomicU64::new(millis(SessionConfig::default().ttl)),
+                held: Mutex::default(),
             }),
         })
     }
@@ -413,8 +426,58 @@ impl Inner {
         }
     }
 
-    fn index(&self) -> String {
-        format!("{}{{index}}", self.prefix)
+    /// Attached sessions, scored by the end of their lease (unix µs).
+    fn attached_index(&self) -> String {
+        format!("{}{{index}}:attached", self.prefix)
+    }
+
+    /// Detached sessions, scored by their expiry time (unix µs).
+    fn detached_index(&self) -> String {
+        format!("{}{{index}}:detached", self.prefix)
+    }
+
+    /// How long an attached session stays attached in Redis without this node renewing it: a
+    /// node that dies leaves its sessions detached (and then expiring) after this.
+    fn lease(&self) -> Duration {
+        Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed))
+            .max(self.timeout * LEASE_TIMEOUTS)
+    }
+
+    fn held_here(&self) -> MutexGuard<'_, HashSet<SessionToken>> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Moves `token` into the attached index with a fresh lease.
+    async fn hold(&self, conn: &mut Conn, token: &SessionToken) -> Result<(), SessionStoreError> {
+        let mut invocation = scripts::HOLD.prepare_invoke();
+        invocation
+            .key(self.attached_index())
+            .key(self.detached_index())
+            .arg(token.to_string())
+            .arg(millis(self.lease()));
+        self.run::<i64>(conn, &invocation).await?;
+        self.held_here().insert(*token);
+        Ok(())
+    }
+
+    /// Renews the lease of every session attached here, in batches.
+    async fn renew(&self) -> Result<(), SessionStoreError> {
+        let held: Vec<SessionToken> = self.held_here().iter().copied().collect();
+        if held.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn().await?;
+        for batch in held.chunks(RENEW_BATCH) {
+            let mut invocation = scripts::RENEW.prepare_invoke();
+            invocation
+                .key(self.attached_index())
+                .arg(millis(self.lease()));
+            for token in batch {
+                invocation.arg(token.to_string());
+            }
+            self.run::<i64>(&mut conn, &invocation).await?;
+        }
+        Ok(())
     }
 
     fn client_key(&self, client: &str) -> String {
@@ -455,6 +518,7 @@ impl Inner {
                 Arc::downgrade(self),
                 self.subscribed.subscribe(),
             ));
+            tokio::spawn(renew_until_dropped(Arc::downgrade(self)));
         }
         if self.ever_subscribed.load(Ordering::Acquire) {
             return;
@@ -781,6 +845,7 @@ impl Inner {
         token: &SessionToken,
         mode: &str,
         ttl: Duration,
+        node: &str,
     ) -> Result<String, SessionStoreError> {
         let keys = self.keys(token);
         let mut invocation = scripts::FREE.prepare_invoke();
@@ -789,19 +854,9 @@ impl Inner {
             .key(&keys.log)
             .key(&keys.gone)
             .arg(mode)
-            .arg(millis(ttl));
+            .arg(millis(ttl))
+            .arg(node);
         self.run(conn, &invocation).await
-    }
-
-    async fn set_score(
-        &self,
-        conn: &mut Conn,
-        token: &SessionToken,
-        score: u64,
-    ) -> Result<(), SessionStoreError> {
-        let mut zadd = redis::cmd("ZADD");
-        zadd.arg(self.index()).arg(score).arg(token.to_string());
-        self.query::<i64>(conn, &zadd).await.map(drop)
     }
 
     async fn client_entry(
@@ -830,30 +885,33 @@ impl Inner {
         let mut conn = self.conn().await?;
         let mut admit = scripts::ADMIT.prepare_invoke();
         admit
-            .key(self.index())
+            .key(self.attached_index())
+            .key(self.detached_index())
             .arg(token.to_string())
             .arg(config.max_sessions.max(1))
-            .arg(ATTACHED);
+            .arg(millis(self.lease()));
         let Some(candidates): Option<Vec<String>> = self.run(&mut conn, &admit).await? else {
             return Ok(Created::Full);
         };
         let mut evicted = Vec::new();
         for candidate in candidates.iter().filter_map(|t| t.parse().ok()) {
             match self
-                .free(&mut conn, &candidate, "evict", config.ttl)
+                .free(&mut conn, &candidate, "evict", config.ttl, "")
                 .await?
                 .as_str()
             {
                 // Resumed since the index was read: it stays, counted again.
-                "attached" => self.set_score(&mut conn, &candidate, ATTACHED).await?,
+                "attached" => self.hold(&mut conn, &candidate).await?,
                 _ => evicted.push(candidate),
             }
         }
         let made = self.make(&mut conn, &token, client.as_deref()).await;
         if made.is_err() {
             let mut zrem = redis::cmd("ZREM");
-            zrem.arg(self.index()).arg(token.to_string());
+            zrem.arg(self.attached_index()).arg(token.to_string());
             let _ = self.query::<i64>(&mut conn, &zrem).await;
+        } else {
+            self.held_here().insert(token);
         }
         made.map(|()| Created::Created { evicted })
     }
@@ -910,7 +968,7 @@ impl Inner {
             return Ok(None);
         };
         if let Attached::Held { state, .. } = &attached {
-            self.set_score(&mut conn, &token, ATTACHED).await?;
+            self.hold(&mut conn, &token).await?;
             if let Some(client) = &state.client {
                 self.client_entry(&mut conn, client, &token, "persist", 0)
                     .await?;
@@ -933,7 +991,13 @@ impl Inner {
         if expires == 0 {
             return Ok(());
         }
-        self.set_score(&mut conn, &token, score).await?;
+        let mut release = scripts::RELEASE.prepare_invoke();
+        release
+            .key(self.attached_index())
+            .key(self.detached_index())
+            .arg(token.to_string())
+            .arg(score);
+        self.run::<i64>(&mut conn, &release).await?;
         let mut hget = redis::cmd("HMGET");
         hget.arg(&keys.meta).arg("has_client").arg("client");
         let (has_client, client): (Option<String>, Option<String>) =
@@ -957,9 +1021,12 @@ impl Inner {
         let mut del = redis::cmd("DEL");
         del.arg(&keys.meta).arg(&keys.log).arg(&keys.gone);
         self.query::<i64>(&mut conn, &del).await?;
-        let mut zrem = redis::cmd("ZREM");
-        zrem.arg(self.index()).arg(token.to_string());
-        self.query::<i64>(&mut conn, &zrem).await?;
+        self.held_here().remove(&token);
+        for index in [self.attached_index(), self.detached_index()] {
+            let mut zrem = redis::cmd("ZREM");
+            zrem.arg(index).arg(token.to_string());
+            self.query::<i64>(&mut conn, &zrem).await?;
+        }
         if has_client.as_deref() == Some("1")
             && let Some(client) = client
         {
@@ -972,45 +1039,106 @@ impl Inner {
     async fn expire(&self, ttl: Duration) -> Result<Vec<SessionToken>, SessionStoreError> {
         let mut conn = self.conn().await?;
         let mut due = scripts::DUE.prepare_invoke();
-        due.key(self.index()).arg(SWEEP_BATCH);
-        let due: Vec<(String, String)> = self.run(&mut conn, &due).await?;
+        due.key(self.attached_index())
+            .key(self.detached_index())
+            .arg(SWEEP_BATCH);
+        type Due = Vec<(String, String)>;
+        let (detached, lapsed): (Due, Due) = self.run(&mut conn, &due).await?;
+        let (attached_index, detached_index) = (self.attached_index(), self.detached_index());
         let mut expired = Vec::new();
-        for (name, score) in due {
+        for (name, score) in detached {
             let Ok(token) = name.parse::<SessionToken>() else {
                 // Not a token this store wrote: drop it from the index.
-                self.rescore(&mut conn, &name, &score, None).await?;
+                self.rescore(&mut conn, [&detached_index; 2], &name, &score, None)
+                    .await?;
                 continue;
             };
-            let word = self.free(&mut conn, &token, "expire", ttl).await?;
-            let new_score = match word.as_str() {
-                "freed" | "gone" => None,
-                "attached" => Some(ATTACHED),
+            let word = self.free(&mut conn, &token, "expire", ttl, "").await?;
+            let (to, new_score) = match word.as_str() {
+                "freed" | "gone" => (&detached_index, None),
+                // Resumed, and the attached index not told (a step failed): its holder renews
+                // it from now on.
+                "attached" => (&attached_index, Some(unix_us() + micros(self.lease()))),
                 // Detached again since: due at its new expiry (ms, in the index as µs).
-                later => later.parse::<u64>().ok().map(|ms| ms.saturating_mul(1000)),
+                later => (
+                    &detached_index,
+                    later.parse::<u64>().ok().map(|ms| ms.saturating_mul(1000)),
+                ),
             };
             // Of several nodes sweeping at once, the one that takes it out reports it.
-            if self.rescore(&mut conn, &name, &score, new_score).await? && new_score.is_none() {
+            let moved = self
+                .rescore(&mut conn, [&detached_index, to], &name, &score, new_score)
+                .await?;
+            if moved && new_score.is_none() {
+                expired.push(token);
+            }
+        }
+        for (name, score) in lapsed {
+            // Nobody renewed its lease: the node that held it died, or lost track of it (its
+            // detach failed). Detached now, as that node would have done.
+            let Ok(token) = name.parse::<SessionToken>() else {
+                self.rescore(&mut conn, [&attached_index; 2], &name, &score, None)
+                    .await?;
+                continue;
+            };
+            let mut node = redis::cmd("HGET");
+            node.arg(self.keys(&token).meta).arg("node");
+            let node: Option<String> = self.query(&mut conn, &node).await?;
+            let word = match &node {
+                Some(node) => self.free(&mut conn, &token, "orphan", ttl, node).await?,
+                None => "gone".to_owned(),
+            };
+            let new_score = match word.as_str() {
+                "freed" | "gone" => None,
+                // Taken by another node meanwhile: that node leases it.
+                "attached" => continue,
+                exp => exp.parse::<u64>().ok().map(|ms| ms.saturating_mul(1000)),
+            };
+            let moved = self
+                .rescore(
+                    &mut conn,
+                    [&attached_index, &detached_index],
+                    &name,
+                    &score,
+                    new_score,
+                )
+                .await?;
+            if moved && new_score.is_none() {
                 expired.push(token);
             }
         }
         Ok(expired)
     }
 
+    /// Moves `name` from `indexes[0]` to `indexes[1]` with `new_score` (or out), if its score is
+    /// still `score`.
     async fn rescore(
         &self,
         conn: &mut Conn,
+        indexes: [&String; 2],
         name: &str,
         score: &str,
         new_score: Option<u64>,
     ) -> Result<bool, SessionStoreError> {
         let mut invocation = scripts::RESCORE.prepare_invoke();
         invocation
-            .key(self.index())
+            .key(indexes[0])
+            .key(indexes[1])
             .arg(name)
             .arg(score)
             .arg(new_score.map_or_else(String::new, |s| s.to_string()));
         Ok(self.run::<i64>(conn, &invocation).await? == 1)
     }
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
 }
 
 /// How a session's client is written in its hash and tombstone: `0` without one, `1` and the
@@ -1235,6 +1363,21 @@ fn tell(listeners: &Mutex<Vec<RemoteListener>>, event: RemoteEvent) {
     }
 }
 
+/// Renews the leases of the sessions attached here three times per lease, until the store is
+/// dropped.
+async fn renew_until_dropped(store: Weak<Inner>) {
+    loop {
+        let Some(inner) = store.upgrade() else { return };
+        let period = inner.lease() / 3;
+        drop(inner);
+        tokio::time::sleep(period).await;
+        let Some(inner) = store.upgrade() else { return };
+        if let Err(err) = inner.renew().await {
+            tracing::warn!(%err, "session leases not renewed; retrying");
+        }
+    }
+}
+
 /// A message on this node's channel.
 fn parse_event(payload: &str) -> Option<RemoteEvent> {
     let mut words = payload.split(' ');
@@ -1439,6 +1582,9 @@ impl SessionStore for RedisSessionStore {
     }
 
     fn detach(&self, token: &SessionToken, _now: Instant) {
+        // Not renewed from now on: if the detach below never reaches Redis, the lease lapses
+        // and the sweep detaches the session instead.
+        self.inner.held_here().remove(token);
         // The TTL in force when the session detaches: the registry's config is not at hand
         // here, so the store keeps the last one it was given.
         let ttl = Duration::from_millis(self.inner.ttl_ms.load(Ordering::Relaxed));

@@ -16,10 +16,6 @@ macro_rules! lua_now {
     };
 }
 
-/// The score of an attached session in the index (detached ones: their expiry time in unix
-/// microseconds, so that sessions detached one after another are evicted in that order).
-pub(super) const ATTACHED: u64 = 1 << 52;
-
 /// KEYS: meta, gone. ARGV: identity (`has_client .. client`), client, has_client, node.
 pub(super) static CREATE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -32,41 +28,96 @@ return 1
     )
 });
 
-/// KEYS: index. ARGV: token, max_sessions, ATTACHED. Adds the token as attached, first taking
-/// out the oldest detached sessions past `max_sessions` (returned, for the caller to free);
-/// nil when too few are detached.
+/// KEYS: attached index, detached index. ARGV: token, max_sessions, lease in ms. Adds the
+/// token as attached (leased), first taking out the oldest detached sessions past
+/// `max_sessions` (returned, for the caller to free); nil when too few are detached.
 pub(super) static ADMIT: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
+    Script::new(concat!(
+        lua_now!(),
         r"
-local over = redis.call('ZCARD', KEYS[1]) - tonumber(ARGV[2]) + 1
+local detached = redis.call('ZCARD', KEYS[2])
+local over = redis.call('ZCARD', KEYS[1]) + detached - tonumber(ARGV[2]) + 1
 local evicted = {}
 if over > 0 then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, over - 1, 'WITHSCORES')
-  for i = 1, #oldest, 2 do
-    if tonumber(oldest[i + 1]) >= tonumber(ARGV[3]) then return false end
-    evicted[#evicted + 1] = oldest[i]
-  end
-  for _, token in ipairs(evicted) do redis.call('ZREM', KEYS[1], token) end
+  if over > detached then return false end
+  evicted = redis.call('ZRANGE', KEYS[2], 0, over - 1)
+  for _, token in ipairs(evicted) do redis.call('ZREM', KEYS[2], token) end
 end
-redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[1], now_us + tonumber(ARGV[3]) * 1000, ARGV[1])
 return evicted
+"
+    ))
+});
+
+/// KEYS: attached index, detached index. ARGV: token, lease in ms. The session is attached: in
+/// the attached index, leased.
+pub(super) static HOLD: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        lua_now!(),
+        r"
+redis.call('ZREM', KEYS[2], ARGV[1])
+redis.call('ZADD', KEYS[1], now_us + tonumber(ARGV[2]) * 1000, ARGV[1])
+return 1
+"
+    ))
+});
+
+/// KEYS: attached index, detached index. ARGV: token, expiry in µs. The session is detached:
+/// in the detached index, by expiry.
+pub(super) static RELEASE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r"
+redis.call('ZREM', KEYS[1], ARGV[1])
+redis.call('ZADD', KEYS[2], ARGV[2], ARGV[1])
+return 1
 ",
     )
 });
 
-/// KEYS: meta, log, gone. ARGV: mode (`evict` or `expire`), ttl in ms. Frees a detached session
-/// (`expire`: only once its time is past) and leaves a tombstone for one `ttl`, so that its
-/// resume is answered `expired`. Answers `freed`, `gone` (no such session: Redis expired it),
-/// `attached`, or the expiry time of a session still alive.
+/// KEYS: attached index. ARGV: lease in ms, tokens. Extends the leases of sessions this node
+/// holds (only those still in the index).
+pub(super) static RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(concat!(
+        lua_now!(),
+        r"
+local lease = now_us + tonumber(ARGV[1]) * 1000
+local args = {}
+for i = 2, #ARGV do
+  args[#args + 1] = lease
+  args[#args + 1] = ARGV[i]
+end
+if #args == 0 then return 0 end
+return redis.call('ZADD', KEYS[1], 'XX', 'CH', unpack(args))
+"
+    ))
+});
+
+/// KEYS: meta, log, gone. ARGV: mode (`evict`, `expire` or `orphan`), ttl in ms, node. Frees a
+/// detached session (`expire`: only once its time is past) and leaves a tombstone for one
+/// `ttl`, so that its resume is answered `expired`. Answers `freed`, `gone` (no such session:
+/// Redis expired it), `attached`, or the expiry time (ms) of a session still alive.
+///
+/// `orphan`: the session's lease lapsed (`node`, which holds it, stopped renewing it: it died):
+/// it is detached from now, as that node would have done, and its expiry time answered; held
+/// by another node since, it is `attached`.
 pub(super) static FREE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         lua_now!(),
         r"
-local m = redis.call('HMGET', KEYS[1], 'exp', 'client', 'has_client')
+local m = redis.call('HMGET', KEYS[1], 'exp', 'client', 'has_client', 'node')
 if not m[1] then return 'gone' end
 local exp = tonumber(m[1])
+if exp == 0 and ARGV[1] == 'orphan' and m[4] == ARGV[3] then
+  local ttl = tonumber(ARGV[2])
+  exp = now + ttl
+  redis.call('HSET', KEYS[1], 'exp', exp)
+  redis.call('PEXPIREAT', KEYS[1], exp)
+  redis.call('PEXPIREAT', KEYS[2], exp)
+  redis.call('SET', KEYS[3], m[3] .. m[2], 'PXAT', exp + ttl)
+  return tostring(exp)
+end
 if exp == 0 then return 'attached' end
-if ARGV[1] == 'expire' and exp > now then return m[1] end
+if ARGV[1] ~= 'evict' and exp > now then return m[1] end
 redis.call('DEL', KEYS[1], KEYS[2])
 redis.call('SET', KEYS[3], m[3] .. m[2], 'PX', ARGV[2])
 return 'freed'
@@ -208,25 +259,30 @@ return {exp, now_us + ttl * 1000}
     ))
 });
 
-/// KEYS: index. ARGV: how many. The sessions whose expiry time (µs) is past, with their
-/// scores.
+/// KEYS: attached index, detached index. ARGV: how many. The detached sessions whose expiry
+/// time is past and the attached ones whose lease lapsed, with their scores: `{detached,
+/// attached}`.
 pub(super) static DUE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(concat!(
         lua_now!(),
         r"
-return redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_us, 'WITHSCORES', 'LIMIT', 0, ARGV[1])
+return {
+  redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now_us, 'WITHSCORES', 'LIMIT', 0, ARGV[1]),
+  redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_us, 'WITHSCORES', 'LIMIT', 0, ARGV[1])
+}
 "
     ))
 });
 
-/// KEYS: index. ARGV: token, score it had, new score (empty: remove). Changes an entry only if
-/// nobody changed it since it was read; answers 1 if it did.
+/// KEYS: the index the entry is in, the index it moves to. ARGV: token, score it had, new
+/// score (empty: remove). Moves an entry only if nobody changed it since it was read; answers 1
+/// if it did.
 pub(super) static RESCORE: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
 if redis.call('ZSCORE', KEYS[1], ARGV[1]) ~= ARGV[2] then return 0 end
-if ARGV[3] == '' then redis.call('ZREM', KEYS[1], ARGV[1])
-else redis.call('ZADD', KEYS[1], ARGV[3], ARGV[1]) end
+redis.call('ZREM', KEYS[1], ARGV[1])
+if ARGV[3] ~= '' then redis.call('ZADD', KEYS[2], ARGV[3], ARGV[1]) end
 return 1
 ",
     )
