@@ -308,3 +308,68 @@ async fn while_redis_is_down_a_hello_is_answered_unavailable_in_time_and_session
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Echoes `n` messages through one client with at most 512 unacknowledged; the time it took.
+async fn echo_run(addr: SocketAddr, client: &str, n: usize) -> Duration {
+    let options = ClientOptions {
+        max_unacknowledged: 512,
+        ack_every: 64,
+        ..options()
+    };
+    let (client, mut events) = Client::connect(request(addr, client), options)
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let sender = client.clone();
+    let sending = tokio::spawn(async move {
+        for i in 1..=n {
+            sender.send(format!("m{i}")).await.unwrap();
+        }
+    });
+    for i in 1..=n {
+        assert_eq!(
+            next_text(&mut events).await,
+            (i as u64, format!("echo:m{i}"))
+        );
+    }
+    sending.await.unwrap();
+    let took = started.elapsed();
+    client.close().await;
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_throughput_on_redis_against_memory_and_an_application_registry() {
+    const N: usize = 2000;
+    let redis = RedisServer::start();
+    let handled = Handled::default();
+    let on_redis = config(&redis);
+    let (_sessions, redis_addr) = node(&on_redis, &handled).await;
+    let mut in_memory = on_redis.clone();
+    in_memory.session.store.backend = SessionBackend::Memory;
+    let (_sessions, memory_addr) = node(&in_memory, &handled).await;
+
+    // A route given the application's registry keeps its sessions there.
+    let registry = Sessions::from_config(on_redis.session.clone()).unwrap();
+    let echo =
+        service_fn(|request: Inbound| async move { Ok::<_, BoxError>(Some(request.message)) });
+    let route = WsRoute::new(echo, in_memory.clone()).sessions_in(registry.clone());
+    let app = Router::new().route("/ws", route.into_method_router());
+    let shared_addr = support::serve(app).await;
+    let (client, mut events) = Client::connect(request(shared_addr, "dee"), options())
+        .await
+        .unwrap();
+    client.send("x").await.unwrap();
+    assert_eq!(next_text(&mut events).await, (1, "x".into()));
+    assert_eq!(registry.stats().created, 1);
+    client.close().await;
+
+    let memory = echo_run(memory_addr, "m", N).await;
+    let redis = echo_run(redis_addr, "r", N).await;
+    eprintln!(
+        "{N} echoes under a session, one client, 512 in flight: memory {:.0}/s, Redis {:.0}/s ({:.2}x)",
+        N as f64 / memory.as_secs_f64(),
+        N as f64 / redis.as_secs_f64(),
+        memory.as_secs_f64() / redis.as_secs_f64()
+    );
+}
