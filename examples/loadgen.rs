@@ -212,12 +212,20 @@ fn main() {
         eprintln!("--reconnect needs --session");
         usage();
     }
-    match wsguard_examples::raise_fd_limit(0) {
-        Some(limit) if idle_mode && (limit as usize) < idle.connections + 1024 => eprintln!(
-            "loadgen: open-file limit {limit} (after raising it as far as allowed) is below {} connections: it will stop there",
+    let fd_limit = wsguard_examples::raise_fd_limit(0);
+    if let Some(limit) = fd_limit
+        && idle_mode
+        && (limit as usize) < idle.connections + 64
+    {
+        eprintln!(
+            "loadgen: open-file limit {limit}, raised as far as this process may{}: it stops below {} connections",
+            if wsguard_examples::may_raise_hard_limits() {
+                ""
+            } else {
+                " (the hard limit needs CAP_SYS_RESOURCE, which it lacks)"
+            },
             idle.connections
-        ),
-        _ => {}
+        );
     }
     if idle_mode {
         rt.block_on(idle_connections(idle));
@@ -795,7 +803,15 @@ struct Dialer {
     spread: bool,
     session: bool,
     dials: Semaphore,
+    /// Ports past the regular ones, for a regular port another socket holds.
+    spare_ports: AtomicUsize,
+    /// Dials refused with 503 (connections over `max_connections`) and tried again.
+    retries: AtomicUsize,
 }
+
+/// Spread connections bind explicit local ports from here (the kernel's own choice for a bound
+/// socket stalls and fails well before the ephemeral range is used up).
+const FIRST_PORT: usize = 10_000;
 
 impl Dialer {
     /// Source address of connection `i`: 127.0.0.2, 127.0.0.3, ... when spreading.
@@ -812,13 +828,11 @@ impl Dialer {
         let Ok(_permit) = self.dials.acquire().await else {
             return Err("not dialled: an earlier connection failed".to_owned());
         };
-        let socket = TcpSocket::new_v4().map_err(|e| describe_io("socket", &e, None))?;
         let source = self.source(i);
-        if let Some(source) = source {
-            socket
-                .bind(SocketAddr::new(source, 0))
-                .map_err(|e| describe_io("bind", &e, Some(source)))?;
-        }
+        let socket = match source {
+            Some(source) => self.bound(source, FIRST_PORT + i % self.per_source.max(1))?,
+            None => TcpSocket::new_v4().map_err(|e| describe_io("socket", &e, None))?,
+        };
         let stream = tokio::time::timeout(Duration::from_secs(10), socket.connect(self.target))
             .await
             .map_err(|_| "connect: no answer in 10 s (server's accept backlog?)".to_owned())?
@@ -839,10 +853,57 @@ impl Dialer {
     }
 }
 
+impl Dialer {
+    /// As [`dial`](Self::dial), trying again after a `503` as a client would (the server counts
+    /// a dropped connection until it notices the drop): after 50 to 150 ms, then longer.
+    async fn redial(&self, i: usize) -> Result<WebSocketStream<TcpStream>, String> {
+        let mut attempt = 0u32;
+        loop {
+            match self.dial(i).await {
+                Err(err) if err.contains("503") && attempt < 30 => {
+                    self.retries.fetch_add(1, Ordering::Relaxed);
+                    attempt += 1;
+                    let jitter = (i as u64 * 37 + u64::from(attempt) * 11) % 100;
+                    let wait = 50 * u64::from(attempt.min(10)) + jitter;
+                    tokio::time::sleep(Duration::from_millis(wait)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// A socket bound to `source` and `port`, or to a spare port if another socket holds it.
+    fn bound(&self, source: IpAddr, port: usize) -> Result<TcpSocket, String> {
+        let mut port = port;
+        for _ in 0..16 {
+            let socket = TcpSocket::new_v4().map_err(|e| describe_io("socket", &e, None))?;
+            // A port left in TIME_WAIT by an earlier run is free for a new peer.
+            let _ = socket.set_reuseaddr(true);
+            let Ok(port16) = u16::try_from(port) else {
+                break;
+            };
+            match socket.bind(SocketAddr::new(source, port16)) {
+                Ok(()) => return Ok(socket),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    port = FIRST_PORT
+                        + self.per_source
+                        + self.spare_ports.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => return Err(describe_io("bind", &e, Some(source))),
+            }
+        }
+        Err(format!(
+            "bind: no free local port on {source} (ports {FIRST_PORT} to 65535; lower --per-source)"
+        ))
+    }
+}
+
 /// Names the limit behind a socket error.
 fn describe_io(step: &str, err: &std::io::Error, source: Option<IpAddr>) -> String {
     let limit = match err.raw_os_error() {
-        Some(24) => " (EMFILE: this process's open-file limit, `ulimit -n`)".to_owned(),
+        Some(24) => {
+            " (EMFILE: this process's open-file limit, `ulimit -n`, hard limit included)".to_owned()
+        }
         Some(23) => " (ENFILE: the system's open-file limit, fs.file-max)".to_owned(),
         Some(99) | Some(98) => format!(
             " (no free local port on {}: net.ipv4.ip_local_port_range; lower --per-source)",
@@ -948,7 +1009,7 @@ async fn resume_session(
     i: usize,
     token: &str,
 ) -> Result<WebSocketStream<TcpStream>, String> {
-    let mut ws = dialer.dial(i).await?;
+    let mut ws = dialer.redial(i).await?;
     let resume = format!(r#"{{"type":"resume","session":"{token}","last":0}}"#);
     let answer = open_session(&mut ws, resume).await?;
     if !answer.resumed {
@@ -1001,7 +1062,7 @@ async fn exactly_once(
         }
     }
     abort(ws);
-    let mut ws = dialer.dial(i).await?;
+    let mut ws = dialer.redial(i).await?;
     let resume = format!(r#"{{"type":"resume","session":"{token}","last":{held_seq}}}"#);
     let answer = open_session(&mut ws, resume).await?;
     if !answer.resumed {
@@ -1063,6 +1124,8 @@ async fn idle_connections(opts: IdleOpts) {
             spread,
             session,
             dials: Semaphore::new(opts.dials.max(1)),
+            spare_ports: AtomicUsize::new(0),
+            retries: AtomicUsize::new(0),
         });
         if spread {
             println!(
@@ -1122,7 +1185,7 @@ async fn idle_connections(opts: IdleOpts) {
             );
         }
         // The server counts a connection once its upgrade is done.
-        let accepted_time = wait_for(server.addr, &kind, |s| {
+        let accepted_time = wait_for(server.addr, &kind, Duration::from_secs(10), |s| {
             s["connections"]["open"].as_u64() == Some(opened as u64)
         })
         .await
@@ -1166,7 +1229,7 @@ async fn idle_connections(opts: IdleOpts) {
         }
 
         if opts.reconnect && session {
-            reconnect_all(&kind, pid, &server, opened, &phase_tx, &resumed).await;
+            reconnect_all(&kind, pid, &server, opened, &phase_tx, &resumed, &dialer).await;
         }
 
         // Close them all, then wait for the server's tables and memory.
@@ -1191,7 +1254,7 @@ async fn idle_connections(opts: IdleOpts) {
         let client_closed = closing.elapsed();
         // Dedup keys (of the sample's messages) and detached sessions stay for their TTLs.
         let messages_sent = opts.reconnect && session;
-        let emptied = wait_for(server.addr, &kind, |s| {
+        let emptied = wait_for(server.addr, &kind, Duration::from_secs(120), |s| {
             s["connections"]["open"].as_u64() == Some(0)
                 && s["metrics"]["clients"]["tracked"].as_u64() == Some(0)
                 && (messages_sent || s["dedup"]["remembered"].as_u64() == Some(0))
@@ -1273,6 +1336,7 @@ async fn reconnect_all(
     opened: usize,
     phase: &watch::Sender<Phase>,
     resumed: &AtomicUsize,
+    dialer: &Dialer,
 ) {
     let rss_start = rss_kib(pid);
     let start = Instant::now();
@@ -1286,9 +1350,10 @@ async fn reconnect_all(
     peak = peak.max(rss_kib(pid));
     let stats = get_json(server.addr, "/stats").await;
     println!(
-        "{kind:>8}: mass reconnect: {} of {opened} sessions resumed in {:.2} s; server RSS {rss_start} KiB before, peak {peak} KiB (sampled every 20 ms; VmHWM {} KiB)",
+        "{kind:>8}: mass reconnect: {} of {opened} sessions done (failures below) in {:.2} s, {} dials answered 503 and retried; server RSS {rss_start} KiB before, peak {peak} KiB (sampled every 20 ms; VmHWM {} KiB)",
         resumed.load(Ordering::Acquire),
         took.as_secs_f64(),
+        dialer.retries.load(Ordering::Relaxed),
         status_kib(pid, "VmHWM"),
     );
     if let Some(stats) = stats {
@@ -1310,17 +1375,18 @@ fn field(stats: &serde_json::Value, path: &[&str]) -> String {
         .map_or_else(|| "-".to_owned(), ToString::to_string)
 }
 
-/// Polls `/stats` until `done` holds (at most 120 s); `None` without a `/stats` (bare) or in
+/// Polls `/stats` until `done` holds (at most `limit`); `None` without a `/stats` (bare) or in
 /// time.
 async fn wait_for(
     addr: SocketAddr,
     kind: &str,
+    limit: Duration,
     done: impl Fn(&serde_json::Value) -> bool,
 ) -> Option<()> {
     if kind == "bare" {
         return None;
     }
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if get_json(addr, "/stats").await.as_ref().is_some_and(&done) {
             return Some(());

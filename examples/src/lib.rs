@@ -245,13 +245,27 @@ pub fn raise_fd_limit(connections: usize) -> Option<u64> {
         tracing::warn!(
             limit,
             wanted,
-            "open-file limit below max_connections: raise it (`ulimit -n`, LimitNOFILE=, or \
-             fs.nr_open for the hard limit)"
+            may_raise_hard_limits = may_raise_hard_limits(),
+            "open-file limit below max_connections: raise the hard limit (`ulimit -Hn` as a \
+             process with CAP_SYS_RESOURCE, LimitNOFILE=, docker --ulimit nofile=)"
         );
     } else {
         tracing::info!(limit, "open-file limit");
     }
     Some(limit)
+}
+
+/// Whether this process may raise its hard limits (Linux: `CAP_SYS_RESOURCE` in its effective
+/// capabilities); a container may withhold it even from root.
+pub fn may_raise_hard_limits() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
 }
 
 #[cfg(unix)]
