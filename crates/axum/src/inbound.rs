@@ -1,5 +1,6 @@
 //! What the message service receives: one data message and the connection it came on.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -141,6 +142,22 @@ impl Inbound {
     }
 }
 
+/// Keyed by the connection's client id (`scope = "client"`: every connection of a client
+/// shares one limit) or its connection id (`scope = "connection"`); weighed by the payload size.
+impl wsguard_rate_limit::RateLimitRequest for Inbound {
+    fn client_id(&self) -> Option<Cow<'_, str>> {
+        Some(Cow::Borrowed(self.conn.client_id()))
+    }
+
+    fn connection_id(&self) -> Option<u64> {
+        Some(self.conn.id().get())
+    }
+
+    fn size(&self) -> Option<u64> {
+        u64::try_from(self.len()).ok()
+    }
+}
+
 pub(crate) fn client_id(
     config: &ConnectionConfig,
     parts: &Parts,
@@ -199,5 +216,25 @@ mod tests {
         let with_query = parts("/ws?x=1&cid=bob%20b", None);
         assert_eq!(client_id(&config, &with_query, None), "bob b");
         assert_eq!(client_id(&config, &parts("/ws", None), None), "unknown");
+    }
+
+    #[test]
+    fn rate_limits_key_on_the_connection_and_weigh_the_payload() {
+        use wsguard_rate_limit::RateLimitRequest;
+
+        let conn = Arc::new(ConnInfo {
+            id: ConnectionId::next(),
+            client_id: Arc::from("alice"),
+            peer_addr: None,
+            route: None,
+            sender: Sender::with_limits(1, 1024, wsguard_config::OverflowPolicy::DropNewest, None),
+            slot: Arc::default(),
+        });
+        let inbound = Inbound::new(Message::text("héllo"), conn.clone());
+        assert_eq!(inbound.client_id().as_deref(), Some("alice"));
+        assert_eq!(inbound.connection_id(), Some(conn.id().get()));
+        assert_eq!(inbound.size(), Some(6));
+        let binary = Inbound::new(Message::binary(vec![0u8; 3]), conn);
+        assert_eq!(binary.size(), Some(3));
     }
 }

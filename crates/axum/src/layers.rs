@@ -3,8 +3,6 @@
 use std::borrow::Cow;
 
 use axum::extract::ws::Message;
-use wsguard_circuit_breaker::error::CircuitOpen;
-use wsguard_dedup::error::StoreUnavailable;
 use wsguard_dedup::{DedupRequest, Payload};
 use wsguard_metrics::{ClientIdOptions, ClientRequest, ConnectionSlot};
 use wsguard_policy::{Classify, Outcome};
@@ -12,7 +10,6 @@ use wsguard_policy::{Classify, Outcome};
 use crate::BoxError;
 use crate::inbound::Inbound;
 use crate::outgoing::OutgoingMessage;
-use crate::reply::find;
 
 /// The client id is the connection's; the size is the payload's; the connection registers with
 /// the registry through its slot, and the adapter releases it on close.
@@ -90,8 +87,9 @@ fn payload_of(message: &Message) -> Option<Payload<'_>> {
 
 /// Classifies message outcomes for every wsguard layer: the one classifier of the stack.
 ///
-/// A reply (or none) is a success; a breaker rejection (`CircuitOpen`) and a fail-closed dedup
-/// store's rejection (`StoreUnavailable`) are rejections; a dedup `Duplicate` is a duplicate;
+/// A reply (or none) is a success; a breaker rejection (`CircuitOpen`), a fail-closed dedup
+/// store's rejection (`StoreUnavailable`) and a rate limit's refusal (`RateLimited`) are
+/// rejections; a dedup `Duplicate` is a duplicate;
 /// any other error is a failure. So the metrics count `ok`, `rejected`, `duplicate` and `error`,
 /// the breaker counts only the handler's failures (rejections and duplicates say nothing about
 /// its health, wherever the dedup layer sits in the stack), and the dedup layer forgets a
@@ -119,7 +117,7 @@ impl<T> Classify<T, BoxError> for MessageClassifier {
         let Err(err) = result else {
             return Outcome::Success;
         };
-        if find::<CircuitOpen>(&**err).is_some() || find::<StoreUnavailable>(&**err).is_some() {
+        if crate::reply::is_rejection(&**err) {
             Outcome::Rejected
         } else if crate::reply::is_duplicate(&**err) {
             Outcome::Duplicate
