@@ -76,7 +76,10 @@ use crate::token::SessionToken;
 ///
 /// **Failures**: every command is bounded by `operation_timeout`; an error or a timeout is a
 /// [`SessionStoreError`], and a hello or resume is then answered `unavailable`. The connection
-/// is a multiplexed `ConnectionManager` (or a cluster connection) that reconnects by itself.
+/// is a multiplexed `ConnectionManager` (or a cluster connection) that reconnects by itself. A
+/// message sent without waiting (`SessionSender::send_now`, which a connection's `Sender`
+/// uses) that Redis then fails to log is lost with a WARN: its sender was already told it was
+/// queued, and it never got a `seq`, so no client sees a gap for it.
 ///
 /// Needs Redis 7.0 or newer.
 ///
