@@ -9,6 +9,7 @@
 //! | `circuit_breaker` | `wsguard-circuit-breaker` | `circuit-breaker` | `CircuitBreakerLayer` |
 //! | `dedup` | `wsguard-dedup` | `dedup` (`redis` for the shared store) | `DedupLayer` |
 //! | `metrics` | `wsguard-metrics` | `metrics` | `MetricsLayer`, `MetricsRegistry` |
+//! | `rate_limit` | `wsguard-rate-limit` | `rate-limit` | `RateLimitLayer` |
 //! | `axum` | `wsguard-axum` | `axum` | the layers on every WebSocket message of an axum route |
 //!
 //! [`prelude`] brings the names most servers use:
@@ -26,8 +27,12 @@
 //!
 //! let config = ConfigHandle::new(StabilityConfig::development())?;
 //! let registry = MetricsRegistry::new(&config);
+//! // Per client (all of its connections), as `rate_limit` in the config says.
+//! let limit = RateLimitLayer::new(&config).route("/ws");
+//! wsguard::watch_rate_limit(&registry, limit.handle());
 //! let stack = ServiceBuilder::new()
 //!     .layer(MetricsLayer::new(registry.clone()).route("/ws").classifier(MessageClassifier))
+//!     .layer(limit)
 //!     .layer(DedupLayer::new(&config).classifier(MessageClassifier))
 //!     .layer(CircuitBreakerLayer::new(&config).classifier(MessageClassifier))
 //!     .service_fn(echo);
@@ -64,6 +69,15 @@ pub use wsguard_dedup as dedup;
 #[cfg_attr(docsrs, doc(cfg(feature = "metrics")))]
 pub use wsguard_metrics as metrics;
 pub use wsguard_policy as policy;
+#[cfg(feature = "rate-limit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "rate-limit")))]
+pub use wsguard_rate_limit as rate_limit;
+
+#[cfg(all(feature = "metrics", feature = "rate-limit"))]
+mod rate_limit_figures;
+#[cfg(all(feature = "metrics", feature = "rate-limit"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "metrics", feature = "rate-limit"))))]
+pub use self::rate_limit_figures::watch_rate_limit;
 
 /// The names most wsguard servers use: `use wsguard::prelude::*;`.
 pub mod prelude {
@@ -80,6 +94,9 @@ pub mod prelude {
 
     #[cfg(feature = "metrics")]
     pub use wsguard_metrics::{MetricsLayer, MetricsRegistry};
+
+    #[cfg(feature = "rate-limit")]
+    pub use wsguard_rate_limit::{RateLimitLayer, error::RateLimited};
 
     #[cfg(feature = "axum")]
     pub use wsguard_axum::{
