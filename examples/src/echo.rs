@@ -14,6 +14,7 @@ use wsguard::axum::{ConnectionStats, SessionStats, SessionToken, Sessions};
 use wsguard::circuit_breaker::Handle as BreakerHandle;
 use wsguard::dedup::DedupHandle;
 use wsguard::prelude::*;
+use wsguard::rate_limit::RateLimitHandle;
 
 /// The echo server's routes and the handles that look into it.
 #[derive(Debug, Clone)]
@@ -30,6 +31,19 @@ pub struct EchoApp {
     pub connections: ConnectionStats,
     /// Messages that reached the echo handler.
     pub handled: Arc<AtomicU64>,
+    /// The rate limit's counters, when [`EchoOptions::rate_limit`] put it in the stack.
+    pub rate_limit: Option<RateLimitHandle>,
+}
+
+/// What the echo server puts in its stack beyond metrics, dedup and the breaker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EchoOptions {
+    /// `RateLimitLayer` after the metrics layer, reading the config's `rate_limit` section live
+    /// (with `enabled = false` there it passes everything). Off by default: the presets enable
+    /// rate limits, and an echo server loaded from one host (load generators, tests) would be
+    /// limited as one client, since the client id is the peer address unless the config says
+    /// otherwise.
+    pub rate_limit: bool,
 }
 
 /// The echo server: `/ws` echoes every text or binary message through metrics, dedup (content
@@ -37,8 +51,29 @@ pub struct EchoApp {
 /// `prometheus` handle is given), `/stats` a JSON snapshot (sessions included), `/health` 200.
 /// `POST /sessions/{token}/messages?count=N` logs the request body N times (default 1) in a
 /// `wsguard.v1` session, connected or not: what a detached client finds on resume.
+///
+/// No rate limit: see [`app_with`] and [`EchoOptions::rate_limit`].
 pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoApp {
+    app_with(config, prometheus, EchoOptions::default())
+}
+
+/// The echo server of [`app`] with `options`. With a rate limit, a refused message is answered
+/// as `rate_limit.on_limit` says, counted as `rejected` by the metrics layer, and reported in
+/// `/stats` (`rate_limit`, and the registry's `rate_limits`) and `/metrics`
+/// (`wsguard_rate_limited_total`, ...).
+pub fn app_with(
+    config: &ConfigHandle,
+    prometheus: Option<PrometheusHandle>,
+    options: EchoOptions,
+) -> EchoApp {
     let registry = MetricsRegistry::new(config);
+    let rate_limit = options
+        .rate_limit
+        .then(|| RateLimitLayer::new(config).route("/ws"));
+    let rate_limit_handle = rate_limit.as_ref().map(RateLimitLayer::handle);
+    if let Some(handle) = &rate_limit_handle {
+        wsguard::watch_rate_limit(&registry, handle.clone());
+    }
     let dedup = DedupLayer::new(config).classifier(MessageClassifier);
     let breaker = CircuitBreakerLayer::new(config).classifier(MessageClassifier);
     let (dedup_handle, breaker_handle) = (dedup.handle(), breaker.handle());
@@ -51,6 +86,8 @@ pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoA
                 .route("/ws")
                 .classifier(MessageClassifier),
         )
+        // Before dedup: a flood of duplicates is a flood all the same.
+        .option_layer(rate_limit)
         .layer(dedup)
         .layer(breaker)
         .service_fn(move |request: Inbound| {
@@ -68,15 +105,16 @@ pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoA
     };
 
     let stats = {
-        let (registry, dedup, breaker, connections, handled) = (
+        let (registry, dedup, breaker, connections, handled, rate_limit) = (
             registry.clone(),
             dedup_handle.clone(),
             breaker_handle.clone(),
             connections.clone(),
             handled.clone(),
+            rate_limit_handle.clone(),
         );
         move || async move {
-            let body = stats_json(
+            let mut body = stats_json(
                 &registry,
                 &dedup,
                 &breaker,
@@ -84,6 +122,9 @@ pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoA
                 &sessions.stats(),
                 &handled,
             );
+            body["rate_limit"] = rate_limit
+                .as_ref()
+                .map_or(serde_json::Value::Null, rate_limit_json);
             axum::Json(body)
         }
     };
@@ -118,7 +159,25 @@ pub fn app(config: &ConfigHandle, prometheus: Option<PrometheusHandle>) -> EchoA
         breaker: breaker_handle,
         connections,
         handled,
+        rate_limit: rate_limit_handle,
     }
+}
+
+/// The rate limit's counters as `/stats` shows them; `null` there when the stack has none.
+fn rate_limit_json(limit: &RateLimitHandle) -> serde_json::Value {
+    let s = limit.stats();
+    serde_json::json!({
+        "limited": s.limited(),
+        "limited_messages": s.limited_messages,
+        "limited_bytes": s.limited_bytes,
+        "larger_than_burst": s.larger_than_burst,
+        "dropped": s.dropped,
+        "error_frames": s.error_frames,
+        "closed": s.closed,
+        "tracked_keys": s.tracked_keys,
+        "evicted": s.evicted,
+        "expired": s.expired,
+    })
 }
 
 /// The query of `POST /sessions/{token}/messages`.
@@ -209,6 +268,37 @@ mod tests {
         assert_eq!(sessions["created"], 0, "{stats}");
         assert_eq!(sessions["refused"]["gap"], 0, "{stats}");
         assert!(stats["metrics"]["sessions"].is_array(), "{stats}");
+    }
+
+    async fn stats_of(echo: &EchoApp) -> serde_json::Value {
+        let request = Request::get("/stats").body(Body::empty()).unwrap();
+        let response = echo.router.clone().oneshot(request).await.unwrap();
+        let body = to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        serde_json::from_slice(&body).unwrap()
+    }
+
+    #[tokio::test]
+    async fn stats_show_the_rate_limit_only_when_it_is_in_the_stack() {
+        let config = ConfigHandle::new(StabilityConfig::testing()).unwrap();
+        let plain = app(&config, None);
+        assert!(plain.rate_limit.is_none());
+        let stats = stats_of(&plain).await;
+        assert!(stats["rate_limit"].is_null(), "{stats}");
+        assert_eq!(
+            stats["metrics"]["rate_limits"],
+            serde_json::json!([]),
+            "{stats}"
+        );
+
+        let limited = app_with(&config, None, EchoOptions { rate_limit: true });
+        assert!(limited.rate_limit.is_some());
+        let stats = stats_of(&limited).await;
+        assert_eq!(stats["rate_limit"]["limited"], 0, "{stats}");
+        assert_eq!(stats["rate_limit"]["tracked_keys"], 0, "{stats}");
+        assert_eq!(
+            stats["metrics"]["rate_limits"][0]["route"], "/ws",
+            "{stats}"
+        );
     }
 
     #[tokio::test]
