@@ -92,6 +92,34 @@ impl RedisServer {
         }
     }
 
+    /// Freezes the server (SIGSTOP), keeping its connections and data: commands get no answer
+    /// until [`thaw`](Self::thaw), as with a server stuck on a slow disk or a partitioned network.
+    ///
+    /// # Panics
+    ///
+    /// If the server is stopped, or the signal cannot be sent (`kill` missing).
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server run again (SIGCONT); it answers the commands that waited.
+    ///
+    /// # Panics
+    ///
+    /// As [`freeze`](Self::freeze).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("the server is running");
+        let sent = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {signal} failed");
+    }
+
     /// How many keys the server holds (`DBSIZE`).
     pub fn dbsize(&self) -> u64 {
         match resp::command(self.addr(), &["DBSIZE"]) {
