@@ -248,7 +248,10 @@ impl<S: SessionStore> Sessions<S> {
 
     /// Opens a new session.
     pub async fn hello(&self, client: Option<&str>) -> Opened<S> {
-        self.sweep().await;
+        // A store that cannot sweep cannot open either: answer within one timeout, not two.
+        if let Err(err) = self.try_sweep().await {
+            return self.unavailable(&err);
+        }
         self.create(client, None).await
     }
 
@@ -259,7 +262,9 @@ impl<S: SessionStore> Sessions<S> {
     /// client's token, expired, or messages after `last` dropped by a bound: `gap`): a new
     /// session, and the frame says why.
     pub async fn resume(&self, token: &SessionToken, client: Option<&str>, last: u64) -> Opened<S> {
-        self.sweep().await;
+        if let Err(err) = self.try_sweep().await {
+            return self.unavailable(&err);
+        }
         let config = self.config();
         let attached = self
             .shared
@@ -335,6 +340,13 @@ impl<S: SessionStore> Sessions<S> {
     /// `hello` and `resume` sweep first; [`sweep_every`](Self::sweep_every) sweeps sessions
     /// nobody resumes.
     pub async fn sweep(&self) -> usize {
+        self.try_sweep().await.unwrap_or_else(|err| {
+            tracing::warn!(%err, "session sweep failed");
+            0
+        })
+    }
+
+    async fn try_sweep(&self) -> Result<usize, SessionStoreError> {
         let config = self.config();
         let now = Instant::now();
         if let Some(deadline) = now.checked_sub(config.ttl) {
@@ -343,22 +355,15 @@ impl<S: SessionStore> Sessions<S> {
                 Arc::strong_count(local) > 1 || !local.detached_before(deadline)
             });
         }
-        match self.shared.store.expire(now, &config).await {
-            Ok(expired) => {
-                for token in &expired {
-                    self.forget(token);
-                }
-                self.shared
-                    .counters
-                    .expired
-                    .fetch_add(expired.len() as u64, Ordering::Relaxed);
-                expired.len()
-            }
-            Err(err) => {
-                tracing::warn!(%err, "session sweep failed");
-                0
-            }
+        let expired = self.shared.store.expire(now, &config).await?;
+        for token in &expired {
+            self.forget(token);
         }
+        self.shared
+            .counters
+            .expired
+            .fetch_add(expired.len() as u64, Ordering::Relaxed);
+        Ok(expired.len())
     }
 
     /// Sweeps every `period` until nothing else holds the registry: spawn it once per
