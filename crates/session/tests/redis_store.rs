@@ -1,8 +1,8 @@
 //! `RedisSessionStore` against a real `redis-server` (and a three-master cluster) started by
 //! the test on free loopback ports.
 //!
-//! The protocol's rules run twice, on the memory store and on Redis (`both!`), so that the two
-//! stores cannot drift apart; then what only a shared store does: two registries (two nodes) on
+//! The protocol's rules run on the memory store, on one Redis server and on a Redis Cluster
+//! (`on_every_store!`), so that the stores cannot drift apart; then what only a shared store does: two registries (two nodes) on
 //! one Redis, a resume on the other node, a message logged on one node waking the connection on
 //! the other, a Redis outage. These tests need real time (the server is a real process): they
 //! wait on conditions with deadlines, never on fixed sleeps.
@@ -34,6 +34,7 @@ fn config() -> SessionConfig {
 /// A store to run the rules on: memory, or a Redis server of the test's own.
 struct Backend {
     redis: Option<RedisServer>,
+    cluster: Option<RedisCluster>,
     prefix: String,
 }
 
@@ -41,7 +42,17 @@ impl Backend {
     fn memory() -> Self {
         Self {
             redis: None,
+            cluster: None,
             prefix: String::new(),
+        }
+    }
+
+    /// A three-master Redis Cluster of the test's own.
+    fn cluster() -> Self {
+        Self {
+            redis: None,
+            cluster: Some(RedisCluster::start()),
+            prefix: "wsguard-test:".into(),
         }
     }
 
@@ -49,6 +60,7 @@ impl Backend {
         static N: AtomicUsize = AtomicUsize::new(0);
         Self {
             redis: Some(RedisServer::start()),
+            cluster: None,
             prefix: format!(
                 "wsguard-test:{}:{}:",
                 std::process::id(),
@@ -61,6 +73,12 @@ impl Backend {
         if let Some(redis) = &self.redis {
             config.store.backend = SessionBackend::Redis;
             config.store.redis.url = redis.url();
+            config.store.redis.key_prefix = self.prefix.clone();
+            config.store.redis.operation_timeout = OP_TIMEOUT;
+        }
+        if let Some(cluster) = &self.cluster {
+            config.store.backend = SessionBackend::Redis;
+            config.store.redis.cluster_nodes = cluster.seed_urls();
             config.store.redis.key_prefix = self.prefix.clone();
             config.store.redis.operation_timeout = OP_TIMEOUT;
         }
@@ -127,8 +145,8 @@ async fn wait_until<F: std::future::Future<Output = bool>>(
     }
 }
 
-/// Runs a rule on both stores.
-macro_rules! both {
+/// Runs a rule on every store: memory, one Redis server, a Redis Cluster.
+macro_rules! on_every_store {
     ($rule:ident) => {
         mod $rule {
             #[tokio::test]
@@ -139,6 +157,11 @@ macro_rules! both {
             #[tokio::test]
             async fn redis() {
                 super::$rule(super::Backend::redis()).await;
+            }
+
+            #[tokio::test]
+            async fn redis_cluster() {
+                super::$rule(super::Backend::cluster()).await;
             }
         }
     };
@@ -173,7 +196,7 @@ async fn resume_replays_what_follows_last_with_the_processed_mark(backend: Backe
     assert_eq!(read[0].payload, MessageData::Binary(vec![7u8, 8].into()));
     assert_eq!(sessions.stats().replayed, 3);
 }
-both!(resume_replays_what_follows_last_with_the_processed_mark);
+on_every_store!(resume_replays_what_follows_last_with_the_processed_mark);
 
 async fn bounds_drop_the_oldest_and_a_resume_needing_them_is_a_gap(backend: Backend) {
     let sessions = backend.node(SessionConfig {
@@ -204,7 +227,7 @@ async fn bounds_drop_the_oldest_and_a_resume_needing_them_is_a_gap(backend: Back
     assert_eq!(sessions.stats().dropped, 5);
     assert_eq!(sessions.stats().refused.gap, 1);
 }
-both!(bounds_drop_the_oldest_and_a_resume_needing_them_is_a_gap);
+on_every_store!(bounds_drop_the_oldest_and_a_resume_needing_them_is_a_gap);
 
 async fn acknowledged_messages_are_freed_and_not_counted_as_lost(backend: Backend) {
     let sessions = backend.node(SessionConfig {
@@ -228,7 +251,7 @@ async fn acknowledged_messages_are_freed_and_not_counted_as_lost(backend: Backen
     assert_eq!(texts(&replay), [(5, r#""e""#.into())]);
     assert_eq!(sessions.stats().dropped, 0);
 }
-both!(acknowledged_messages_are_freed_and_not_counted_as_lost);
+on_every_store!(acknowledged_messages_are_freed_and_not_counted_as_lost);
 
 async fn foreign_unknown_and_impossible_resumes_are_answered_unknown(backend: Backend) {
     let sessions = backend.node(config());
@@ -257,7 +280,7 @@ async fn foreign_unknown_and_impossible_resumes_are_answered_unknown(backend: Ba
     assert_eq!(frame.reason, Some(RefusalReason::Unknown));
     assert_eq!(sessions.stats().refused.unknown, 5);
 }
-both!(foreign_unknown_and_impossible_resumes_are_answered_unknown);
+on_every_store!(foreign_unknown_and_impossible_resumes_are_answered_unknown);
 
 async fn a_client_is_reached_in_its_newest_session_connected_or_not(backend: Backend) {
     let sessions = backend.node(config());
@@ -277,7 +300,7 @@ async fn a_client_is_reached_in_its_newest_session_connected_or_not(backend: Bac
     );
     drop(old);
 }
-both!(a_client_is_reached_in_its_newest_session_connected_or_not);
+on_every_store!(a_client_is_reached_in_its_newest_session_connected_or_not);
 
 async fn a_session_detached_past_the_ttl_is_expired_then_unknown(backend: Backend) {
     let sessions = backend.node(SessionConfig {
@@ -305,7 +328,7 @@ async fn a_session_detached_past_the_ttl_is_expired_then_unknown(backend: Backen
     let (_s, frame, _) = attached(sessions.resume(&token, Some("c"), 0).await);
     assert_eq!(frame.reason, Some(RefusalReason::Unknown));
 }
-both!(a_session_detached_past_the_ttl_is_expired_then_unknown);
+on_every_store!(a_session_detached_past_the_ttl_is_expired_then_unknown);
 
 async fn max_sessions_evicts_the_oldest_detached_and_refuses_when_none_is(backend: Backend) {
     let sessions = backend.node(SessionConfig {
@@ -334,7 +357,7 @@ async fn max_sessions_evicts_the_oldest_detached_and_refuses_when_none_is(backen
     ));
     assert_eq!(sessions.stats().refused.unavailable, 2);
 }
-both!(max_sessions_evicts_the_oldest_detached_and_refuses_when_none_is);
+on_every_store!(max_sessions_evicts_the_oldest_detached_and_refuses_when_none_is);
 
 // What only a shared store does.
 
@@ -606,7 +629,7 @@ async fn messages_sent_without_waiting_keep_their_order(backend: Backend) {
         (SESSIONS * EACH) as f64 / elapsed.as_secs_f64()
     );
 }
-both!(messages_sent_without_waiting_keep_their_order);
+on_every_store!(messages_sent_without_waiting_keep_their_order);
 
 async fn a_resume_replays_a_full_log_at_once(backend: Backend) {
     const HELD: u64 = 1000;
@@ -626,7 +649,7 @@ async fn a_resume_replays_a_full_log_at_once(backend: Backend) {
     eprintln!("resume with {HELD} messages of 102 bytes held: {took:?}");
     assert!(took < Duration::from_secs(2), "{took:?}");
 }
-both!(a_resume_replays_a_full_log_at_once);
+on_every_store!(a_resume_replays_a_full_log_at_once);
 
 #[tokio::test]
 async fn on_a_cluster_a_master_down_answers_unavailable_in_time_and_sessions_come_back() {

@@ -1,6 +1,6 @@
 mod scripts;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures_util::StreamExt;
+use futures_util::future::join_all;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
 use redis::cluster_async::ClusterConnection;
@@ -70,8 +71,8 @@ use crate::token::SessionToken;
 ///
 /// **Order**: appends, processed marks, attaches and detaches from this node go to Redis in the
 /// order they were asked for, through one queue served by one task (appends and marks
-/// pipelined, up to 256 per round trip), so that a message sent without waiting keeps its
-/// place. The queue holds at most `max_total_bytes` of payloads: past it an append fails at
+/// pipelined, up to 256 per round trip; on a cluster one pipeline per session, sessions in
+/// parallel), so that a message sent without waiting keeps its place. The queue holds at most `max_total_bytes` of payloads: past it an append fails at
 /// once (`max_total_bytes` bounds what this node holds, as it does in memory).
 ///
 /// **Failures**: every command is bounded by `operation_timeout`; an error or a timeout is a
@@ -258,6 +259,18 @@ impl Job {
         )
     }
 
+    /// The session of a step that pipelines.
+    fn session(&self) -> Option<SessionToken> {
+        match self {
+            Self::Append {
+                to: OwnedTarget::Session(token),
+                ..
+            }
+            | Self::Processed { token, .. } => Some(*token),
+            _ => None,
+        }
+    }
+
     /// The same step without its reply (to send it again; the reply stays with the original).
     fn step_copy(&self) -> Job {
         match self {
@@ -296,6 +309,20 @@ impl Job {
             Self::Flush(done) => drop(done.send(())),
         }
     }
+}
+
+/// Steps grouped by session, each group in its order.
+fn by_session(batch: Vec<Job>) -> impl Iterator<Item = Vec<Job>> {
+    let mut groups: Vec<Vec<Job>> = Vec::new();
+    let mut index: HashMap<Option<SessionToken>, usize> = HashMap::new();
+    for job in batch {
+        let slot = *index.entry(job.session()).or_insert_with(|| {
+            groups.push(Vec::new());
+            groups.len() - 1
+        });
+        groups[slot].push(job);
+    }
+    groups.into_iter()
 }
 
 /// How an attach treats a session attached to another node (see the `ATTACH` script).
@@ -557,7 +584,7 @@ impl Inner {
                     };
                     let Some(inner) = store.upgrade() else { return };
                     inner.dequeued(&job);
-                    if !job.pipelines() || !inner.is_single() {
+                    if !job.pipelines() {
                         inner.serve(job).await;
                         continue;
                     }
@@ -578,7 +605,13 @@ impl Inner {
                             Err(_) => break,
                         }
                     }
-                    inner.serve_pipelined(batch).await;
+                    if inner.is_single() {
+                        inner.serve_pipelined(batch).await;
+                    } else {
+                        // A cluster pipeline stays on one slot: one per session, in parallel,
+                        // each in order.
+                        join_all(by_session(batch).map(|steps| inner.serve_pipelined(steps))).await;
+                    }
                 }
             });
         }
