@@ -1417,16 +1417,17 @@ async fn renew_until_dropped(store: Weak<Inner>) {
 /// A message on this node's channel.
 fn parse_event(payload: &str) -> Option<RemoteEvent> {
     let mut words = payload.split(' ');
-    match (words.next(), words.next(), words.next()) {
-        (Some("logged"), Some(token), Some(seq)) => Some(RemoteEvent::Logged {
+    let event = match (words.next(), words.next(), words.next()) {
+        (Some("logged"), Some(token), Some(seq)) => RemoteEvent::Logged {
             session: token.parse().ok()?,
             seq: seq.parse().ok()?,
-        }),
-        (Some("superseded"), Some(token), None) => Some(RemoteEvent::Superseded {
+        },
+        (Some("superseded"), Some(token), None) => RemoteEvent::Superseded {
             session: token.parse().ok()?,
-        }),
-        _ => None,
-    }
+        },
+        _ => return None,
+    };
+    words.next().is_none().then_some(event)
 }
 
 /// Subscribes to this node's channel and hands what arrives to the listeners; subscribes again
@@ -1665,5 +1666,146 @@ impl SessionStore for RedisSessionStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(listener);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    fn entry(id: &str, fields: &[&str]) -> Value {
+        Value::Array(vec![
+            bulk(id),
+            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+        ])
+    }
+
+    #[test]
+    fn stream_entries_become_logged_messages() {
+        let read = entries(Value::Array(vec![
+            entry("3-0", &["k", "j", "d", r#"{"a":1}"#]),
+            entry("4-0", &["k", "b", "d", "\u{1}\u{2}"]),
+        ]))
+        .unwrap();
+        assert_eq!(read[0].seq, 3);
+        assert_eq!(read[0].payload, MessageData::from(r#"{"a":1}"#));
+        assert_eq!(read[1].payload, MessageData::Binary(vec![1u8, 2].into()));
+    }
+
+    #[test]
+    fn malformed_answers_are_errors_not_panics() {
+        let bad = [
+            Value::Nil,
+            Value::Array(vec![Value::Int(1)]),
+            Value::Array(vec![Value::Array(vec![])]),
+            Value::Array(vec![entry("x-0", &["k", "j", "d", "1"])]),
+            Value::Array(vec![entry("1-0", &["k", "j"])]),
+            Value::Array(vec![entry("1-0", &["k", "j", "d", "not json"])]),
+            Value::Array(vec![entry("1-0", &["k", "?", "d", "1"])]),
+            Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Int(3)])]),
+        ];
+        for value in bad {
+            assert!(entries(value.clone()).is_err(), "{value:?}");
+        }
+        for answer in [
+            vec![],
+            vec![Value::Int(1)],
+            vec![bulk("what")],
+            vec![bulk("held"), bulk("1")],
+            vec![bulk("held"), bulk("-1"), bulk("0"), bulk("0"), bulk("0")],
+            vec![
+                bulk("held"),
+                Value::Int(-3),
+                Value::Int(0),
+                Value::Int(0),
+                Value::Int(0),
+                Value::Array(vec![]),
+                Value::Array(vec![]),
+            ],
+        ] {
+            assert!(read_attached(answer.clone(), None).is_err(), "{answer:?}");
+        }
+    }
+
+    #[test]
+    fn an_attach_answer_reads_as_its_state() {
+        let answer = vec![
+            bulk("held"),
+            Value::Int(5),
+            bulk("2"),
+            bulk("1"),
+            bulk("4"),
+            Value::Array(vec![entry("3-0", &["k", "j", "d", "3"])]),
+            Value::Array(vec![
+                entry("4-0", &["k", "j", "d", "4"]),
+                entry("5-0", &["k", "j", "d", "5"]),
+            ]),
+        ];
+        let Some(Attached::Held { state, messages }) =
+            read_attached(answer, Some("c".into())).unwrap()
+        else {
+            panic!("held");
+        };
+        assert_eq!(
+            (state.last_seq, state.acked, state.dropped, state.processed),
+            (5, 2, 1, 4)
+        );
+        assert_eq!(state.first_held, 3);
+        assert_eq!(state.client.as_deref(), Some("c"));
+        assert_eq!(messages.len(), 2);
+        assert!(matches!(read_attached(vec![bulk("busy")], None), Ok(None)));
+        assert!(matches!(
+            read_attached(vec![bulk("expired")], None),
+            Ok(Some(Attached::Expired))
+        ));
+    }
+
+    #[test]
+    fn only_well_formed_channel_messages_are_events() {
+        let token = SessionToken::generate();
+        assert_eq!(
+            parse_event(&format!("logged {token} 7")),
+            Some(RemoteEvent::Logged {
+                session: token,
+                seq: 7
+            })
+        );
+        assert_eq!(
+            parse_event(&format!("superseded {token}")),
+            Some(RemoteEvent::Superseded { session: token })
+        );
+        for junk in [
+            "",
+            "logged",
+            "logged xyz 1",
+            &format!("logged {token} -1"),
+            &format!("logged {token} 1 2"),
+            &format!("superseded {token} extra"),
+            "superseded 00",
+        ] {
+            assert_eq!(parse_event(junk), None, "{junk:?}");
+        }
+    }
+
+    #[test]
+    fn steps_are_grouped_by_session_in_order() {
+        let (a, b) = (SessionToken::generate(), SessionToken::generate());
+        let step = |token, id| Job::Processed { token, id };
+        let groups: Vec<Vec<u64>> = by_session(vec![step(a, 1), step(b, 2), step(a, 3)])
+            .map(|group| {
+                group
+                    .iter()
+                    .map(|job| match job {
+                        Job::Processed { id, .. } => *id,
+                        _ => 0,
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(groups, [vec![1, 3], vec![2]]);
     }
 }
