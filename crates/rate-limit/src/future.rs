@@ -4,6 +4,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use pin_project_lite::pin_project;
 
@@ -28,6 +29,8 @@ pin_project! {
         },
         Limited {
             rejection: Option<Rejection>,
+            // Boxed: only refused calls pay for a timer (`RateLimitLayer::hold_refused`).
+            hold: Option<Pin<Box<tokio::time::Sleep>>>,
         },
     }
 }
@@ -40,10 +43,11 @@ impl<F, R> ResponseFuture<F, R> {
         }
     }
 
-    pub(crate) fn limited(limited: Rejection, rejection: R) -> Self {
+    pub(crate) fn limited(limited: Rejection, rejection: R, hold: Option<Duration>) -> Self {
         Self {
             state: State::Limited {
                 rejection: Some(limited),
+                hold: hold.map(|wait| Box::pin(tokio::time::sleep(wait))),
             },
             rejection,
         }
@@ -75,7 +79,11 @@ where
             StateProj::Called { future } => future
                 .poll(cx)
                 .map(|outcome| outcome.map_err(|e| this.rejection.map_error(e))),
-            StateProj::Limited { rejection } => {
+            StateProj::Limited { rejection, hold } => {
+                if let Some(sleep) = hold {
+                    std::task::ready!(sleep.as_mut().poll(cx));
+                    *hold = None;
+                }
                 let limited = rejection.take().expect("polled after completion");
                 Poll::Ready(this.rejection.reject(limited))
             }

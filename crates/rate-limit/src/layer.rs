@@ -1,5 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tower_layer::Layer;
 use wsguard_config::{ConfigSource, RateLimitConfig};
@@ -24,6 +25,7 @@ use crate::stats::{RateLimitHandle, RateLimitStats};
 pub struct RateLimitLayer<R = ReturnError> {
     shared: Arc<Shared>,
     rejection: R,
+    hold: Duration,
 }
 
 impl<R> fmt::Debug for RateLimitLayer<R> {
@@ -32,6 +34,7 @@ impl<R> fmt::Debug for RateLimitLayer<R> {
             .field("route", &self.shared.route())
             .field("limits", &self.shared.describe())
             .field("rejection", &std::any::type_name::<R>())
+            .field("hold", &self.hold)
             .finish()
     }
 }
@@ -47,6 +50,7 @@ impl RateLimitLayer {
         Self {
             shared: Shared::new(config.into()),
             rejection: ReturnError,
+            hold: Duration::ZERO,
         }
     }
 }
@@ -68,7 +72,23 @@ impl<R> RateLimitLayer<R> {
         RateLimitLayer {
             shared: self.shared,
             rejection,
+            hold: self.hold,
         }
+    }
+
+    /// A refused call resolves only once its limit would let it pass (its retry delay, at most
+    /// `max`; `max` for a payload that never passes). Off (`Duration::ZERO`) by default.
+    ///
+    /// For WebSocket adapters that read a connection's next message only when its call is done
+    /// (`wsguard-axum` with `message_concurrency = 1`): a client over its limit is then read no
+    /// faster than its limit, and TCP flow control slows its sender, so a flood costs the server
+    /// (and the clients beside it) one refusal per retry delay instead of one per message sent.
+    /// Its refusals still come (as `on_limit` says), each after its hold: an error frame's
+    /// `retry_after_ms` counts from the refusal. Not for HTTP routes, whose `429` should be
+    /// immediate.
+    pub fn hold_refused(mut self, max: Duration) -> Self {
+        self.hold = max;
+        self
     }
 
     /// Names the route the layer guards, for its [stats](RateLimitStats::route) (and the
@@ -95,6 +115,11 @@ impl<S, R: Clone> Layer<S> for RateLimitLayer<R> {
     type Service = RateLimit<S, R>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        RateLimit::from_parts(inner, Arc::clone(&self.shared), self.rejection.clone())
+        RateLimit::from_parts(
+            inner,
+            Arc::clone(&self.shared),
+            self.rejection.clone(),
+            self.hold,
+        )
     }
 }

@@ -422,3 +422,46 @@ async fn a_zero_burst_in_a_config_built_in_code_is_a_burst_of_one() {
     let refused = limited(send(&svc, msg("alice", 1)).await);
     assert_eq!(refused.retry_after(), Some(Duration::from_secs(1)));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_held_refusal_resolves_when_its_limit_refills_at_most_after_the_hold() {
+    use tokio_test::{assert_pending, assert_ready};
+
+    let handler = Handler::default();
+    // 2 per second: a refused message could pass 500 ms later.
+    let layer = RateLimitLayer::new(messages(2, 1)).hold_refused(Duration::from_secs(1));
+    let svc = layer.layer(handler.service());
+    send(&svc, msg("alice", 1)).await.unwrap();
+
+    let mut refused = tokio_test::task::spawn(send(&svc, msg("alice", 1)));
+    assert_pending!(refused.poll());
+    advance(Duration::from_millis(499)).await;
+    assert_pending!(refused.poll());
+    advance(Duration::from_millis(1)).await;
+    let refusal = limited(assert_ready!(refused.poll()));
+    assert_eq!(refusal.retry_after(), Some(Duration::from_millis(500)));
+    assert_eq!(handler.calls(), 1);
+    // Another client is not held behind alice.
+    send(&svc, msg("bob", 2)).await.unwrap();
+
+    // The hold is capped: a longer retry delay resolves after `max`.
+    let layer = RateLimitLayer::new(messages(1, 1)).hold_refused(Duration::from_millis(100));
+    let svc = layer.layer(handler.service());
+    send(&svc, msg("carol", 3)).await.unwrap();
+    let mut refused = tokio_test::task::spawn(send(&svc, msg("carol", 3)));
+    assert_pending!(refused.poll());
+    advance(Duration::from_millis(100)).await;
+    let refusal = limited(assert_ready!(refused.poll()));
+    assert_eq!(refusal.retry_after(), Some(Duration::from_secs(1)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn without_a_hold_a_refusal_resolves_at_once() {
+    use tokio_test::assert_ready;
+
+    let layer = RateLimitLayer::new(messages(2, 1));
+    let svc = layer.layer(Handler::default().service());
+    send(&svc, msg("alice", 1)).await.unwrap();
+    let mut refused = tokio_test::task::spawn(send(&svc, msg("alice", 1)));
+    limited(assert_ready!(refused.poll()));
+}
