@@ -173,6 +173,11 @@ pub(crate) fn client_id(
         ClientIdSource::Query => Query::<HashMap<String, String>>::try_from_uri(&parts.uri)
             .ok()
             .and_then(|Query(mut q)| q.remove(&config.client_id_key)),
+        // The upgrade handler refuses a request without one before it gets here.
+        ClientIdSource::Authenticated => parts
+            .extensions
+            .get::<crate::ClientIdentity>()
+            .map(|id| id.as_str().to_owned()),
     };
     named
         .filter(|id| !id.is_empty())

@@ -119,6 +119,7 @@ pub mod close;
 mod config;
 mod connection;
 pub mod drain;
+mod identity;
 mod inbound;
 mod layers;
 mod outgoing;
@@ -133,6 +134,7 @@ pub use axum::extract::ws::Message;
 pub use self::{
     config::WsConfig,
     drain::{Drain, DrainReport},
+    identity::ClientIdentity,
     inbound::{ConnInfo, ConnectionId, Inbound},
     layers::MessageClassifier,
     outgoing::{OutgoingMessage, SendToConnection},

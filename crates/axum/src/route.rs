@@ -23,6 +23,7 @@ use crate::close;
 use crate::config::WsConfig;
 use crate::connection::{self, Opening, Settings};
 use crate::drain::Drain;
+use crate::identity::ClientIdentity;
 use crate::inbound::{self, ConnInfo, ConnectionId, Inbound};
 use crate::reply::Replies;
 use crate::sender::{DropReport, Sender};
@@ -212,6 +213,12 @@ where
                 .into_response();
         }
         let drain = drain.map(Drain::ticket);
+        // The application's authentication did not vouch for this client: no upgrade.
+        if config.client_id == ClientIdSource::Authenticated
+            && parts.extensions.get::<ClientIdentity>().is_none()
+        {
+            return (StatusCode::UNAUTHORIZED, "authentication required").into_response();
+        }
         let Some(permit) = self.stats.try_open(config.max_connections) else {
             static WARN: WarnLimit = WarnLimit::new();
             limited_warn!(

@@ -32,6 +32,11 @@ pub enum ClientIdSource {
     /// The upgrade request's query parameter named by `client_id_key`. Chosen by the client:
     /// forgeable unless the application's authentication checks it.
     Query,
+    /// The identity the application's own authentication put on the upgrade request (in
+    /// `wsguard-axum`, a `ClientIdentity` request extension written by a middleware or
+    /// extractor that checked a token). Trusted: the client cannot choose it. An upgrade without
+    /// one is refused `401` before the upgrade.
+    Authenticated,
 }
 
 /// What a WebSocket client hears when an open breaker rejects its message.

@@ -277,7 +277,7 @@ fn validate_dedup(d: &DedupConfig, p: &mut Problems) {
 /// A client-chosen id would let any client claim another's id and suppress its messages.
 fn validate_client_scope(d: &DedupConfig, c: &ConnectionConfig, p: &mut Problems) {
     let source = match c.client_id {
-        ClientIdSource::PeerAddr => return,
+        ClientIdSource::PeerAddr | ClientIdSource::Authenticated => return,
         ClientIdSource::Header => "header",
         ClientIdSource::Query => "query",
     };
@@ -373,7 +373,7 @@ fn validate_connection(c: &ConnectionConfig, p: &mut Problems) {
         "connection.write_buffer_size",
         "must be > 0",
     );
-    if c.client_id != ClientIdSource::PeerAddr {
+    if matches!(c.client_id, ClientIdSource::Header | ClientIdSource::Query) {
         p.check(
             !c.client_id_key.is_empty(),
             "connection.client_id_key",

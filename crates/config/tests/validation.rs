@@ -456,3 +456,16 @@ fn rate_limit_section_loads_from_toml_and_bad_values_are_refused_with_their_path
     assert_eq!(paths, ["rate_limit.messages_burst", "rate_limit.max_keys"]);
     assert!(StabilityConfig::from_toml_str("[rate_limit]\non_limit = \"ignore\"\n").is_err());
 }
+
+#[test]
+fn an_authenticated_identity_is_trusted_for_the_client_scope_and_needs_no_key() {
+    let mut config = StabilityConfig::default();
+    config.connection.client_id = ClientIdSource::Authenticated;
+    config.connection.client_id_key.clear();
+    config.dedup.scope = DedupScope::Client;
+    config.validate().unwrap();
+    // The same with a client-chosen header is refused, as before.
+    config.connection.client_id = ClientIdSource::Header;
+    config.connection.client_id_key = "x-client".into();
+    assert!(config.validate().unwrap_err().has("dedup.scope"));
+}
