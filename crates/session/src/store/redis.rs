@@ -1,29 +1,28 @@
+mod answer;
+mod connection;
+mod listen;
+mod queue;
 mod scripts;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use bytes::Bytes;
-use futures_util::StreamExt;
-use futures_util::future::join_all;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClientBuilder;
-use redis::cluster_async::ClusterConnection;
-use redis::{
-    Cmd, ErrorKind, FromRedisValue, Pipeline, RedisFuture, ScriptInvocation, ServerErrorKind, Value,
-};
-use serde_json::value::RawValue;
+use redis::{Cmd, FromRedisValue, ScriptInvocation, Value};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 use wsguard_config::{SessionConfig, SessionRedisConfig};
 
+use self::answer::{entries, read_attached};
+use self::connection::{Conn, Endpoint, Pending, bounded};
+use self::listen::subscribe_until_dropped;
+use self::queue::Job;
 use super::{
-    Appended, Attached, Created, Logged, RemoteEvent, RemoteListener, SessionState, SessionStore,
-    SessionStoreError, StoreFuture, Target,
+    Appended, Attached, Created, Logged, RemoteListener, SessionStore, SessionStoreError,
+    StoreFuture, Target,
 };
 use crate::data::MessageData;
 use crate::token::SessionToken;
@@ -56,10 +55,10 @@ use crate::token::SessionToken;
 /// session is attached to renews its lease (`ttl`, and at least 20 operation timeouts) three
 /// times per lease, for all its sessions in a few commands; a node that dies stops, and the
 /// sweep detaches its sessions once their leases lapse, so they expire and free their place
-/// under `max_sessions` like any other. **Bounds**: `max_messages`
-/// and `max_bytes` hold per session exactly as in memory; `max_total_bytes` bounds what waits
-/// on this node to reach Redis, not what Redis holds (Redis's own `maxmemory` is the bound of a
-/// shared server; `max_sessions` times `max_bytes` is the most the store holds).
+/// under `max_sessions` like any other. **Bounds**: `max_messages` and `max_bytes` hold per
+/// session exactly as in memory; `max_total_bytes` bounds what waits on this node to reach
+/// Redis, not what Redis holds (Redis's own `maxmemory` is the bound of a shared server;
+/// `max_sessions` times `max_bytes` is the most the store holds).
 ///
 /// **Across nodes**: a session's hash names the node it is attached to (each store has a random
 /// node id). An append on another node publishes `logged T seq` on that node's channel
@@ -72,8 +71,9 @@ use crate::token::SessionToken;
 /// **Order**: appends, processed marks, attaches and detaches from this node go to Redis in the
 /// order they were asked for, through one queue served by one task (appends and marks
 /// pipelined, up to 256 per round trip; on a cluster one pipeline per session, sessions in
-/// parallel), so that a message sent without waiting keeps its place. The queue holds at most `max_total_bytes` of payloads: past it an append fails at
-/// once (`max_total_bytes` bounds what this node holds, as it does in memory).
+/// parallel), so that a message sent without waiting keeps its place. The queue holds at most
+/// `max_total_bytes` of payloads: past it an append fails at once (`max_total_bytes` bounds
+/// what this node holds, as it does in memory).
 ///
 /// **Failures**: every command is bounded by `operation_timeout`; an error or a timeout is a
 /// [`SessionStoreError`], and a hello or resume is then answered `unavailable`. The connection
@@ -135,61 +135,6 @@ impl fmt::Debug for RedisSessionStore {
     }
 }
 
-/// One server's connection manager, or a cluster's connection.
-#[derive(Clone)]
-enum Conn {
-    Single(ConnectionManager),
-    Cluster(ClusterConnection),
-}
-
-impl redis::aio::ConnectionLike for Conn {
-    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
-        match self {
-            Self::Single(c) => c.req_packed_command(cmd),
-            Self::Cluster(c) => c.req_packed_command(cmd),
-        }
-    }
-
-    fn req_packed_commands<'a>(
-        &'a mut self,
-        pipeline: &'a Pipeline,
-        offset: usize,
-        count: usize,
-    ) -> RedisFuture<'a, Vec<Value>> {
-        match self {
-            Self::Single(c) => c.req_packed_commands(pipeline, offset, count),
-            Self::Cluster(c) => c.req_packed_commands(pipeline, offset, count),
-        }
-    }
-
-    fn get_db(&self) -> i64 {
-        match self {
-            Self::Single(c) => c.get_db(),
-            Self::Cluster(c) => c.get_db(),
-        }
-    }
-}
-
-/// Where to connect.
-#[derive(Clone)]
-enum Endpoint {
-    Single(redis::Client),
-    Cluster(Box<redis::cluster::ClusterClient>),
-}
-
-/// The connection, made in the background until it succeeds (by one task, started on the
-/// first command: building the store needs no runtime).
-struct Pending {
-    endpoint: Endpoint,
-    timeout: Duration,
-    made: watch::Sender<Option<Conn>>,
-    started: AtomicBool,
-    failures: AtomicU64,
-}
-
-/// What a step costs in the queue besides its payload.
-const STEP_BYTES: usize = 64;
-
 /// Client numbers past this are clamped: the scripts format seqs into stream ids as Lua
 /// numbers, exact and without an exponent below 10^14.
 const MAX_SEQ: u64 = 99_999_999_999_999;
@@ -202,128 +147,6 @@ const RENEW_BATCH: usize = 512;
 
 /// How many due sessions one sweep looks at.
 const SWEEP_BATCH: usize = 256;
-
-/// A step that must reach Redis in the order it was asked for on this node: appends (a
-/// message's place), and a session's attach after its detach by a connection that just ended.
-enum Job {
-    Append {
-        to: OwnedTarget,
-        payload: MessageData,
-        max_messages: usize,
-        max_bytes: usize,
-        /// Not started after this: the caller has been told it timed out.
-        deadline: Instant,
-        reply: oneshot::Sender<Result<Option<Appended>, SessionStoreError>>,
-    },
-    Attach {
-        token: SessionToken,
-        client: Option<String>,
-        after: u64,
-        ttl: Duration,
-        mode: Handover,
-        deadline: Instant,
-        reply: oneshot::Sender<Result<Option<Attached>, SessionStoreError>>,
-    },
-    Detach {
-        token: SessionToken,
-        ttl: Duration,
-    },
-    Processed {
-        token: SessionToken,
-        id: u64,
-    },
-    Flush(oneshot::Sender<()>),
-}
-
-/// Steps sent in one pipeline, at most.
-const PIPELINE: usize = 256;
-
-impl Job {
-    /// What it takes in the queue.
-    fn size(&self) -> usize {
-        match self {
-            Self::Append { payload, .. } => STEP_BYTES + payload.len(),
-            _ => STEP_BYTES,
-        }
-    }
-
-    /// Whether it can share a pipeline: an append to a session (not a client: that needs a
-    /// lookup first) or a processed mark.
-    fn pipelines(&self) -> bool {
-        matches!(
-            self,
-            Self::Append {
-                to: OwnedTarget::Session(_),
-                ..
-            } | Self::Processed { .. }
-        )
-    }
-
-    /// The session of a step that pipelines.
-    fn session(&self) -> Option<SessionToken> {
-        match self {
-            Self::Append {
-                to: OwnedTarget::Session(token),
-                ..
-            }
-            | Self::Processed { token, .. } => Some(*token),
-            _ => None,
-        }
-    }
-
-    /// The same step without its reply (to send it again; the reply stays with the original).
-    fn step_copy(&self) -> Job {
-        match self {
-            Self::Append {
-                to: OwnedTarget::Session(token),
-                payload,
-                max_messages,
-                max_bytes,
-                deadline,
-                ..
-            } => Self::Append {
-                to: OwnedTarget::Session(*token),
-                payload: payload.clone(),
-                max_messages: *max_messages,
-                max_bytes: *max_bytes,
-                deadline: *deadline,
-                reply: oneshot::channel().0,
-            },
-            Self::Processed { token, id } => Self::Processed {
-                token: *token,
-                id: *id,
-            },
-            _ => Self::Flush(oneshot::channel().0),
-        }
-    }
-
-    /// Answers the step with `err`.
-    fn fail(self, err: &SessionStoreError) {
-        match self {
-            Self::Append { reply, .. } => drop(reply.send(Err(err.clone()))),
-            Self::Attach { reply, .. } => drop(reply.send(Err(err.clone()))),
-            Self::Processed { .. } => tracing::warn!(%err, "session processed mark not recorded"),
-            Self::Detach { .. } => {
-                tracing::warn!(%err, "session not detached in Redis (it stays attached)")
-            }
-            Self::Flush(done) => drop(done.send(())),
-        }
-    }
-}
-
-/// Steps grouped by session, each group in its order.
-fn by_session(batch: Vec<Job>) -> impl Iterator<Item = Vec<Job>> {
-    let mut groups: Vec<Vec<Job>> = Vec::new();
-    let mut index: HashMap<Option<SessionToken>, usize> = HashMap::new();
-    for job in batch {
-        let slot = *index.entry(job.session()).or_insert_with(|| {
-            groups.push(Vec::new());
-            groups.len() - 1
-        });
-        groups[slot].push(job);
-    }
-    groups.into_iter()
-}
 
 /// How an attach treats a session attached to another node (see the `ATTACH` script).
 #[derive(Debug, Clone, Copy)]
@@ -409,13 +232,7 @@ impl RedisSessionStore {
         let (jobs, queue) = mpsc::unbounded_channel();
         Ok(Self {
             inner: Arc::new(Inner {
-                conn: Pending {
-                    endpoint,
-                    timeout,
-                    made: watch::Sender::new(None),
-                    started: AtomicBool::new(false),
-                    failures: AtomicU64::new(0),
-                },
+                conn: Pending::new(endpoint, timeout),
                 prefix: config.key_prefix.as_str().into(),
                 timeout,
                 node: SessionToken::generate().to_string()[..16].into(),
@@ -561,272 +378,6 @@ impl Inner {
         self.ttl_ms.store(millis(config.ttl), Ordering::Relaxed);
         self.max_queued
             .store(config.max_total_bytes, Ordering::Relaxed);
-    }
-
-    /// Queues a step; starts the task that serves the queue on the first one. Gives the job
-    /// back if the queue is full or there is no runtime to serve it on.
-    fn queue(self: &Arc<Self>, job: Job) -> Result<(), Job> {
-        if tokio::runtime::Handle::try_current().is_err() {
-            return Err(job);
-        }
-        let queue = self.queue.lock().unwrap_or_else(|e| e.into_inner()).take();
-        if let Some(mut queue) = queue {
-            let store = Arc::downgrade(self);
-            tokio::spawn(async move {
-                let mut carried = None;
-                loop {
-                    let job = match carried.take() {
-                        Some(job) => job,
-                        None => match queue.recv().await {
-                            Some(job) => job,
-                            None => return,
-                        },
-                    };
-                    let Some(inner) = store.upgrade() else { return };
-                    inner.dequeued(&job);
-                    if !job.pipelines() {
-                        inner.serve(job).await;
-                        continue;
-                    }
-                    // What waits behind it goes in the same round trip, in order, up to the
-                    // first step that cannot.
-                    let mut batch = vec![job];
-                    while batch.len() < PIPELINE {
-                        match queue.try_recv() {
-                            Ok(next) if next.pipelines() => {
-                                inner.dequeued(&next);
-                                batch.push(next);
-                            }
-                            Ok(next) => {
-                                // Counted out at the top of the loop, like any other.
-                                carried = Some(next);
-                                break;
-                            }
-                            Err(_) => break,
-                        }
-                    }
-                    if inner.is_single() {
-                        inner.serve_pipelined(batch).await;
-                    } else {
-                        // A cluster pipeline stays on one slot: one per session, in parallel,
-                        // each in order.
-                        join_all(by_session(batch).map(|steps| inner.serve_pipelined(steps))).await;
-                    }
-                }
-            });
-        }
-        let size = job.size();
-        let limit = self.max_queued.load(Ordering::Relaxed);
-        let queued = self.queued.fetch_add(size, Ordering::AcqRel);
-        // Appends and attaches can be refused; detaches and marks must reach Redis.
-        if queued + size > limit && matches!(job, Job::Append { .. } | Job::Attach { .. }) {
-            self.queued.fetch_sub(size, Ordering::AcqRel);
-            return Err(job);
-        }
-        self.jobs.send(job).map_err(|e| {
-            self.queued.fetch_sub(size, Ordering::AcqRel);
-            e.0
-        })
-    }
-
-    fn dequeued(&self, job: &Job) {
-        self.queued.fetch_sub(job.size(), Ordering::AcqRel);
-    }
-
-    fn is_single(&self) -> bool {
-        matches!(&*self.conn.made.borrow(), Some(Conn::Single(_)))
-    }
-
-    /// Appends to a session and processed marks, in one pipeline: one round trip for all of
-    /// them, run by Redis in order. A script Redis does not hold (after a restart) is loaded,
-    /// and the steps it failed are sent again, in order.
-    async fn serve_pipelined(&self, batch: Vec<Job>) {
-        let mut steps = Vec::with_capacity(batch.len());
-        for job in batch {
-            match job {
-                Job::Append {
-                    reply, deadline, ..
-                } if Instant::now() > deadline => {
-                    let _ = reply.send(Err(timeout_error(self.timeout)));
-                }
-                job => steps.push(job),
-            }
-        }
-        let mut conn = match self.conn().await {
-            Ok(conn) => conn,
-            Err(err) => return steps.into_iter().for_each(|job| job.fail(&err)),
-        };
-        let mut answers = self.pipeline(&mut conn, &steps).await;
-        let missing = |a: &Result<redis::RedisResult<Value>, SessionStoreError>| matches!(a, Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript));
-        if answers.iter().any(missing) {
-            let loaded = async {
-                scripts::APPEND.load_async(&mut conn).await?;
-                scripts::PROCESSED.load_async(&mut conn).await
-            };
-            match bounded(self.timeout, loaded).await {
-                Ok(_) => {
-                    let again: Vec<usize> =
-                        (0..steps.len()).filter(|&i| missing(&answers[i])).collect();
-                    let retried: Vec<Job> = again.iter().map(|&i| steps[i].step_copy()).collect();
-                    let second = self.pipeline(&mut conn, &retried).await;
-                    for (i, answer) in again.into_iter().zip(second) {
-                        answers[i] = answer;
-                    }
-                }
-                Err(err) => answers = steps.iter().map(|_| Err(err.clone())).collect(),
-            }
-        }
-        for (job, answer) in steps.into_iter().zip(answers) {
-            let answer =
-                answer.and_then(|a| a.map_err(|e| SessionStoreError::new(format!("Redis: {e}"))));
-            match job {
-                Job::Append {
-                    to: OwnedTarget::Session(token),
-                    reply,
-                    ..
-                } => {
-                    let appended = answer.and_then(|value| {
-                        redis::from_redis_value::<Option<(u64, u64)>>(value)
-                            .map_err(|_| bad_answer("append"))
-                    });
-                    let _ = reply.send(appended.map(|a| {
-                        a.map(|(seq, dropped)| Appended {
-                            session: token,
-                            seq,
-                            dropped,
-                            evicted: Vec::new(),
-                        })
-                    }));
-                }
-                Job::Processed { .. } => {
-                    if let Err(err) = answer {
-                        tracing::warn!(%err, "session processed mark not recorded");
-                    }
-                }
-                job => job.fail(&bad_answer("a step that is not pipelined")),
-            }
-        }
-    }
-
-    /// Sends `steps` (appends to a session and processed marks) as one pipeline; one answer
-    /// per step.
-    async fn pipeline(
-        &self,
-        conn: &mut Conn,
-        steps: &[Job],
-    ) -> Vec<Result<redis::RedisResult<Value>, SessionStoreError>> {
-        let mut pipe = redis::pipe();
-        pipe.ignore_errors();
-        for step in steps {
-            match step {
-                Job::Append {
-                    to: OwnedTarget::Session(token),
-                    payload,
-                    max_messages,
-                    max_bytes,
-                    ..
-                } => {
-                    let keys = self.keys(token);
-                    let (kind, data): (&str, &[u8]) = match payload {
-                        MessageData::Json(json) => ("j", json.get().as_bytes()),
-                        MessageData::Binary(bytes) => ("b", bytes),
-                    };
-                    let mut cmd = redis::cmd("EVALSHA");
-                    cmd.arg(scripts::APPEND.get_hash())
-                        .arg(2)
-                        .arg(&keys.meta)
-                        .arg(&keys.log)
-                        .arg(kind)
-                        .arg(data)
-                        .arg((*max_messages).max(1))
-                        .arg(*max_bytes)
-                        .arg(&*self.node)
-                        .arg(&*self.prefix)
-                        .arg(token.to_string());
-                    pipe.add_command(cmd);
-                }
-                Job::Processed { token, id } => {
-                    let mut cmd = redis::cmd("EVALSHA");
-                    cmd.arg(scripts::PROCESSED.get_hash())
-                        .arg(1)
-                        .arg(self.keys(token).meta)
-                        .arg(*id);
-                    pipe.add_command(cmd);
-                }
-                // Never batched; answered as an error by the caller.
-                _ => {
-                    pipe.cmd("PING");
-                }
-            }
-        }
-        match bounded(
-            self.timeout,
-            pipe.query_async::<Vec<redis::RedisResult<Value>>>(conn),
-        )
-        .await
-        {
-            Ok(answers) if answers.len() == steps.len() => answers.into_iter().map(Ok).collect(),
-            Ok(_) => steps
-                .iter()
-                .map(|_| Err(bad_answer("pipeline length")))
-                .collect(),
-            Err(err) => steps.iter().map(|_| Err(err.clone())).collect(),
-        }
-    }
-
-    /// Runs one queued step, one after another in the order they were queued.
-    async fn serve(&self, job: Job) {
-        let late = |deadline: Instant| Instant::now() > deadline;
-        match job {
-            Job::Append {
-                reply, deadline, ..
-            } if late(deadline) => drop(reply.send(Err(timeout_error(self.timeout)))),
-            Job::Attach {
-                reply, deadline, ..
-            } if late(deadline) => drop(reply.send(Err(timeout_error(self.timeout)))),
-            Job::Append {
-                to,
-                payload,
-                max_messages,
-                max_bytes,
-                reply,
-                ..
-            } => {
-                let result = self
-                    .append_now(&to, &payload, max_messages, max_bytes)
-                    .await;
-                let _ = reply.send(result);
-            }
-            Job::Attach {
-                token,
-                client,
-                after,
-                ttl,
-                mode,
-                reply,
-                ..
-            } => {
-                let _ = reply.send(self.attach(token, client, after, ttl, mode).await);
-            }
-            Job::Detach { token, ttl } => {
-                if let Err(err) = self.detach(token, ttl).await {
-                    tracing::warn!(%err, "session not detached in Redis (it stays attached)");
-                }
-            }
-            Job::Processed { token, id } => {
-                if let Err(err) = self.processed(token, id).await {
-                    tracing::warn!(%err, "session processed mark not recorded");
-                }
-            }
-            Job::Flush(done) => drop(done.send(())),
-        }
-    }
-
-    async fn processed(&self, token: SessionToken, id: u64) -> Result<(), SessionStoreError> {
-        let mut conn = self.conn().await?;
-        let mut invocation = scripts::PROCESSED.prepare_invoke();
-        invocation.key(self.keys(&token).meta).arg(id);
-        self.run::<i64>(&mut conn, &invocation).await.map(drop)
     }
 
     async fn append_now(
@@ -1194,211 +745,6 @@ fn dropped() -> SessionStoreError {
     SessionStoreError::new("the session store was dropped")
 }
 
-fn timeout_error(timeout: Duration) -> SessionStoreError {
-    SessionStoreError::new(format!("Redis did not answer within {timeout:?}"))
-}
-
-async fn bounded<T>(
-    timeout: Duration,
-    call: impl Future<Output = redis::RedisResult<T>>,
-) -> Result<T, SessionStoreError> {
-    match tokio::time::timeout(timeout, call).await {
-        Err(_) => Err(timeout_error(timeout)),
-        Ok(Err(e)) => Err(SessionStoreError::new(format!("Redis: {e}"))),
-        Ok(Ok(value)) => Ok(value),
-    }
-}
-
-fn bad_answer(what: &str) -> SessionStoreError {
-    SessionStoreError::new(format!("unexpected answer from Redis: {what}"))
-}
-
-fn number(value: &Value) -> Result<u64, SessionStoreError> {
-    match value {
-        Value::Int(n) => u64::try_from(*n).map_err(|_| bad_answer("a negative number")),
-        Value::BulkString(bytes) => std::str::from_utf8(bytes)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad_answer("not a number")),
-        Value::SimpleString(s) => s.parse().map_err(|_| bad_answer("not a number")),
-        _ => Err(bad_answer("not a number")),
-    }
-}
-
-/// The seq of a stream entry id `seq-0`.
-fn entry_seq(id: &Value) -> Result<u64, SessionStoreError> {
-    let Value::BulkString(id) = id else {
-        return Err(bad_answer("a stream id"));
-    };
-    std::str::from_utf8(id)
-        .ok()
-        .and_then(|id| id.split('-').next())
-        .and_then(|seq| seq.parse().ok())
-        .ok_or_else(|| bad_answer("a stream id"))
-}
-
-/// Stream entries (`XRANGE`'s answer) as logged messages.
-fn entries(value: Value) -> Result<Vec<Logged>, SessionStoreError> {
-    let Value::Array(entries) = value else {
-        return Err(bad_answer("stream entries"));
-    };
-    entries
-        .into_iter()
-        .map(|entry| {
-            let Value::Array(mut parts) = entry else {
-                return Err(bad_answer("a stream entry"));
-            };
-            if parts.len() != 2 {
-                return Err(bad_answer("a stream entry"));
-            }
-            let fields = parts.pop().unwrap_or_default();
-            let seq = entry_seq(&parts[0])?;
-            let Value::Array(fields) = fields else {
-                return Err(bad_answer("stream fields"));
-            };
-            let (mut kind, mut data) = (None, None);
-            for pair in fields.chunks(2) {
-                if let [Value::BulkString(name), Value::BulkString(value)] = pair {
-                    match name.as_slice() {
-                        b"k" => kind = Some(value.clone()),
-                        b"d" => data = Some(value.clone()),
-                        _ => {}
-                    }
-                }
-            }
-            let payload = match (kind.as_deref(), data) {
-                (Some(b"b"), Some(data)) => MessageData::Binary(Bytes::from(data)),
-                (Some(b"j"), Some(data)) => {
-                    let json = String::from_utf8(data)
-                        .ok()
-                        .and_then(|text| RawValue::from_string(text).ok())
-                        .ok_or_else(|| bad_answer("a logged message that is not JSON"))?;
-                    MessageData::Json(Arc::from(json))
-                }
-                _ => return Err(bad_answer("a stream entry without kind or data")),
-            };
-            Ok(Logged { seq, payload })
-        })
-        .collect()
-}
-
-/// The `ATTACH` script's answer; `None` for `busy`.
-fn read_attached(
-    answer: Vec<Value>,
-    client: Option<String>,
-) -> Result<Option<Attached>, SessionStoreError> {
-    let word = match answer.first() {
-        Some(Value::BulkString(word)) => word.as_slice(),
-        _ => return Err(bad_answer("attach")),
-    };
-    match word {
-        b"unknown" => return Ok(Some(Attached::Unknown)),
-        b"expired" => return Ok(Some(Attached::Expired)),
-        b"busy" => return Ok(None),
-        b"held" => {}
-        _ => return Err(bad_answer("attach")),
-    }
-    let mut answer = answer.into_iter().skip(1);
-    let mut next = || answer.next().ok_or_else(|| bad_answer("attach"));
-    let last_seq = number(&next()?)?;
-    let acked = number(&next()?)?;
-    let dropped = number(&next()?)?;
-    let processed = number(&next()?)?;
-    let first = entries(next()?)?;
-    let messages = entries(next()?)?;
-    Ok(Some(Attached::Held {
-        state: SessionState {
-            client,
-            last_seq,
-            acked,
-            dropped,
-            first_held: first.first().map_or(last_seq + 1, |m| m.seq),
-            processed,
-        },
-        messages,
-    }))
-}
-
-impl Pending {
-    async fn get_within(&self, wait: Duration) -> Result<Conn, SessionStoreError> {
-        if let Some(conn) = &*self.made.borrow() {
-            return Ok(conn.clone());
-        }
-        if !self.started.swap(true, Ordering::AcqRel) {
-            tokio::spawn(connect_until_made(
-                self.endpoint.clone(),
-                self.timeout,
-                self.made.clone(),
-            ));
-        }
-        let mut made = self.made.subscribe();
-        match tokio::time::timeout(wait, made.wait_for(Option::is_some)).await {
-            Ok(Ok(conn)) => conn.clone().ok_or_else(|| timeout_error(wait)),
-            _ => Err(SessionStoreError::new(format!(
-                "no connection to Redis within {wait:?} ({} failed attempts)",
-                self.failures.load(Ordering::Relaxed)
-            ))),
-        }
-    }
-}
-
-async fn open(endpoint: &Endpoint, timeout: Duration) -> Result<Conn, SessionStoreError> {
-    let handshake = timeout * 10;
-    match endpoint {
-        Endpoint::Single(client) => {
-            let config = ConnectionManagerConfig::new()
-                .set_connection_timeout(Some(handshake))
-                .set_response_timeout(Some(timeout))
-                .set_number_of_retries(2)
-                .set_max_delay(Duration::from_secs(1));
-            let manager = ConnectionManager::new_with_config(client.clone(), config);
-            bounded(handshake, manager).await.map(Conn::Single)
-        }
-        Endpoint::Cluster(client) => bounded(handshake, client.get_async_connection())
-            .await
-            .map(Conn::Cluster),
-    }
-}
-
-/// Connects until it succeeds or nobody waits for the connection any more.
-async fn connect_until_made(
-    endpoint: Endpoint,
-    timeout: Duration,
-    made: watch::Sender<Option<Conn>>,
-) {
-    let mut delay = Duration::from_millis(100);
-    let mut failures = 0u64;
-    loop {
-        match open(&endpoint, timeout).await {
-            Ok(conn) => {
-                made.send_replace(Some(conn));
-                tracing::info!("session store connected to Redis");
-                return;
-            }
-            Err(error) => {
-                failures += 1;
-                // Every power of two: a Redis that stays down must not flood the log.
-                if failures.is_power_of_two() {
-                    tracing::warn!(attempts = failures, %error, "session store cannot reach Redis; retrying");
-                }
-            }
-        }
-        // This task's clone is the last: the store is gone.
-        if made.sender_count() == 1 {
-            return;
-        }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
-}
-
-fn tell(listeners: &Mutex<Vec<RemoteListener>>, event: RemoteEvent) {
-    let listeners = listeners.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    for listener in listeners {
-        listener(event);
-    }
-}
-
 /// Renews the leases of the sessions attached here three times per lease, until the store is
 /// dropped.
 async fn renew_until_dropped(store: Weak<Inner>) {
@@ -1411,79 +757,6 @@ async fn renew_until_dropped(store: Weak<Inner>) {
         if let Err(err) = inner.renew().await {
             tracing::warn!(%err, "session leases not renewed; retrying");
         }
-    }
-}
-
-/// A message on this node's channel.
-fn parse_event(payload: &str) -> Option<RemoteEvent> {
-    let mut words = payload.split(' ');
-    let event = match (words.next(), words.next(), words.next()) {
-        (Some("logged"), Some(token), Some(seq)) => RemoteEvent::Logged {
-            session: token.parse().ok()?,
-            seq: seq.parse().ok()?,
-        },
-        (Some("superseded"), Some(token), None) => RemoteEvent::Superseded {
-            session: token.parse().ok()?,
-        },
-        _ => return None,
-    };
-    words.next().is_none().then_some(event)
-}
-
-/// Subscribes to this node's channel and hands what arrives to the listeners; subscribes again
-/// (backing off to 5 s) whenever the connection drops, until the store is dropped.
-async fn subscribe_until_dropped(store: Weak<Inner>, mut alive: watch::Receiver<bool>) {
-    let mut delay = Duration::from_millis(100);
-    let mut attempt = 0usize;
-    loop {
-        let Some(inner) = store.upgrade() else { return };
-        let url = inner.pubsub_urls[attempt % inner.pubsub_urls.len().max(1)].clone();
-        let channel = inner.channel();
-        let listeners = Arc::clone(&inner.listeners);
-        let subscribed = inner.subscribed.clone();
-        let ever_subscribed = Arc::clone(&inner.ever_subscribed);
-        let timeout = inner.timeout * 10;
-        drop(inner);
-        attempt += 1;
-        let pubsub = async {
-            let client = redis::Client::open(url.as_str())?;
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        match tokio::time::timeout(timeout, pubsub).await {
-            Ok(Ok(mut pubsub)) => {
-                delay = Duration::from_millis(100);
-                subscribed.send_replace(true);
-                ever_subscribed.store(true, Ordering::Release);
-                // Whatever was published while not subscribed is lost: read every log again.
-                tell(&listeners, RemoteEvent::Missed);
-                let mut messages = pubsub.on_message();
-                loop {
-                    tokio::select! {
-                        message = messages.next() => match message {
-                            Some(message) => {
-                                let payload = String::from_utf8_lossy(message.get_payload_bytes());
-                                if let Some(event) = parse_event(&payload) {
-                                    tell(&listeners, event);
-                                }
-                            }
-                            None => break,
-                        },
-                        closed = alive.changed() => if closed.is_err() { return },
-                    }
-                }
-                subscribed.send_replace(false);
-                tracing::warn!("session store's subscription to Redis dropped; subscribing again");
-            }
-            Ok(Err(error)) => tracing::debug!(%error, "session store cannot subscribe yet"),
-            Err(_) => tracing::debug!("session store's subscription timed out"),
-        }
-        tokio::select! {
-            () = tokio::time::sleep(delay) => {}
-            closed = alive.changed() => if closed.is_err() { return },
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
     }
 }
 
@@ -1666,146 +939,5 @@ impl SessionStore for RedisSessionStore {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(listener);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bulk(s: &str) -> Value {
-        Value::BulkString(s.as_bytes().to_vec())
-    }
-
-    fn entry(id: &str, fields: &[&str]) -> Value {
-        Value::Array(vec![
-            bulk(id),
-            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
-        ])
-    }
-
-    #[test]
-    fn stream_entries_become_logged_messages() {
-        let read = entries(Value::Array(vec![
-            entry("3-0", &["k", "j", "d", r#"{"a":1}"#]),
-            entry("4-0", &["k", "b", "d", "\u{1}\u{2}"]),
-        ]))
-        .unwrap();
-        assert_eq!(read[0].seq, 3);
-        assert_eq!(read[0].payload, MessageData::from(r#"{"a":1}"#));
-        assert_eq!(read[1].payload, MessageData::Binary(vec![1u8, 2].into()));
-    }
-
-    #[test]
-    fn malformed_answers_are_errors_not_panics() {
-        let bad = [
-            Value::Nil,
-            Value::Array(vec![Value::Int(1)]),
-            Value::Array(vec![Value::Array(vec![])]),
-            Value::Array(vec![entry("x-0", &["k", "j", "d", "1"])]),
-            Value::Array(vec![entry("1-0", &["k", "j"])]),
-            Value::Array(vec![entry("1-0", &["k", "j", "d", "not json"])]),
-            Value::Array(vec![entry("1-0", &["k", "?", "d", "1"])]),
-            Value::Array(vec![Value::Array(vec![bulk("1-0"), Value::Int(3)])]),
-        ];
-        for value in bad {
-            assert!(entries(value.clone()).is_err(), "{value:?}");
-        }
-        for answer in [
-            vec![],
-            vec![Value::Int(1)],
-            vec![bulk("what")],
-            vec![bulk("held"), bulk("1")],
-            vec![bulk("held"), bulk("-1"), bulk("0"), bulk("0"), bulk("0")],
-            vec![
-                bulk("held"),
-                Value::Int(-3),
-                Value::Int(0),
-                Value::Int(0),
-                Value::Int(0),
-                Value::Array(vec![]),
-                Value::Array(vec![]),
-            ],
-        ] {
-            assert!(read_attached(answer.clone(), None).is_err(), "{answer:?}");
-        }
-    }
-
-    #[test]
-    fn an_attach_answer_reads_as_its_state() {
-        let answer = vec![
-            bulk("held"),
-            Value::Int(5),
-            bulk("2"),
-            bulk("1"),
-            bulk("4"),
-            Value::Array(vec![entry("3-0", &["k", "j", "d", "3"])]),
-            Value::Array(vec![
-                entry("4-0", &["k", "j", "d", "4"]),
-                entry("5-0", &["k", "j", "d", "5"]),
-            ]),
-        ];
-        let Some(Attached::Held { state, messages }) =
-            read_attached(answer, Some("c".into())).unwrap()
-        else {
-            panic!("held");
-        };
-        assert_eq!(
-            (state.last_seq, state.acked, state.dropped, state.processed),
-            (5, 2, 1, 4)
-        );
-        assert_eq!(state.first_held, 3);
-        assert_eq!(state.client.as_deref(), Some("c"));
-        assert_eq!(messages.len(), 2);
-        assert!(matches!(read_attached(vec![bulk("busy")], None), Ok(None)));
-        assert!(matches!(
-            read_attached(vec![bulk("expired")], None),
-            Ok(Some(Attached::Expired))
-        ));
-    }
-
-    #[test]
-    fn only_well_formed_channel_messages_are_events() {
-        let token = SessionToken::generate();
-        assert_eq!(
-            parse_event(&format!("logged {token} 7")),
-            Some(RemoteEvent::Logged {
-                session: token,
-                seq: 7
-            })
-        );
-        assert_eq!(
-            parse_event(&format!("superseded {token}")),
-            Some(RemoteEvent::Superseded { session: token })
-        );
-        for junk in [
-            "",
-            "logged",
-            "logged xyz 1",
-            &format!("logged {token} -1"),
-            &format!("logged {token} 1 2"),
-            &format!("superseded {token} extra"),
-            "superseded 00",
-        ] {
-            assert_eq!(parse_event(junk), None, "{junk:?}");
-        }
-    }
-
-    #[test]
-    fn steps_are_grouped_by_session_in_order() {
-        let (a, b) = (SessionToken::generate(), SessionToken::generate());
-        let step = |token, id| Job::Processed { token, id };
-        let groups: Vec<Vec<u64>> = by_session(vec![step(a, 1), step(b, 2), step(a, 3)])
-            .map(|group| {
-                group
-                    .iter()
-                    .map(|job| match job {
-                        Job::Processed { id, .. } => *id,
-                        _ => 0,
-                    })
-                    .collect()
-            })
-            .collect();
-        assert_eq!(groups, [vec![1, 3], vec![2]]);
     }
 }
