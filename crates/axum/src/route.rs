@@ -1,5 +1,6 @@
 //! The upgrade handler: connection limit, socket settings, and the hand-off to the connection.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -61,6 +62,9 @@ pub struct WsRoute<S> {
     sweep: Arc<Once>,
     /// Route labels whose session figures `metrics` reports already.
     session_metrics: Arc<Mutex<Vec<Arc<str>>>>,
+    /// Open connections per client id, for `max_connections_per_client`: an entry lives while
+    /// its client has a connection open, so there are never more than `max_connections`.
+    per_client: Arc<Mutex<HashMap<Arc<str>, usize>>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for WsRoute<S> {
@@ -85,6 +89,7 @@ impl<S> Clone for WsRoute<S> {
             sessions: self.sessions.clone(),
             sweep: self.sweep.clone(),
             session_metrics: self.session_metrics.clone(),
+            per_client: self.per_client.clone(),
         }
     }
 }
@@ -143,6 +148,7 @@ where
             metrics: None,
             sweep: Arc::new(Once::new()),
             session_metrics: Arc::default(),
+            per_client: Arc::default(),
         })
     }
 
@@ -247,6 +253,26 @@ where
         }
         let id = ConnectionId::next();
         let client_id: Arc<str> = inbound::client_id(&config, &parts, peer_addr).into();
+        let Some(client_permit) = ClientPermit::take(
+            &self.per_client,
+            &client_id,
+            config.max_connections_per_client,
+        ) else {
+            static WARN: WarnLimit = WarnLimit::new();
+            limited_warn!(
+                WARN,
+                client = %client_id,
+                max_connections_per_client = config.max_connections_per_client,
+                "websocket upgrade refused: the client has its most connections open"
+            );
+            self.stats.count_refused();
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, "1")],
+                "too many connections for this client",
+            )
+                .into_response();
+        };
         let slot = Arc::new(wsguard_metrics::ConnectionSlot::new());
         let sender = Sender::with_limits(
             config.send_queue_capacity,
@@ -319,8 +345,52 @@ where
                     socket, service, conn, settings, replies, stats, drain, opening,
                 )
                 .await;
+                drop(client_permit);
                 drop(permit);
             })
+    }
+}
+
+/// A client's place among its open connections, given back on drop (also when the upgrade
+/// fails and the connection never runs).
+struct ClientPermit {
+    table: Arc<Mutex<HashMap<Arc<str>, usize>>>,
+    client: Arc<str>,
+}
+
+impl ClientPermit {
+    /// A place for one more connection of `client`, or `None` if it has `max` open (`0`: no
+    /// limit, nothing tracked).
+    fn take(
+        table: &Arc<Mutex<HashMap<Arc<str>, usize>>>,
+        client: &Arc<str>,
+        max: usize,
+    ) -> Option<Option<Self>> {
+        if max == 0 {
+            return Some(None);
+        }
+        let mut open = table.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(client.clone()).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(Some(Self {
+            table: table.clone(),
+            client: client.clone(),
+        }))
+    }
+}
+
+impl Drop for ClientPermit {
+    fn drop(&mut self) {
+        let mut open = self.table.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.client) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.client);
+            }
+        }
     }
 }
 
@@ -396,7 +466,8 @@ impl ConnectionStats {
         self.inner.accepted.load(Ordering::Relaxed)
     }
 
-    /// Upgrades refused with `503` because `max_connections` were open.
+    /// Upgrades refused because `max_connections` were open (`503`) or the client had
+    /// `max_connections_per_client` open (`429`).
     pub fn refused(&self) -> u64 {
         self.inner.refused.load(Ordering::Relaxed)
     }
@@ -441,6 +512,10 @@ impl ConnectionStats {
 
     pub(crate) fn count_close_timeout(&self) {
         self.inner.close_timeouts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    fn count_refused(&self) {
+        self.inner.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     fn try_open(&self, max: usize) -> Option<OpenPermit> {

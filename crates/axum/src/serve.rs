@@ -17,7 +17,8 @@
 //!   and logged (at a bounded rate). A connection stops counting when its first request reaches
 //!   the router or when it closes.
 //!
-//! Handlers see the peer address as `ConnectInfo<SocketAddr>`, as with
+//! Handlers see the peer address as `ConnectInfo<SocketAddr>` (and as a plain `SocketAddr`
+//! extension, which `RateLimitLayer::http` keys by), as with
 //! `Router::into_make_service_with_connect_info::<SocketAddr>()`, so [`ws_route`](crate::ws_route)
 //! takes client ids from it. Every request also carries the server's [`Drain`]: on the shutdown
 //! signal the WebSocket connections of its routes are drained (upgrades refused with `503`, each
@@ -422,6 +423,9 @@ where
         self.slot.release();
         let mut request = request.map(Body::new);
         request.extensions_mut().insert(ConnectInfo(self.peer));
+        // Also plain, for layers that do not depend on axum (`RateLimitLayer::http` keys
+        // upgrade requests by this address).
+        request.extensions_mut().insert(self.peer);
         request.extensions_mut().insert(self.drain.clone());
         self.app.clone().oneshot(request)
     }

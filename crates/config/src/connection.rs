@@ -55,6 +55,12 @@ pub enum RejectionAction {
 pub struct ConnectionConfig {
     /// Most connections open at once; further upgrades get `503`.
     pub max_connections: usize,
+    /// Most connections one client (by `client_id`) may have open at once on a route; its
+    /// further upgrades get `429 Too Many Requests` with `Retry-After`. `0`: no limit. Limits
+    /// the tabs a client opens to multiply its per-connection limits; meaningful with an
+    /// identity the client cannot choose (`authenticated`, `peer_addr`), since a client-chosen
+    /// one can be changed at each upgrade.
+    pub max_connections_per_client: usize,
     /// Largest message accepted, in bytes; larger ones close the connection with `1009`.
     pub max_message_size: usize,
     /// A connection that has received nothing (not even a pong) for this long is closed.
@@ -103,6 +109,7 @@ impl ConnectionConfig {
     pub fn production() -> Self {
         Self {
             max_connections: 10_000,
+            max_connections_per_client: 0,
             max_message_size: 64 * 1024,
             idle_timeout: Duration::from_secs(60),
             ping_interval: Duration::from_secs(20),
