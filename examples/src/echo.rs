@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query};
@@ -44,6 +45,10 @@ pub struct EchoOptions {
     /// limited as one client, since the client id is the peer address unless the config says
     /// otherwise.
     pub rate_limit: bool,
+    /// With the rate limit, hold each refusal until the client's limit refills, at most this long
+    /// (`RateLimitLayer::hold_refused`): the connection of a client over its limit is then read
+    /// no faster than its limit. `Duration::ZERO` (the default): refusals are immediate.
+    pub hold_refused: Duration,
 }
 
 /// The echo server: `/ws` echoes every text or binary message through metrics, dedup (content
@@ -67,9 +72,11 @@ pub fn app_with(
     options: EchoOptions,
 ) -> EchoApp {
     let registry = MetricsRegistry::new(config);
-    let rate_limit = options
-        .rate_limit
-        .then(|| RateLimitLayer::new(config).route("/ws"));
+    let rate_limit = options.rate_limit.then(|| {
+        RateLimitLayer::new(config)
+            .route("/ws")
+            .hold_refused(options.hold_refused)
+    });
     let rate_limit_handle = rate_limit.as_ref().map(RateLimitLayer::handle);
     if let Some(handle) = &rate_limit_handle {
         wsguard::watch_rate_limit(&registry, handle.clone());
@@ -290,7 +297,11 @@ mod tests {
             "{stats}"
         );
 
-        let limited = app_with(&config, None, EchoOptions { rate_limit: true });
+        let options = EchoOptions {
+            rate_limit: true,
+            ..EchoOptions::default()
+        };
+        let limited = app_with(&config, None, options);
         assert!(limited.rate_limit.is_some());
         let stats = stats_of(&limited).await;
         assert_eq!(stats["rate_limit"]["limited"], 0, "{stats}");
