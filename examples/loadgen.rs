@@ -1396,13 +1396,20 @@ async fn wait_for(
     None
 }
 
-/// One HTTP/1.1 request on `addr`, its body parsed as JSON; `None` unless the answer is 200.
+/// One HTTP/1.1 request on `addr`, its body parsed as JSON; `None` unless the answer is 200
+/// within 5 s (a server out of file descriptors accepts nothing).
 async fn http_json(addr: SocketAddr, request: String) -> Option<serde_json::Value> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let mut stream = TcpStream::connect(addr).await.ok()?;
-    stream.write_all(request.as_bytes()).await.ok()?;
-    let mut response = Vec::new();
-    stream.read_to_end(&mut response).await.ok()?;
+    let exchange = async {
+        let mut stream = TcpStream::connect(addr).await.ok()?;
+        stream.write_all(request.as_bytes()).await.ok()?;
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).await.ok()?;
+        Some(response)
+    };
+    let response = tokio::time::timeout(Duration::from_secs(5), exchange)
+        .await
+        .ok()??;
     let response = String::from_utf8_lossy(&response);
     if !response.starts_with("HTTP/1.1 200") {
         return None;
