@@ -14,8 +14,11 @@
 //! 1. **Latency under a flood.** One quiet client sends `--rate` pings a second (100) for
 //!    `--seconds` (10) and times each echo: alone, then while a flooder on the same route sends as
 //!    fast as it can (and reads what comes back). The limit is 200 messages a second per client
-//!    (burst 400), refused with `--action` (`error_frame`). The same flood on the server without
-//!    the layer shows what the limit spares the quiet client.
+//!    (burst 400), refused with `--action` (`error_frame`): once as soon as the limit refuses,
+//!    once with each refusal held until the flooder's limit refills (at most 1 s,
+//!    `RateLimitLayer::hold_refused`), so that its connection is read no faster than its limit.
+//!    The same flood on the server without the layer shows what the limit spares the quiet
+//!    client.
 //! 2. **Cost per message.** `-c` connections (16), each `-n` (2000) back-to-back ping-pongs with
 //!    its own client id, on the server with the layer (limits no client reaches) and on the one
 //!    without, alternating for `--rounds` (5); the best round of each, and their ratio.
@@ -47,6 +50,8 @@ const LIMIT_PER_SECOND: u32 = 200;
 const LIMIT_BURST: u32 = 400;
 /// Payload of every message: a sequence number, padded.
 const PAYLOAD: usize = 64;
+/// Longest hold of a refusal on the `with-held-limit` server (`RateLimitLayer::hold_refused`).
+const HOLD: Duration = Duration::from_secs(1);
 /// Longest wait for one reply before the run is called failed.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -109,7 +114,7 @@ impl Opts {
         Ok(opts)
     }
 
-    const USAGE: &'static str = "usage: flood [--seconds S] [--rate R] [--action drop|error_frame] [-c N] [-n N] [--rounds R]\n       flood serve ADDR CONFIG with-limit|without-limit";
+    const USAGE: &'static str = "usage: flood [--seconds S] [--rate R] [--action drop|error_frame] [-c N] [-n N] [--rounds R]\n       flood serve ADDR CONFIG with-limit|with-held-limit|without-limit";
 }
 
 fn main() -> ExitCode {
@@ -129,14 +134,22 @@ fn main() -> ExitCode {
     }
 }
 
-/// `flood serve ADDR CONFIG with-limit|without-limit`: the echo application, until killed.
+/// `flood serve ADDR CONFIG with-limit|with-held-limit|without-limit`: the echo application,
+/// until killed.
 fn serve_child(args: &[String]) -> Result<(), Error> {
     let [addr, config, limit] = args else {
         return Err(Opts::USAGE.into());
     };
-    let rate_limit = match limit.as_str() {
-        "with-limit" => true,
-        "without-limit" => false,
+    let options = match limit.as_str() {
+        "with-limit" => EchoOptions {
+            rate_limit: true,
+            ..EchoOptions::default()
+        },
+        "with-held-limit" => EchoOptions {
+            rate_limit: true,
+            hold_refused: HOLD,
+        },
+        "without-limit" => EchoOptions::default(),
         other => return Err(format!("unknown {other:?}\n{}", Opts::USAGE).into()),
     };
     let server = ServerArgs::parse(
@@ -146,7 +159,7 @@ fn serve_child(args: &[String]) -> Result<(), Error> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async move {
         let (config, _watcher) = server.config()?;
-        let app = echo::app_with(&config, None, EchoOptions { rate_limit });
+        let app = echo::app_with(&config, None, options);
         serve(app.router, server.addr).await?;
         Ok(())
     })
@@ -189,18 +202,15 @@ struct Server {
 }
 
 impl Server {
-    fn start(config: &Path, with_limit: bool) -> Result<Self, Error> {
+    /// `mode`: `with-limit`, `with-held-limit` or `without-limit`.
+    fn start(config: &Path, mode: &str) -> Result<Self, Error> {
         // A free port: bound, read, released for the child.
         let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
         let child = Command::new(std::env::current_exe()?)
             .arg("serve")
             .arg(addr.to_string())
             .arg(config)
-            .arg(if with_limit {
-                "with-limit"
-            } else {
-                "without-limit"
-            })
+            .arg(mode)
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -301,7 +311,7 @@ async fn flood(
     let ws = connect(addr, "flooder").await?;
     let (mut tx, mut rx) = ws.split();
     let reading = counts.clone();
-    let reader = tokio::spawn(async move {
+    let mut reader = AbortOnDrop(tokio::spawn(async move {
         while let Some(Ok(frame)) = rx.next().await {
             match frame {
                 Message::Text(t) if t.starts_with("flood") => {
@@ -314,20 +324,31 @@ async fn flood(
                 _ => {}
             }
         }
-    });
+    }));
     let mut seq = 0;
     while !stop.load(Ordering::Relaxed) {
         for _ in 0..32 {
             tx.feed(text("flood", seq)).await?;
             seq += 1;
+            counts.sent.fetch_add(1, Ordering::Relaxed);
         }
         tx.flush().await?;
-        counts.sent.fetch_add(32, Ordering::Relaxed);
     }
-    tx.close().await?;
-    // The replies still on their way, then the server's close.
-    let _ = timeout(REPLY_TIMEOUT, reader).await;
+    // A server that reads this connection slowly has a backlog ahead of the close frame: the
+    // replies of a moment, then the connection is dropped.
+    let _ = timeout(Duration::from_secs(1), tx.close()).await;
+    let _ = timeout(Duration::from_secs(1), &mut reader.0).await;
     Ok(())
+}
+
+/// Ends the task when dropped: a flooder stopped while blocked on a full socket takes its
+/// reader with it.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The quiet client's times while a flooder floods `addr`; and what the flooder saw.
@@ -352,7 +373,14 @@ fn quiet_under_flood(
         refused: 0,
     };
     stop.store(true, Ordering::Relaxed);
-    runtime.block_on(flooder)??;
+    // Blocked on a full socket, the flooder never sees `stop`: it is dropped then.
+    let mut flooder = AbortOnDrop(flooder);
+    if let Ok(joined) =
+        runtime.block_on(async { timeout(Duration::from_secs(3), &mut flooder.0).await })
+    {
+        joined??;
+    }
+    drop(flooder);
     let seen = FloodSeen {
         echoed: counts.echoed.load(Ordering::Relaxed),
         refused: counts.refused.load(Ordering::Relaxed),
@@ -435,7 +463,7 @@ fn show(label: &str, l: &Latency) {
 
 fn show_flood(seen: &FloodSeen) {
     println!(
-        "  {:<28} sent {:.0} msg/s while measured; over the whole flood {} echoed, {} refused with a frame",
+        "  {:<28} wrote {:.0} msg/s into its socket while measured; over the whole flood {} echoed, {} refused with a frame",
         "flooder", seen.sent_per_second, seen.echoed, seen.refused,
     );
 }
@@ -478,8 +506,9 @@ fn run(opts: &Opts) -> Result<(), Error> {
         .build()?;
 
     {
-        let with_limit = Server::start(&limited, true)?;
-        let without_limit = Server::start(&limited, false)?;
+        let with_limit = Server::start(&limited, "with-limit")?;
+        let with_held_limit = Server::start(&limited, "with-held-limit")?;
+        let without_limit = Server::start(&limited, "without-limit")?;
         println!(
             "\nquiet client, {} pings/s for {} s; limit {LIMIT_PER_SECOND} msg/s per client (burst {LIMIT_BURST}), on_limit = {}:",
             opts.rate, opts.seconds, opts.action
@@ -495,6 +524,10 @@ fn run(opts: &Opts) -> Result<(), Error> {
         let limited = latency(times);
         show("flooder limited", &limited);
         show_flood(&seen);
+        let (times, seen) = quiet_under_flood(&runtime, with_held_limit.addr, opts, "quiet-held")?;
+        let held = latency(times);
+        show("flooder limited and held", &held);
+        show_flood(&seen);
         let (times, seen) =
             quiet_under_flood(&runtime, without_limit.addr, opts, "quiet-unlimited")?;
         let unlimited = latency(times);
@@ -502,15 +535,16 @@ fn run(opts: &Opts) -> Result<(), Error> {
         show_flood(&seen);
         let ratio = |l: &Latency| micros(l.p99) / micros(alone.p99).max(1.0);
         println!(
-            "  p99 ratio to alone: limited flooder {:.2}x (target <= 1.5x), unlimited flooder {:.2}x",
+            "  p99 ratio to alone: limited flooder {:.2}x, limited and held {:.2}x (target <= 1.5x), unlimited flooder {:.2}x",
             ratio(&limited),
+            ratio(&held),
             ratio(&unlimited)
         );
     }
 
     {
-        let with_layer = Server::start(&roomy, true)?;
-        let without_layer = Server::start(&roomy, false)?;
+        let with_layer = Server::start(&roomy, "with-limit")?;
+        let without_layer = Server::start(&roomy, "without-limit")?;
         println!(
             "\ncost per message: {} connections x {} ping-pongs, {} rounds alternating, best round of each:",
             opts.connections, opts.messages, opts.rounds
