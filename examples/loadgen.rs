@@ -809,8 +809,8 @@ struct Dialer {
     retries: AtomicUsize,
 }
 
-/// Spread connections bind explicit local ports from here (the kernel's own choice for a bound
-/// socket stalls and fails well before the ephemeral range is used up).
+/// Spread connections bind explicit local ports from here: about 55,000 per source address,
+/// against the 28,000 of the usual ephemeral range.
 const FIRST_PORT: usize = 10_000;
 
 impl Dialer {
@@ -1213,11 +1213,13 @@ async fn idle_connections(opts: IdleOpts) {
             per / 1000.0,
             rss_kib(std::process::id()),
         );
-        println!(
-            "{kind:>8}: server CPU while idle {:.2}% of one core over {:.1} s",
-            cpu * 100.0,
-            cpu_start.1.elapsed().as_secs_f64()
-        );
+        let cpu_span = cpu_start.1.elapsed().as_secs_f64();
+        if cpu_span >= 1.0 {
+            println!(
+                "{kind:>8}: server CPU while idle {:.2}% of one core over {cpu_span:.1} s",
+                cpu * 100.0,
+            );
+        }
         if let Some(stats) = &open_stats {
             println!(
                 "{kind:>8}: while open: open connections {}, registered with the metrics {}, sessions {} ({} detached)",
