@@ -4,6 +4,7 @@
 //! cargo run --example echo                                  # 127.0.0.1:3000, development preset
 //! cargo run --example echo -- --addr 0.0.0.0:8080 --config examples/wsguard.toml
 //! cargo run --example echo -- --preset production
+//! cargo run --example echo -- --reuse-port & cargo run --example echo -- --reuse-port  # two processes, one port
 //! WSGUARD_ADDR=127.0.0.1:9000 cargo run --example echo
 //! ```
 //!
@@ -23,7 +24,9 @@
 
 use std::process::ExitCode;
 
-use wsguard_examples::{ServerArgs, echo, init_tracing, prometheus, raise_fd_limit, serve};
+use wsguard_examples::{
+    ServerArgs, echo, init_tracing, listen, prometheus, raise_fd_limit, serve_on,
+};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -44,7 +47,14 @@ async fn main() -> ExitCode {
     };
     raise_fd_limit(config.get().connection.max_connections);
     let app = echo::app(&config, Some(prometheus()));
-    match serve(app.router, args.addr).await {
+    let listener = match listen(args.addr, args.reuse_port) {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("cannot listen on {}: {err}", args.addr);
+            return ExitCode::from(1);
+        }
+    };
+    match serve_on(app.router, listener).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(err) => {
             eprintln!("server failed: {err}");

@@ -129,6 +129,10 @@ fn main() {
         .enable_all()
         .build()
         .expect("tokio runtime");
+    if args.first().map(String::as_str) == Some("idle-worker") {
+        rt.block_on(idle_worker(&args[1..]));
+        return;
+    }
     if args.first().map(String::as_str) == Some("serve-bare") {
         let addr: SocketAddr = args
             .get(1)
@@ -157,6 +161,7 @@ fn main() {
         reconnect: false,
         per_source: 20_000,
         dials: 256,
+        procs: 1,
     };
     let mut compare = false;
     let mut idle_mode = false;
@@ -204,6 +209,7 @@ fn main() {
             "--reconnect" => idle.reconnect = true,
             "--per-source" => idle.per_source = value().parse().unwrap_or_else(|_| usage()),
             "--dials" => idle.dials = value().parse().unwrap_or_else(|_| usage()),
+            "--procs" => idle.procs = value().parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
@@ -215,7 +221,7 @@ fn main() {
     let fd_limit = wsguard_examples::raise_fd_limit(0);
     if let Some(limit) = fd_limit
         && idle_mode
-        && (limit as usize) < idle.connections + 64
+        && (limit as usize) < idle.connections.div_ceil(idle.procs.max(1)) + 64
     {
         eprintln!(
             "loadgen: open-file limit {limit}, raised as far as this process may{}: it stops below {} connections",
@@ -227,7 +233,9 @@ fn main() {
             idle.connections
         );
     }
-    if idle_mode {
+    if idle_mode && idle.procs > 1 {
+        rt.block_on(idle_across_processes(idle));
+    } else if idle_mode {
         rt.block_on(idle_connections(idle));
     } else if let Some(pending) = resume {
         rt.block_on(resume_bench(pending, runs, opts.size));
@@ -515,8 +523,24 @@ fn free_addr() -> SocketAddr {
 /// development preset allows 1000) through its `WSGUARD_` environment override, and its session
 /// cap likewise.
 async fn start_server(kind: &str, max_connections: usize, preset: Option<&str>) -> ServerProcess {
+    let server = spawn_server(kind, free_addr(), max_connections, preset, false);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(server.addr).await.is_err() {
+        assert!(Instant::now() < deadline, "{kind} server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server
+}
+
+/// Starts a server process on `addr` (with `reuse_port`, one of several on it) without waiting.
+fn spawn_server(
+    kind: &str,
+    addr: SocketAddr,
+    max_connections: usize,
+    preset: Option<&str>,
+    reuse_port: bool,
+) -> ServerProcess {
     let me = std::env::current_exe().expect("own path");
-    let addr = free_addr();
     let mut cmd = match kind {
         "bare" => {
             let mut c = Command::new(&me);
@@ -537,6 +561,9 @@ async fn start_server(kind: &str, max_connections: usize, preset: Option<&str>) 
             if let Some(preset) = preset {
                 c.arg("--preset").arg(preset);
             }
+            if reuse_port {
+                c.arg("--reuse-port");
+            }
             c.env(
                 "WSGUARD_CONNECTION__MAX_CONNECTIONS",
                 max_connections.max(1000).to_string(),
@@ -553,13 +580,7 @@ async fn start_server(kind: &str, max_connections: usize, preset: Option<&str>) 
         .stderr(Stdio::null())
         .spawn()
         .expect("start server");
-    let server = ServerProcess { child, addr };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).await.is_err() {
-        assert!(Instant::now() < deadline, "{kind} server did not start");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    server
+    ServerProcess { child, addr }
 }
 
 /// A field of `/proc/PID/status` in KiB (`VmRSS`, `VmHWM`).
@@ -770,6 +791,8 @@ struct IdleOpts {
     reconnect: bool,
     per_source: usize,
     dials: usize,
+    /// Server processes sharing the port, and as many client processes.
+    procs: usize,
 }
 
 /// What the idle connections are told to do.
@@ -1097,6 +1120,50 @@ async fn exactly_once(
     Ok(())
 }
 
+/// Opens connections `indices`, `dials` at a time, each held by a task of its own; stops dialling
+/// at the first failure. Returns the holders, how many opened, and the first failure.
+async fn open_idle(
+    indices: std::ops::Range<usize>,
+    control: &Control,
+    reconnect: bool,
+) -> (tokio::task::JoinSet<Held>, usize, Option<String>) {
+    let dialer = &control.dialer;
+    let mut opening = tokio::task::JoinSet::new();
+    for i in indices {
+        let dialer = dialer.clone();
+        opening.spawn(async move {
+            let mut ws = dialer.dial(i).await?;
+            let token = if dialer.session {
+                let answer = open_session(&mut ws, r#"{"type":"hello"}"#.to_owned()).await?;
+                Some(answer.token)
+            } else {
+                None
+            };
+            Ok::<_, String>((i, ws, token, Instant::now()))
+        });
+    }
+    let mut holders = tokio::task::JoinSet::new();
+    let mut first_error = None;
+    let mut opened = 0usize;
+    while let Some(done) = opening.join_next().await {
+        match done.expect("dial task") {
+            Ok((i, ws, token, opened_at)) => {
+                opened += 1;
+                let sample = reconnect && i < SAMPLE_SESSIONS;
+                holders.spawn(hold_one(i, (ws, opened_at), token, sample, control.clone()));
+            }
+            Err(err) => {
+                if first_error.is_none() {
+                    first_error = Some(err);
+                    // Stop dialling: whatever stopped this one stops the rest.
+                    dialer.dials.close();
+                }
+            }
+        }
+    }
+    (holders, opened, first_error)
+}
+
 /// Sessions in the exactly-once sample of `--reconnect`.
 const SAMPLE_SESSIONS: usize = 100;
 
@@ -1135,49 +1202,16 @@ async fn idle_connections(opts: IdleOpts) {
             );
         }
 
-        // Open every connection, `dials` at a time.
         let (phase_tx, phase_rx) = watch::channel(Phase::Hold);
         let resumed = Arc::new(AtomicUsize::new(0));
-        let start = Instant::now();
-        let mut opening = tokio::task::JoinSet::new();
-        for i in 0..k {
-            let dialer = dialer.clone();
-            opening.spawn(async move {
-                let mut ws = dialer.dial(i).await?;
-                let token = if dialer.session {
-                    let answer = open_session(&mut ws, r#"{"type":"hello"}"#.to_owned()).await?;
-                    Some(answer.token)
-                } else {
-                    None
-                };
-                Ok::<_, String>((i, ws, token, Instant::now()))
-            });
-        }
         let control = Control {
             dialer: dialer.clone(),
             phase: phase_rx,
             ping_interval,
             resumed: resumed.clone(),
         };
-        let mut holders = tokio::task::JoinSet::new();
-        let mut first_error = None;
-        let mut opened = 0usize;
-        while let Some(done) = opening.join_next().await {
-            match done.expect("dial task") {
-                Ok((i, ws, token, opened_at)) => {
-                    opened += 1;
-                    let sample = opts.reconnect && i < SAMPLE_SESSIONS;
-                    holders.spawn(hold_one(i, (ws, opened_at), token, sample, control.clone()));
-                }
-                Err(err) => {
-                    if first_error.is_none() {
-                        first_error = Some(err);
-                        // Stop dialling: whatever stopped this one stops the rest.
-                        dialer.dials.close();
-                    }
-                }
-            }
-        }
+        let start = Instant::now();
+        let (mut holders, opened, first_error) = open_idle(0..k, &control, opts.reconnect).await;
         let open_time = start.elapsed();
         if let Some(err) = &first_error {
             println!(
@@ -1439,4 +1473,207 @@ async fn post_json(addr: SocketAddr, path: &str, body: &str) -> Option<serde_jso
         ),
     )
     .await
+}
+
+/// `--idle K --procs P`: P echo processes share one port (`SO_REUSEPORT`, the kernel spreads the
+/// connections) and P client processes of this binary hold K/P connections each, from their own
+/// source ports, so that no process needs more than K/P descriptors. Memory and CPU are the sum
+/// over the server processes; ping lateness is pooled from every client.
+async fn idle_across_processes(opts: IdleOpts) {
+    let k = opts.connections;
+    let procs = opts.procs;
+    let per_proc = k.div_ceil(procs);
+    let addr = free_addr();
+    let servers: Vec<ServerProcess> = (0..procs)
+        .map(|_| {
+            spawn_server(
+                "wsguard",
+                addr,
+                per_proc * 12 / 10 + 64,
+                opts.preset.as_deref(),
+                true,
+            )
+        })
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(addr).await.is_err() {
+        assert!(Instant::now() < deadline, "the servers did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pids: Vec<u32> = servers.iter().map(|s| s.child.id()).collect();
+    let rss = || pids.iter().map(|&p| rss_kib(p)).sum::<u64>();
+    let cpu = || pids.iter().map(|&p| cpu_ticks(p)).sum::<u64>();
+    let before = rss();
+    println!(
+        "wsguard: {k} connections to {procs} server processes on {addr} from {procs} client processes, {} loopback source addresses",
+        k.div_ceil(opts.per_source)
+    );
+    let ping_ms = opts
+        .preset
+        .as_deref()
+        .and_then(Preset::from_name)
+        .unwrap_or(Preset::Development)
+        .config()
+        .connection
+        .ping_interval
+        .as_millis();
+    let me = std::env::current_exe().expect("own path");
+    let start = Instant::now();
+    let mut workers = Vec::new();
+    for w in 0..procs {
+        let first = w * per_proc;
+        let count = per_proc.min(k.saturating_sub(first));
+        let mut child = Command::new(&me)
+            .arg("idle-worker")
+            .args([
+                addr.to_string(),
+                first.to_string(),
+                count.to_string(),
+                opts.per_source.to_string(),
+                ping_ms.to_string(),
+                opts.dials.div_ceil(procs).to_string(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start a client process");
+        let stdin = child.stdin.take().expect("piped");
+        let lines =
+            std::io::BufRead::lines(std::io::BufReader::new(child.stdout.take().expect("piped")));
+        workers.push((child, stdin, lines));
+    }
+    let read_line = |lines: &mut std::io::Lines<std::io::BufReader<std::process::ChildStdout>>| {
+        lines.next().and_then(Result::ok).unwrap_or_default()
+    };
+    let mut opened = 0usize;
+    for (_, _, lines) in &mut workers {
+        // `opened N` or `opened N error ...`
+        let line = tokio::task::block_in_place(|| read_line(lines));
+        let mut words = line.split_whitespace().skip(1);
+        opened += words
+            .next()
+            .and_then(|n| n.parse::<usize>().ok())
+            .unwrap_or(0);
+        if line.contains(" error ") {
+            println!("wsguard: a client process stopped: {line}");
+        }
+    }
+    let open_time = start.elapsed();
+    println!(
+        "wsguard: {opened} connections open in {:.1} s (client side)",
+        open_time.as_secs_f64()
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = rss();
+    let per = (during.saturating_sub(before) as f64 * 1024.0) / opened.max(1) as f64;
+    let (ticks, since) = (cpu(), Instant::now());
+    tokio::time::sleep(opts.hold.saturating_sub(Duration::from_secs(1))).await;
+    let span = since.elapsed().as_secs_f64();
+    let busy = (cpu() - ticks) as f64 / TICKS_PER_SECOND / span;
+    let per_server: Vec<u64> = pids.iter().map(|&p| rss_kib(p)).collect();
+    println!(
+        "wsguard: {opened} idle connections, server RSS (sum of {procs}) {before} KiB -> {during} KiB ({:.2} KB per connection); per process now {per_server:?} KiB",
+        per / 1000.0
+    );
+    println!(
+        "wsguard: server CPU while idle (sum of {procs}) {:.2}% of one core over {span:.1} s",
+        busy * 100.0
+    );
+    let closing = Instant::now();
+    let mut lateness: Vec<u64> = Vec::new();
+    for (_, stdin, _) in &mut workers {
+        use std::io::Write;
+        let _ = writeln!(stdin, "close");
+    }
+    for (child, _, lines) in &mut workers {
+        let line = tokio::task::block_in_place(|| read_line(lines));
+        lateness.extend(
+            line.split_whitespace()
+                .skip(1)
+                .filter_map(|v| v.parse::<u64>().ok()),
+        );
+        let _ = tokio::task::block_in_place(|| child.wait());
+    }
+    let client_closed = closing.elapsed();
+    lateness.sort_unstable();
+    if !lateness.is_empty() {
+        println!(
+            "wsguard: ping lateness over {} pings (interval {} s): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+            lateness.len(),
+            ping_ms / 1000,
+            percentile(&lateness, 0.50) as f64 / 1000.0,
+            percentile(&lateness, 0.99) as f64 / 1000.0,
+            lateness.last().copied().unwrap_or(0) as f64 / 1000.0,
+        );
+    }
+    let mut rss_back = None;
+    while closing.elapsed() < Duration::from_secs(12) {
+        if rss() as f64 <= before as f64 * 1.2 {
+            rss_back = Some(closing.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!(
+        "wsguard: closed by the clients in {:.1} s; RSS within 20% of the start after {}; RSS (sum) {before} KiB at start, {} KiB after close",
+        client_closed.as_secs_f64(),
+        rss_back.map_or("- (not within 12 s)".to_owned(), |t| format!(
+            "{:.1} s",
+            t.as_secs_f64()
+        )),
+        rss(),
+    );
+}
+
+/// A client process of `--procs`: `idle-worker ADDR FIRST COUNT PER_SOURCE PING_MS DIALS` opens
+/// connections FIRST.. FIRST+COUNT, prints `opened N` (and `error ...` if it stopped), holds them
+/// until a line on its input, closes them and prints `lateness` with every ping's lateness in
+/// microseconds.
+async fn idle_worker(args: &[String]) {
+    let arg = |i: usize| -> usize {
+        args.get(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or_else(|| usage())
+    };
+    let target: SocketAddr = args
+        .first()
+        .and_then(|a| a.parse().ok())
+        .unwrap_or_else(|| usage());
+    let (first, count, per_source, ping_ms, dials) = (arg(1), arg(2), arg(3), arg(4), arg(5));
+    let dialer = Arc::new(Dialer {
+        target,
+        url: format!("ws://{target}/ws"),
+        per_source,
+        spread: true,
+        session: false,
+        dials: Semaphore::new(dials.max(1)),
+        spare_ports: AtomicUsize::new(0),
+        retries: AtomicUsize::new(0),
+    });
+    let (phase_tx, phase_rx) = watch::channel(Phase::Hold);
+    let control = Control {
+        dialer,
+        phase: phase_rx,
+        ping_interval: Duration::from_millis(ping_ms as u64),
+        resumed: Arc::new(AtomicUsize::new(0)),
+    };
+    let (mut holders, opened, first_error) = open_idle(first..first + count, &control, false).await;
+    match first_error {
+        Some(err) => println!("opened {opened} error {err}"),
+        None => println!("opened {opened}"),
+    }
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().read_line(&mut line);
+    })
+    .await
+    .expect("stdin reader");
+    let _ = phase_tx.send(Phase::Close);
+    let mut lateness = Vec::new();
+    while let Some(held) = holders.join_next().await {
+        lateness.extend(held.expect("holder task").lateness_us);
+    }
+    let values: Vec<String> = lateness.iter().map(u64::to_string).collect();
+    println!("lateness {}", values.join(" "));
 }

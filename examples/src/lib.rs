@@ -29,7 +29,8 @@ use wsguard_config::{ConfigHandle, ConfigLoader, FileWatcher, LoadError, Preset,
 /// Where a server listens when neither `--addr` nor `WSGUARD_ADDR` says.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:3000";
 
-/// The command line of an example server: `[--addr HOST:PORT] [--preset NAME] [--config FILE]`.
+/// The command line of an example server:
+/// `[--addr HOST:PORT] [--preset NAME] [--config FILE] [--reuse-port]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerArgs {
     /// `--addr`, else `WSGUARD_ADDR`, else [`DEFAULT_ADDR`].
@@ -39,6 +40,9 @@ pub struct ServerArgs {
     pub preset: Option<Preset>,
     /// `--config FILE`, over the preset.
     pub config_file: Option<PathBuf>,
+    /// `--reuse-port`: share the address with other processes started the same way
+    /// (`SO_REUSEPORT`; the kernel spreads new connections over them).
+    pub reuse_port: bool,
 }
 
 impl ServerArgs {
@@ -55,6 +59,7 @@ impl ServerArgs {
         let mut addr = None;
         let mut preset = None;
         let mut config_file = None;
+        let mut reuse_port = false;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -70,6 +75,7 @@ impl ServerArgs {
             match flag.as_str() {
                 "--addr" => addr = Some(value()?),
                 "--config" => config_file = Some(PathBuf::from(value()?)),
+                "--reuse-port" => reuse_port = true,
                 "--preset" => {
                     let name = value()?;
                     preset = Some(
@@ -79,7 +85,7 @@ impl ServerArgs {
                 }
                 "-h" | "--help" => {
                     return Err(
-                        "usage: [--addr HOST:PORT] [--preset production|development|testing] [--config FILE]"
+                        "usage: [--addr HOST:PORT] [--preset production|development|testing] [--config FILE] [--reuse-port]"
                             .to_owned(),
                     );
                 }
@@ -94,6 +100,7 @@ impl ServerArgs {
             addr,
             preset,
             config_file,
+            reuse_port,
         })
     }
 
@@ -183,7 +190,11 @@ pub fn prometheus() -> PrometheusHandle {
 /// Uses [`wsguard::axum::serve`]'s defaults: a request head must arrive within 10 s, at most
 /// 1,024 connections may wait for theirs, and shutdown waits at most 10 s for HTTP connections.
 pub async fn serve(app: axum::Router, addr: SocketAddr) -> std::io::Result<()> {
-    let listener = listen(addr)?;
+    serve_on(app, listen(addr, false)?).await
+}
+
+/// As [`serve`], on a listener of [`listen`].
+pub async fn serve_on(app: axum::Router, listener: tokio::net::TcpListener) -> std::io::Result<()> {
     tracing::info!(addr = %listener.local_addr()?, "listening");
     wsguard::axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
@@ -193,14 +204,19 @@ pub async fn serve(app: axum::Router, addr: SocketAddr) -> std::io::Result<()> {
 
 /// A listener on `addr` whose connections send each write at once (`TCP_NODELAY`, which accepted
 /// sockets inherit from the listener on Linux): a batch written after an unacknowledged one would
-/// otherwise wait for the client's delayed ACK, up to 40 ms (a resume's replay did).
-fn listen(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+/// otherwise wait for the client's delayed ACK, up to 40 ms (a resume's replay did). With
+/// `reuse_port`, other processes may listen on the same address (`SO_REUSEPORT`).
+pub fn listen(addr: SocketAddr, reuse_port: bool) -> std::io::Result<tokio::net::TcpListener> {
     let socket = match addr {
         SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
         SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
     };
     socket.set_reuseaddr(true)?;
     socket.set_nodelay(true)?;
+    if reuse_port {
+        #[cfg(unix)]
+        socket.set_reuseport(true)?;
+    }
     socket.bind(addr)?;
     socket.listen(LISTEN_BACKLOG)
 }
@@ -374,6 +390,8 @@ mod tests {
         let loaded = args.loader().without_env().load().unwrap();
         assert_eq!(loaded, wsguard_config::StabilityConfig::production());
         assert!(parse(&["--preset", "fast"], None).is_err());
+        assert!(parse(&["--reuse-port"], None).unwrap().reuse_port);
+        assert!(!parse(&[], None).unwrap().reuse_port);
     }
 
     #[test]
