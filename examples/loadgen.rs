@@ -16,6 +16,8 @@
 //! target/release/examples/loadgen --idle 1000
 //! # 100,000 idle connections on the production preset, held through a heartbeat
 //! target/release/examples/loadgen --idle 100000 --servers wsguard --preset production --hold 25
+//! # the same over 6 server and 6 client processes (each under a 20,000 descriptor limit)
+//! target/release/examples/loadgen --idle 100000 --procs 6 --servers wsguard --preset production --hold 45
 //! # 10,000 idle sessions, then every client drops and resumes at once
 //! target/release/examples/loadgen --idle 10000 --servers wsguard --preset production --session --reconnect
 //! ```
@@ -32,7 +34,8 @@
 //! (with `--session`: all drop without a close frame and resume at once), `--per-source N`
 //! connections per loopback source address (20,000: about 28,000 ephemeral ports per address;
 //! above N connections they come from 127.0.0.2, 127.0.0.3, ...), `--dials D` connections being
-//! opened at once (256).
+//! opened at once (256), `--procs P` (1: with more, P echo processes share the port with
+//! `--reuse-port` and P processes of this binary, `idle-worker`, hold K/P connections each).
 //!
 //! The servers run as child processes (this binary with `serve-bare`, and the `echo` example
 //! built beside it), so that the server's memory and CPU are measured apart from the client's.
@@ -118,7 +121,7 @@ fn percentile(values: &[u64], p: f64) -> u64 {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: loadgen [--url URL] [-c N] [-n N] [--mode ping-pong|pipelined] [--dup-ratio R] [--size B] [--window W] [--session]\n       loadgen --compare [--session] [--rounds R] [same options]\n       loadgen --resume P [--runs R] [--size B]\n       loadgen --idle K [--servers bare,wsguard] [--preset NAME] [--hold S] [--session [--reconnect]] [--per-source N] [--dials D]\n       loadgen serve-bare ADDR"
+        "usage: loadgen [--url URL] [-c N] [-n N] [--mode ping-pong|pipelined] [--dup-ratio R] [--size B] [--window W] [--session]\n       loadgen --compare [--session] [--rounds R] [same options]\n       loadgen --resume P [--runs R] [--size B]\n       loadgen --idle K [--servers bare,wsguard] [--preset NAME] [--hold S] [--session [--reconnect]] [--per-source N] [--dials D] [--procs P]\n       loadgen serve-bare ADDR"
     );
     std::process::exit(2)
 }
