@@ -1,14 +1,17 @@
-//! Redis frozen, then killed and restarted, under load, through the `echo` example's own stack with its dedup
-//! window in Redis: no message waits past the operation timeout (plus scheduling), the window
-//! fails open as configured, and deduplicates again by itself once Redis is back.
+//! Redis trouble under load, through the `echo` example's own stack with its dedup window and
+//! its sessions in Redis: no message waits past the operation timeout (plus scheduling), the
+//! window fails open as configured and deduplicates again by itself once Redis is back, and
+//! session clients lose nothing and see nothing twice.
 
 use std::time::{Duration, Instant};
 
-use futures_util::SinkExt;
+use futures_util::{SinkExt, StreamExt};
+use std::sync::{Arc, Mutex};
 use tokio_tungstenite::tungstenite::Message as WsMessage;
 use wsguard::config::{
     ConfigHandle, DedupScope, FailureMode, SessionBackend, StabilityConfig, StoreBackend,
 };
+use wsguard_client::{Client, ClientOptions, Event, Message, RetryConfig};
 use wsguard_examples::echo;
 use wsguard_test_support::RedisServer;
 use wsguard_tests::{connect, next_text, serve};
@@ -102,5 +105,94 @@ async fn plain_clients_are_answered_within_the_timeout_while_redis_is_down_and_d
             "dedup did not come back after Redis restarted"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_clients_lose_nothing_and_see_nothing_twice_across_a_redis_outage() {
+    let redis = RedisServer::start();
+    let config = config(&redis);
+    let addr = serve(echo::app(&config, None).router).await;
+    let options = ClientOptions {
+        retry: RetryConfig {
+            max_attempts: 0,
+            initial_backoff: Duration::from_millis(20),
+            max_backoff: Duration::from_millis(300),
+            ..RetryConfig::testing()
+        },
+        ..ClientOptions::default()
+    };
+
+    const CLIENTS: usize = 4;
+    let mut logs = Vec::new();
+    let mut handles = Vec::new();
+    for i in 0..CLIENTS {
+        let (client, mut events) = Client::connect(format!("ws://{addr}/ws"), options.clone())
+            .await
+            .unwrap();
+        let log: Arc<Mutex<Vec<String>>> = Arc::default();
+        logs.push(log.clone());
+        tokio::spawn(async move {
+            while let Some(event) = events.next().await {
+                match event {
+                    Event::Message {
+                        message: Message::Text(text),
+                        ..
+                    } => log.lock().unwrap().push(text),
+                    Event::Restarted(restart) => log
+                        .lock()
+                        .unwrap()
+                        .push(format!("restarted: {}", restart.reason)),
+                    Event::Disconnected(d) if d.code == Some(1011) => {
+                        log.lock().unwrap().push("1011".to_owned())
+                    }
+                    _ => {}
+                }
+            }
+        });
+        handles.push((i, client));
+    }
+    let send = |n: std::ops::Range<u64>| {
+        let handles = &handles;
+        async move {
+            for m in n {
+                for (i, client) in handles {
+                    client.send(format!("c{i}-{m}")).await.unwrap();
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    send(0..100).await;
+    redis.freeze();
+    send(100..200).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redis.thaw();
+    send(200..300).await;
+
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for (i, log) in logs.iter().enumerate() {
+        let expected: Vec<String> = (0..300).map(|m| format!("c{i}-{m}")).collect();
+        loop {
+            let all = log.lock().unwrap().clone();
+            let closed = all.iter().filter(|e| *e == "1011").count();
+            let got: Vec<String> = all.into_iter().filter(|e| e != "1011").collect();
+            if got.len() >= expected.len() || Instant::now() > deadline {
+                assert!(
+                    got == expected,
+                    "client {i}: {} events, first difference at {:?}",
+                    got.len(),
+                    got.iter()
+                        .zip(&expected)
+                        .position(|(a, b)| a != b)
+                        .map(|p| (&got[p], &expected[p]))
+                );
+                // The outage reached this client's session: its connection was closed 1011
+                // ("session store failed") and it resumed from what Redis held.
+                assert!(closed >= 1, "client {i} was never told the store failed");
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }

@@ -120,10 +120,30 @@ impl<S: SessionStore> Session<S> {
 
     /// The `ack` to send now, if the mark moved since the last one this handle returned. Call it
     /// every `ack_interval` (acks are batched) and before closing.
+    ///
+    /// With a store that confirms marks later ([`SessionStore::confirms_marks`]: Redis) the
+    /// ack covers only the marks the store confirmed keeping, so that a client resuming on
+    /// another node, or after the store lost a step, is never asked for what it dropped.
     pub fn ack_to_send(&self) -> Option<u64> {
-        let mark = self.processed();
+        let mut mark = self.processed();
+        if self.local.store.confirms_marks() {
+            mark = mark.min(self.local.recorded.load(Ordering::Acquire));
+        }
         let sent = self.ack_sent.fetch_max(mark, Ordering::AcqRel);
         (mark > sent).then_some(mark)
+    }
+
+    /// Whether the log should be read again although no newer message is known (the store's
+    /// events may have been lost); clears the request.
+    pub fn take_reread(&self) -> bool {
+        self.local.reread.swap(false, Ordering::AcqRel)
+    }
+
+    /// Whether a step of this session failed in the store (an append or a processed mark did
+    /// not reach it): this connection should close, so that the client resumes from what the
+    /// store holds and resends the rest.
+    pub fn has_failed(&self) -> bool {
+        self.local.failed.load(Ordering::Acquire)
     }
 
     /// Whether a newer connection resumed this session, here or on another node: this one

@@ -62,6 +62,15 @@ pub(crate) struct Local {
     pub(crate) moved_away: AtomicBool,
     /// When its last connection detached it, if none holds it now.
     pub(crate) detached_at: Mutex<Option<Instant>>,
+    /// The highest processed mark the store confirmed keeping (with a store that
+    /// [`confirms_marks`](SessionStore::confirms_marks)): acks go no further.
+    pub(crate) recorded: AtomicU64,
+    /// A step of this session failed in the store: the connection closes, and the next resume
+    /// starts from the store's marks (this state is forgotten).
+    pub(crate) failed: AtomicBool,
+    /// The connection reads its log again even if no newer message is known (events may have
+    /// been lost).
+    pub(crate) reread: AtomicBool,
 }
 
 impl Local {
@@ -128,7 +137,25 @@ fn on_remote(locals: &Locals, event: RemoteEvent) {
                 local.moved_away();
             }
         }
-        RemoteEvent::Missed => locals.values().for_each(|local| local.nudge()),
+        RemoteEvent::Missed => locals.values().for_each(|local| {
+            local.reread.store(true, Ordering::Release);
+            local.nudge();
+        }),
+        RemoteEvent::Recorded { session, id } => {
+            if let Some(local) = locals.get(&session) {
+                local.recorded.fetch_max(id, Ordering::AcqRel);
+                // The connection acknowledges what is now recorded.
+                local.nudge();
+            }
+        }
+        RemoteEvent::Failed { session } => {
+            // Forgotten here, as after a move: this node's marks and log position may be ahead
+            // of what the store holds; a resume starts from the store's.
+            if let Some(local) = locals.remove(&session) {
+                local.failed.store(true, Ordering::Release);
+                local.nudge();
+            }
+        }
     }
 }
 
@@ -307,6 +334,7 @@ impl<S: SessionStore> Sessions<S> {
         // This node's marks may be older than the store's: the session may have been attached
         // on another node since.
         let processed = local.inbound().raise(state.processed);
+        local.recorded.fetch_max(state.processed, Ordering::AcqRel);
         self.shared.counters.resumed.fetch_add(1, Ordering::Relaxed);
         self.shared
             .counters
@@ -529,6 +557,9 @@ impl<S: SessionStore> Sessions<S> {
                 attachment: AtomicU64::new(0),
                 moved_away: AtomicBool::new(false),
                 detached_at: Mutex::new(None),
+                recorded: AtomicU64::new(processed),
+                failed: AtomicBool::new(false),
+                reread: AtomicBool::new(false),
             })
         }))
     }

@@ -168,9 +168,15 @@ impl Live {
     /// Waits until the log grows, or a newer connection takes the session over.
     pub(super) async fn changed(&mut self) -> Result<(), Ending> {
         self.session.changed().await;
-        self.dirty = true;
+        // A wake-up for an ack (a mark the store recorded) does not mean the log grew.
+        self.dirty |= self.session.last_logged() > self.sent || self.session.take_reread();
         if self.session.is_superseded() {
             return Err(Ending::close(close::POLICY_VIOLATION, "superseded"));
+        }
+        if self.session.has_failed() {
+            // The store lost (or may have lost) a step of this session: the client resumes
+            // from what it holds, and resends what it does not know was processed.
+            return Err(Ending::close(close::INTERNAL_ERROR, "session store failed"));
         }
         Ok(())
     }

@@ -54,6 +54,21 @@ pub enum RemoteEvent {
     /// Events may have been lost (the store's subscription was made again): every connection
     /// reads its log again.
     Missed,
+    /// The processed mark `id` of `session` reached the store (a store that
+    /// [`confirms_marks`](SessionStore::confirms_marks)): acks may now cover it.
+    Recorded {
+        /// The session.
+        session: SessionToken,
+        /// The mark, every client id up to it processed.
+        id: u64,
+    },
+    /// A step of `session` this node asked of the store failed (an append or a processed mark
+    /// that did not reach it): what the store holds is all that can be trusted. The connection
+    /// closes; the client resumes from the store's marks and resends the rest.
+    Failed {
+        /// The session.
+        session: SessionToken,
+    },
 }
 
 /// Receives [`RemoteEvent`]s; given to [`SessionStore::listen`] by the registry.
@@ -273,9 +288,19 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
         StoreFuture::ready(Ok(()))
     }
 
+    /// Whether the store answers a processed mark later (a network store), telling the
+    /// registry with [`RemoteEvent::Recorded`] once it is kept: acks then cover only recorded
+    /// marks, so that a client never drops a message the store does not know was processed.
+    /// `false` (the default): marks are kept when [`record_processed`](Self::record_processed)
+    /// returns.
+    fn confirms_marks(&self) -> bool {
+        false
+    }
+
     /// Hands the store the registry's listener for what other nodes do to sessions attached on
-    /// this one (a message logged there, a resume there). A store no other node writes to
-    /// never calls it: the default does nothing.
+    /// this one (a message logged there, a resume there), and for what became of this node's
+    /// own steps ([`RemoteEvent::Recorded`], [`RemoteEvent::Failed`]). A store no other node
+    /// writes to never calls it: the default does nothing.
     fn listen(&self, listener: RemoteListener) {
         let _ = listener;
     }
@@ -343,6 +368,10 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
 
     fn flush(&self) -> StoreFuture<()> {
         (**self).flush()
+    }
+
+    fn confirms_marks(&self) -> bool {
+        (**self).confirms_marks()
     }
 
     fn listen(&self, listener: RemoteListener) {

@@ -122,6 +122,9 @@ struct Inner {
     ttl_ms: AtomicU64,
     /// Sessions attached here, whose leases this node renews.
     held: Mutex<HashSet<SessionToken>>,
+    /// Sessions one of whose steps failed: their later appends and marks are refused until
+    /// they are attached again, so that Redis never records a mark past a message it lost.
+    failed: Mutex<HashSet<SessionToken>>,
 }
 
 impl fmt::Debug for RedisSessionStore {
@@ -247,6 +250,7 @@ impl RedisSessionStore {
                 pubsub_urls,
                 ttl_ms: AtomicU64::new(millis(SessionConfig::default().ttl)),
                 held: Mutex::default(),
+                failed: Mutex::default(),
             }),
         })
     }
@@ -761,6 +765,10 @@ async fn renew_until_dropped(store: Weak<Inner>) {
 }
 
 impl SessionStore for RedisSessionStore {
+    fn confirms_marks(&self) -> bool {
+        true
+    }
+
     fn create(
         &self,
         token: SessionToken,

@@ -13,9 +13,10 @@ use tokio::time::Instant;
 
 use super::answer::bad_answer;
 use super::connection::{Conn, bounded, timeout_error};
+use super::listen::tell;
 use super::{Handover, Inner, OwnedTarget, scripts};
 use crate::data::MessageData;
-use crate::store::{Appended, Attached, SessionStoreError};
+use crate::store::{Appended, Attached, RemoteEvent, SessionStoreError};
 use crate::token::SessionToken;
 
 /// What a step costs in the queue besides its payload.
@@ -224,18 +225,39 @@ impl Inner {
     async fn serve_pipelined(&self, batch: Vec<Job>) {
         let mut steps = Vec::with_capacity(batch.len());
         for job in batch {
+            if let Some(token) = job.session()
+                && self.has_failed(&token)
+            {
+                // Refused quietly: the registry was told once, and closes the connection.
+                if let Job::Append { reply, .. } = job {
+                    let _ = reply.send(Err(earlier_failure()));
+                }
+                continue;
+            }
             match job {
                 Job::Append {
-                    reply, deadline, ..
+                    to: OwnedTarget::Session(token),
+                    reply,
+                    deadline,
+                    ..
                 } if Instant::now() > deadline => {
                     let _ = reply.send(Err(timeout_error(self.timeout)));
+                    self.step_failed(token);
                 }
                 job => steps.push(job),
             }
         }
         let mut conn = match self.conn().await {
             Ok(conn) => conn,
-            Err(err) => return steps.into_iter().for_each(|job| job.fail(&err)),
+            Err(err) => {
+                for job in steps {
+                    if let Some(token) = job.session() {
+                        self.step_failed(token);
+                    }
+                    job.fail(&err);
+                }
+                return;
+            }
         };
         let mut answers = self.pipeline(&mut conn, &steps).await;
         let missing = |a: &Result<redis::RedisResult<Value>, SessionStoreError>| matches!(a, Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript));
@@ -270,6 +292,9 @@ impl Inner {
                         redis::from_redis_value::<Option<(u64, u64)>>(value)
                             .map_err(|_| bad_answer("append"))
                     });
+                    if appended.is_err() {
+                        self.step_failed(token);
+                    }
                     let _ = reply.send(appended.map(|a| {
                         a.map(|(seq, dropped)| Appended {
                             session: token,
@@ -279,11 +304,13 @@ impl Inner {
                         })
                     }));
                 }
-                Job::Processed { .. } => {
-                    if let Err(err) = answer {
+                Job::Processed { token, id } => match answer {
+                    Ok(_) => self.recorded(token, id),
+                    Err(err) => {
                         tracing::warn!(%err, "session processed mark not recorded");
+                        self.step_failed(token);
                     }
-                }
+                },
                 job => job.fail(&bad_answer("a step that is not pipelined")),
             }
         }
@@ -373,9 +400,18 @@ impl Inner {
                 reply,
                 ..
             } => {
+                if let OwnedTarget::Session(token) = &to
+                    && self.has_failed(token)
+                {
+                    let _ = reply.send(Err(earlier_failure()));
+                    return;
+                }
                 let result = self
                     .append_now(&to, &payload, max_messages, max_bytes)
                     .await;
+                if let (Err(_), OwnedTarget::Session(token)) = (&result, &to) {
+                    self.step_failed(*token);
+                }
                 let _ = reply.send(result);
             }
             Job::Attach {
@@ -387,7 +423,12 @@ impl Inner {
                 reply,
                 ..
             } => {
-                let _ = reply.send(self.attach(token, client, after, ttl, mode).await);
+                let attached = self.attach(token, client, after, ttl, mode).await;
+                if attached.is_ok() {
+                    // Attached again: its steps go to Redis again, from the marks Redis holds.
+                    self.failed_here().remove(&token);
+                }
+                let _ = reply.send(attached);
             }
             Job::Detach { token, ttl } => {
                 if let Err(err) = self.detach(token, ttl).await {
@@ -395,12 +436,43 @@ impl Inner {
                 }
             }
             Job::Processed { token, id } => {
-                if let Err(err) = self.processed(token, id).await {
-                    tracing::warn!(%err, "session processed mark not recorded");
+                if self.has_failed(&token) {
+                    return;
+                }
+                match self.processed(token, id).await {
+                    Ok(()) => self.recorded(token, id),
+                    Err(err) => {
+                        tracing::warn!(%err, "session processed mark not recorded");
+                        self.step_failed(token);
+                    }
                 }
             }
             Job::Flush(done) => drop(done.send(())),
         }
+    }
+
+    fn failed_here(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<SessionToken>> {
+        self.failed.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn has_failed(&self, token: &SessionToken) -> bool {
+        self.failed_here().contains(token)
+    }
+
+    /// A step of `token` did not reach Redis (or may not have): its later steps are refused
+    /// until it is attached again, and the registry closes its connection.
+    fn step_failed(&self, token: SessionToken) {
+        if self.failed_here().insert(token) {
+            tell(&self.listeners, RemoteEvent::Failed { session: token });
+        }
+    }
+
+    /// The processed mark `id` of `token` is in Redis: acks may cover it.
+    fn recorded(&self, token: SessionToken, id: u64) {
+        tell(
+            &self.listeners,
+            RemoteEvent::Recorded { session: token, id },
+        );
     }
 
     async fn processed(&self, token: SessionToken, id: u64) -> Result<(), SessionStoreError> {
@@ -409,6 +481,11 @@ impl Inner {
         invocation.key(self.keys(&token).meta).arg(id);
         self.run::<i64>(&mut conn, &invocation).await.map(drop)
     }
+}
+
+/// The answer to a step of a session whose earlier step failed.
+fn earlier_failure() -> SessionStoreError {
+    SessionStoreError::new("an earlier step of this session did not reach Redis; resume it")
 }
 
 #[cfg(test)]
