@@ -17,6 +17,8 @@
 //!   and logged (at a bounded rate). A connection stops counting when its first request reaches
 //!   the router or when it closes.
 //!
+//! Accepted sockets have `TCP_NODELAY` set: frames go out as soon as they are written.
+//!
 //! Handlers see the peer address as `ConnectInfo<SocketAddr>` (and as a plain `SocketAddr`
 //! extension, which `RateLimitLayer::http` keys by), as with
 //! `Router::into_make_service_with_connect_info::<SocketAddr>()`, so [`ws_route`](crate::ws_route)
@@ -279,6 +281,10 @@ where
                 accepted = listener.accept() => match accepted {
                     Ok((stream, peer)) => {
                         stats.inner.accepted.fetch_add(1, Ordering::Relaxed);
+                        // WebSocket frames are small and written as soon as they are ready: with
+                        // Nagle's algorithm on, a write after another waits for the peer's
+                        // delayed ACK (a resume's replay took 44 ms instead of 0.6 ms).
+                        let _ = stream.set_nodelay(true);
                         let Some(slot) = PendingSlot::reserve(&stats.inner, max_pending_handshakes)
                         else {
                             static WARN: WarnLimit = WarnLimit::new();
