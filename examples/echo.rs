@@ -24,41 +24,7 @@
 
 use std::process::ExitCode;
 
-use wsguard_examples::{
-    ServerArgs, echo, init_tracing, listen, prometheus, raise_fd_limit, serve_on,
-};
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    let args = match ServerArgs::from_env() {
-        Ok(args) => args,
-        Err(err) => {
-            eprintln!("{err}");
-            return ExitCode::from(2);
-        }
-    };
-    let (config, _watcher) = match args.config() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("configuration refused:\n{err}");
-            return ExitCode::from(1);
-        }
-    };
-    raise_fd_limit(config.get().connection.max_connections);
-    let app = echo::app(&config, Some(prometheus()));
-    let listener = match listen(args.addr, args.reuse_port) {
-        Ok(listener) => listener,
-        Err(err) => {
-            eprintln!("cannot listen on {}: {err}", args.addr);
-            return ExitCode::from(1);
-        }
-    };
-    match serve_on(app.router, listener).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("server failed: {err}");
-            ExitCode::from(1)
-        }
-    }
+    wsguard_examples::run_echo().await
 }

@@ -184,6 +184,46 @@ pub fn prometheus() -> PrometheusHandle {
         .clone()
 }
 
+/// The `echo` example's server from the command line (`ServerArgs`): its config (watched when
+/// it comes from a file), its open-file limit raised, then served until SIGTERM or Ctrl-C and
+/// drained. The exit code says why it stopped: `2` bad arguments, `1` a refused config or a
+/// server failure. Shared by `examples/echo.rs` and the test suite's `echo-node` binary.
+pub async fn run_echo() -> std::process::ExitCode {
+    use std::process::ExitCode;
+
+    init_tracing();
+    let args = match ServerArgs::from_env() {
+        Ok(args) => args,
+        Err(err) => {
+            eprintln!("{err}");
+            return ExitCode::from(2);
+        }
+    };
+    let (config, _watcher) = match args.config() {
+        Ok(config) => config,
+        Err(err) => {
+            eprintln!("configuration refused:\n{err}");
+            return ExitCode::from(1);
+        }
+    };
+    raise_fd_limit(config.get().connection.max_connections);
+    let app = echo::app(&config, Some(prometheus()));
+    let listener = match listen(args.addr, args.reuse_port) {
+        Ok(listener) => listener,
+        Err(err) => {
+            eprintln!("cannot listen on {}: {err}", args.addr);
+            return ExitCode::from(1);
+        }
+    };
+    match serve_on(app.router, listener).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("server failed: {err}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 /// Serves `app` on `addr` (peer addresses available to handlers) until Ctrl-C or SIGTERM, then
 /// drains its WebSockets.
 ///

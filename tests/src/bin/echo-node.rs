@@ -5,31 +5,7 @@
 
 use std::process::ExitCode;
 
-use wsguard_examples::{ServerArgs, echo, init_tracing, prometheus, serve};
-
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
-    let args = match ServerArgs::from_env() {
-        Ok(args) => args,
-        Err(err) => {
-            eprintln!("{err}");
-            return ExitCode::from(2);
-        }
-    };
-    let (config, _watcher) = match args.config() {
-        Ok(config) => config,
-        Err(err) => {
-            eprintln!("configuration refused:\n{err}");
-            return ExitCode::from(1);
-        }
-    };
-    let app = echo::app(&config, Some(prometheus()));
-    match serve(app.router, args.addr).await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(err) => {
-            eprintln!("server failed: {err}");
-            ExitCode::from(1)
-        }
-    }
+    wsguard_examples::run_echo().await
 }
