@@ -171,11 +171,20 @@ pub fn init_tracing() {
 
 /// The process's Prometheus recorder, installed as the `metrics` facade's global recorder on
 /// first use (create it before any `MetricsRegistry`, whose handles bind to the recorder).
+///
+/// Latencies export as histograms with the default `metrics.latency_buckets` (`_bucket` series),
+/// so that percentiles can be summed over nodes, as `dashboards/wsguard.json` does.
 pub fn prometheus() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
+            let buckets = wsguard_config::MetricsConfig::default().latency_buckets;
+            let builder = PrometheusBuilder::new();
+            // Only an empty bucket list is refused; the default has buckets.
+            let builder = builder
+                .set_buckets(&buckets)
+                .unwrap_or_else(|_| PrometheusBuilder::new());
+            let recorder = builder.build_recorder();
             let handle = recorder.handle();
             // Fails only if another recorder is installed already; metrics then go there.
             let _ = metrics::set_global_recorder(recorder);
