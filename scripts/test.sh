@@ -22,6 +22,8 @@ need_package() { # need_package COMMAND PACKAGE
 
 # The Redis store tests start their own redis-server on a free loopback port.
 need_package redis-server redis-server
+# The Redis Cluster tests join three servers with redis-cli (Debian's redis-tools).
+need_package redis-cli redis-tools
 # The cross-node metrics tests start their own Prometheus (free loopback port, data in a temporary
 # directory); a system service the package may start on :9090 is not used.
 need_package prometheus prometheus
