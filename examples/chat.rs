@@ -7,7 +7,18 @@
 //!
 //! Address from `--addr` or `WSGUARD_ADDR` (default `127.0.0.1:3000`); configuration from
 //! `--config FILE` (watched: valid edits apply live) or the `development` preset. No external
-//! service: the dedup window is in memory.
+//! service: the dedup window and the sessions are in memory.
+//!
+//! `--redis URL` makes the node one of several sharing that Redis (it refuses to start when the
+//! Redis does not answer): sessions and the dedup window go there (the first node draws the
+//! fingerprint key and stores it, the others read it; a key in the config wins), and the rooms
+//! span the nodes: every room event goes into one Redis stream, which each node reads in order
+//! and delivers to its own members (see [`Chat`]).
+//!
+//! ```text
+//! cargo run --release --example chat -- --redis redis://127.0.0.1:6379 --addr 127.0.0.1:3001
+//! cargo run --release --example chat -- --redis redis://127.0.0.1:6379 --addr 127.0.0.1:3002
+//! ```
 //!
 //! - `/` the page: join a room, send messages, see them broadcast to the room. "Resend last"
 //!   sends the last message again byte for byte; the dedup layer drops it and the panel's
@@ -34,24 +45,30 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use futures_util::future::join_all;
 use metrics_exporter_prometheus::PrometheusHandle;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower::{Layer, ServiceBuilder, ServiceExt};
-use wsguard::axum::{
-    ConnInfo, ConnectionId, OutgoingMessage, SendToConnection, SessionToken, Sessions,
-};
+use wsguard::axum::{ConnInfo, OutgoingMessage, SendToConnection, SessionToken, Sessions};
 use wsguard::metrics::{Direction, Metrics};
 use wsguard::prelude::*;
-use wsguard_config::{ClientIdSource, ConfigHandle, StabilityConfig};
+use wsguard_config::{
+    ClientIdSource, ConfigHandle, Preset, SessionBackend, StabilityConfig, StoreBackend,
+};
 use wsguard_examples::{ServerArgs, init_tracing, prometheus, serve, sessions_json};
+
+#[path = "chat/redis_rooms.rs"]
+mod redis_rooms;
+
+use redis_rooms::{RedisRooms, StreamReader};
 
 const INDEX: &str = include_str!("chat/index.html");
 const APP_JS: &str = include_str!("chat/app.js");
@@ -61,29 +78,130 @@ const STYLE: &str = include_str!("chat/style.css");
 /// What the chat sends to a member: through the outbound metrics layer, then the member's queue.
 type Outbound = Metrics<SendToConnection, MessageClassifier>;
 
-/// Rooms and their members' connections.
+/// Members a node keeps track of, across all nodes; past it joins are refused.
+const MAX_MEMBERS: usize = 100_000;
+
+/// Rooms and their members.
+///
+/// Every change and every message is an [`Event`], applied in one order by [`Chat::apply`]:
+/// directly on a single node, or, with `--redis`, as each node reads it back from the Redis
+/// stream all nodes share (its own events included), so the local and the remote paths are one.
+/// Each node knows every member but delivers only to the members connected to it.
 struct Chat {
+    /// This process among the nodes (random).
+    node: NodeId,
     rooms: Mutex<Rooms>,
+    /// The connections of joins this node published and has not applied yet, by ticket.
+    joining: Mutex<HashMap<u64, Arc<ConnInfo>>>,
+    next_ticket: AtomicU64,
+    /// The Redis stream the nodes share; `None`: this process only.
+    redis: Option<Arc<RedisRooms>>,
+    /// The route's sessions (set once the route is made).
+    sessions: OnceLock<Sessions>,
     outbound: Outbound,
     fail_next: AtomicU32,
     handled: AtomicU64,
 }
 
-/// Who a member is: its `wsguard.v1` session, which outlives its connections, or else its
-/// connection.
+/// A node's random id.
+type NodeId = u64;
+
+fn new_node_id() -> NodeId {
+    let token = SessionToken::generate();
+    let mut bytes = [0; 8];
+    bytes.copy_from_slice(&token.as_bytes()[..8]);
+    u64::from_le_bytes(bytes)
+}
+
+/// Who a member is: its `wsguard.v1` session, which outlives its connections and may move from
+/// node to node, or else its connection on the node that holds it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum MemberKey {
     Session(SessionToken),
-    Connection(ConnectionId),
+    Connection { node: NodeId, conn: u64 },
 }
 
 impl MemberKey {
-    fn of(conn: &ConnInfo) -> Self {
+    fn of(conn: &ConnInfo, node: NodeId) -> Self {
         match conn.sender().session() {
             Some(token) => Self::Session(token),
-            None => Self::Connection(conn.id()),
+            None => Self::Connection {
+                node,
+                conn: conn.id().get(),
+            },
         }
     }
+}
+
+impl std::fmt::Display for MemberKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Session(token) => write!(f, "s:{token}"),
+            Self::Connection { node, conn } => write!(f, "c:{node:016x}:{conn}"),
+        }
+    }
+}
+
+impl std::str::FromStr for MemberKey {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || format!("not a member: {s:?}");
+        if let Some(token) = s.strip_prefix("s:") {
+            return token.parse().map(Self::Session).map_err(|_| bad());
+        }
+        let (node, conn) = s
+            .strip_prefix("c:")
+            .and_then(|rest| rest.split_once(':'))
+            .ok_or_else(bad)?;
+        Ok(Self::Connection {
+            node: NodeId::from_str_radix(node, 16).map_err(|_| bad())?,
+            conn: conn.parse().map_err(|_| bad())?,
+        })
+    }
+}
+
+impl Serialize for MemberKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MemberKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A change of the rooms, or something said in one.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+enum Event {
+    /// `member` is in `room` as `name`, delivered to by `node` (which holds its connection under
+    /// `ticket`); `announce`: the room hears of it (not when the member was there already).
+    Join {
+        member: MemberKey,
+        room: String,
+        name: String,
+        node: NodeId,
+        ticket: u64,
+        announce: bool,
+    },
+    Say {
+        room: String,
+        from: String,
+        text: String,
+        id: Option<String>,
+    },
+    Leave {
+        member: MemberKey,
+        room: String,
+        name: String,
+    },
+    /// `member` cannot be sent to any more (connection closed, session expired): forgotten
+    /// without a word.
+    Gone { member: MemberKey },
 }
 
 /// Each room's members, and each member's room, so that a message finds its room without a scan.
@@ -94,103 +212,107 @@ struct Rooms {
 }
 
 impl Rooms {
-    /// Moves `member` into `room` and returns the room's live members, itself included, and
-    /// whether it is new there: joining the same room again under the same name (a page that
-    /// reconnected) only takes the member's newest connection.
-    fn join(&mut self, room: String, member: Member) -> (Vec<Member>, bool) {
-        let key = member.key;
-        if self.room_of.get(&key) == Some(&room)
-            && let Some(known) = self.members.get_mut(&room).and_then(|m| m.get_mut(&key))
-            && known.name == member.name
-        {
-            known.conn = member.conn;
-            return (self.live_members(&room), false);
-        }
+    fn len(&self) -> usize {
+        self.room_of.len()
+    }
+
+    fn contains(&self, key: MemberKey) -> bool {
+        self.room_of.contains_key(&key)
+    }
+
+    /// Whether `key` is in `room` as `name` already (a page joins again after every reconnect).
+    fn is_in(&self, key: MemberKey, room: &str, name: &str) -> bool {
+        self.room_of.get(&key).is_some_and(|r| r == room)
+            && self
+                .members
+                .get(room)
+                .and_then(|m| m.get(&key))
+                .is_some_and(|m| m.name == name)
+    }
+
+    /// The room of `key` and its name there.
+    fn place_of(&self, key: MemberKey) -> Option<(String, String)> {
+        let room = self.room_of.get(&key)?;
+        let member = self.members.get(room)?.get(&key)?;
+        Some((room.clone(), member.name.clone()))
+    }
+
+    /// Puts `key` in `room`, out of the room it was in.
+    fn place(&mut self, key: MemberKey, room: String, member: Member) {
         if let Some(old) = self.room_of.insert(key, room.clone()) {
             self.remove_from(&old, key);
         }
-        self.members
-            .entry(room.clone())
-            .or_default()
-            .insert(key, member);
-        (self.live_members(&room), true)
+        self.members.entry(room).or_default().insert(key, member);
     }
 
-    /// The room of `conn`'s member, its name there, and the room's live members; the member
-    /// now sends through `conn`, its newest connection.
-    fn speak(&mut self, conn: &Arc<ConnInfo>) -> Option<(String, String, Vec<Member>)> {
-        let key = MemberKey::of(conn);
-        let room = self.room_of.get(&key)?.clone();
-        let member = self.members.get_mut(&room)?.get_mut(&key)?;
-        member.conn = Arc::clone(conn);
-        let from = member.name.clone();
-        let members = self.live_members(&room);
-        Some((room, from, members))
-    }
-
-    /// Takes `key` out of its room; its room, its name there and the members left.
-    fn leave(&mut self, key: MemberKey) -> Option<(String, String, Vec<Member>)> {
-        let room = self.room_of.remove(&key)?;
-        let member = self.remove_from(&room, key)?;
-        let members = self.live_members(&room);
-        Some((room, member.name, members))
-    }
-
-    /// The members of `room` that can still be sent to: a member with a session while the
-    /// session lives (sends to it fail once it expired, and [`Rooms::forget`] takes it out), any
-    /// other while its connection is open. Closed ones are dropped here, the next time their
-    /// room is used (the handler hears of no disconnect).
-    fn live_members(&mut self, room: &str) -> Vec<Member> {
-        let Some(members) = self.members.get_mut(room) else {
-            return Vec::new();
-        };
-        let room_of = &mut self.room_of;
-        members.retain(|key, m| {
-            let live = matches!(key, MemberKey::Session(_)) || !m.conn.sender().is_closed();
-            if !live {
-                room_of.remove(key);
-            }
-            live
-        });
-        members.values().cloned().collect()
-    }
-
-    /// Takes out the members that could not be sent to.
-    fn forget(&mut self, keys: &[MemberKey]) {
-        for key in keys {
-            if let Some(room) = self.room_of.remove(key) {
-                self.remove_from(&room, *key);
-            }
+    /// Takes `key` out of its room.
+    fn remove(&mut self, key: MemberKey) {
+        if let Some(room) = self.room_of.remove(&key) {
+            self.remove_from(&room, key);
         }
     }
 
-    /// The connections of the members `which` picks.
-    fn connections(&self, which: impl Fn(&Member) -> bool) -> Vec<Arc<ConnInfo>> {
+    /// The room of `key` and its name there; when this node delivers to it, it does so through
+    /// `conn` from now on, its newest connection.
+    fn speak(&mut self, key: MemberKey, conn: &Arc<ConnInfo>) -> Option<(String, String)> {
+        let room = self.room_of.get(&key)?.clone();
+        let member = self.members.get_mut(&room)?.get_mut(&key)?;
+        if member.conn.is_some() {
+            member.conn = Some(Arc::clone(conn));
+        }
+        let name = member.name.clone();
+        Some((room, name))
+    }
+
+    /// The members of `room` this node delivers to, and the ones it took out because they
+    /// cannot be sent to any more: a member with a session stays while the session lives (sends
+    /// to it fail once it expired), any other while its connection is open (the handler hears of
+    /// no disconnect, so closed ones are found here, the next time their room is used).
+    fn local_members(&mut self, room: &str) -> (Vec<(MemberKey, Arc<ConnInfo>)>, Vec<MemberKey>) {
+        let Some(members) = self.members.get_mut(room) else {
+            return (Vec::new(), Vec::new());
+        };
+        let mut gone = Vec::new();
+        let mut live = Vec::new();
+        for (key, member) in members.iter() {
+            let Some(conn) = &member.conn else { continue };
+            if matches!(key, MemberKey::Session(_)) || !conn.sender().is_closed() {
+                live.push((*key, Arc::clone(conn)));
+            } else {
+                gone.push(*key);
+            }
+        }
+        for key in &gone {
+            self.remove(*key);
+        }
+        (live, gone)
+    }
+
+    /// This node's connections to the members `which` picks.
+    fn connections(&self, which: impl Fn(MemberKey, &ConnInfo) -> bool) -> Vec<Arc<ConnInfo>> {
         self.members
             .values()
-            .flat_map(HashMap::values)
-            .filter(|m| which(m))
-            .map(|m| Arc::clone(&m.conn))
+            .flat_map(|members| members.iter())
+            .filter_map(|(key, m)| m.conn.as_ref().filter(|conn| which(*key, conn)))
+            .cloned()
             .collect()
     }
 
-    fn remove_from(&mut self, room: &str, key: MemberKey) -> Option<Member> {
-        let members = self.members.get_mut(room)?;
-        let member = members.remove(&key);
-        if members.is_empty() {
-            self.members.remove(room);
+    fn remove_from(&mut self, room: &str, key: MemberKey) {
+        if let Some(members) = self.members.get_mut(room) {
+            members.remove(&key);
+            if members.is_empty() {
+                self.members.remove(room);
+            }
         }
-        member
     }
 }
 
-#[derive(Clone)]
 struct Member {
-    key: MemberKey,
     name: String,
-    /// The member's newest connection known; under a session, sends through an older one still
-    /// reach the session's log.
-    conn: Arc<ConnInfo>,
+    /// This node's newest connection to the member; `None` when another node delivers to it.
+    /// Under a session, sends through an older connection still reach the session's log.
+    conn: Option<Arc<ConnInfo>>,
 }
 
 #[derive(Deserialize)]
@@ -209,22 +331,35 @@ enum Frame {
 }
 
 impl Chat {
-    fn new(registry: &MetricsRegistry) -> Self {
+    fn new(registry: &MetricsRegistry, redis: Option<Arc<RedisRooms>>) -> Arc<Self> {
         let outbound = MetricsLayer::new(registry.clone())
             .route("/ws")
             .direction(Direction::Outbound)
             .classifier(MessageClassifier)
             .layer(SendToConnection);
-        Self {
+        let chat = Arc::new(Self {
+            node: new_node_id(),
             rooms: Mutex::default(),
+            joining: Mutex::default(),
+            next_ticket: AtomicU64::new(0),
+            redis,
+            sessions: OnceLock::new(),
             outbound,
             fail_next: AtomicU32::new(0),
             handled: AtomicU64::new(0),
+        });
+        if let Some(redis) = &chat.redis {
+            tokio::spawn(follow(Arc::downgrade(&chat), redis.reader()));
         }
+        chat
     }
 
     fn rooms(&self) -> std::sync::MutexGuard<'_, Rooms> {
         self.rooms.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn joining(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<ConnInfo>>> {
+        self.joining.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Handles one inbound message (after the breaker, dedup and metrics layers).
@@ -240,24 +375,32 @@ impl Chat {
             // recorded by the breaker as a success.
             Err(e) => return Ok(Some(error_frame(&format!("bad frame: {e}")))),
         };
-        match frame {
+        let key = MemberKey::of(&inbound.conn, self.node);
+        let event = match frame {
             Frame::Join { room, name } => {
                 let name = clip(&name, 32);
                 let room = clip(&room, 32);
-                let member = Member {
-                    key: MemberKey::of(&inbound.conn),
-                    name: name.clone(),
-                    conn: Arc::clone(&inbound.conn),
+                let (announce, full) = {
+                    let rooms = self.rooms();
+                    let full = !rooms.contains(key) && rooms.len() >= MAX_MEMBERS;
+                    (!rooms.is_in(key, &room, &name), full)
                 };
-                let (members, new) = self.rooms().join(room.clone(), member);
-                if new {
-                    self.broadcast(
-                        members,
-                        json!({"type": "joined", "room": room, "name": name}),
-                    )
-                    .await;
+                if full {
+                    return Ok(Some(error_frame("the chat is full")));
                 }
-                Ok(None)
+                let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed);
+                self.joining().insert(ticket, Arc::clone(&inbound.conn));
+                let event = Event::Join {
+                    member: key,
+                    room,
+                    name,
+                    node: self.node,
+                    ticket,
+                    announce,
+                };
+                let published = self.publish(event).await;
+                self.joining().remove(&ticket);
+                return Ok(published.err().map(|e| error_frame(&e)));
             }
             Frame::Say { text, id } => {
                 if self
@@ -267,45 +410,181 @@ impl Chat {
                 {
                     return Err("injected failure (fail next N)".into());
                 }
-                let spoken = self.rooms().speak(&inbound.conn);
-                let Some((room, from, members)) = spoken else {
+                let spoken = self.rooms().speak(key, &inbound.conn);
+                let Some((room, from)) = spoken else {
                     return Ok(Some(error_frame("join a room first")));
                 };
                 self.handled.fetch_add(1, Ordering::Relaxed);
                 let text = clip(&text, 500);
-                self.broadcast(
-                    members,
-                    json!({"type": "message", "room": room, "from": from, "text": text, "id": id}),
-                )
-                .await;
-                Ok(None)
+                Event::Say {
+                    room,
+                    from,
+                    text,
+                    id,
+                }
             }
             Frame::Leave => {
-                let left = self.rooms().leave(MemberKey::of(&inbound.conn));
-                if let Some((room, name, members)) = left {
-                    self.broadcast(members, json!({"type": "left", "room": room, "name": name}))
-                        .await;
+                let Some((room, name)) = self.rooms().place_of(key) else {
+                    return Ok(None);
+                };
+                Event::Leave {
+                    member: key,
+                    room,
+                    name,
                 }
-                Ok(None)
             }
+        };
+        Ok(self.publish(event).await.err().map(|e| error_frame(&e)))
+    }
+
+    /// Applies `event` on every node: here directly, or through the Redis stream (then it
+    /// returns once this node has applied it).
+    async fn publish(&self, event: Event) -> Result<(), String> {
+        let Some(redis) = &self.redis else {
+            self.apply(event).await;
+            return Ok(());
+        };
+        let json = serde_json::to_string(&event).map_err(|e| e.to_string())?;
+        redis.publish(json).await.map_err(|e| {
+            tracing::debug!(error = %e, "room event not published");
+            format!("rooms unavailable: {e}")
+        })
+    }
+
+    /// Applies one event: the rooms change, and this node's members of the room hear of it.
+    ///
+    /// Every node applies the same events in the same order, so a member that joins again
+    /// through another node (a page that reconnected elsewhere) moves between two events: the
+    /// old node delivers everything before its join, the new node everything after, and the
+    /// member gets each message once.
+    async fn apply(&self, event: Event) {
+        let (frame, targets, mut gone) = {
+            let mut rooms = self.rooms();
+            let (room, frame) = match event {
+                Event::Join {
+                    member,
+                    room,
+                    name,
+                    node,
+                    ticket,
+                    announce,
+                } => {
+                    if !rooms.contains(member) && rooms.len() >= MAX_MEMBERS {
+                        tracing::warn!(%member, "member not tracked: the chat is full");
+                        return;
+                    }
+                    let conn = (node == self.node)
+                        .then(|| self.joining().remove(&ticket))
+                        .flatten();
+                    let member_there = Member {
+                        name: name.clone(),
+                        conn,
+                    };
+                    rooms.place(member, room.clone(), member_there);
+                    if !announce {
+                        return;
+                    }
+                    let frame = json!({"type": "joined", "room": room, "name": name});
+                    (room, frame)
+                }
+                Event::Say {
+                    room,
+                    from,
+                    text,
+                    id,
+                } => {
+                    let frame = json!({"type": "message", "room": room, "from": from, "text": text, "id": id});
+                    (room, frame)
+                }
+                Event::Leave { member, room, name } => {
+                    rooms.remove(member);
+                    let frame = json!({"type": "left", "room": room, "name": name});
+                    (room, frame)
+                }
+                Event::Gone { member } => {
+                    rooms.remove(member);
+                    return;
+                }
+            };
+            let (targets, gone) = rooms.local_members(&room);
+            (frame, targets, gone)
+        };
+        gone.extend(self.deliver(targets, frame).await);
+        if !gone.is_empty() {
+            self.forget(gone);
         }
     }
 
-    /// Sends `frame` to every member through the outbound stack, which counts it for the
+    /// Sends `frame` to each of `members` through the outbound stack, which counts it for the
     /// member's client and queues it on the member's connection (a bounded queue; a slow reader's
-    /// overflow policy applies there, not here), or logs it in the member's session. Members
-    /// that cannot be sent to any more (closed, or their session expired) leave the room.
-    async fn broadcast(&self, members: Vec<Member>, frame: serde_json::Value) {
+    /// overflow policy applies there, not here), or logs it in the member's session. Returns the
+    /// members that cannot be sent to any more.
+    ///
+    /// With Redis, a connection only logs in its session without waiting and cannot tell that the
+    /// session expired; so a member away (its connection here closed) is sent to through its
+    /// session, waiting for the answer, and leaves when the session is gone.
+    async fn deliver(
+        &self,
+        members: Vec<(MemberKey, Arc<ConnInfo>)>,
+        frame: serde_json::Value,
+    ) -> Vec<MemberKey> {
         let text = frame.to_string();
         let mut gone = Vec::new();
-        for member in members {
-            let message = OutgoingMessage::new(Message::text(text.clone()), member.conn);
+        let mut away = Vec::new();
+        for (key, conn) in members {
+            if let (MemberKey::Session(token), Some(sessions), Some(_)) =
+                (key, self.sessions.get(), &self.redis)
+                && conn.sender().is_closed()
+            {
+                away.push((key, sessions.sender_for_session(&token)));
+                continue;
+            }
+            let message = OutgoingMessage::new(Message::text(text.clone()), conn);
             if self.outbound.clone().oneshot(message).await.is_err() {
-                gone.push(member.key);
+                gone.push(key);
             }
         }
-        if !gone.is_empty() {
-            self.rooms().forget(&gone);
+        let logged = join_all(away.iter().map(|(_, session)| session.send(text.as_str()))).await;
+        for ((key, _), result) in away.iter().zip(logged) {
+            // A store failure is not the session's end.
+            if result.is_err_and(|e| e.store_error().is_none()) {
+                gone.push(*key);
+            }
+        }
+        gone
+    }
+
+    /// Takes out members that cannot be sent to, here and on the other nodes.
+    fn forget(&self, keys: Vec<MemberKey>) {
+        let mut rooms = self.rooms();
+        for key in &keys {
+            rooms.remove(*key);
+        }
+        drop(rooms);
+        if let Some(redis) = &self.redis {
+            for member in keys {
+                if let Ok(json) = serde_json::to_string(&Event::Gone { member }) {
+                    redis.publish_later(json);
+                }
+            }
+        }
+    }
+}
+
+/// Applies the Redis stream's events on this node, in order, for as long as the chat lives.
+async fn follow(chat: Weak<Chat>, mut reader: StreamReader) {
+    loop {
+        let events = reader.next().await;
+        let Some(chat) = chat.upgrade() else { return };
+        let Some(redis) = chat.redis.clone() else {
+            return;
+        };
+        for (id, json) in events {
+            match serde_json::from_str::<Event>(&json) {
+                Ok(event) => chat.apply(event).await,
+                Err(e) => tracing::warn!(%id, error = %e, "room event not understood: skipped"),
+            }
+            redis.applied(id);
         }
     }
 }
@@ -358,6 +637,9 @@ async fn stats(State(app): State<App>) -> impl IntoResponse {
         "errors": metrics.calls.error,
         "connections": metrics.connections_active,
         "fail_next": app.chat.fail_next.load(Ordering::Relaxed),
+        "node": format!("{:016x}", app.chat.node),
+        "members": app.chat.rooms().len(),
+        "rooms": if app.chat.redis.is_some() { "redis" } else { "this node" },
         "clients": clients,
         "sessions": sessions_json(&app.sessions.stats()),
         "metrics": metrics,
@@ -417,10 +699,9 @@ async fn drop_connection(State(app): State<App>, Query(q): Query<DropQuery>) -> 
         let error = "name the member: ?session=TOKEN or ?client=ID";
         return (StatusCode::BAD_REQUEST, Json(json!({"error": error})));
     }
-    let conns = app
-        .chat
-        .rooms()
-        .connections(|m| Some(m.key) == session || q.client.as_deref() == Some(m.conn.client_id()));
+    let conns = app.chat.rooms().connections(|key, conn| {
+        Some(key) == session || q.client.as_deref() == Some(conn.client_id())
+    });
     let mut dropped = 0;
     for conn in conns {
         if !conn.sender().is_closed() {
@@ -447,9 +728,24 @@ fn base_config() -> StabilityConfig {
     base
 }
 
-fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
+/// Sessions and the dedup window in the Redis at `url`, messages fingerprinted with the same
+/// `key` on every node (a shared window needs the same fingerprints everywhere).
+fn over_redis(config: &mut StabilityConfig, url: &str, key: String) {
+    config.session.store.backend = SessionBackend::Redis;
+    config.session.store.redis.url = url.to_owned();
+    config.dedup.store.backend = StoreBackend::Redis;
+    config.dedup.store.redis.url = url.to_owned();
+    config.dedup.fingerprint_key = Some(key);
+}
+
+/// The chat's routes; with `redis`, its rooms span every node on that Redis.
+fn app(
+    config: &ConfigHandle,
+    prometheus: PrometheusHandle,
+    redis: Option<Arc<RedisRooms>>,
+) -> Router {
     let registry = MetricsRegistry::new(config);
-    let chat = Arc::new(Chat::new(&registry));
+    let chat = Chat::new(&registry, redis);
     let breaker = CircuitBreakerLayer::new(config).classifier(MessageClassifier);
     let dedup = DedupLayer::new(config).classifier(MessageClassifier);
     let stack = ServiceBuilder::new()
@@ -465,6 +761,7 @@ fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
             move |inbound| Arc::clone(&chat).handle(inbound)
         });
     let ws = WsRoute::new(stack, config).metrics(registry.clone());
+    let _ = chat.sessions.set(ws.sessions());
     let state = App {
         chat,
         breaker: breaker.handle(),
@@ -496,21 +793,84 @@ fn app(config: &ConfigHandle, prometheus: PrometheusHandle) -> Router {
         .with_state(state)
 }
 
+/// The chat's command line: the servers' own, plus `--redis URL`.
+#[derive(Debug)]
+struct ChatArgs {
+    server: ServerArgs,
+    redis: Option<String>,
+}
+
+impl ChatArgs {
+    fn parse(
+        args: impl IntoIterator<Item = String>,
+        env_addr: Option<String>,
+    ) -> Result<Self, String> {
+        let mut redis = None;
+        let mut rest = Vec::new();
+        let mut args = args.into_iter();
+        while let Some(arg) = args.next() {
+            if arg == "--redis" {
+                redis = Some(args.next().ok_or("--redis needs a URL")?);
+            } else if let Some(url) = arg.strip_prefix("--redis=") {
+                redis = Some(url.to_owned());
+            } else {
+                rest.push(arg);
+            }
+        }
+        let server = ServerArgs::parse(rest, env_addr).map_err(|e| {
+            if e.starts_with("usage:") {
+                format!("{e} [--redis redis://HOST:PORT]")
+            } else {
+                e
+            }
+        })?;
+        Ok(Self { server, redis })
+    }
+}
+
 #[tokio::main]
 async fn main() {
     init_tracing();
-    let args = ServerArgs::from_env().unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    });
-    let (config, _watcher) = args.config_from(base_config()).unwrap_or_else(|e| {
+    let args = ChatArgs::parse(std::env::args().skip(1), std::env::var("WSGUARD_ADDR").ok())
+        .unwrap_or_else(|e| {
+            eprintln!("{e}");
+            std::process::exit(2)
+        });
+    let mut base = args.server.preset.map_or_else(base_config, Preset::config);
+    let redis = match &args.redis {
+        None => None,
+        Some(url) => {
+            // Refusing to start beats running as a node of one while the others believe it is
+            // sharing their rooms.
+            let redis = match RedisRooms::connect(url).await {
+                Ok(redis) => redis,
+                Err(e) => {
+                    eprintln!("cannot use Redis at {url} (--redis): {e}");
+                    std::process::exit(1)
+                }
+            };
+            let key = redis.shared_fingerprint_key().await.unwrap_or_else(|e| {
+                eprintln!("cannot use Redis at {url} (--redis): {e}");
+                std::process::exit(1)
+            });
+            over_redis(&mut base, url, key);
+            tracing::info!(%url, "rooms, sessions and the dedup window in Redis");
+            Some(Arc::new(redis))
+        }
+    };
+    // The preset, if any, is the base already; a `--config` file and the environment go over it.
+    let server = ServerArgs {
+        preset: None,
+        ..args.server
+    };
+    let (config, _watcher) = server.config_from(base).unwrap_or_else(|e| {
         eprintln!("configuration refused:\n{e}");
         std::process::exit(1)
     });
     // Before any registry: its series bind to the recorder installed when they are made.
     let prometheus = prometheus();
-    tracing::info!("open http://{}", args.addr);
-    if let Err(e) = serve(app(&config, prometheus), args.addr).await {
+    tracing::info!("open http://{}", server.addr);
+    if let Err(e) = serve(app(&config, prometheus, redis), server.addr).await {
         eprintln!("server error: {e}");
         std::process::exit(1);
     }
@@ -536,7 +896,7 @@ mod tests {
     async fn start() -> (std::net::SocketAddr, Router) {
         let config = ConfigHandle::new(base_config()).unwrap();
         let prometheus = PrometheusBuilder::new().build_recorder().handle();
-        let router = app(&config, prometheus);
+        let router = app(&config, prometheus, None);
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let serving = router.clone();
@@ -784,5 +1144,266 @@ mod tests {
         // Gone for good without a session: nothing left to cut.
         let (status, _) = post(&router, "/drop?client=bob").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    /// A chat node whose rooms, sessions and dedup window are in the Redis at `url`, as
+    /// `--redis url` makes it.
+    async fn start_node(url: &str) -> (std::net::SocketAddr, Router) {
+        start_node_with(url, base_config()).await
+    }
+
+    async fn start_node_with(
+        url: &str,
+        mut base: StabilityConfig,
+    ) -> (std::net::SocketAddr, Router) {
+        let redis = RedisRooms::connect(url).await.unwrap();
+        over_redis(
+            &mut base,
+            url,
+            redis.shared_fingerprint_key().await.unwrap(),
+        );
+        let config = ConfigHandle::new(base).unwrap();
+        let prometheus = PrometheusBuilder::new().build_recorder().handle();
+        let router = app(&config, prometheus, Some(Arc::new(redis)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let serving = router.clone();
+        tokio::spawn(async move { axum::serve(listener, serving).await.unwrap() });
+        (addr, router)
+    }
+
+    fn say(text: &str) -> serde_json::Value {
+        json!({"type": "say", "text": text})
+    }
+
+    /// The chat frames a connection reads until one says `fence` (which is included): `(seq,
+    /// frame)`, the seq of a `wsguard.v1` message or `None` on a plain connection. Protocol
+    /// frames (acks) are skipped.
+    async fn frames_until(ws: &mut Socket, fence: &str) -> Vec<(Option<u64>, serde_json::Value)> {
+        frames_until_frame(ws, |frame| frame["text"] == fence).await
+    }
+
+    /// As [`frames_until`], until a frame for which `last` holds (a chat frame or a protocol
+    /// frame; a chat frame is included).
+    async fn frames_until_frame(
+        ws: &mut Socket,
+        last: impl Fn(&serde_json::Value) -> bool,
+    ) -> Vec<(Option<u64>, serde_json::Value)> {
+        let mut frames = Vec::new();
+        loop {
+            let text = read_until(ws, r#""type""#).await;
+            let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let done = last(&frame);
+            match frame["type"].as_str() {
+                Some("msg") => {
+                    let done = done || last(&frame["data"]);
+                    frames.push((frame["seq"].as_u64(), frame["data"].clone()));
+                    if done {
+                        return frames;
+                    }
+                }
+                Some("ack") if done => return frames,
+                Some("ack") => {}
+                _ => {
+                    frames.push((None, frame));
+                    if done {
+                        return frames;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The texts of the room messages among `frames`.
+    fn texts(frames: &[(Option<u64>, serde_json::Value)]) -> Vec<String> {
+        frames
+            .iter()
+            .filter(|(_, f)| f["type"] == "message")
+            .map(|(_, f)| f["text"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_room_spans_nodes_once_each_in_order_also_across_a_resume_on_the_other_node() {
+        let redis = wsguard_test_support::RedisServer::start();
+        let (a_addr, a) = start_node(&redis.url()).await;
+        let (b_addr, _b) = start_node(&redis.url()).await;
+        let msg = |id: u64, data: serde_json::Value| json!({"type": "msg", "id": id, "data": data});
+
+        // Alice on node A, under a session; Bob on node B, plain.
+        let mut alice = connect_v1_as(a_addr, "alice").await;
+        alice.send(text(json!({"type": "hello"}))).await.unwrap();
+        let opened = read_until(&mut alice, r#""type":"session""#).await;
+        let opened: serde_json::Value = serde_json::from_str(&opened).unwrap();
+        let token = opened["session"].as_str().unwrap().to_owned();
+        alice.send(text(msg(1, join("alice")))).await.unwrap();
+        read_until(&mut alice, r#""seq":1,"data":{"name":"alice""#).await;
+        let (mut bob, _) = connect_async(format!("ws://{b_addr}/ws?client=bob"))
+            .await
+            .unwrap();
+        bob.send(text(join("bob"))).await.unwrap();
+        read_until(&mut bob, r#""name":"bob""#).await;
+        // Bob's join, published on B, reaches Alice through A.
+        read_until(&mut alice, r#""seq":2,"data":{"name":"bob""#).await;
+
+        let said: Vec<String> = (1..=20).map(|i| format!("from alice {i}")).collect();
+        for (id, line) in (2..).zip(&said) {
+            alice.send(text(msg(id, say(line)))).await.unwrap();
+        }
+        assert_eq!(texts(&frames_until(&mut bob, "from alice 20").await), said);
+        let answered: Vec<String> = (1..=20).map(|i| format!("from bob {i}")).collect();
+        for line in &answered {
+            bob.send(text(say(line))).await.unwrap();
+        }
+        let frames = frames_until(&mut alice, "from bob 20").await;
+        let mut expected = said.clone();
+        expected.extend(answered.iter().cloned());
+        assert_eq!(texts(&frames), expected);
+        let seqs: Vec<u64> = frames.iter().map(|(seq, _)| seq.unwrap()).collect();
+        assert_eq!(seqs, (3..3 + 40).collect::<Vec<_>>());
+        let last = *seqs.last().unwrap();
+
+        // Alice's connection to A is cut; what Bob says meanwhile waits in her session (A
+        // delivers it there), and she resumes on B.
+        let (status, _) = post(&a, &format!("/drop?session={token}")).await;
+        assert_eq!(status, StatusCode::OK);
+        ends_without_close_frame(&mut alice).await;
+        let away = ["away 1", "away 2", "away 3"];
+        for line in away {
+            bob.send(text(say(line))).await.unwrap();
+        }
+        frames_until(&mut bob, "away 3").await;
+        let mut again = connect_v1_as(b_addr, "alice").await;
+        let resume = json!({"type": "resume", "session": token, "last": last});
+        again.send(text(resume)).await.unwrap();
+        let answer = read_until(&mut again, r#""type":"session""#).await;
+        let answer: serde_json::Value = serde_json::from_str(&answer).unwrap();
+        assert_eq!(answer["resumed"], true, "{answer}");
+        // Joining again, as the page does after every reconnect, moves her to B (silently):
+        // from then on B delivers to her and A does not.
+        again.send(text(msg(22, join("alice")))).await.unwrap();
+        let mut frames =
+            frames_until_frame(&mut again, |f| f["type"] == "ack" && f["id"] == 22).await;
+        bob.send(text(say("fence"))).await.unwrap();
+        frames.extend(frames_until(&mut again, "fence").await);
+        assert_eq!(texts(&frames), ["away 1", "away 2", "away 3", "fence"]);
+        let seqs: Vec<u64> = frames.iter().map(|(seq, _)| seq.unwrap()).collect();
+        assert_eq!(seqs, (last + 1..=last + 4).collect::<Vec<_>>());
+        let bob_saw = frames_until(&mut bob, "fence").await;
+        assert_eq!(texts(&bob_saw), ["fence"], "{bob_saw:?}");
+
+        // Alice speaks on B now; Bob hears her once.
+        again.send(text(msg(23, say("back")))).await.unwrap();
+        assert_eq!(texts(&frames_until(&mut bob, "back").await), ["back"]);
+        let frames = frames_until(&mut again, "back").await;
+        assert_eq!(texts(&frames), ["back"]);
+        assert_eq!(frames[0].0, Some(last + 5));
+
+        // Bob leaves on B; Alice, on B too now, hears it, and so would members on A.
+        bob.send(text(json!({"type": "leave"}))).await.unwrap();
+        let left = read_until(&mut again, r#""type":"left""#).await;
+        assert!(left.contains(r#""name":"bob""#), "{left}");
+        let known = stats_when(&a, |s| s["members"] == 1).await;
+        assert_eq!(known["members"], 1, "{known}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn nodes_say_why_while_redis_is_down_and_carry_on_when_it_is_back() {
+        let mut redis = wsguard_test_support::RedisServer::start();
+        let (a_addr, _a) = start_node(&redis.url()).await;
+        let (b_addr, _b) = start_node(&redis.url()).await;
+        let (mut alice, _) = connect_async(format!("ws://{a_addr}/ws?client=alice"))
+            .await
+            .unwrap();
+        alice.send(text(join("alice"))).await.unwrap();
+        read_until(&mut alice, r#""name":"alice""#).await;
+        let (mut bob, _) = connect_async(format!("ws://{b_addr}/ws?client=bob"))
+            .await
+            .unwrap();
+        bob.send(text(join("bob"))).await.unwrap();
+        read_until(&mut bob, r#""name":"bob""#).await;
+        read_until(&mut alice, r#""name":"bob""#).await;
+
+        redis.stop();
+        alice.send(text(say("lost"))).await.unwrap();
+        let refused = read_until(&mut alice, r#""type":"error""#).await;
+        assert!(refused.contains("rooms unavailable"), "{refused}");
+
+        redis.restart();
+        // Each node reconnects by itself; Alice retries until Bob hears her.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        let mut n = 0;
+        let heard = loop {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no message crossed nodes within 20 s of Redis coming back"
+            );
+            n += 1;
+            alice.send(text(say(&format!("retry {n}")))).await.unwrap();
+            match timeout(Duration::from_millis(300), bob.next()).await {
+                Ok(Some(Ok(frame))) => {
+                    let frame = frame.into_text().unwrap().to_string();
+                    assert!(frame.contains("retry"), "{frame}");
+                    break frame;
+                }
+                Ok(other) => panic!("bob's connection ended: {other:?}"),
+                Err(_) => {}
+            }
+        };
+        let first: serde_json::Value = serde_json::from_str(&heard).unwrap();
+        let first: u32 = first["text"].as_str().unwrap()["retry ".len()..]
+            .parse()
+            .unwrap();
+        alice.send(text(say("after"))).await.unwrap();
+        // Everything Alice said from then on arrives once, in order.
+        let mut expected: Vec<String> = (first + 1..=n).map(|i| format!("retry {i}")).collect();
+        expected.push("after".to_owned());
+        assert_eq!(texts(&frames_until(&mut bob, "after").await), expected);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_whose_session_expired_leaves_the_rooms_of_every_node() {
+        let redis = wsguard_test_support::RedisServer::start();
+        let mut base = base_config();
+        base.session.ttl = Duration::from_secs(1);
+        let (a_addr, a) = start_node_with(&redis.url(), base.clone()).await;
+        let (b_addr, b) = start_node_with(&redis.url(), base).await;
+        let mut alice = connect_v1_as(a_addr, "alice").await;
+        alice.send(text(json!({"type": "hello"}))).await.unwrap();
+        let opened = read_until(&mut alice, r#""type":"session""#).await;
+        let opened: serde_json::Value = serde_json::from_str(&opened).unwrap();
+        let token = opened["session"].as_str().unwrap().to_owned();
+        let join_alice = json!({"type": "msg", "id": 1, "data": join("alice")});
+        alice.send(text(join_alice)).await.unwrap();
+        read_until(&mut alice, r#""name":"alice""#).await;
+        let (mut bob, _) = connect_async(format!("ws://{b_addr}/ws?client=bob"))
+            .await
+            .unwrap();
+        bob.send(text(join("bob"))).await.unwrap();
+        read_until(&mut bob, r#""name":"bob""#).await;
+        for node in [&a, &b] {
+            let known = stats_when(node, |s| s["members"] == 2).await;
+            assert_eq!(known["members"], 2, "{known}");
+        }
+
+        // Alice goes away for good; once her session has expired, what is said in the room
+        // finds it gone and both nodes forget her.
+        let (status, _) = post(&a, &format!("/drop?session={token}")).await;
+        assert_eq!(status, StatusCode::OK);
+        ends_without_close_frame(&mut alice).await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        let mut n = 0;
+        while stats(&a).await["members"] != 1 || stats(&b).await["members"] != 1 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "alice still a member: {} / {} members",
+                stats(&a).await["members"],
+                stats(&b).await["members"]
+            );
+            n += 1;
+            bob.send(text(say(&format!("anyone {n}")))).await.unwrap();
+            frames_until(&mut bob, &format!("anyone {n}")).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }

@@ -177,6 +177,8 @@ $("fail").addEventListener("submit", async (event) => {
 async function poll() {
   try {
     const stats = await (await fetch("/stats")).json();
+    show("node", stats.node && `${stats.node.slice(0, 8)} (rooms: ${stats.rooms})`);
+    show("members", stats.members);
     const state = stats.breaker?.state ?? "unknown";
     $("breaker-state").textContent = state.replace("_", " ");
     $("breaker-state").dataset.state = state;

@@ -1,13 +1,16 @@
 // Browser test of the chat example: two pages in headless Chromium join a room, one sends, the
 // other shows the message; "Resend last" raises the duplicates figure on the live panel. A page
 // whose connection the server cuts resumes its wsguard.v1 session by itself and shows what was
-// said while it was away, once each and in order.
+// said while it was away, once each and in order. Two chat nodes over one Redis (`--redis`, with a
+// redis-server the test starts) share their rooms: pages on different nodes talk to each other.
 //
 // Run by scripts/test.sh with CHAT_BIN pointing at the built example and CHROMIUM at the browser.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
+import { accessSync, constants } from "node:fs";
 import net from "node:net";
+import path from "node:path";
 import { chromium } from "playwright-core";
 
 const CHAT_BIN = process.env.CHAT_BIN;
@@ -51,18 +54,22 @@ before(async () => {
   });
 });
 
+// Processes a test started, killed after the suite (nodes before their Redis).
+const started = [];
+
 after(async () => {
   await browser?.close();
   server?.kill();
+  for (const child of started.reverse()) child.kill();
 });
 
 // Uncaught errors of every page, checked by the tests that care.
 const pageErrors = [];
 
-async function join(name, { room = "browser-test", query = "" } = {}) {
+async function join(name, { room = "browser-test", query = "", at = base } = {}) {
   const page = await browser.newPage();
   page.on("pageerror", (error) => pageErrors.push(`${name}: ${error.message}`));
-  await page.goto(`${base}/${query}`);
+  await page.goto(`${at}/${query}`);
   await page.fill("#name", name);
   await page.fill("#room", room);
   await page.click("#join button[type=submit]");
@@ -153,4 +160,99 @@ test("a page whose connection drops resumes and shows what was said meanwhile, o
   assert.deepEqual(pageErrors, []);
   await carol.close();
   await dave.close();
+});
+
+/** `redis-server` from PATH (scripts/test.sh installs it). */
+function redisServerPath() {
+  for (const dir of (process.env.PATH ?? "").split(path.delimiter)) {
+    const candidate = path.join(dir, "redis-server");
+    try {
+      accessSync(candidate, constants.X_OK);
+      return candidate;
+    } catch {}
+  }
+  throw new Error("redis-server not found on PATH (scripts/test.sh installs it)");
+}
+
+/** Resolves once a Redis on `port` answers PING. */
+async function waitRedis(port, ms) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const answered = await new Promise((resolve) => {
+      const socket = net.connect(port, "127.0.0.1");
+      socket.once("error", () => resolve(false));
+      socket.once("data", (data) => {
+        socket.destroy();
+        resolve(data.toString().startsWith("+PONG"));
+      });
+      socket.once("connect", () => socket.write("PING\r\n"));
+    });
+    if (answered) return;
+    await new Promise((r) => setTimeout(r, 100));
+  }
+  throw new Error(`redis-server not answering on port ${port} within ${ms} ms`);
+}
+
+/** A chat node on a free port with `args`; its base URL once healthy. */
+async function startNode(args) {
+  const port = await freePort();
+  const child = spawn(CHAT_BIN, ["--addr", `127.0.0.1:${port}`, ...args], { stdio: ["ignore", "inherit", "inherit"] });
+  started.push(child);
+  const url = `http://127.0.0.1:${port}`;
+  await waitHealthy(`${url}/health`, 30_000);
+  return url;
+}
+
+test("a chat node refuses to start when its --redis does not answer", async () => {
+  const closed = await freePort();
+  const child = spawn(CHAT_BIN, ["--addr", "127.0.0.1:0", "--redis", `redis://127.0.0.1:${closed}`], {
+    stdio: ["ignore", "ignore", "pipe"],
+  });
+  started.push(child);
+  let stderr = "";
+  child.stderr.on("data", (chunk) => (stderr += chunk));
+  const code = await new Promise((resolve) => child.once("exit", resolve));
+  assert.equal(code, 1, stderr);
+  assert.match(stderr, /cannot use Redis at redis:\/\/127\.0\.0\.1:\d+ \(--redis\)/);
+});
+
+test("pages on two chat nodes over one Redis talk to each other, each line once", async () => {
+  const redisPort = await freePort();
+  const redis = spawn(redisServerPath(),
+    ["--port", String(redisPort), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+    { stdio: ["ignore", "ignore", "inherit"] });
+  started.push(redis);
+  await waitRedis(redisPort, 10_000);
+  const url = `redis://127.0.0.1:${redisPort}`;
+  const [nodeA, nodeB] = await Promise.all([startNode(["--redis", url]), startNode(["--redis", url])]);
+
+  const erin = await join("erin", { room: "nodes-test", at: nodeA });
+  const frank = await join("frank", { room: "nodes-test", at: nodeB });
+  // Frank's join, on node B, shows on Erin's page, served by node A.
+  await erin.waitForSelector("#messages li:has-text('frank joined nodes-test')", { timeout: 10_000 });
+
+  await say(erin, "hello from node A");
+  await frank.waitForSelector("#messages li:has-text('hello from node A')", { timeout: 10_000 });
+  await say(frank, "hello back from node B");
+  await erin.waitForSelector("#messages li:has-text('hello back from node B')", { timeout: 10_000 });
+  // A fence said after both: anything delivered twice would have arrived before it.
+  await say(erin, "fence");
+  for (const page of [erin, frank]) {
+    await page.waitForSelector("#messages li:has-text('fence')", { timeout: 10_000 });
+    assert.deepEqual(await linesWith(page, ["hello from node A", "hello back from node B", "fence"]), [
+      "erinhello from node A",
+      "frankhello back from node B",
+      "erinfence",
+    ]);
+  }
+
+  // The panels name two different nodes, both with their rooms in Redis.
+  const node = (page) => page.waitForFunction(
+    () => document.querySelector("#node").textContent.includes("rooms: redis"), null, { timeout: 10_000 },
+  ).then(() => page.textContent("#node"));
+  const [onA, onB] = await Promise.all([node(erin), node(frank)]);
+  assert.notEqual(onA, onB);
+  assert.deepEqual(pageErrors, []);
+  await erin.close();
+  await frank.close();
 });
