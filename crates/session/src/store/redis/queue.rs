@@ -54,6 +54,9 @@ pub(super) enum Job {
     Flush(oneshot::Sender<()>),
 }
 
+/// Sessions remembered as failed, at most (see `step_failed`).
+const MAX_FAILED: usize = 100_000;
+
 /// Steps sent in one pipeline, at most.
 const PIPELINE: usize = 256;
 
@@ -434,6 +437,9 @@ impl Inner {
                 if let Err(err) = self.detach(token, ttl).await {
                     tracing::warn!(%err, "session not detached in Redis (it stays attached)");
                 }
+                // The connection that saw the failure is gone, and its last steps were refused
+                // before this one: this node holds nothing of the session that Redis lacks.
+                self.failed_here().remove(&token);
             }
             Job::Processed { token, id } => {
                 if self.has_failed(&token) {
@@ -462,7 +468,15 @@ impl Inner {
     /// A step of `token` did not reach Redis (or may not have): its later steps are refused
     /// until it is attached again, and the registry closes its connection.
     fn step_failed(&self, token: SessionToken) {
-        if self.failed_here().insert(token) {
+        let mut failed = self.failed_here();
+        // Entries leave when their session is attached or detached here again; a session
+        // that never is (its steps came from a sender, not a connection) must not pile up.
+        if failed.len() >= MAX_FAILED {
+            failed.clear();
+        }
+        let new = failed.insert(token);
+        drop(failed);
+        if new {
             tell(&self.listeners, RemoteEvent::Failed { session: token });
         }
     }
