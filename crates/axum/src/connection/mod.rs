@@ -170,14 +170,15 @@ where
                 *code,
                 close::POLICY_VIOLATION | close::PROTOCOL_ERROR | close::INVALID_PAYLOAD
             )
-            && let Some(ack) = live.ack_frame()
         {
-            // An ack tells the client never to resend: the marks it covers must have reached a
-            // shared store first, or a resume on another node would ask for what it skipped.
+            // An ack tells the client never to resend: it covers only marks the store keeps
+            // (a shared store confirms them as they arrive), so the marks go out first.
             if let Some(opening) = opening.as_ref() {
                 flush_sessions(&opening.sessions, close_timeout).await;
             }
-            conn.sender.push_frame(ack);
+            if let Some(ack) = live.ack_frame() {
+                conn.sender.push_frame(ack);
+            }
         }
         // The first reason recorded wins (a `close` asked by the handler, say, over what followed).
         conn.sender.end(ending);
