@@ -150,6 +150,7 @@ mod sample;
 mod service;
 mod sessions;
 mod snapshot;
+mod watched;
 
 /// Classifies `http::Response`s by status (re-exported from `wsguard-policy`).
 #[cfg(feature = "http")]

@@ -1,9 +1,6 @@
 //! Rate-limit figures a registry reports: plain data filled from a rate-limit layer's counters, so
 //! that this crate does not depend on one.
 
-use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
-
 use metrics::{Counter, Gauge};
 use serde::{Deserialize, Serialize};
 
@@ -11,6 +8,7 @@ use crate::export::{
     RATE_LIMIT_KEYS_EVICTED_TOTAL, RATE_LIMIT_KEYS_EXPIRED_TOTAL, RATE_LIMIT_TRACKED_KEYS,
     RATE_LIMITED_TOTAL,
 };
+use crate::watched::Watched;
 
 /// The figures of one route's rate limit at one moment: keys tracked now, and counters since the
 /// layer was built (totals, never deltas; the registry publishes the differences).
@@ -100,53 +98,15 @@ where
     }
 }
 
-/// One route's source, its facade handles and what was last published.
-pub(crate) struct RouteRateLimit {
-    pub(crate) route: Arc<str>,
-    source: Mutex<Arc<dyn RateLimitSource>>,
-    handles: RateLimitHandles,
-    published: Mutex<RateLimitFigures>,
-}
+impl Watched for RateLimitFigures {
+    type Handles = RateLimitHandles;
 
-impl fmt::Debug for RouteRateLimit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RouteRateLimit")
-            .field("route", &self.route)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RouteRateLimit {
-    pub(crate) fn new(route: Arc<str>, source: Arc<dyn RateLimitSource>) -> Self {
-        Self {
-            handles: RateLimitHandles::register(&route),
-            route,
-            source: Mutex::new(source),
-            published: Mutex::new(RateLimitFigures::default()),
-        }
-    }
-
-    pub(crate) fn replace(&self, source: Arc<dyn RateLimitSource>) {
-        *self.source.lock().unwrap_or_else(PoisonError::into_inner) = source;
-    }
-
-    pub(crate) fn figures(&self) -> RateLimitFigures {
-        let source = self
-            .source
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        source.figures()
+    fn register(route: &str) -> RateLimitHandles {
+        RateLimitHandles::register(route)
     }
 
     /// Sets the gauge and pushes what the counters gained since the last publish.
-    pub(crate) fn publish(&self) {
-        let now = self.figures();
-        let mut last = self
-            .published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let h = &self.handles;
+    fn publish(h: &RateLimitHandles, now: &Self, last: &Self) {
         h.tracked_keys.set(now.tracked_keys as f64);
         // A replaced source may start lower: `saturating_sub` publishes nothing until it passes.
         let delta = |now: u64, last: u64| now.saturating_sub(last);
@@ -159,11 +119,10 @@ impl RouteRateLimit {
         }
         h.evicted.increment(delta(now.evicted, last.evicted));
         h.expired.increment(delta(now.expired, last.expired));
-        *last = now;
     }
 }
 
-struct RateLimitHandles {
+pub(crate) struct RateLimitHandles {
     /// By limit, then by action, in the order of the `LABELS`.
     limited: [[Counter; 3]; 3],
     tracked_keys: Gauge,

@@ -1,9 +1,6 @@
 //! Session figures a registry reports: plain data an adapter fills from its session registry, so
 //! that this crate does not depend on one.
 
-use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
-
 use metrics::{Counter, Gauge};
 use serde::{Deserialize, Serialize};
 
@@ -12,6 +9,7 @@ use crate::export::{
     SESSIONS_DETACHED, SESSIONS_EVICTED_TOTAL, SESSIONS_EXPIRED_TOTAL, SESSIONS_LIVE,
     SESSIONS_REFUSED_TOTAL, SESSIONS_RESUMED_TOTAL,
 };
+use crate::watched::Watched;
 
 /// The figures of one route's sessions at one moment: sizes now, and counters since the session
 /// registry was made (totals, never deltas; the registry publishes the differences).
@@ -82,53 +80,15 @@ where
     }
 }
 
-/// One route's source, its facade handles and what was last published.
-pub(crate) struct RouteSessions {
-    pub(crate) route: Arc<str>,
-    source: Mutex<Arc<dyn SessionSource>>,
-    handles: SessionHandles,
-    published: Mutex<SessionFigures>,
-}
+impl Watched for SessionFigures {
+    type Handles = SessionHandles;
 
-impl fmt::Debug for RouteSessions {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RouteSessions")
-            .field("route", &self.route)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RouteSessions {
-    pub(crate) fn new(route: Arc<str>, source: Arc<dyn SessionSource>) -> Self {
-        Self {
-            handles: SessionHandles::register(&route),
-            route,
-            source: Mutex::new(source),
-            published: Mutex::new(SessionFigures::default()),
-        }
-    }
-
-    pub(crate) fn replace(&self, source: Arc<dyn SessionSource>) {
-        *self.source.lock().unwrap_or_else(PoisonError::into_inner) = source;
-    }
-
-    pub(crate) fn figures(&self) -> SessionFigures {
-        let source = self
-            .source
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone();
-        source.figures()
+    fn register(route: &str) -> SessionHandles {
+        SessionHandles::register(route)
     }
 
     /// Sets the gauges and pushes what the counters gained since the last publish.
-    pub(crate) fn publish(&self) {
-        let now = self.figures();
-        let mut last = self
-            .published
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        let h = &self.handles;
+    fn publish(h: &SessionHandles, now: &Self, last: &Self) {
         if let Some(live) = now.live {
             h.live.set(live as f64);
         }
@@ -147,11 +107,10 @@ impl RouteSessions {
         h.dropped.increment(delta(now.dropped, last.dropped));
         h.expired.increment(delta(now.expired, last.expired));
         h.evicted.increment(delta(now.evicted, last.evicted));
-        *last = now;
     }
 }
 
-struct SessionHandles {
+pub(crate) struct SessionHandles {
     live: Gauge,
     detached: Gauge,
     created: Counter,

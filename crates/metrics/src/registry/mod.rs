@@ -20,14 +20,15 @@ use self::clients::{ClientEntry, ClientTable};
 pub use self::connection::{ConnectionGuard, ConnectionSlot};
 use crate::Direction;
 use crate::export::{RegistryHandles, RouteStats};
-use crate::rate_limits::{RateLimitSource, RouteRateLimit};
+use crate::rate_limits::{RateLimitFigures, RateLimitSource};
 use crate::request::bounded_id;
 use crate::sample::{self, Sampler};
-use crate::sessions::{RouteSessions, SessionSource};
+use crate::sessions::{SessionFigures, SessionSource};
 use crate::snapshot::{
     ClientSnapshot, ClientsSnapshot, HistogramSnapshot, MetricsSnapshot, OutcomeCounts,
     RateLimitsSnapshot, RouteSnapshot, SessionsSnapshot,
 };
+use crate::watched::RouteWatch;
 
 /// The figures every [`MetricsLayer`](crate::MetricsLayer) of a service records into.
 ///
@@ -75,8 +76,8 @@ pub(crate) struct Inner {
     sample_rate_bits: AtomicU64,
     sampler: Sampler,
     routes: Mutex<Vec<Arc<RouteStats>>>,
-    sessions: Mutex<Vec<Arc<RouteSessions>>>,
-    rate_limits: Mutex<Vec<Arc<RouteRateLimit>>>,
+    sessions: Mutex<Vec<Arc<RouteWatch<SessionFigures>>>>,
+    rate_limits: Mutex<Vec<Arc<RouteWatch<RateLimitFigures>>>>,
     histograms: ArcSwap<[LatencyHistogram; 2]>,
     connections_active: AtomicU64,
     connections_total: AtomicU64,
@@ -223,16 +224,11 @@ impl MetricsRegistry {
     /// assert_eq!(snapshot.sessions[0].figures.resumed, 5);
     /// ```
     pub fn watch_sessions(&self, route: impl Into<Arc<str>>, source: impl SessionSource) {
-        let (route, source): (Arc<str>, Arc<dyn SessionSource>) = (route.into(), Arc::new(source));
-        let mut sessions = self
-            .inner
-            .sessions
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match sessions.iter().find(|s| s.route == route) {
-            Some(existing) => existing.replace(source),
-            None => sessions.push(Arc::new(RouteSessions::new(route, source))),
-        }
+        RouteWatch::watch(
+            &self.inner.sessions,
+            route.into(),
+            Arc::new(move || source.figures()),
+        );
     }
 
     /// Reports the rate-limit figures of `route` from `source`, read on every
@@ -261,17 +257,11 @@ impl MetricsRegistry {
     /// assert_eq!(snapshot.rate_limits[0].figures.limited.total(), 3);
     /// ```
     pub fn watch_rate_limit(&self, route: impl Into<Arc<str>>, source: impl RateLimitSource) {
-        let (route, source): (Arc<str>, Arc<dyn RateLimitSource>) =
-            (route.into(), Arc::new(source));
-        let mut limits = self
-            .inner
-            .rate_limits
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        match limits.iter().find(|l| l.route == route) {
-            Some(existing) => existing.replace(source),
-            None => limits.push(Arc::new(RouteRateLimit::new(route, source))),
-        }
+        RouteWatch::watch(
+            &self.inner.rate_limits,
+            route.into(),
+            Arc::new(move || source.figures()),
+        );
     }
 
     /// Live connections.
@@ -383,14 +373,14 @@ impl Inner {
             .clone()
     }
 
-    fn sessions(&self) -> Vec<Arc<RouteSessions>> {
+    fn sessions(&self) -> Vec<Arc<RouteWatch<SessionFigures>>> {
         self.sessions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    fn rate_limits(&self) -> Vec<Arc<RouteRateLimit>> {
+    fn rate_limits(&self) -> Vec<Arc<RouteWatch<RateLimitFigures>>> {
         self.rate_limits
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
