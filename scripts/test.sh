@@ -33,6 +33,11 @@ need_package chromium chromium
 need_package node nodejs
 need_package npm npm
 
+# A CI run builds once from a clean clone: incremental caches would only take disk and time.
+if [ "${CI:-}" = "true" ]; then
+    export CARGO_INCREMENTAL=0
+fi
+
 echo "==> cargo fmt --check"
 cargo fmt --all --check
 
