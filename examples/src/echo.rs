@@ -2,7 +2,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, Query};
@@ -45,10 +44,6 @@ pub struct EchoOptions {
     /// limited as one client, since the client id is the peer address unless the config says
     /// otherwise.
     pub rate_limit: bool,
-    /// With the rate limit, hold each refusal until the client's limit refills, at most this long
-    /// (`RateLimitLayer::hold_refused`): the connection of a client over its limit is then read
-    /// no faster than its limit. `Duration::ZERO` (the default): refusals are immediate.
-    pub hold_refused: Duration,
 }
 
 /// The echo server: `/ws` echoes every text or binary message through metrics, dedup (content
@@ -72,11 +67,9 @@ pub fn app_with(
     options: EchoOptions,
 ) -> EchoApp {
     let registry = MetricsRegistry::new(config);
-    let rate_limit = options.rate_limit.then(|| {
-        RateLimitLayer::new(config)
-            .route("/ws")
-            .hold_refused(options.hold_refused)
-    });
+    let rate_limit = options
+        .rate_limit
+        .then(|| RateLimitLayer::new(config).route("/ws"));
     let rate_limit_handle = rate_limit.as_ref().map(RateLimitLayer::handle);
     if let Some(handle) = &rate_limit_handle {
         wsguard::watch_rate_limit(&registry, handle.clone());

@@ -43,6 +43,10 @@ pub struct ServerArgs {
     /// `--reuse-port`: share the address with other processes started the same way
     /// (`SO_REUSEPORT`; the kernel spreads new connections over them).
     pub reuse_port: bool,
+    /// `--rate-limit`: the `echo` server puts `RateLimitLayer` in its stack, reading the
+    /// config's `rate_limit` section (`EchoOptions::rate_limit`). Off by default there, since a
+    /// load generator on one host is one client. The other servers decide for themselves.
+    pub rate_limit: bool,
 }
 
 impl ServerArgs {
@@ -60,6 +64,7 @@ impl ServerArgs {
         let mut preset = None;
         let mut config_file = None;
         let mut reuse_port = false;
+        let mut rate_limit = false;
         let mut args = args.into_iter();
         while let Some(arg) = args.next() {
             let (flag, inline) = match arg.split_once('=') {
@@ -76,6 +81,7 @@ impl ServerArgs {
                 "--addr" => addr = Some(value()?),
                 "--config" => config_file = Some(PathBuf::from(value()?)),
                 "--reuse-port" => reuse_port = true,
+                "--rate-limit" => rate_limit = true,
                 "--preset" => {
                     let name = value()?;
                     preset = Some(
@@ -85,7 +91,7 @@ impl ServerArgs {
                 }
                 "-h" | "--help" => {
                     return Err(
-                        "usage: [--addr HOST:PORT] [--preset production|development|testing] [--config FILE] [--reuse-port]"
+                        "usage: [--addr HOST:PORT] [--preset production|development|testing] [--config FILE] [--reuse-port] [--rate-limit]"
                             .to_owned(),
                     );
                 }
@@ -101,6 +107,7 @@ impl ServerArgs {
             preset,
             config_file,
             reuse_port,
+            rate_limit,
         })
     }
 
@@ -216,7 +223,10 @@ pub async fn run_echo() -> std::process::ExitCode {
         }
     };
     raise_fd_limit(config.get().connection.max_connections);
-    let app = echo::app(&config, Some(prometheus()));
+    let options = echo::EchoOptions {
+        rate_limit: args.rate_limit,
+    };
+    let app = echo::app_with(&config, Some(prometheus()), options);
     let listener = match listen(args.addr, args.reuse_port) {
         Ok(listener) => listener,
         Err(err) => {
@@ -441,6 +451,8 @@ mod tests {
         assert!(parse(&["--preset", "fast"], None).is_err());
         assert!(parse(&["--reuse-port"], None).unwrap().reuse_port);
         assert!(!parse(&[], None).unwrap().reuse_port);
+        assert!(parse(&["--rate-limit"], None).unwrap().rate_limit);
+        assert!(!parse(&[], None).unwrap().rate_limit);
     }
 
     #[test]

@@ -49,6 +49,11 @@ struct Server {
 /// An echo route behind metrics, a breaker (opened by 2 failures in a row) and a per-client
 /// limit of five messages; the client id comes from the `x-client-id` header.
 async fn server(on_limit: RateLimitAction) -> Server {
+    server_with(|config| config.rate_limit.on_limit = on_limit).await
+}
+
+/// The server of [`server`], its config changed by `configure` last.
+async fn server_with(configure: impl FnOnce(&mut StabilityConfig)) -> Server {
     let mut config = StabilityConfig::testing();
     config.connection.client_id = ClientIdSource::Header;
     config.connection.client_id_key = "x-client-id".to_owned();
@@ -61,7 +66,7 @@ async fn server(on_limit: RateLimitAction) -> Server {
     config.rate_limit.messages_per_second = 0;
     config.rate_limit.bytes_per_second = 1;
     config.rate_limit.bytes_burst = 1_000;
-    config.rate_limit.on_limit = on_limit;
+    configure(&mut config);
     let config = ConfigHandle::new(config).unwrap();
 
     let recorder = PrometheusBuilder::new().build_recorder();
@@ -239,6 +244,44 @@ async fn error_frame_answers_each_refused_message_with_its_retry_delay() {
     }
     assert_not_limited(server.addr, "quiet").await;
     assert!(replies_until_closed(flooder).await.is_empty());
+}
+
+#[tokio::test]
+async fn held_refusals_read_a_flooder_no_faster_than_its_limit() {
+    // 50 messages a second after a burst of five; each refusal held until the limit refills.
+    // The connection's next message is read only once its call is done
+    // (`message_concurrency = 1`), so after a held refusal a message has refilled and passes:
+    // past the burst, refusals and echoes alternate. Refused at once, all 20 after the burst
+    // would be refusals. No figure depends on how long anything took.
+    let server = server_with(|config| {
+        config.connection.message_concurrency = 1;
+        config.rate_limit.messages_per_second = 50;
+        config.rate_limit.messages_burst = BURST as u32;
+        config.rate_limit.bytes_per_second = 0;
+        config.rate_limit.on_limit = RateLimitAction::ErrorFrame;
+        config.rate_limit.hold_refused = Duration::from_secs(1);
+    })
+    .await;
+    let mut flooder = connect(server.addr, "flooder").await;
+    send_all(&mut flooder, 0..25).await;
+    for n in 0..BURST {
+        let frame = next_frame(&mut flooder).await;
+        assert!(is_echo_of(&frame, n), "{frame:?}");
+    }
+    for n in BURST..25 {
+        let frame = next_frame(&mut flooder).await;
+        if (n - BURST) % 2 == 0 {
+            let json = error_frame(&frame);
+            assert_eq!(json["error"], "rate_limited", "message {n}: {json}");
+            let wait = json["retry_after_ms"].as_u64().expect("a retry delay");
+            assert!(wait <= 20, "message {n}: {json}");
+        } else {
+            assert!(is_echo_of(&frame, n), "message {n}: {frame:?}");
+        }
+    }
+    assert_eq!(server.limit.stats().limited(), 10);
+    // Another client is not held behind the flooder.
+    assert_not_limited(server.addr, "quiet").await;
 }
 
 #[tokio::test]

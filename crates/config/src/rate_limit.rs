@@ -53,6 +53,18 @@ pub struct RateLimitConfig {
     pub bytes_burst: u32,
     /// What a WebSocket client hears when it goes over its limit.
     pub on_limit: RateLimitAction,
+    /// With `on_limit = "drop"` or `"error_frame"`, each refusal is held until the client's
+    /// limit would let a message pass again, at most this long; `0s`: refusals are immediate.
+    ///
+    /// The WebSocket adapter reads a connection's next message only when enough of its calls
+    /// are done (`connection.message_concurrency`), so a held refusal slows the reading of that
+    /// connection to its limit and TCP flow control slows its sender: a flood costs the server,
+    /// and the clients beside it, one refusal per retry delay instead of one per message sent.
+    /// The flooding client's own later messages wait their turn behind it. Not applied to
+    /// `on_limit = "close"` nor on HTTP routes, whose `429` is immediate. At most 60 s and less
+    /// than `connection.idle_timeout`.
+    #[serde(with = "crate::duration")]
+    pub hold_refused: Duration,
     /// Most keys (clients, connections) tracked at once, per limit; past it the key closest to a
     /// full limit is evicted (and counted).
     pub max_keys: usize,
@@ -63,7 +75,8 @@ pub struct RateLimitConfig {
 
 impl RateLimitConfig {
     /// Production settings: per client, 100 messages per second (bursts of 200) and 1 MiB per
-    /// second (bursts of 2 MiB), an error frame past the limit, at most 100,000 clients tracked.
+    /// second (bursts of 2 MiB), an error frame past the limit held until the limit refills (at
+    /// most 1 s), at most 100,000 clients tracked.
     pub fn production() -> Self {
         Self {
             enabled: true,
@@ -73,6 +86,7 @@ impl RateLimitConfig {
             bytes_per_second: 1024 * 1024,
             bytes_burst: 2 * 1024 * 1024,
             on_limit: RateLimitAction::ErrorFrame,
+            hold_refused: Duration::from_secs(1),
             max_keys: 100_000,
             cleanup_interval: Duration::from_secs(60),
         }
@@ -87,9 +101,11 @@ impl RateLimitConfig {
         }
     }
 
-    /// Testing settings: the production limits, at most 1,000 keys, a sweep every second.
+    /// Testing settings: the production limits with immediate refusals, at most 1,000 keys, a
+    /// sweep every second.
     pub fn testing() -> Self {
         Self {
+            hold_refused: Duration::ZERO,
             max_keys: 1_000,
             cleanup_interval: Duration::from_secs(1),
             ..Self::production()

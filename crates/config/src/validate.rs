@@ -1,4 +1,5 @@
 use std::fmt;
+use std::time::Duration;
 
 use crate::{
     BackoffStrategy, CircuitBreakerConfig, ClientIdSource, ConnectionConfig, DedupConfig,
@@ -425,6 +426,9 @@ fn validate_session(s: &SessionConfig, c: &ConnectionConfig, p: &mut Problems) {
 /// governor counts time in nanoseconds: one cell per nanosecond is the finest rate it can hold.
 const MAX_BYTES_PER_SECOND: u32 = 1_000_000_000;
 
+/// Longest hold of a refused message (`rate_limit.hold_refused`).
+const MAX_HOLD_REFUSED: Duration = Duration::from_secs(60);
+
 fn validate_rate_limit(r: &RateLimitConfig, c: &ConnectionConfig, p: &mut Problems) {
     p.check(
         !r.enabled || r.messages_per_second > 0 || r.bytes_per_second > 0,
@@ -450,6 +454,17 @@ fn validate_rate_limit(r: &RateLimitConfig, c: &ConnectionConfig, p: &mut Proble
             "must be >= connection.max_message_size when rate_limit.bytes_per_second is set, or a message the connection accepts can never pass the limit",
         );
     }
+    p.check(
+        r.hold_refused <= MAX_HOLD_REFUSED,
+        "rate_limit.hold_refused",
+        "must be <= 60s",
+    );
+    p.check(
+        // A zero idle timeout is refused on its own.
+        r.hold_refused.is_zero() || c.idle_timeout.is_zero() || r.hold_refused < c.idle_timeout,
+        "rate_limit.hold_refused",
+        "must be < connection.idle_timeout, or a held connection could be closed as idle",
+    );
     p.check(r.max_keys > 0, "rate_limit.max_keys", "must be > 0");
     p.check(
         !r.cleanup_interval.is_zero(),

@@ -204,6 +204,13 @@ const CASES: &[(&str, Mutation)] = &[
     ("rate_limit.bytes_burst", |c| {
         c.rate_limit.bytes_burst = c.connection.max_message_size as u32 - 1
     }),
+    ("rate_limit.hold_refused", |c| {
+        c.connection.idle_timeout = Duration::from_secs(300);
+        c.rate_limit.hold_refused = Duration::from_secs(61);
+    }),
+    ("rate_limit.hold_refused", |c| {
+        c.rate_limit.hold_refused = c.connection.idle_timeout
+    }),
     ("rate_limit.max_keys", |c| c.rate_limit.max_keys = 0),
     ("rate_limit.cleanup_interval", |c| {
         c.rate_limit.cleanup_interval = Duration::ZERO
@@ -438,13 +445,14 @@ fn rate_limit_byte_burst_is_checked_against_the_largest_message() {
 fn rate_limit_section_loads_from_toml_and_bad_values_are_refused_with_their_paths() {
     use wsguard_config::RateLimitAction;
     let config = StabilityConfig::from_toml_str(
-        "[rate_limit]\nscope = \"connection\"\nmessages_per_second = 5\nmessages_burst = 10\non_limit = \"close\"\ncleanup_interval = \"30s\"\n",
+        "[rate_limit]\nscope = \"connection\"\nmessages_per_second = 5\nmessages_burst = 10\non_limit = \"close\"\nhold_refused = \"250ms\"\ncleanup_interval = \"30s\"\n",
     )
     .unwrap();
     assert_eq!(config.rate_limit.scope, RateLimitScope::Connection);
     assert_eq!(config.rate_limit.messages_per_second, 5);
     assert_eq!(config.rate_limit.on_limit, RateLimitAction::Close);
     assert_eq!(config.rate_limit.cleanup_interval, Duration::from_secs(30));
+    assert_eq!(config.rate_limit.hold_refused, Duration::from_millis(250));
     assert_eq!(
         config.rate_limit.bytes_per_second,
         StabilityConfig::default().rate_limit.bytes_per_second

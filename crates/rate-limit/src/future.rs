@@ -29,7 +29,7 @@ pin_project! {
         },
         Limited {
             rejection: Option<Rejection>,
-            // Boxed: only refused calls pay for a timer (`RateLimitLayer::hold_refused`).
+            // Boxed: only refused calls pay for a timer (`rate_limit.hold_refused`).
             hold: Option<Pin<Box<tokio::time::Sleep>>>,
         },
     }

@@ -1,6 +1,5 @@
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tower_layer::Layer;
 use wsguard_config::{ConfigSource, RateLimitConfig};
@@ -25,7 +24,8 @@ use crate::stats::{RateLimitHandle, RateLimitStats};
 pub struct RateLimitLayer<R = ReturnError> {
     shared: Arc<Shared>,
     rejection: R,
-    hold: Duration,
+    /// Whether refusals are held as `hold_refused` says (not on HTTP routes).
+    holds: bool,
 }
 
 impl<R> fmt::Debug for RateLimitLayer<R> {
@@ -34,7 +34,7 @@ impl<R> fmt::Debug for RateLimitLayer<R> {
             .field("route", &self.shared.route())
             .field("limits", &self.shared.describe())
             .field("rejection", &std::any::type_name::<R>())
-            .field("hold", &self.hold)
+            .field("holds", &self.holds)
             .finish()
     }
 }
@@ -50,7 +50,7 @@ impl RateLimitLayer {
         Self {
             shared: Shared::new(config.into()),
             rejection: ReturnError,
-            hold: Duration::ZERO,
+            holds: true,
         }
     }
 }
@@ -60,9 +60,11 @@ impl RateLimitLayer {
 impl RateLimitLayer<wsguard_policy::RespondWithStatus> {
     /// For HTTP services: the inner error type is kept and a refused request is answered `429
     /// Too Many Requests` with `Retry-After` in whole seconds (rounded up; none for a body larger
-    /// than `bytes_burst`, which never passes).
+    /// than `bytes_burst`, which never passes), at once: `hold_refused` does not apply.
     pub fn http(config: impl Into<ConfigSource<RateLimitConfig>>) -> Self {
-        RateLimitLayer::new(config).rejection(wsguard_policy::RespondWithStatus)
+        let mut layer = RateLimitLayer::new(config).rejection(wsguard_policy::RespondWithStatus);
+        layer.holds = false;
+        layer
     }
 }
 
@@ -72,23 +74,8 @@ impl<R> RateLimitLayer<R> {
         RateLimitLayer {
             shared: self.shared,
             rejection,
-            hold: self.hold,
+            holds: self.holds,
         }
-    }
-
-    /// A refused call resolves only once its limit would let it pass (its retry delay, at most
-    /// `max`; `max` for a payload that never passes). Off (`Duration::ZERO`) by default.
-    ///
-    /// For WebSocket adapters that read a connection's next message only when its call is done
-    /// (`wsguard-axum` with `message_concurrency = 1`): a client over its limit is then read no
-    /// faster than its limit, and TCP flow control slows its sender, so a flood costs the server
-    /// (and the clients beside it) one refusal per retry delay instead of one per message sent.
-    /// Its refusals still come (as `on_limit` says), each after its hold: an error frame's
-    /// `retry_after_ms` counts from the refusal. Not for HTTP routes, whose `429` should be
-    /// immediate.
-    pub fn hold_refused(mut self, max: Duration) -> Self {
-        self.hold = max;
-        self
     }
 
     /// Names the route the layer guards, for its [stats](RateLimitStats::route) (and the
@@ -119,7 +106,7 @@ impl<S, R: Clone> Layer<S> for RateLimitLayer<R> {
             inner,
             Arc::clone(&self.shared),
             self.rejection.clone(),
-            self.hold,
+            self.holds,
         )
     }
 }

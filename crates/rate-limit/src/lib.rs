@@ -22,7 +22,10 @@
 //!   [`RateLimited`](error::RateLimited), which carries the retry delay and the configured
 //!   action (`drop`, `error_frame`, `close`) for the WebSocket adapter to carry out;
 //!   [`RateLimitLayer::http`] answers `429 Too Many Requests` with `Retry-After` and keeps the
-//!   inner error type, as axum needs.
+//!   inner error type, as axum needs. With `hold_refused` (on in the production preset), a
+//!   refused message resolves only once its limit would let a message pass again: an adapter
+//!   that reads a connection's next message after its calls are done (`wsguard-axum`) then reads
+//!   a flooding client no faster than its limit, and TCP flow control slows the sender.
 //! - **Counters** ([`RateLimitHandle`]): calls refused by limit and by action, keys tracked,
 //!   evicted and expired. Calls that pass touch no shared counter (the metrics layer counts
 //!   every call).

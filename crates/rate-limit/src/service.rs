@@ -1,7 +1,6 @@
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use tower_service::Service;
 use wsguard_config::{ConfigSource, RateLimitConfig};
@@ -21,7 +20,7 @@ pub struct RateLimit<S, R = ReturnError> {
     shared: Arc<Shared>,
     derived: DerivedCache,
     rejection: R,
-    hold: Duration,
+    holds: bool,
 }
 
 impl<S: Clone, R: Clone> Clone for RateLimit<S, R> {
@@ -31,7 +30,7 @@ impl<S: Clone, R: Clone> Clone for RateLimit<S, R> {
             shared: Arc::clone(&self.shared),
             derived: self.derived.clone(),
             rejection: self.rejection.clone(),
-            hold: self.hold,
+            holds: self.holds,
         }
     }
 }
@@ -55,13 +54,13 @@ impl<S> RateLimit<S> {
 }
 
 impl<S, R> RateLimit<S, R> {
-    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, rejection: R, hold: Duration) -> Self {
+    pub(crate) fn from_parts(inner: S, shared: Arc<Shared>, rejection: R, holds: bool) -> Self {
         Self {
             inner,
             derived: shared.cache(),
             shared,
             rejection,
-            hold,
+            holds,
         }
     }
 
@@ -108,14 +107,9 @@ where
     fn call(&mut self, req: Req) -> Self::Future {
         match self.shared.check(&mut self.derived, &req) {
             Ok(()) => ResponseFuture::called(self.inner.call(req), self.rejection.clone()),
-            Err(limited) => {
-                let hold = match limited.retry_after() {
-                    _ if self.hold.is_zero() => None,
-                    Some(wait) => Some(wait.min(self.hold)),
-                    // A payload that never passes.
-                    None => Some(self.hold),
-                };
-                ResponseFuture::limited(limited, self.rejection.clone(), hold)
+            Err(refused) => {
+                let hold = refused.hold.filter(|_| self.holds);
+                ResponseFuture::limited(refused.rejection, self.rejection.clone(), hold)
             }
         }
     }

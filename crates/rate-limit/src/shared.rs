@@ -87,8 +87,16 @@ pub(crate) struct Derived {
     enabled: bool,
     scope: RateLimitScope,
     action: RateLimitAction,
+    /// `hold_refused`, zero for `on_limit = "close"`.
+    hold: Duration,
     messages: Option<Arc<Limit>>,
     bytes: Option<Arc<Limit>>,
+}
+
+/// A call over its limit: what it returns, and how long it is held first (`hold_refused`).
+pub(crate) struct Refused {
+    pub(crate) rejection: Rejection,
+    pub(crate) hold: Option<Duration>,
 }
 
 pub(crate) struct Shared {
@@ -172,13 +180,13 @@ impl Shared {
         }
     }
 
-    /// `Ok` if `req` is within its limits (and counts against them), else the rejection.
+    /// `Ok` if `req` is within its limits (and counts against them), else the refusal.
     #[inline]
     pub(crate) fn check<R: RateLimitRequest>(
         &self,
         cache: &mut DerivedCache,
         req: &R,
-    ) -> Result<(), Rejection> {
+    ) -> Result<(), Refused> {
         // Read the generation first: a config newer than it only causes one more rebuild.
         let generation = self.config.generation();
         if cache.load().generation != generation {
@@ -192,7 +200,7 @@ impl Shared {
         if let Some(messages) = &derived.messages
             && let Err(not_until) = messages.gcra.check_key(&key)
         {
-            return Err(self.refuse(LimitKind::Messages, Some(not_until), derived.action));
+            return Err(self.refuse(LimitKind::Messages, Some(not_until), &derived));
         }
         if let Some(bytes) = &derived.bytes
             && let Some(n) = req
@@ -202,10 +210,10 @@ impl Shared {
             match bytes.gcra.check_key_n(&key, n) {
                 Ok(Ok(())) => {}
                 Ok(Err(not_until)) => {
-                    return Err(self.refuse(LimitKind::Bytes, Some(not_until), derived.action));
+                    return Err(self.refuse(LimitKind::Bytes, Some(not_until), &derived));
                 }
                 Err(_larger_than_burst) => {
-                    return Err(self.refuse(LimitKind::LargerThanBurst, None, derived.action));
+                    return Err(self.refuse(LimitKind::LargerThanBurst, None, &derived));
                 }
             }
         }
@@ -229,8 +237,9 @@ impl Shared {
         &self,
         limit: LimitKind,
         not_until: Option<NotUntil<Nanos>>,
-        action: RateLimitAction,
-    ) -> Rejection {
+        derived: &Derived,
+    ) -> Refused {
+        let action = derived.action;
         self.counters.limited(limit, action);
         let retry_after: Option<Duration> = not_until.map(|n| n.wait_time_from(self.clock.now()));
         let error = RateLimited {
@@ -239,9 +248,18 @@ impl Shared {
             action,
         };
         let rejection = Rejection::new(Reason::RateLimited, error);
-        match retry_after {
-            Some(wait) => rejection.with_retry_after(wait),
-            None => rejection,
+        let hold = match retry_after {
+            _ if derived.hold.is_zero() => None,
+            Some(wait) => Some(wait.min(derived.hold)),
+            // A payload that never passes.
+            None => Some(derived.hold),
+        };
+        Refused {
+            rejection: match retry_after {
+                Some(wait) => rejection.with_retry_after(wait),
+                None => rejection,
+            },
+            hold,
         }
     }
 
@@ -293,6 +311,10 @@ fn derive(
         enabled: cfg.enabled,
         scope: cfg.scope,
         action: cfg.on_limit,
+        hold: match cfg.on_limit {
+            RateLimitAction::Close => Duration::ZERO,
+            RateLimitAction::Drop | RateLimitAction::ErrorFrame => cfg.hold_refused,
+        },
         messages: Limit::keep_or_new(
             old.and_then(|o| o.messages.as_ref()),
             cfg.messages_per_second,

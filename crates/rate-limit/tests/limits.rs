@@ -57,6 +57,14 @@ fn messages(rate: u32, burst: u32) -> RateLimitConfig {
     }
 }
 
+/// [`messages`] with each refusal held at most `hold` (`hold_refused`).
+fn held(rate: u32, burst: u32, hold: Duration) -> RateLimitConfig {
+    RateLimitConfig {
+        hold_refused: hold,
+        ..messages(rate, burst)
+    }
+}
+
 /// A handler that counts the calls reaching it.
 #[derive(Clone, Default)]
 struct Handler(Arc<AtomicUsize>);
@@ -429,7 +437,7 @@ async fn a_held_refusal_resolves_when_its_limit_refills_at_most_after_the_hold()
 
     let handler = Handler::default();
     // 2 per second: a refused message could pass 500 ms later.
-    let layer = RateLimitLayer::new(messages(2, 1)).hold_refused(Duration::from_secs(1));
+    let layer = RateLimitLayer::new(held(2, 1, Duration::from_secs(1)));
     let svc = layer.layer(handler.service());
     send(&svc, msg("alice", 1)).await.unwrap();
 
@@ -445,7 +453,7 @@ async fn a_held_refusal_resolves_when_its_limit_refills_at_most_after_the_hold()
     send(&svc, msg("bob", 2)).await.unwrap();
 
     // The hold is capped: a longer retry delay resolves after `max`.
-    let layer = RateLimitLayer::new(messages(1, 1)).hold_refused(Duration::from_millis(100));
+    let layer = RateLimitLayer::new(held(1, 1, Duration::from_millis(100)));
     let svc = layer.layer(handler.service());
     send(&svc, msg("carol", 3)).await.unwrap();
     let mut refused = tokio_test::task::spawn(send(&svc, msg("carol", 3)));
@@ -463,5 +471,40 @@ async fn without_a_hold_a_refusal_resolves_at_once() {
     let svc = layer.layer(Handler::default().service());
     send(&svc, msg("alice", 1)).await.unwrap();
     let mut refused = tokio_test::task::spawn(send(&svc, msg("alice", 1)));
+    limited(assert_ready!(refused.poll()));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refusal_that_closes_is_never_held() {
+    use tokio_test::assert_ready;
+
+    let config = RateLimitConfig {
+        on_limit: RateLimitAction::Close,
+        ..held(2, 1, Duration::from_secs(1))
+    };
+    let svc = RateLimitLayer::new(config).layer(Handler::default().service());
+    send(&svc, msg("alice", 1)).await.unwrap();
+    let mut refused = tokio_test::task::spawn(send(&svc, msg("alice", 1)));
+    let refusal = limited(assert_ready!(refused.poll()));
+    assert_eq!(refusal.action(), RateLimitAction::Close);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_live_change_of_the_hold_applies_to_the_next_refusal() {
+    use tokio_test::{assert_pending, assert_ready};
+
+    let mut config = StabilityConfig::testing();
+    config.rate_limit = messages(2, 1);
+    let handle = ConfigHandle::new(config.clone()).unwrap();
+    let svc = RateLimitLayer::new(&handle).layer(Handler::default().service());
+    send(&svc, msg("alice", 1)).await.unwrap();
+    let mut refused = tokio_test::task::spawn(send(&svc, msg("alice", 1)));
+    limited(assert_ready!(refused.poll()));
+
+    config.rate_limit.hold_refused = Duration::from_secs(1);
+    handle.update(config).unwrap();
+    let mut refused = tokio_test::task::spawn(send(&svc, msg("alice", 1)));
+    assert_pending!(refused.poll());
+    advance(Duration::from_millis(500)).await;
     limited(assert_ready!(refused.poll()));
 }
