@@ -29,6 +29,10 @@
 //!   `wsguard.v1` session and shows what was said while it was away, once each and in order;
 //!   the panel's resumed and replayed figures go up. `?backoff=MS` on the page's address sets
 //!   its first reconnection delay (250 ms by default), to have time to talk while it is away.
+//!   "Flood" sends 200 messages at once: the per-client rate limit (10 a second after a burst
+//!   of 50, `RateLimitLayer`) passes the burst and answers the rest with `rate_limited` error
+//!   frames, which the page counts on one line; the panel's rate-limited figure goes up, and the
+//!   other members' pages stay responsive.
 //! - `/wsguard.js` the JavaScript client of `wsguard.v1` the page uses (an ES module, no build
 //!   step; its API is at the top of the file and in `docs/protocol.md`), `/app.js` the page.
 //! - `/ws` the chat socket, with sessions for clients that offer `wsguard.v1` (the page does)
@@ -39,7 +43,8 @@
 //!   column counts them. A member with a session stays in its room while the session lives, so
 //!   what is said while it is away waits in its session log; joining again under the same name
 //!   (as the page does after every reconnect) is silent.
-//! - `/stats` JSON figures for the panel (breaker, dedup, metrics, per-client table, sessions),
+//! - `/stats` JSON figures for the panel (breaker, dedup, rate limit, metrics, per-client
+//!   table, sessions),
 //!   `/metrics` Prometheus text, `/health` 200, `POST /fail?n=N` the failure switch,
 //!   `POST /drop?session=TOKEN` (or `?client=ID`) the connection cutter.
 
@@ -61,7 +66,8 @@ use wsguard::axum::{ConnInfo, OutgoingMessage, SendToConnection, SessionToken, S
 use wsguard::metrics::{Direction, Metrics};
 use wsguard::prelude::*;
 use wsguard_config::{
-    ClientIdSource, ConfigHandle, Preset, SessionBackend, StabilityConfig, StoreBackend,
+    ClientIdSource, ConfigHandle, Preset, RateLimitAction, RateLimitScope, SessionBackend,
+    StabilityConfig, StoreBackend,
 };
 use wsguard_examples::{ServerArgs, init_tracing, prometheus, serve, sessions_json};
 
@@ -602,6 +608,7 @@ struct App {
     chat: Arc<Chat>,
     breaker: wsguard::circuit_breaker::Handle,
     dedup: wsguard::dedup::DedupHandle,
+    rate_limit: wsguard::rate_limit::RateLimitHandle,
     registry: MetricsRegistry,
     sessions: Sessions,
     prometheus: PrometheusHandle,
@@ -632,6 +639,7 @@ async fn stats(State(app): State<App>) -> impl IntoResponse {
             "retry_after_ms": breaker.retry_after.map(|d| d.as_millis() as u64),
         },
         "duplicates": dedup.duplicates,
+        "rate_limited": app.rate_limit.stats().limited(),
         "rejected": breaker.rejected,
         "handled": app.chat.handled.load(Ordering::Relaxed),
         "errors": metrics.calls.error,
@@ -720,11 +728,18 @@ async fn drop_connection(State(app): State<App>, Query(q): Query<DropQuery>) -> 
     (StatusCode::OK, Json(json!({"dropped": dropped})))
 }
 
-/// The development preset with client ids taken from the page's `?client=NAME`.
+/// The development preset with client ids taken from the page's `?client=NAME`, and a chat's
+/// rate limit: 10 messages a second per client after a burst of 50, each refusal answered at
+/// once with an error frame (the page's "Flood" shows them).
 fn base_config() -> StabilityConfig {
     let mut base = StabilityConfig::development();
     base.connection.client_id = ClientIdSource::Query;
     base.connection.client_id_key = "client".to_owned();
+    base.rate_limit.scope = RateLimitScope::Client;
+    base.rate_limit.messages_per_second = 10;
+    base.rate_limit.messages_burst = 50;
+    base.rate_limit.on_limit = RateLimitAction::ErrorFrame;
+    base.rate_limit.hold_refused = std::time::Duration::ZERO;
     base
 }
 
@@ -748,12 +763,16 @@ fn app(
     let chat = Chat::new(&registry, redis);
     let breaker = CircuitBreakerLayer::new(config).classifier(MessageClassifier);
     let dedup = DedupLayer::new(config).classifier(MessageClassifier);
+    let rate_limit = RateLimitLayer::new(config).route("/ws");
+    wsguard::watch_rate_limit(&registry, rate_limit.handle());
     let stack = ServiceBuilder::new()
         .layer(
             MetricsLayer::new(registry.clone())
                 .route("/ws")
                 .classifier(MessageClassifier),
         )
+        // Before dedup: a flood of duplicates is a flood all the same.
+        .layer(rate_limit.clone())
         .layer(dedup.clone())
         .layer(breaker.clone())
         .service_fn({
@@ -766,6 +785,7 @@ fn app(
         chat,
         breaker: breaker.handle(),
         dedup: dedup.handle(),
+        rate_limit: rate_limit.handle(),
         registry,
         sessions: ws.sessions(),
         prometheus,
@@ -984,6 +1004,76 @@ mod tests {
         assert_eq!(messages_out(&stats_now, "alice"), 3, "{stats_now}");
         assert_eq!(messages_out(&stats_now, "bob"), 2, "{stats_now}");
         assert_eq!(stats_now["metrics"]["messages_out"], 5, "{stats_now}");
+    }
+
+    #[tokio::test]
+    async fn a_flood_is_limited_per_client_and_the_panel_counts_it() {
+        let (addr, router) = start().await;
+        let join = |name: &str| {
+            WsMessage::text(json!({"type": "join", "room": "r", "name": name}).to_string())
+        };
+        let (mut alice, _) = connect_async(format!("ws://{addr}/ws?client=alice"))
+            .await
+            .unwrap();
+        alice.send(join("alice")).await.unwrap();
+        read_until(&mut alice, r#""name":"alice""#).await;
+        let (mut bob, _) = connect_async(format!("ws://{addr}/ws?client=bob"))
+            .await
+            .unwrap();
+        bob.send(join("bob")).await.unwrap();
+        read_until(&mut bob, r#""name":"bob""#).await;
+        read_until(&mut alice, r#""name":"bob""#).await;
+
+        // What the page's "Flood" does: 200 messages at once.
+        for i in 0..200 {
+            let say = json!({"type": "say", "id": format!("f{i}"), "text": format!("flood {i}")});
+            alice.feed(WsMessage::text(say.to_string())).await.unwrap();
+        }
+        alice.flush().await.unwrap();
+        // Each one is either in the room (back to Alice too) or refused to her alone.
+        let (mut passed, mut limited) = (Vec::new(), 0);
+        while passed.len() + limited < 200 {
+            let frame = timeout(Duration::from_secs(10), alice.next())
+                .await
+                .unwrap();
+            let frame: serde_json::Value =
+                serde_json::from_str(frame.unwrap().unwrap().to_text().unwrap()).unwrap();
+            match frame["type"].as_str() {
+                Some("message") => passed.push(frame["text"].as_str().unwrap().to_owned()),
+                Some("error") => {
+                    assert_eq!(frame["error"], "rate_limited", "{frame}");
+                    assert!(frame["retry_after_ms"].as_u64().is_some(), "{frame}");
+                    limited += 1;
+                }
+                _ => panic!("unexpected frame {frame}"),
+            }
+        }
+        // The burst of 50 less her join passes, and what refilled (10 a second) meanwhile.
+        assert!((49..100).contains(&passed.len()), "{} passed", passed.len());
+        assert_eq!(
+            passed[..49],
+            (0..49).map(|i| format!("flood {i}")).collect::<Vec<_>>()
+        );
+        let now = stats_when(&router, |s| s["rate_limited"] == limited as u64).await;
+        assert_eq!(now["rate_limited"], limited as u64, "{now}");
+
+        // Bob has his own limit: he is heard at once, and heard only what passed before.
+        let say = json!({"type": "say", "id": "b1", "text": "still here"}).to_string();
+        bob.send(WsMessage::text(say)).await.unwrap();
+        let mut heard = Vec::new();
+        loop {
+            let frame = timeout(Duration::from_secs(10), bob.next()).await.unwrap();
+            let frame: serde_json::Value =
+                serde_json::from_str(frame.unwrap().unwrap().to_text().unwrap()).unwrap();
+            assert_eq!(frame["type"], "message", "{frame}");
+            let text = frame["text"].as_str().unwrap().to_owned();
+            if text == "still here" {
+                break;
+            }
+            heard.push(text);
+        }
+        assert_eq!(heard, passed);
+        read_until(&mut alice, "still here").await;
     }
 
     #[tokio::test]

@@ -13,6 +13,10 @@ let client = null;
 let me = null;
 let room = null;
 let lastFrame = null;
+// Messages of this page the rate limit refused, counted on one line instead of one each.
+let limited = 0;
+let limitedLine = null;
+const FLOOD = 200;
 
 function addLine(text, cls, from) {
   const li = document.createElement("li");
@@ -40,6 +44,7 @@ function setStatus(state, text = state) {
   const usable = client !== null && state !== "disconnected";
   for (const id of ["text", "send"]) $(id).disabled = !usable;
   $("resend").disabled = !usable || lastFrame === null;
+  $("flood").disabled = !usable;
   $("drop").disabled = state !== "connected";
 }
 
@@ -55,8 +60,22 @@ function render(msg, text) {
     case "joined": return addLine(`${msg.name} joined ${msg.room}`, "system");
     case "left": return addLine(`${msg.name} left ${msg.room ?? ""}`.trim(), "system");
     case "duplicate": return addLine("duplicate dropped", "system");
-    case "error": return addLine(`error: ${msg.error}${msg.retry_after_ms ? ` (retry in ${Math.ceil(msg.retry_after_ms / 1000)} s)` : ""}`, "error");
+    case "error":
+      if (msg.error === "rate_limited") return countLimited(msg);
+      return addLine(`error: ${msg.error}${msg.retry_after_ms ? ` (retry in ${Math.ceil(msg.retry_after_ms / 1000)} s)` : ""}`, "error");
     default: return addLine(text ?? JSON.stringify(msg), "system");
+  }
+}
+
+function countLimited(msg) {
+  limited += 1;
+  const text = `${limited} of your messages refused by the rate limit${msg.retry_after_ms != null ? ` (next allowed in ${msg.retry_after_ms} ms)` : ""}`;
+  if (limitedLine === null) {
+    addLine(text, "error");
+    limitedLine = $("messages").lastElementChild;
+    limitedLine.id = "limited-line";
+  } else {
+    limitedLine.textContent = text;
   }
 }
 
@@ -156,6 +175,17 @@ $("resend").addEventListener("click", () => {
   if (lastFrame !== null) send(lastFrame);
 });
 
+$("flood").addEventListener("click", () => {
+  // A new count for each flood, on a line of its own.
+  limited = 0;
+  if (limitedLine) limitedLine.removeAttribute("id");
+  limitedLine = null;
+  for (let i = 1; i <= FLOOD; i++) {
+    const frame = JSON.stringify({ type: "say", id: crypto.randomUUID(), text: `flood ${i}/${FLOOD}` });
+    if (!send(frame)) return;
+  }
+});
+
 $("drop").addEventListener("click", async () => {
   if (!client) return;
   const who = client.session ? `session=${client.session}` : `client=${encodeURIComponent(me)}`;
@@ -183,6 +213,7 @@ async function poll() {
     $("breaker-state").textContent = state.replace("_", " ");
     $("breaker-state").dataset.state = state;
     show("duplicates", stats.duplicates);
+    show("rate-limited", stats.rate_limited);
     show("rejected", stats.rejected);
     show("handled", stats.handled);
     show("errors", stats.errors);

@@ -290,10 +290,7 @@ mod tests {
             "{stats}"
         );
 
-        let options = EchoOptions {
-            rate_limit: true,
-            ..EchoOptions::default()
-        };
+        let options = EchoOptions { rate_limit: true };
         let limited = app_with(&config, None, options);
         assert!(limited.rate_limit.is_some());
         let stats = stats_of(&limited).await;

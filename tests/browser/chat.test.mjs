@@ -103,6 +103,42 @@ test("a message sent on one page shows on the other; resend last is dropped as a
   assert.equal(count, 1);
 });
 
+test("Flood sends 200 at once: the rate limit passes the burst, refuses the rest on one line, and the panel counts them", async () => {
+  const erin = await join("erin", { room: "flood-test" });
+  const frank = await join("frank", { room: "flood-test" });
+  await erin.waitForFunction(() => document.querySelector("#rate-limited").textContent !== "-");
+  const before = Number(await erin.textContent("#rate-limited"));
+
+  await erin.click("#flood");
+  // Every one of the 200 comes back: in the room, or counted on the page's one refusal line.
+  const settled = await erin.waitForFunction(() => {
+    const lines = [...document.querySelectorAll("#messages li")].map((li) => li.textContent);
+    const passed = lines.filter((l) => /flood \d+\/200$/.test(l)).length;
+    const refused = Number(document.querySelector("#limited-line")?.textContent.match(/^\d+/)?.[0] ?? 0);
+    return passed + refused === 200 ? { passed, refused } : null;
+  }, null, { timeout: 20_000 });
+  const { passed, refused } = await settled.jsonValue();
+  // A burst of 50 less the join, and what refilled (10 a second) while the flood went through.
+  assert.ok(passed >= 49 && passed < 100, `${passed} passed`);
+  const refusalLines = await erin.locator("#messages li.error:has-text('refused by the rate limit')").count();
+  assert.equal(refusalLines, 1);
+
+  // The panel counts every refusal.
+  await erin.waitForFunction(
+    (n) => Number(document.querySelector("#rate-limited").textContent) === n,
+    before + refused,
+    { timeout: 10_000 },
+  );
+
+  // Frank has his own limit: he is heard at once, and saw what passed, once each.
+  await say(frank, "frank after the flood");
+  await erin.waitForSelector("#messages li:has-text('frank after the flood')", { timeout: 10_000 });
+  const seen = await frank.$$eval("#messages li", (lis) =>
+    lis.map((li) => li.textContent).filter((l) => /flood \d+\/200$/.test(l)));
+  assert.equal(seen.length, passed);
+  assert.equal(new Set(seen).size, passed);
+});
+
 async function say(page, text) {
   await page.fill("#text", text);
   await page.click("#send");

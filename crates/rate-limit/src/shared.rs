@@ -200,7 +200,7 @@ impl Shared {
         if let Some(messages) = &derived.messages
             && let Err(not_until) = messages.gcra.check_key(&key)
         {
-            return Err(self.refuse(LimitKind::Messages, Some(not_until), &derived));
+            return Err(self.refuse(LimitKind::Messages, Some(not_until), derived));
         }
         if let Some(bytes) = &derived.bytes
             && let Some(n) = req
@@ -210,10 +210,10 @@ impl Shared {
             match bytes.gcra.check_key_n(&key, n) {
                 Ok(Ok(())) => {}
                 Ok(Err(not_until)) => {
-                    return Err(self.refuse(LimitKind::Bytes, Some(not_until), &derived));
+                    return Err(self.refuse(LimitKind::Bytes, Some(not_until), derived));
                 }
                 Err(_larger_than_burst) => {
-                    return Err(self.refuse(LimitKind::LargerThanBurst, None, &derived));
+                    return Err(self.refuse(LimitKind::LargerThanBurst, None, derived));
                 }
             }
         }
