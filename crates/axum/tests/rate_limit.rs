@@ -270,7 +270,7 @@ async fn held_refusals_read_a_flooder_no_faster_than_its_limit() {
     }
     for n in BURST..25 {
         let frame = next_frame(&mut flooder).await;
-        if (n - BURST) % 2 == 0 {
+        if (n - BURST).is_multiple_of(2) {
             let json = error_frame(&frame);
             assert_eq!(json["error"], "rate_limited", "message {n}: {json}");
             let wait = json["retry_after_ms"].as_u64().expect("a retry delay");
