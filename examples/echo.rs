@@ -12,7 +12,8 @@
 //!   (content fingerprint, per connection: a resent message, even with its JSON keys reordered,
 //!   is dropped) and `CircuitBreakerLayer`.
 //! - `GET /metrics`: Prometheus text (`wsguard_calls_total`, `wsguard_connections_active`, ...).
-//! - `GET /stats`: a JSON snapshot of the metrics registry, dedup, breaker and connections.
+//! - `GET /stats`: a JSON snapshot of the metrics registry, dedup, breaker, connections and
+//!   the allocator (jemalloc's allocated, active, resident, metadata and retained bytes).
 //! - `GET /health`: 200.
 //! - `POST /sessions/{token}/messages?count=N`: logs the body N times in a `wsguard.v1` session,
 //!   whether its client is connected or not (it gets them on resume).
@@ -24,7 +25,11 @@
 
 use std::process::ExitCode;
 
-#[tokio::main]
-async fn main() -> ExitCode {
-    wsguard_examples::run_echo().await
+fn main() -> ExitCode {
+    // A runtime whose workers give their allocator caches back once the heap has shrunk (after
+    // connections close): see `wsguard_examples::allocator`.
+    wsguard_examples::allocator::block_on(wsguard_examples::run_echo()).unwrap_or_else(|err| {
+        eprintln!("runtime failed: {err}");
+        ExitCode::FAILURE
+    })
 }

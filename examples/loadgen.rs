@@ -600,6 +600,12 @@ fn rss_kib(pid: u32) -> u64 {
     status_kib(pid, "VmRSS")
 }
 
+/// A process's RSS in anonymous and file-backed pages (the program's code and data once run),
+/// in KiB.
+fn rss_parts(pid: u32) -> (u64, u64) {
+    (status_kib(pid, "RssAnon"), status_kib(pid, "RssFile"))
+}
+
 /// User plus system CPU time of a process, in clock ticks (`/proc/PID/stat` fields 14 and 15).
 fn cpu_ticks(pid: u32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -1185,6 +1191,8 @@ async fn idle_connections(opts: IdleOpts) {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let pid = server.child.id();
         let before = rss_kib(pid);
+        let parts_start = rss_parts(pid);
+        let alloc_start = allocator_figures(server.addr, &kind).await;
         let session = opts.session && kind != "bare";
         let spread = k > opts.per_source;
         let dialer = Arc::new(Dialer {
@@ -1236,6 +1244,7 @@ async fn idle_connections(opts: IdleOpts) {
         // Let the server finish setting up every connection, then hold them.
         tokio::time::sleep(Duration::from_secs(1)).await;
         let during = rss_kib(pid);
+        let alloc_open = allocator_figures(server.addr, &kind).await;
         let per = (during.saturating_sub(before) as f64 * 1024.0) / opened.max(1) as f64;
         let cpu_start = (cpu_ticks(pid), Instant::now());
         tokio::time::sleep(opts.hold.saturating_sub(Duration::from_secs(1))).await;
@@ -1312,6 +1321,8 @@ async fn idle_connections(opts: IdleOpts) {
         }
         tokio::time::sleep(Duration::from_secs(2).saturating_sub(closing.elapsed())).await;
         let after = rss_kib(pid);
+        let parts_after = rss_parts(pid);
+        let alloc_after = allocator_figures(server.addr, &kind).await;
         lateness.sort_unstable();
         if !lateness.is_empty() {
             println!(
@@ -1352,6 +1363,31 @@ async fn idle_connections(opts: IdleOpts) {
                 "{:.1} s",
                 t.as_secs_f64()
             )),
+        );
+        if let (Some(start), Some(open), Some(after)) = (&alloc_start, &alloc_open, &alloc_after) {
+            let mb = |v: &serde_json::Value, key: &str| {
+                v.get(key)
+                    .and_then(serde_json::Value::as_u64)
+                    .map_or("-".to_owned(), |b| format!("{:.1}", b as f64 / 1e6))
+            };
+            let line = ["allocated", "active", "metadata", "resident", "retained"]
+                .map(|key| {
+                    format!(
+                        "{key} {} -> {} -> {}",
+                        mb(start, key),
+                        mb(open, key),
+                        mb(after, key)
+                    )
+                })
+                .join(", ");
+            println!(
+                "{kind:>8}: allocator, MB at start -> open -> after close: {line}; thread caches returned {}",
+                field(after, &["caches_returned"])
+            );
+        }
+        println!(
+            "{kind:>8}: RSS at start -> after close, KiB: anonymous {} -> {}, file {} -> {}",
+            parts_start.0, parts_after.0, parts_start.1, parts_after.1
         );
         if let Some(stats) = get_json(server.addr, "/stats").await {
             println!(
@@ -1412,6 +1448,19 @@ fn field(stats: &serde_json::Value, path: &[&str]) -> String {
     path.iter()
         .try_fold(stats, |v, k| v.get(k))
         .map_or_else(|| "-".to_owned(), ToString::to_string)
+}
+
+/// The server's allocator figures (`/stats`'s `allocator`: jemalloc's allocated, active,
+/// metadata, resident and retained bytes); `None` for bare axum.
+async fn allocator_figures(addr: SocketAddr, kind: &str) -> Option<serde_json::Value> {
+    if kind == "bare" {
+        return None;
+    }
+    get_json(addr, "/stats")
+        .await?
+        .get("allocator")
+        .filter(|a| a.is_object())
+        .cloned()
 }
 
 /// Polls `/stats` until `done` holds (at most `limit`); `None` without a `/stats` (bare) or in

@@ -243,6 +243,7 @@ fn stats_json(
             "refused": connections.refused(),
         },
         "sessions": crate::sessions_json(sessions),
+        "allocator": crate::allocator::allocator_json(),
     })
 }
 

@@ -9,11 +9,13 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+pub mod allocator;
 pub mod echo;
 
 // Example servers use jemalloc, tuned in .cargo/config.toml to hand freed pages back within a
 // second: with glibc's allocator a server's RSS stays near its peak after 10,000 connections
 // close (measured: 97 MB of 99 MB kept; with this setting 10 MB of 104 MB). See BENCHMARKS.md.
+// `allocator::runtime` has the workers give their caches back when the heap shrinks.
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
