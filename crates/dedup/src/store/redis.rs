@@ -1,4 +1,7 @@
+mod queue;
+
 use std::fmt;
+use std::io::Write;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -6,10 +9,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use redis::aio::{ConnectionLike, ConnectionManager, ConnectionManagerConfig};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
-use redis::{Cmd, Pipeline, RedisFuture, Value};
+use redis::{Cmd, Pipeline, RedisFuture, RedisWrite, Value};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use wsguard_config::RedisStoreConfig;
 
+use self::queue::Queue;
 use super::{Claim, ClaimFuture, DedupStore};
 use crate::error::StoreError;
 use crate::fingerprint::Fingerprint;
@@ -18,10 +23,19 @@ use crate::fingerprint::Fingerprint;
 ///
 /// A claim is one `SET <key_prefix><fingerprint> <first sight, unix ms> NX PX <ttl> GET`:
 /// atomic, so of two nodes claiming the same key at once exactly one wins, and the loser learns
-/// when the key was first seen. A release is a `DEL`, sent in the background. Every command is
-/// bounded by `operation_timeout`; an error or a timeout is a [`StoreError`], and the layer then
-/// fails open or closed as `on_error` says. The connection is a redis `ConnectionManager`
-/// (multiplexed, reconnects by itself once Redis is back).
+/// when the key was first seen. A release is a `DEL`, sent in the background. Every claim is
+/// bounded by `operation_timeout` from the moment it is made; an error or a timeout is a
+/// [`StoreError`], and the layer then fails open or closed as `on_error` says. The connection
+/// is a redis `ConnectionManager` (multiplexed, reconnects by itself once Redis is back).
+///
+/// **Claims go to one server in pipelines.** The store's one task takes the claims that wait
+/// (up to 256) and sends them as one pipeline, four pipelines in flight at most; claims made
+/// meanwhile wait and go out together in the next one. Redis runs a pipeline's commands in
+/// order, so of two claims of one key in it the first wins. The same task answers each claim
+/// that Redis has not answered by its deadline with a timeout. At most
+/// [`MAX_WAITING`](Self::MAX_WAITING) claims wait: past that a claim fails at once, as if Redis
+/// had failed, so a Redis that does not answer cannot make the queue grow.
+/// [`round_trips`](Self::round_trips) counts the pipelines.
 ///
 /// **Redis Cluster.** When `cluster_nodes` is set, the store talks to the cluster those seed
 /// nodes belong to through a redis `cluster_async::ClusterConnection` (multiplexed per master,
@@ -30,7 +44,8 @@ use crate::fingerprint::Fingerprint;
 /// spreads over all masters by slot; keep hash tags (`{...}`) out of `key_prefix`, or the whole
 /// window lands on one master. While a master is down its keys cannot be claimed (and, with
 /// Redis's default `cluster-require-full-coverage yes`, after `cluster-node-timeout` no key
-/// can): the layer fails open or closed until it is back.
+/// can): the layer fails open or closed until it is back. On a cluster each claim is its own
+/// command (a pipeline must stay on one slot, and fingerprints spread over all of them).
 ///
 /// Needs Redis 7.0 or newer (`SET ... NX GET`), and the same `fingerprint_key` on every node.
 ///
@@ -53,6 +68,10 @@ use crate::fingerprint::Fingerprint;
 #[derive(Clone)]
 pub struct RedisStore {
     conn: Connection,
+    /// Claims to one server go through it; `None` on a cluster.
+    queue: Option<Arc<Queue>>,
+    /// Claims sent one command each (on a cluster).
+    commands: Arc<AtomicU64>,
     prefix: Arc<str>,
     timeout: Duration,
 }
@@ -111,18 +130,20 @@ impl RedisStore {
     /// Redis answers. Until then every command fails after `operation_timeout`, and the layer
     /// fails open or closed as `on_error` says. Fails only if a URL is not a Redis URL.
     pub fn lazy(config: &RedisStoreConfig) -> Result<Self, StoreError> {
+        let endpoint = endpoint(config)?;
+        let cluster = matches!(endpoint, Endpoint::Cluster(_));
         let pending = PendingConnection {
-            endpoint: endpoint(config)?,
+            endpoint,
             timeout: config.operation_timeout,
             manager: watch::Sender::new(None),
             started: AtomicBool::new(false),
             failures: AtomicU64::new(0),
         };
-        Ok(Self {
-            conn: Connection::Pending(Arc::new(pending)),
-            prefix: config.key_prefix.as_str().into(),
-            timeout: config.operation_timeout,
-        })
+        Ok(Self::new(
+            Connection::Pending(Arc::new(pending)),
+            cluster,
+            config,
+        ))
     }
 
     /// A store on an existing connection; `key_prefix` and `operation_timeout` from `config`.
@@ -137,24 +158,45 @@ impl RedisStore {
     }
 
     fn from_link(link: Link, config: &RedisStoreConfig) -> Self {
-        Self {
-            conn: Connection::Ready(link),
-            prefix: config.key_prefix.as_str().into(),
-            timeout: config.operation_timeout,
-        }
+        let cluster = matches!(link, Link::Cluster(_));
+        Self::new(Connection::Ready(link), cluster, config)
     }
 
-    /// The connection, waiting at most `operation_timeout` for one being made.
-    async fn connection(&self) -> Result<Link, StoreError> {
-        match &self.conn {
-            Connection::Ready(conn) => Ok(conn.clone()),
-            Connection::Pending(pending) => pending.get().await,
+    /// How many claims may wait for Redis at once; past it a claim fails at once, as if Redis
+    /// had failed (`on_error` applies). Bounds what a Redis that does not answer holds in
+    /// memory. On a cluster each claim waits on its own, bounded by its timeout.
+    pub const MAX_WAITING: usize = queue::MAX_WAITING;
+
+    fn new(conn: Connection, cluster: bool, config: &RedisStoreConfig) -> Self {
+        let timeout = config.operation_timeout;
+        Self {
+            queue: (!cluster).then(|| Arc::new(Queue::new(conn.clone(), timeout))),
+            conn,
+            commands: Arc::new(AtomicU64::new(0)),
+            prefix: config.key_prefix.as_str().into(),
+            timeout,
         }
     }
 
     /// The Redis key under which `key` is remembered.
     pub fn redis_key(&self, key: Fingerprint) -> String {
         format!("{}{}", self.prefix, key)
+    }
+
+    /// How many round trips to Redis the claims took so far: one per pipeline on one server,
+    /// one per claim on a cluster. Releases are not counted.
+    pub fn round_trips(&self) -> u64 {
+        self.commands.load(Ordering::Relaxed) + self.queue.as_ref().map_or(0, |q| q.round_trips())
+    }
+}
+
+impl Connection {
+    /// The connection, waiting at most `operation_timeout` for one being made.
+    async fn get(&self) -> Result<Link, StoreError> {
+        match self {
+            Connection::Ready(conn) => Ok(conn.clone()),
+            Connection::Pending(pending) => pending.get().await,
+        }
     }
 }
 
@@ -276,35 +318,83 @@ fn unix_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
+/// `SET <prefix><key> <now> NX PX <ttl_ms> GET`: remembers the key unless it is remembered, and
+/// answers when it was first seen if it was. The key is written as [`RedisStore::redis_key`]
+/// spells it, straight into the command.
+fn claim_command(prefix: &str, key: Fingerprint, now: u64, ttl: Duration) -> Cmd {
+    let ttl_ms = ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
+    let mut cmd = Cmd::with_capacity(7, prefix.len() + 80);
+    cmd.arg("SET");
+    {
+        let mut arg = cmd.writer_for_next_arg();
+        let _ = arg.write_all(prefix.as_bytes());
+        let _ = arg.write_all(&hex(key));
+    }
+    cmd.arg(now).arg("NX").arg("PX").arg(ttl_ms).arg("GET");
+    cmd
+}
+
+/// `key` in 32 lowercase hex digits, as its `Display` writes it.
+fn hex(key: Fingerprint) -> [u8; 32] {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let value = key.as_u128();
+    let mut out = [0u8; 32];
+    for (i, digit) in out.iter_mut().enumerate() {
+        *digit = DIGITS[((value >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out
+}
+
+/// The claim a `SET ... NX GET` made at `now` answers: nil is fresh, a value the first sight.
+fn answer(value: Result<Value, StoreError>, now: u64) -> Result<Claim, StoreError> {
+    let first = match value? {
+        Value::Nil => return Ok(Claim::Fresh),
+        Value::BulkString(bytes) => std::str::from_utf8(&bytes)
+            .ok()
+            .and_then(|first| first.parse::<u64>().ok()),
+        other => redis::from_redis_value::<String>(other)
+            .map_err(StoreError::new)?
+            .parse::<u64>()
+            .ok(),
+    };
+    let first = first.unwrap_or(now);
+    Ok(Claim::Duplicate {
+        age: Duration::from_millis(now.saturating_sub(first)),
+    })
+}
+
 impl DedupStore for RedisStore {
     fn claim(&self, key: Fingerprint, ttl: Duration) -> ClaimFuture {
-        let store = self.clone();
-        let redis_key = self.redis_key(key);
         let timeout = self.timeout;
-        let ttl_ms = ttl.as_millis().clamp(1, u128::from(u64::MAX)) as u64;
-        ClaimFuture::boxed(async move {
-            let mut conn = store.connection().await?;
-            let now = unix_ms();
-            let mut cmd = redis::cmd("SET");
-            cmd.arg(&redis_key)
-                .arg(now)
-                .arg("NX")
-                .arg("PX")
-                .arg(ttl_ms)
-                .arg("GET");
-            match tokio::time::timeout(timeout, cmd.query_async::<Option<String>>(&mut conn)).await
-            {
-                Err(_) => Err(StoreError::timeout(timeout)),
-                Ok(Err(e)) => Err(StoreError::new(e)),
-                Ok(Ok(None)) => Ok(Claim::Fresh),
-                Ok(Ok(Some(first))) => {
-                    let first = first.parse::<u64>().unwrap_or(now);
-                    Ok(Claim::Duplicate {
-                        age: Duration::from_millis(now.saturating_sub(first)),
-                    })
+        let now = unix_ms();
+        let cmd = claim_command(&self.prefix, key, now, ttl);
+        let deadline = Instant::now() + timeout;
+        let Some(queue) = &self.queue else {
+            let conn = self.conn.clone();
+            let commands = Arc::clone(&self.commands);
+            return ClaimFuture::boxed(async move {
+                let sent = async {
+                    let mut link = conn.get().await?;
+                    commands.fetch_add(1, Ordering::Relaxed);
+                    cmd.query_async::<Value>(&mut link)
+                        .await
+                        .map_err(StoreError::new)
+                };
+                match tokio::time::timeout_at(deadline, sent).await {
+                    Err(_) => Err(StoreError::timeout(timeout)),
+                    Ok(value) => answer(value, now),
                 }
-            }
-        })
+            });
+        };
+        match queue.push(cmd, now, deadline) {
+            Err(error) => ClaimFuture::ready(Err(error)),
+            // Answered by the queue's task by the deadline: a timeout too.
+            Ok(reply) => ClaimFuture::boxed(async move {
+                reply.await.unwrap_or_else(|_| {
+                    Err(StoreError::new("the dedup claim was dropped unanswered"))
+                })
+            }),
+        }
     }
 
     fn release(&self, key: Fingerprint) {
@@ -316,7 +406,7 @@ impl DedupStore for RedisStore {
         let redis_key = self.redis_key(key);
         let timeout = self.timeout;
         runtime.spawn(async move {
-            let Ok(mut conn) = store.connection().await else {
+            let Ok(mut conn) = store.conn.get().await else {
                 tracing::warn!("dedup key release (DEL) failed: no connection to Redis");
                 return;
             };
