@@ -1320,7 +1320,19 @@ async fn idle_connections(opts: IdleOpts) {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         tokio::time::sleep(Duration::from_secs(2).saturating_sub(closing.elapsed())).await;
-        let after = rss_kib(pid);
+        // Then until it settles (no new low for 2 s, at most 12 s after the close): the figure
+        // after close is where it stays, not where it crossed the 20 % line.
+        let (mut after, mut low_at) = (rss_kib(pid), Instant::now());
+        while low_at.elapsed() < Duration::from_secs(2)
+            && closing.elapsed() < Duration::from_secs(12)
+        {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let now = rss_kib(pid);
+            if now < after {
+                (after, low_at) = (now, Instant::now());
+            }
+        }
+        let settled = closing.elapsed();
         let parts_after = rss_parts(pid);
         let alloc_after = allocator_figures(server.addr, &kind).await;
         lateness.sort_unstable();
@@ -1356,13 +1368,15 @@ async fn idle_connections(opts: IdleOpts) {
             }
         }
         println!(
-            "{kind:>8}: closed by the clients in {:.1} s; server tables empty after {}; RSS within 20% of the start after {}; RSS {before} KiB at start, {after} KiB after close",
+            "{kind:>8}: closed by the clients in {:.1} s; server tables empty after {}; RSS within 20% of the start after {}; RSS {before} KiB at start, {after} KiB after close ({:+.1} %, settled {:.1} s after the close)",
             client_closed.as_secs_f64(),
             emptied.map_or("-".to_owned(), |t| format!("{:.1} s", t.as_secs_f64())),
             rss_back.map_or("- (not within 10 s)".to_owned(), |t| format!(
                 "{:.1} s",
                 t.as_secs_f64()
             )),
+            (after as f64 / before.max(1) as f64 - 1.0) * 100.0,
+            settled.as_secs_f64(),
         );
         if let (Some(start), Some(open), Some(after)) = (&alloc_start, &alloc_open, &alloc_after) {
             let mb = |v: &serde_json::Value, key: &str| {
