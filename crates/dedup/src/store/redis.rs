@@ -425,3 +425,77 @@ impl DedupStore for RedisStore {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_store_is_made_without_a_runtime_and_a_claim_outside_one_fails() {
+        let store = RedisStore::lazy(&RedisStoreConfig::default()).unwrap();
+        let answer = store.claim(Fingerprint::from_u128(1), Duration::from_secs(5));
+        let Ok(answer) = answer.into_ready() else {
+            panic!("not answered at once");
+        };
+        let err = answer.unwrap_err();
+        assert!(err.to_string().contains("no tokio runtime"), "{err}");
+    }
+
+    #[test]
+    fn a_claim_sets_the_key_redis_key_names() {
+        let config = RedisStoreConfig {
+            key_prefix: "app:{x}:".into(),
+            ..RedisStoreConfig::default()
+        };
+        let store = RedisStore::lazy(&config).unwrap();
+        for key in [0, 1, 0xfedc_ba98_7654_3210_0123_4567_89ab_cdef, u128::MAX] {
+            let key = Fingerprint::from_u128(key);
+            let cmd = claim_command(
+                &config.key_prefix,
+                key,
+                1_700_000_000_000,
+                Duration::from_secs(5),
+            );
+            let args: Vec<Vec<u8>> = cmd
+                .args_iter()
+                .map(|arg| match arg {
+                    redis::Arg::Simple(bytes) => bytes.to_vec(),
+                    _ => Vec::new(),
+                })
+                .collect();
+            let redis_key = store.redis_key(key);
+            let expected: [&[u8]; 7] = [
+                b"SET",
+                redis_key.as_bytes(),
+                b"1700000000000",
+                b"NX",
+                b"PX",
+                b"5000",
+                b"GET",
+            ];
+            assert_eq!(args, expected.map(<[u8]>::to_vec));
+        }
+    }
+
+    #[test]
+    fn an_answer_is_fresh_on_nil_and_a_duplicate_with_its_age_on_a_value() {
+        let now = 1_700_000_001_500;
+        assert_eq!(answer(Ok(Value::Nil), now).unwrap(), Claim::Fresh);
+        let first = Value::BulkString(b"1700000000000".to_vec());
+        assert_eq!(
+            answer(Ok(first), now).unwrap(),
+            Claim::Duplicate {
+                age: Duration::from_millis(1500)
+            }
+        );
+        // A value this store did not write: a duplicate of unknown age.
+        let other = Value::BulkString(b"not a time".to_vec());
+        assert_eq!(
+            answer(Ok(other), now).unwrap(),
+            Claim::Duplicate {
+                age: Duration::ZERO
+            }
+        );
+        assert!(answer(Err(StoreError::new("down")), now).is_err());
+    }
+}

