@@ -12,9 +12,10 @@
 //!   message id in a JSON field, or a header. Scoped per connection, per client or global.
 //! - **Window** ([`DedupStore`]): the embedded [`MemoryStore`] (sharded, O(1) check-and-insert
 //!   and expiry, bounded by `max_entries`, 33 to 40 bytes per key measured), or `RedisStore` (feature
-//!   `redis`) to share one window between nodes, failing open or closed when Redis fails. On a
-//!   Redis Cluster too (`store.redis.cluster_nodes`): one key per command, so the window spreads
-//!   over the masters by slot.
+//!   `redis`) to share one window between nodes, failing open or closed when Redis fails; claims
+//!   that wait together go to one server in one pipeline. On a Redis Cluster too
+//!   (`store.redis.cluster_nodes`): one key per command, so the window spreads over the masters by
+//!   slot.
 //! - **At-least-once kept**: when the inner service fails (or its future is dropped unfinished),
 //!   the key is released so that a retry passes (`release_on_failure`, on by default).
 //! - **Policies**, the two every wsguard layer takes: a [`Classify`] policy says which outcomes
