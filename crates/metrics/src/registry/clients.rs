@@ -17,6 +17,19 @@ const EXACT_EVICTION_LIMIT: usize = 1024;
 const MAX_EVICTIONS_PER_INSERT: usize = 8;
 /// Target number of clients per shard in a full table.
 const CLIENTS_PER_SHARD: usize = 256;
+/// A shard whose capacity is above this and over four times its clients gives the rest back
+/// when it loses one: after a burst of clients leaves, the table no longer holds the burst's room.
+const SHRINK_ABOVE_CAPACITY: usize = 64;
+
+/// Frees most of a shard's spare room once it has fallen under a quarter of its capacity. It keeps
+/// twice its clients, so removals stay amortized constant time (the next shrink needs the shard to
+/// halve again); called on disconnects and sweeps, never per message.
+#[allow(clippy::mutable_key_type)] // hashed and compared by the id, which never changes
+fn shrink_if_sparse(set: &mut HashSet<Tracked, RandomState>) {
+    if set.capacity() > SHRINK_ABOVE_CAPACITY && set.capacity() > 4 * set.len() {
+        set.shrink_to(2 * set.len());
+    }
+}
 
 /// One client's figures. Updated through atomics, so a connection that holds it (through its
 /// guard) records without touching the table.
@@ -270,6 +283,7 @@ impl ClientTable {
                 .is_some_and(|t| Arc::ptr_eq(&t.0, entry))
         {
             set.remove(&*entry.id);
+            shrink_if_sparse(&mut set);
             self.len.fetch_sub(1, Ordering::AcqRel);
         }
     }
@@ -287,6 +301,12 @@ impl ClientTable {
         self.shards.len()
     }
 
+    /// Room for clients the shards hold (their sets' capacity), for tests.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
+        self.shards.iter().map(|s| read(s).capacity()).sum()
+    }
+
     /// [`remove_inactive`](Self::remove_inactive) for one shard.
     pub(crate) fn remove_inactive_in(&self, shard: usize, now: u64, ttl: u64) -> usize {
         let stale = |e: &ClientEntry| {
@@ -300,6 +320,7 @@ impl ClientTable {
         let mut set = write(shard);
         let before = set.len();
         set.retain(|t| !stale(&t.0));
+        shrink_if_sparse(&mut set);
         let removed = before - set.len();
         drop(set);
         self.len.fetch_sub(removed, Ordering::AcqRel);
@@ -370,6 +391,42 @@ mod tests {
         t.disconnect(&b);
         assert_eq!(t.len(), 0);
         assert_eq!(t.len.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn the_room_of_clients_that_left_is_given_back() {
+        // 16 shards of 1 250 clients each.
+        let t = ClientTable::new(4096, metrics::Counter::noop());
+        let ids: Vec<String> = (0..20_000).map(|i| format!("client-{i}")).collect();
+        let entries: Vec<_> = ids.iter().map(|id| t.connect(id, 1, 100_000)).collect();
+        let full = t.capacity();
+        assert!(full >= 20_000, "{full}");
+        for entry in &entries[..19_000] {
+            t.disconnect(entry);
+        }
+        // 1 000 left: each shard keeps a few times its clients.
+        let left = t.capacity();
+        assert!(left <= 4 * 1_000, "{full} -> {left}");
+        for entry in &entries[19_000..] {
+            t.disconnect(entry);
+        }
+        assert_eq!(t.len(), 0);
+        assert!(t.capacity() <= 64 * t.shard_count(), "{}", t.capacity());
+    }
+
+    #[test]
+    fn a_sweep_gives_back_the_room_of_the_clients_it_removes() {
+        let t = ClientTable::new(4096, metrics::Counter::noop());
+        for i in 0..20_000 {
+            t.touch(&format!("client-{i}"), 1, 100_000);
+        }
+        let full = t.capacity();
+        assert_eq!(t.remove_inactive(1_000, 10), 20_000);
+        let left = t.capacity();
+        assert!(
+            left <= 64 * t.shard_count() && left < full / 4,
+            "{full} -> {left}"
+        );
     }
 
     #[test]
