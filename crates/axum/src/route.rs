@@ -385,14 +385,25 @@ impl ClientPermit {
 impl Drop for ClientPermit {
     fn drop(&mut self) {
         let mut open = self.table.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(count) = open.get_mut(&self.client) {
-            *count -= 1;
-            if *count == 0 {
-                open.remove(&self.client);
+        let Some(count) = open.get_mut(&self.client) else {
+            return;
+        };
+        *count -= 1;
+        if *count == 0 {
+            open.remove(&self.client);
+            // After a burst of clients leaves, give back the room it took: once the table is
+            // under a quarter of its capacity, keep twice its clients (the next shrink needs it
+            // to halve again, so a close stays amortized constant time).
+            let (len, capacity) = (open.len(), open.capacity());
+            if capacity > SHRINK_ABOVE_CAPACITY && capacity > 4 * len {
+                open.shrink_to(2 * len);
             }
         }
     }
 }
+
+/// The per-client table of open connections gives room back above this capacity.
+const SHRINK_ABOVE_CAPACITY: usize = 64;
 
 impl<S> WsRoute<S> {
     /// Hands `registry` this route's session counters, once per route label.
@@ -547,6 +558,31 @@ impl Drop for OpenPermit {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_per_client_table_gives_back_the_room_of_clients_that_left() {
+        let table = Arc::default();
+        let capacity = |t: &Arc<Mutex<HashMap<Arc<str>, usize>>>| t.lock().unwrap().capacity();
+        let permits: Vec<_> = (0..10_000)
+            .map(|i| {
+                let client: Arc<str> = format!("10.0.{}.{}", i / 256, i % 256).into();
+                ClientPermit::take(&table, &client, 4).unwrap().unwrap()
+            })
+            .collect();
+        let full = capacity(&table);
+        assert!(full >= 10_000, "{full}");
+        let mut permits = permits.into_iter();
+        permits.by_ref().take(9_900).for_each(drop);
+        let left = capacity(&table);
+        assert!(left <= 4 * 100, "{full} -> {left}");
+        permits.for_each(drop);
+        assert!(table.lock().unwrap().is_empty());
+        assert!(
+            capacity(&table) <= SHRINK_ABOVE_CAPACITY,
+            "{}",
+            capacity(&table)
+        );
+    }
 
     #[test]
     fn connection_limit_counts_and_frees_places() {
