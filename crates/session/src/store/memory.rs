@@ -138,6 +138,19 @@ impl Tombstones {
     }
 }
 
+/// A table whose capacity is above this and over four times its length gives the rest back.
+const SHRINK_ABOVE_CAPACITY: usize = 64;
+
+/// After sessions are freed: a table under a quarter of its capacity keeps twice its length and
+/// gives the rest back, so a burst of sessions that ended no longer holds its room, and removals
+/// stay amortized constant time (the next shrink needs the table to halve again).
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+    let (len, capacity) = (map.len(), map.capacity());
+    if capacity > SHRINK_ABOVE_CAPACITY && capacity > 4 * len {
+        map.shrink_to(2 * len);
+    }
+}
+
 impl MemorySessionStore {
     /// An empty store.
     pub fn new() -> Self {
@@ -168,6 +181,8 @@ impl State {
         if let Some((now, max)) = bury {
             self.tombstones.bury(*token, entry.client, now, max);
         }
+        shrink_if_sparse(&mut self.sessions);
+        shrink_if_sparse(&mut self.by_client);
         true
     }
 
@@ -374,6 +389,11 @@ impl SessionStore for MemorySessionStore {
         {
             state.tombstones.pop_oldest();
         }
+        shrink_if_sparse(&mut state.tombstones.clients);
+        let order = &mut state.tombstones.order;
+        if order.capacity() > SHRINK_ABOVE_CAPACITY && order.capacity() > 4 * order.len() {
+            order.shrink_to(2 * order.len());
+        }
         StoreFuture::ready(Ok(expired))
     }
 
@@ -384,5 +404,63 @@ impl SessionStore for MemorySessionStore {
             detached: state.detached.len(),
             bytes: state.bytes,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn capacities(store: &MemorySessionStore) -> [usize; 4] {
+        let state = store.lock();
+        [
+            state.sessions.capacity(),
+            state.by_client.capacity(),
+            state.tombstones.clients.capacity(),
+            state.tombstones.order.capacity(),
+        ]
+    }
+
+    #[tokio::test]
+    async fn the_tables_give_back_the_room_of_sessions_that_ended() {
+        let store = MemorySessionStore::new();
+        let config = SessionConfig {
+            max_sessions: 100_000,
+            ..SessionConfig::default()
+        };
+        let now = Instant::now();
+        let mut tokens = Vec::new();
+        for i in 0..10_000 {
+            let token = SessionToken::generate();
+            let client = format!("client-{i}");
+            store
+                .create(token, Some(&client), now, &config)
+                .await
+                .unwrap();
+            tokens.push(token);
+        }
+        let full = capacities(&store);
+        assert!(full[0] >= 10_000 && full[1] >= 10_000, "{full:?}");
+
+        // Half removed, half expired (leaving tombstones until their own expiry).
+        for token in &tokens[..5_000] {
+            store.remove(token).await.unwrap();
+        }
+        for token in &tokens[5_000..] {
+            store.detach(token, now);
+        }
+        let later = now + config.ttl;
+        assert_eq!(store.expire(later, &config).await.unwrap().len(), 5_000);
+        let [sessions, by_client, ..] = capacities(&store);
+        assert!(sessions <= SHRINK_ABOVE_CAPACITY, "{full:?} -> {sessions}");
+        assert!(
+            by_client <= SHRINK_ABOVE_CAPACITY,
+            "{full:?} -> {by_client}"
+        );
+
+        store.expire(later + config.ttl, &config).await.unwrap();
+        let [_, _, buried, order] = capacities(&store);
+        assert!(buried <= SHRINK_ABOVE_CAPACITY, "{buried}");
+        assert!(order <= SHRINK_ABOVE_CAPACITY, "{order}");
     }
 }
