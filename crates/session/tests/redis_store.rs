@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use wsguard_config::{SessionBackend, SessionConfig};
 use wsguard_session::protocol::{RefusalReason, SessionFrame};
-use wsguard_session::store::Logged;
+use wsguard_session::store::{Attached, Created, Logged, RedisSessionStore, SessionStore, Target};
 use wsguard_session::{Accept, MessageData, Opened, Session, SessionToken, Sessions};
 use wsguard_test_support::{RedisCluster, RedisServer};
 
@@ -524,6 +524,55 @@ async fn while_redis_is_down_hello_and_resume_are_unavailable_in_time_and_it_rec
     let (_s, frame, _) = attached(sessions.resume(&token, None, 0).await);
     assert_eq!(frame.reason, Some(RefusalReason::Unknown));
     assert!(sessions.stats().refused.unavailable >= 2);
+}
+
+/// A call's reply whose answer never came (Redis froze with it in the pipeline) and the
+/// call's processed mark asked for after that: once Redis is back it runs the reply, and it
+/// must run the mark too, or a resume would have the client resend a call whose reply it is
+/// given (the handler would run twice and the client get two replies). A reply that never
+/// reached Redis (refused after the failure) keeps its mark out: that call is resent and run.
+#[tokio::test]
+async fn a_processed_mark_behind_a_reply_in_doubt_is_recorded_only_with_that_reply() {
+    let backend = Backend::redis();
+    let config = backend.with_store(config());
+    let redis = backend.redis.as_ref().unwrap();
+    let store = RedisSessionStore::connect(&config.store.redis)
+        .await
+        .unwrap();
+    let token = SessionToken::generate();
+    let now = tokio::time::Instant::now();
+    assert!(matches!(
+        store.create(token, None, now, &config).await.unwrap(),
+        Created::Created { .. }
+    ));
+    let reply = |text: &str| store.append(Target::Session(&token), text.into(), &config);
+    reply("\"reply 1\"").await.unwrap();
+    store.record_processed(&token, 1);
+    store.flush().await.unwrap();
+
+    redis.freeze();
+    // Call 2's reply goes out alone and gets no answer: the session failed on this node.
+    assert!(reply("\"reply 2\"").await.is_err());
+    store.record_processed(&token, 2);
+    // Call 3's reply is refused (the session failed), so its mark must not be recorded.
+    assert!(reply("\"reply 3\"").await.is_err());
+    store.record_processed(&token, 3);
+    redis.thaw();
+    store.flush().await.unwrap();
+
+    let attached = store.attach(&token, None, 0, now, &config).await.unwrap();
+    let Attached::Held { state, messages } = attached else {
+        panic!("not held: {attached:?}");
+    };
+    assert_eq!(
+        texts(&messages),
+        [(1, "\"reply 1\"".to_owned()), (2, "\"reply 2\"".to_owned())]
+    );
+    assert_eq!(
+        state.processed, 2,
+        "call 2's reply is in Redis: so is its mark (a resend of 2 would run it twice), and \
+         call 3's reply is not: nor is its mark (3 would be lost)"
+    );
 }
 
 #[tokio::test]

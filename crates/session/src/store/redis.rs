@@ -4,7 +4,7 @@ mod listen;
 mod queue;
 mod scripts;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -34,7 +34,7 @@ use crate::token::SessionToken;
 ///
 /// | key | type | holds |
 /// |---|---|---|
-/// | `P{T}:meta` | hash | client, `last` seq, `acked`, `dropped`, `processed`, payload `bytes`, the `node` it is attached to, `exp` (unix ms when a detached session expires; 0 while attached) |
+/// | `P{T}:meta` | hash | client, `last` seq, `acked`, `dropped`, `processed`, payload `bytes`, the `node` it is attached to, `exp` (unix ms when a detached session expires; 0 while attached), `w:<node>` (the number of the last append each node sent) |
 /// | `P{T}:log` | stream | the messages held, entry id `seq-0`, fields `k` (`j` JSON or `b` binary) and `d` (the payload) |
 /// | `P{T}:gone` | string | the client of a freed session (its tombstone: its resume reads `expired`), for one `ttl` |
 /// | `P{index}:attached` | sorted set | attached sessions, scored by the end of their lease (unix µs) |
@@ -82,6 +82,15 @@ use crate::token::SessionToken;
 /// uses) that Redis then fails to log is lost with a WARN: its sender was already told it was
 /// queued, and it never got a `seq`, so no client sees a gap for it.
 ///
+/// **Exactly once across a failure**: a session one of whose appends or marks fails or gets no
+/// answer is refused its later appends until it is attached again (its connection closes, and
+/// the client resumes from what Redis holds). A step that got no answer may still run once
+/// Redis does: each append therefore records this node's number for it (`w:<node>` in the
+/// hash), and a processed mark is recorded only if the last append of its session sent before
+/// it ran. So a call's reply that reaches Redis late brings its mark along (the resume does not
+/// ask for the call again, which would run it twice), and a mark never covers a reply that was
+/// refused or lost (the call is resent and run).
+///
 /// Needs Redis 7.0 or newer.
 ///
 /// ```no_run
@@ -122,9 +131,14 @@ struct Inner {
     ttl_ms: AtomicU64,
     /// Sessions attached here, whose leases this node renews.
     held: Mutex<HashSet<SessionToken>>,
-    /// Sessions one of whose steps failed: their later appends and marks are refused until
-    /// they are attached again, so that Redis never records a mark past a message it lost.
-    failed: Mutex<HashSet<SessionToken>>,
+    /// Sessions one of whose steps failed: their later appends are refused until they are
+    /// attached again, and their later marks refused too, or recorded only behind the append
+    /// they wait for (see [`queue::Failed`]), so that Redis never records a mark past a message
+    /// it lost.
+    failed: Mutex<HashMap<SessionToken, queue::Failed>>,
+    /// This node's appends so far: each append carries its number to Redis, where a processed
+    /// mark sent after it can check that it ran.
+    appends: AtomicU64,
 }
 
 impl fmt::Debug for RedisSessionStore {
@@ -251,6 +265,7 @@ impl RedisSessionStore {
                 ttl_ms: AtomicU64::new(millis(SessionConfig::default().ttl)),
                 held: Mutex::default(),
                 failed: Mutex::default(),
+                appends: AtomicU64::new(0),
             }),
         })
     }
@@ -419,7 +434,8 @@ impl Inner {
             .arg(max_bytes)
             .arg(&*self.node)
             .arg(&*self.prefix)
-            .arg(token.to_string());
+            .arg(token.to_string())
+            .arg(self.next_append());
         let answer: Option<(u64, u64)> = self.run(&mut conn, &invocation).await?;
         Ok(answer.map(|(seq, dropped)| Appended {
             session: token,

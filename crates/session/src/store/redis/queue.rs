@@ -57,6 +57,33 @@ pub(super) enum Job {
 /// Sessions remembered as failed, at most (see `step_failed`).
 const MAX_FAILED: usize = 100_000;
 
+/// What this node still records of a session one of whose steps failed. Its appends are
+/// refused either way (the registry closes its connection, and the client resumes from what
+/// Redis holds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Failed {
+    /// Every append of the session before now was sent, and the last one, this node's append
+    /// number `after`, may not have run yet (no answer came: Redis is slow, frozen, or the
+    /// connection broke); 0 if none is in doubt. A later processed mark is sent and recorded
+    /// only if that append ran before it: the reply of a call then never stays in Redis without
+    /// the mark that says the call was processed (a resend would run it twice), and a mark
+    /// never covers a reply Redis does not hold (the call would be lost).
+    MarksAfter(u64),
+    /// An append of the session was not sent (refused, late, or without a connection), or
+    /// Redis answered it with an error: later marks are refused.
+    Refused,
+}
+
+impl Failed {
+    /// The two failures of one session together.
+    fn and(self, other: Failed) -> Failed {
+        match (self, other) {
+            (Self::MarksAfter(a), Self::MarksAfter(b)) => Self::MarksAfter(a.max(b)),
+            _ => Self::Refused,
+        }
+    }
+}
+
 /// Steps sent in one pipeline, at most.
 const PIPELINE: usize = 256;
 
@@ -225,44 +252,71 @@ impl Inner {
     /// Appends to a session and processed marks, in one pipeline: one round trip for all of
     /// them, run by Redis in order. A script Redis does not hold (after a restart) is loaded,
     /// and the steps it failed are sent again, in order.
+    ///
+    /// Each append carries this node's number for it, and each mark the number of the last
+    /// append of its session sent before it (from this pipeline, or the one in doubt when the
+    /// session failed): Redis records the mark only if that append ran, so that a call's reply
+    /// and its processed mark are in Redis together or the mark is not.
     async fn serve_pipelined(&self, batch: Vec<Job>) {
         let mut steps = Vec::with_capacity(batch.len());
+        // Per step: an append's number, or the append a mark waits for (0: none).
+        let mut numbers = Vec::with_capacity(batch.len());
+        // The last append of each session in this pipeline.
+        let mut last_append: HashMap<SessionToken, u64> = HashMap::new();
         for job in batch {
-            if let Some(token) = job.session()
-                && self.has_failed(&token)
-            {
-                // Refused quietly: the registry was told once, and closes the connection.
-                if let Job::Append { reply, .. } = job {
-                    let _ = reply.send(Err(earlier_failure()));
-                }
+            let Some(token) = job.session() else {
+                job.fail(&bad_answer("a step that is not pipelined"));
                 continue;
-            }
+            };
+            let failed = self.failed_state(&token);
             match job {
                 Job::Append {
-                    to: OwnedTarget::Session(token),
-                    reply,
-                    deadline,
-                    ..
-                } if Instant::now() > deadline => {
-                    let _ = reply.send(Err(timeout_error(self.timeout)));
-                    self.step_failed(token);
+                    reply, deadline, ..
+                } if failed.is_some() || Instant::now() > deadline => {
+                    // Refused quietly after a failure: the registry was told once, and closes
+                    // the connection.
+                    let err = if failed.is_some() {
+                        earlier_failure()
+                    } else {
+                        timeout_error(self.timeout)
+                    };
+                    let _ = reply.send(Err(err));
+                    self.step_failed(token, Failed::Refused);
                 }
-                job => steps.push(job),
+                Job::Processed { .. } if failed == Some(Failed::Refused) => {}
+                job @ Job::Append { .. } => {
+                    let number = self.next_append();
+                    last_append.insert(token, number);
+                    steps.push(job);
+                    numbers.push(number);
+                }
+                job => {
+                    let after = match (last_append.get(&token), failed) {
+                        (Some(&number), _) => number,
+                        (None, Some(Failed::MarksAfter(number))) => number,
+                        (None, _) => 0,
+                    };
+                    steps.push(job);
+                    numbers.push(after);
+                }
             }
+        }
+        if steps.is_empty() {
+            return;
         }
         let mut conn = match self.conn().await {
             Ok(conn) => conn,
             Err(err) => {
                 for job in steps {
                     if let Some(token) = job.session() {
-                        self.step_failed(token);
+                        self.step_failed(token, Failed::Refused);
                     }
                     job.fail(&err);
                 }
                 return;
             }
         };
-        let mut answers = self.pipeline(&mut conn, &steps).await;
+        let mut answers = self.pipeline(&mut conn, &steps, &numbers).await;
         let missing = |a: &Result<redis::RedisResult<Value>, SessionStoreError>| matches!(a, Ok(Err(e)) if e.kind() == ErrorKind::Server(ServerErrorKind::NoScript));
         if answers.iter().any(missing) {
             let loaded = async {
@@ -274,7 +328,8 @@ impl Inner {
                     let again: Vec<usize> =
                         (0..steps.len()).filter(|&i| missing(&answers[i])).collect();
                     let retried: Vec<Job> = again.iter().map(|&i| steps[i].step_copy()).collect();
-                    let second = self.pipeline(&mut conn, &retried).await;
+                    let retried_numbers: Vec<u64> = again.iter().map(|&i| numbers[i]).collect();
+                    let second = self.pipeline(&mut conn, &retried, &retried_numbers).await;
                     for (i, answer) in again.into_iter().zip(second) {
                         answers[i] = answer;
                     }
@@ -282,7 +337,10 @@ impl Inner {
                 Err(err) => answers = steps.iter().map(|_| Err(err.clone())).collect(),
             }
         }
-        for (job, answer) in steps.into_iter().zip(answers) {
+        for ((job, number), answer) in steps.into_iter().zip(numbers).zip(answers) {
+            // No answer (a timeout, a broken connection): the step may still run, in order
+            // behind the ones before it. An error answer: it did not.
+            let in_doubt = answer.is_err();
             let answer =
                 answer.and_then(|a| a.map_err(|e| SessionStoreError::new(format!("Redis: {e}"))));
             match job {
@@ -296,7 +354,14 @@ impl Inner {
                             .map_err(|_| bad_answer("append"))
                     });
                     if appended.is_err() {
-                        self.step_failed(token);
+                        self.step_failed(
+                            token,
+                            if in_doubt {
+                                Failed::MarksAfter(number)
+                            } else {
+                                Failed::Refused
+                            },
+                        );
                     }
                     let _ = reply.send(appended.map(|a| {
                         a.map(|(seq, dropped)| Appended {
@@ -307,28 +372,42 @@ impl Inner {
                         })
                     }));
                 }
-                Job::Processed { token, id } => match answer {
-                    Ok(_) => self.recorded(token, id),
-                    Err(err) => {
-                        tracing::warn!(%err, "session processed mark not recorded");
-                        self.step_failed(token);
+                Job::Processed { token, id } => {
+                    match answer.and_then(|value| {
+                        redis::from_redis_value::<i64>(value).map_err(|_| bad_answer("processed"))
+                    }) {
+                        Ok(1) => self.recorded(token, id),
+                        Ok(_) => {
+                            // The append it waited for is not in Redis: nor is the call's reply.
+                            tracing::warn!(
+                                "session processed mark not recorded: a reply before it did not reach Redis"
+                            );
+                            self.step_failed(token, Failed::Refused);
+                        }
+                        Err(err) => {
+                            tracing::warn!(%err, "session processed mark not recorded");
+                            // A later mark covers this one; the appends before it are
+                            // accounted for on their own.
+                            self.step_failed(token, Failed::MarksAfter(0));
+                        }
                     }
-                },
+                }
                 job => job.fail(&bad_answer("a step that is not pipelined")),
             }
         }
     }
 
-    /// Sends `steps` (appends to a session and processed marks) as one pipeline; one answer
-    /// per step.
+    /// Sends `steps` (appends to a session and processed marks) as one pipeline, with their
+    /// `numbers` (see [`serve_pipelined`](Self::serve_pipelined)); one answer per step.
     async fn pipeline(
         &self,
         conn: &mut Conn,
         steps: &[Job],
+        numbers: &[u64],
     ) -> Vec<Result<redis::RedisResult<Value>, SessionStoreError>> {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
-        for step in steps {
+        for (step, number) in steps.iter().zip(numbers) {
             match step {
                 Job::Append {
                     to: OwnedTarget::Session(token),
@@ -353,7 +432,8 @@ impl Inner {
                         .arg(*max_bytes)
                         .arg(&*self.node)
                         .arg(&*self.prefix)
-                        .arg(token.to_string());
+                        .arg(token.to_string())
+                        .arg(*number);
                     pipe.add_command(cmd);
                 }
                 Job::Processed { token, id } => {
@@ -361,7 +441,9 @@ impl Inner {
                     cmd.arg(scripts::PROCESSED.get_hash())
                         .arg(1)
                         .arg(self.keys(token).meta)
-                        .arg(*id);
+                        .arg(*id)
+                        .arg(&*self.node)
+                        .arg(*number);
                     pipe.add_command(cmd);
                 }
                 // Never batched; answered as an error by the caller.
@@ -389,12 +471,15 @@ impl Inner {
     pub(super) async fn serve(&self, job: Job) {
         let late = |deadline: Instant| Instant::now() > deadline;
         match job {
+            // A session's appends and marks, alone: as in a pipeline, with their numbers.
+            job if job.pipelines() => self.serve_pipelined(vec![job]).await,
             Job::Append {
                 reply, deadline, ..
             } if late(deadline) => drop(reply.send(Err(timeout_error(self.timeout)))),
             Job::Attach {
                 reply, deadline, ..
             } if late(deadline) => drop(reply.send(Err(timeout_error(self.timeout)))),
+            // To a client's newest session: looked up first.
             Job::Append {
                 to,
                 payload,
@@ -403,18 +488,9 @@ impl Inner {
                 reply,
                 ..
             } => {
-                if let OwnedTarget::Session(token) = &to
-                    && self.has_failed(token)
-                {
-                    let _ = reply.send(Err(earlier_failure()));
-                    return;
-                }
                 let result = self
                     .append_now(&to, &payload, max_messages, max_bytes)
                     .await;
-                if let (Err(_), OwnedTarget::Session(token)) = (&result, &to) {
-                    self.step_failed(*token);
-                }
                 let _ = reply.send(result);
             }
             Job::Attach {
@@ -437,44 +513,50 @@ impl Inner {
                 if let Err(err) = self.detach(token, ttl).await {
                     tracing::warn!(%err, "session not detached in Redis (it stays attached)");
                 }
-                // The connection that saw the failure is gone, and its last steps were refused
-                // before this one: this node holds nothing of the session that Redis lacks.
+                // The connection that saw the failure is gone, and its last steps went before
+                // this one (refused, or marks recorded only behind their replies): this node
+                // holds nothing of the session that Redis lacks.
                 self.failed_here().remove(&token);
             }
-            Job::Processed { token, id } => {
-                if self.has_failed(&token) {
-                    return;
-                }
-                match self.processed(token, id).await {
-                    Ok(()) => self.recorded(token, id),
-                    Err(err) => {
-                        tracing::warn!(%err, "session processed mark not recorded");
-                        self.step_failed(token);
-                    }
-                }
-            }
+            // Pipelined above.
+            Job::Processed { .. } => {}
             Job::Flush(done) => drop(done.send(())),
         }
     }
 
-    fn failed_here(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<SessionToken>> {
+    /// This node's number for its next append.
+    pub(super) fn next_append(&self) -> u64 {
+        self.appends.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
+    fn failed_here(&self) -> std::sync::MutexGuard<'_, HashMap<SessionToken, Failed>> {
         self.failed.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn has_failed(&self, token: &SessionToken) -> bool {
-        self.failed_here().contains(token)
+    fn failed_state(&self, token: &SessionToken) -> Option<Failed> {
+        self.failed_here().get(token).copied()
     }
 
-    /// A step of `token` did not reach Redis (or may not have): its later steps are refused
-    /// until it is attached again, and the registry closes its connection.
-    fn step_failed(&self, token: SessionToken) {
+    /// A step of `token` did not reach Redis (or may not have): its later appends are refused,
+    /// and its later marks refused or recorded only behind the append in doubt (`how`), until
+    /// it is attached again; the registry closes its connection.
+    fn step_failed(&self, token: SessionToken, how: Failed) {
         let mut failed = self.failed_here();
         // Entries leave when their session is attached or detached here again; a session
         // that never is (its steps came from a sender, not a connection) must not pile up.
-        if failed.len() >= MAX_FAILED {
+        if failed.len() >= MAX_FAILED && !failed.contains_key(&token) {
             failed.clear();
         }
-        let new = failed.insert(token);
+        let new = match failed.get_mut(&token) {
+            Some(before) => {
+                *before = before.and(how);
+                false
+            }
+            None => {
+                failed.insert(token, how);
+                true
+            }
+        };
         drop(failed);
         if new {
             tell(&self.listeners, RemoteEvent::Failed { session: token });
@@ -487,13 +569,6 @@ impl Inner {
             &self.listeners,
             RemoteEvent::Recorded { session: token, id },
         );
-    }
-
-    async fn processed(&self, token: SessionToken, id: u64) -> Result<(), SessionStoreError> {
-        let mut conn = self.conn().await?;
-        let mut invocation = scripts::PROCESSED.prepare_invoke();
-        invocation.key(self.keys(&token).meta).arg(id);
-        self.run::<i64>(&mut conn, &invocation).await.map(drop)
     }
 }
 

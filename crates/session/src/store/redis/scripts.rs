@@ -168,10 +168,11 @@ return {'held', m[5], m[6], m[7], m[8], first, entries}
 });
 
 /// KEYS: meta, log. ARGV: kind (`j` or `b`), data, max_messages, max_bytes, node, key prefix,
-/// token. Logs a message as stream entry `seq-0`, drops the oldest past the bounds (the newest
-/// always stays), keeps a detached session's log expiring with it, and tells the node the
-/// session is attached to, if another, that it was logged. Answers `{seq, dropped}`, or nil
-/// without a session.
+/// token, step. Logs a message as stream entry `seq-0`, records in the same step that `node`'s
+/// append number `step` is in (field `w:<node>`, which a processed mark may wait for: see
+/// `PROCESSED`), drops the oldest past the bounds (the newest always stays), keeps a detached
+/// session's log expiring with it, and tells the node the session is attached to, if another,
+/// that it was logged. Answers `{seq, dropped}`, or nil without a session.
 pub(super) static APPEND: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
@@ -179,6 +180,7 @@ local m = redis.call('HMGET', KEYS[1], 'exp', 'node', 'acked')
 if not m[1] then return false end
 local seq = redis.call('HINCRBY', KEYS[1], 'last', 1)
 redis.call('XADD', KEYS[2], seq .. '-0', 'k', ARGV[1], 'd', ARGV[2])
+redis.call('HSET', KEYS[1], 'w:' .. ARGV[5], ARGV[8])
 local bytes = redis.call('HINCRBY', KEYS[1], 'bytes', string.len(ARGV[2]))
 local n = redis.call('XLEN', KEYS[2])
 local acked = tonumber(m[3])
@@ -227,13 +229,19 @@ return #gone
     )
 });
 
-/// KEYS: meta. ARGV: id. Raises the processed mark.
+/// KEYS: meta. ARGV: id, node, after. Raises the processed mark, only if Redis holds `node`'s
+/// append number `after` (0: no condition), the last append of the session that node sent before
+/// the mark: a mark never covers a reply that did not reach Redis, and a mark sent behind an
+/// append whose answer never came is recorded if that append ran first. Answers 0 when refused
+/// for that, else 1.
 pub(super) static PROCESSED: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r"
-local p = redis.call('HGET', KEYS[1], 'processed')
-if p and tonumber(ARGV[1]) > tonumber(p) then redis.call('HSET', KEYS[1], 'processed', ARGV[1]) end
-return 0
+local m = redis.call('HMGET', KEYS[1], 'processed', 'w:' .. ARGV[2])
+if not m[1] then return 1 end
+if ARGV[3] ~= '0' and (not m[2] or tonumber(m[2]) < tonumber(ARGV[3])) then return 0 end
+if tonumber(ARGV[1]) > tonumber(m[1]) then redis.call('HSET', KEYS[1], 'processed', ARGV[1]) end
+return 1
 ",
     )
 });
