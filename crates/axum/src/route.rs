@@ -314,6 +314,7 @@ where
             message_concurrency: config.message_concurrency,
             max_pending_pongs: config.max_pending_pongs,
             close_timeout: config.close_timeout,
+            write_buffer_size: config.write_buffer_size,
         };
         let replies = Replies {
             connection: self.config.connection().clone(),

@@ -262,6 +262,18 @@ impl Sender {
         state.high_water = state.high_water.max(state.items.len());
     }
 
+    /// [`push_frame`](Self::push_frame) if fewer than `max` messages are queued; whether it did.
+    pub(crate) fn push_frame_below(&self, message: Message, max: usize) -> bool {
+        let mut state = self.state();
+        if state.items.len() >= max {
+            return false;
+        }
+        state.bytes += payload_len(&message);
+        state.items.push_back(message);
+        state.high_water = state.high_water.max(state.items.len());
+        true
+    }
+
     /// Asks the connection to close with `code` and `reason` after the messages already queued.
     pub fn close(&self, code: u16, reason: impl Into<String>) {
         self.end(Ending::close(code, reason.into()));
@@ -281,6 +293,12 @@ impl Sender {
     /// Messages waiting in the queue now.
     pub fn len(&self) -> usize {
         self.state().items.len()
+    }
+
+    /// Messages and payload bytes waiting in the queue now.
+    pub(crate) fn backlog(&self) -> (usize, usize) {
+        let state = self.state();
+        (state.items.len(), state.bytes)
     }
 
     /// Payload bytes of the messages waiting in the queue now.

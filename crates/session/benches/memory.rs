@@ -102,8 +102,8 @@ fn main() {
         .build()
         .expect("tokio runtime");
     runtime.block_on(async {
-        // What the log asks for, before the allocator rounds it up: an `Arc<RawValue>` (two
-        // counts, then the JSON) and one deque slot (1,024 slots hold 1,000 messages).
+        // What the log asks for, before the allocator rounds it up: a `JsonText` (two counts,
+        // then the JSON) and one deque slot (1,024 slots hold 1,000 messages).
         let slot = std::mem::size_of::<Logged>();
         let structural = |payload: usize| payload + 16 + slot * 1024 / 1000;
         println!("per logged message, 1,000 messages per detached session (production max_messages):");

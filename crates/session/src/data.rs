@@ -1,11 +1,60 @@
 //! What a session logs: an outbound message.
 
+use std::fmt;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use serde_json::value::RawValue;
 
-use crate::protocol::text_to_data;
+/// The text of one JSON value, checked when made, shared by its clones: the `data` of a text
+/// message. In one allocation with its reference counts (an `Arc<RawValue>` made from a `&str`
+/// takes two: the `Box` serde gives, then the `Arc`).
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct JsonText(Arc<str>);
+
+impl JsonText {
+    /// `text` if it is one JSON value (whitespace around it left out), else `None`.
+    pub fn new(text: &str) -> Option<Self> {
+        let raw: &RawValue = serde_json::from_str(text).ok()?;
+        Some(Self::from(raw))
+    }
+
+    /// `text` as a JSON string.
+    pub fn string(text: &str) -> Self {
+        Self(Arc::from(
+            serde_json::to_string(text).expect("a string always serialises"),
+        ))
+    }
+
+    /// The JSON text.
+    pub fn get(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for JsonText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("JsonText").field(&self.get()).finish()
+    }
+}
+
+impl fmt::Display for JsonText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.get())
+    }
+}
+
+impl From<&RawValue> for JsonText {
+    fn from(raw: &RawValue) -> Self {
+        Self(Arc::from(raw.get()))
+    }
+}
+
+impl From<Box<RawValue>> for JsonText {
+    fn from(raw: Box<RawValue>) -> Self {
+        Self::from(&*raw)
+    }
+}
 
 /// An outbound message: JSON for a text frame's `data`, or the payload of a binary frame.
 ///
@@ -13,7 +62,7 @@ use crate::protocol::text_to_data;
 #[derive(Debug, Clone)]
 pub enum MessageData {
     /// A text message as the JSON that goes into `data` (a non-JSON text is a JSON string).
-    Json(Arc<RawValue>),
+    Json(JsonText),
     /// A binary message's bytes, sent after the 8-byte `seq`.
     Binary(Bytes),
 }
@@ -46,7 +95,7 @@ impl PartialEq for MessageData {
 /// A text message: itself if it is JSON, else a JSON string.
 impl From<&str> for MessageData {
     fn from(text: &str) -> Self {
-        Self::Json(Arc::from(text_to_data(text)))
+        Self::Json(JsonText::new(text).unwrap_or_else(|| JsonText::string(text)))
     }
 }
 
@@ -60,15 +109,21 @@ impl From<String> for MessageData {
 /// JSON, encoded once here.
 impl From<serde_json::Value> for MessageData {
     fn from(value: serde_json::Value) -> Self {
-        let raw = serde_json::value::to_raw_value(&value).expect("a Value always serialises");
-        Self::Json(Arc::from(raw))
+        Self::Json(JsonText(Arc::from(value.to_string())))
     }
 }
 
 /// JSON as it is.
 impl From<Box<RawValue>> for MessageData {
     fn from(raw: Box<RawValue>) -> Self {
-        Self::Json(Arc::from(raw))
+        Self::Json(raw.into())
+    }
+}
+
+/// JSON as it is.
+impl From<JsonText> for MessageData {
+    fn from(json: JsonText) -> Self {
+        Self::Json(json)
     }
 }
 

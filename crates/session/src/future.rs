@@ -38,7 +38,7 @@ impl<S> fmt::Debug for SendFuture<S> {
 impl<S: SessionStore> SendFuture<S> {
     fn poll_logged(&mut self, cx: &mut Context<'_>) -> Poll<Result<u64, SessionGone>> {
         let appended = ready!(Pin::new(&mut self.append).poll(cx)).map_err(SessionGone::store)?;
-        Poll::Ready(self.sessions.appended(appended))
+        Poll::Ready(self.sessions.appended(appended, None))
     }
 }
 

@@ -1,6 +1,6 @@
 //! Inbound exactly-once: which client ids a session has processed.
 
-use std::collections::BTreeMap;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::Arc;
 
@@ -74,12 +74,23 @@ impl Drop for Processing {
     }
 }
 
-/// Per session: every id up to `mark` is processed; above it, the ids in flight (`false`) or
-/// processed out of order (`true`), at most `message_concurrency` of them.
+/// Per session: every id up to `mark` is processed; above it, the ids in flight or processed
+/// out of order, at most `message_concurrency` of them (more only while a client's resend of
+/// an abandoned id is awaited).
 #[derive(Debug, Default)]
 pub(crate) struct InboundIds {
     pub(crate) mark: u64,
-    above: BTreeMap<u64, bool>,
+    /// The state of ids `mark + 1`, `mark + 2`, ...: a window rather than a map, as they are
+    /// admitted in order.
+    above: VecDeque<Id>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Id {
+    /// Not admitted, or abandoned.
+    Absent,
+    InFlight,
+    Processed,
 }
 
 pub(crate) enum Admit {
@@ -92,33 +103,46 @@ impl InboundIds {
     pub(crate) fn new(mark: u64) -> Self {
         Self {
             mark,
-            above: BTreeMap::new(),
+            above: VecDeque::new(),
         }
     }
 
+    /// The state of `id`, above the mark.
+    fn state(&self, id: u64) -> Id {
+        id.checked_sub(self.mark + 1)
+            .and_then(|i| usize::try_from(i).ok())
+            .and_then(|i| self.above.get(i).copied())
+            .unwrap_or(Id::Absent)
+    }
+
     pub(crate) fn admit(&mut self, id: u64) -> Admit {
-        if id <= self.mark || self.above.contains_key(&id) {
+        if id <= self.mark || self.state(id) != Id::Absent {
             return Admit::AlreadyProcessed;
         }
-        if id > self.mark + 1 && !self.above.contains_key(&(id - 1)) {
+        if id > self.mark + 1 && self.state(id - 1) == Id::Absent {
             let mut expected = self.mark + 1;
-            while self.above.contains_key(&expected) {
+            while self.state(expected) != Id::Absent {
                 expected += 1;
             }
             return Admit::OutOfOrder { expected };
         }
-        self.above.insert(id, false);
+        // `id - 1` is the mark or held: `id` is inside the window or just past it.
+        let i = (id - self.mark - 1) as usize;
+        match self.above.get_mut(i) {
+            Some(slot) => *slot = Id::InFlight,
+            None => self.above.push_back(Id::InFlight),
+        }
         Admit::New
     }
 
     /// Returns the new mark if it moved.
     pub(crate) fn processed(&mut self, id: u64) -> Option<u64> {
-        if let Some(done) = self.above.get_mut(&id) {
-            *done = true;
+        if self.state(id) != Id::Absent {
+            self.above[(id - self.mark - 1) as usize] = Id::Processed;
         }
         let before = self.mark;
-        while self.above.first_key_value() == Some((&(self.mark + 1), &true)) {
-            self.above.pop_first();
+        while self.above.front() == Some(&Id::Processed) {
+            self.above.pop_front();
             self.mark += 1;
         }
         (self.mark > before).then_some(self.mark)
@@ -127,8 +151,9 @@ impl InboundIds {
     /// Raises the mark to `mark` (processed elsewhere, say on another node) and returns it.
     pub(crate) fn raise(&mut self, mark: u64) -> u64 {
         if mark > self.mark {
+            let covered = usize::try_from(mark - self.mark).unwrap_or(usize::MAX);
+            self.above.drain(..covered.min(self.above.len()));
             self.mark = mark;
-            self.above = self.above.split_off(&(mark + 1));
             // Ids processed out of order just above the new mark join it.
             self.processed(0);
         }
@@ -136,8 +161,12 @@ impl InboundIds {
     }
 
     pub(crate) fn abandon(&mut self, id: u64) {
-        if self.above.get(&id) == Some(&false) {
-            self.above.remove(&id);
+        if self.state(id) == Id::InFlight {
+            self.above[(id - self.mark - 1) as usize] = Id::Absent;
+            // Absent at the end is the same as not held.
+            while self.above.back() == Some(&Id::Absent) {
+                self.above.pop_back();
+            }
         }
     }
 }
@@ -184,6 +213,90 @@ mod tests {
         assert!(matches!(ids.admit(3), Admit::AlreadyProcessed));
         assert_eq!(ids.raise(1), 3, "a lower mark changes nothing");
         assert!(is_new(ids.admit(4)));
+    }
+
+    /// The map these ids were kept in before the window: the reference.
+    #[derive(Default)]
+    struct Model {
+        mark: u64,
+        above: std::collections::BTreeMap<u64, bool>,
+    }
+
+    impl Model {
+        fn admit(&mut self, id: u64) -> (u8, u64) {
+            if id <= self.mark || self.above.contains_key(&id) {
+                return (1, 0);
+            }
+            if id > self.mark + 1 && !self.above.contains_key(&(id - 1)) {
+                let mut expected = self.mark + 1;
+                while self.above.contains_key(&expected) {
+                    expected += 1;
+                }
+                return (2, expected);
+            }
+            self.above.insert(id, false);
+            (0, 0)
+        }
+
+        fn processed(&mut self, id: u64) -> Option<u64> {
+            if let Some(done) = self.above.get_mut(&id) {
+                *done = true;
+            }
+            let before = self.mark;
+            while self.above.first_key_value() == Some((&(self.mark + 1), &true)) {
+                self.above.pop_first();
+                self.mark += 1;
+            }
+            (self.mark > before).then_some(self.mark)
+        }
+
+        fn raise(&mut self, mark: u64) -> u64 {
+            if mark > self.mark {
+                self.mark = mark;
+                self.above = self.above.split_off(&(mark + 1));
+                self.processed(0);
+            }
+            self.mark
+        }
+
+        fn abandon(&mut self, id: u64) {
+            if self.above.get(&id) == Some(&false) {
+                self.above.remove(&id);
+            }
+        }
+    }
+
+    fn code(a: Admit) -> (u8, u64) {
+        match a {
+            Admit::New => (0, 0),
+            Admit::AlreadyProcessed => (1, 0),
+            Admit::OutOfOrder { expected } => (2, expected),
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_window_answers_as_the_map_did(
+            steps in proptest::collection::vec((0u8..4, 0u64..12), 0..200),
+            start in 0u64..3,
+        ) {
+            let mut ids = InboundIds::new(start);
+            let mut model = Model { mark: start, ..Model::default() };
+            for (op, n) in steps {
+                // Ids near the mark, where every rule applies.
+                let id = model.mark.saturating_sub(2) + n;
+                match op {
+                    0 => proptest::prop_assert_eq!(code(ids.admit(id)), model.admit(id)),
+                    1 => proptest::prop_assert_eq!(ids.processed(id), model.processed(id)),
+                    2 => ids.abandon(id),
+                    _ => proptest::prop_assert_eq!(ids.raise(model.mark + n / 4), model.raise(model.mark + n / 4)),
+                }
+                if op == 2 {
+                    model.abandon(id);
+                }
+                proptest::prop_assert_eq!(ids.mark, model.mark);
+            }
+        }
     }
 
     #[test]

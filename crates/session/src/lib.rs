@@ -121,8 +121,9 @@ mod sessions;
 mod stats;
 pub mod store;
 mod token;
+mod wake;
 
-pub use self::data::MessageData;
+pub use self::data::{JsonText, MessageData};
 pub use self::error::SessionGone;
 pub use self::inbound::{Accept, Processing};
 pub use self::sender::SessionSender;

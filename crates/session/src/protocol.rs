@@ -113,6 +113,77 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
+/// A client frame read without copying its `data`: what a connection does with each frame it
+/// receives ([`ClientFrame`] owns its `data`).
+#[derive(Debug, Clone, Copy)]
+pub enum ClientFrameRef<'a> {
+    /// `{"type":"hello"}`.
+    Hello,
+    /// `{"type":"resume","session":TOKEN,"last":N}`.
+    Resume {
+        /// The token the server gave.
+        session: SessionToken,
+        /// The highest server `seq` the client holds.
+        last: u64,
+    },
+    /// `{"type":"msg","id":N,"data":V}`.
+    Msg {
+        /// The client's number for the message.
+        id: u64,
+        /// The message, as the JSON text the client sent: a slice of the frame.
+        data: &'a RawValue,
+    },
+    /// `{"type":"ack","seq":N}`.
+    Ack {
+        /// The highest server `seq` the client holds.
+        seq: u64,
+    },
+}
+
+/// The start of a `msg` frame as clients write it, fields in the protocol's order.
+const MSG_PREFIX: &str = r#"{"type":"msg","id":"#;
+
+impl<'a> ClientFrameRef<'a> {
+    /// Reads a text frame, as [`ClientFrame::parse`] does (the same frames, the same errors).
+    pub fn parse(text: &'a str) -> Result<Self, FrameError> {
+        // Most frames are messages written field by field as the protocol lists them: read
+        // those without going through the general reader (the same answer, checked in tests).
+        if let Some(msg) = text.strip_prefix(MSG_PREFIX).and_then(msg_in_order) {
+            return Ok(msg);
+        }
+        parse_any(text)
+    }
+
+    /// The frame with its `data` copied.
+    pub fn into_owned(self) -> ClientFrame {
+        match self {
+            Self::Hello => ClientFrame::Hello,
+            Self::Resume { session, last } => ClientFrame::Resume { session, last },
+            Self::Msg { id, data } => ClientFrame::Msg {
+                id,
+                data: data.to_owned(),
+            },
+            Self::Ack { seq } => ClientFrame::Ack { seq },
+        }
+    }
+}
+
+/// `N,"data":V}` after [`MSG_PREFIX`]; `None` for anything else (other fields, another order,
+/// whitespace, an id the general reader refuses), which that reader then handles.
+fn msg_in_order(rest: &str) -> Option<ClientFrameRef<'_>> {
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    // JSON numbers have no leading zero; 0 itself is refused below.
+    if digits == 0 || (digits > 1 && rest.starts_with('0')) {
+        return None;
+    }
+    let id: u64 = rest[..digits].parse().ok().filter(|&id| id > 0)?;
+    let data = rest[digits..]
+        .strip_prefix(r#","data":"#)?
+        .strip_suffix('}')?;
+    let data: &RawValue = serde_json::from_str(data).ok()?;
+    Some(ClientFrameRef::Msg { id, data })
+}
+
 /// Every field any client frame has; which ones a frame needs depends on its `type`.
 #[derive(Deserialize)]
 struct AnyClientFrame<'a> {
@@ -127,47 +198,52 @@ struct AnyClientFrame<'a> {
     #[serde(default)]
     seq: Option<u64>,
     // `Option<&RawValue>` alone would read `"data":null` as absent.
-    #[serde(default, deserialize_with = "present")]
-    data: Option<Box<RawValue>>,
+    #[serde(default, deserialize_with = "present", borrow)]
+    data: Option<&'a RawValue>,
 }
 
-fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Box<RawValue>>, D::Error> {
-    Box::<RawValue>::deserialize(d).map(Some)
+fn present<'de, D: Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(d).map(Some)
+}
+
+/// Any client frame, by the general reader.
+fn parse_any(text: &str) -> Result<ClientFrameRef<'_>, FrameError> {
+    let any: AnyClientFrame<'_> = serde_json::from_str(text)
+        .map_err(|e| FrameError::new(FrameErrorKind::NotJson(e.to_string())))?;
+    let missing = |t, field| FrameError::new(FrameErrorKind::Missing(t, field));
+    match &*any.kind {
+        "hello" => Ok(ClientFrameRef::Hello),
+        "resume" => {
+            let session = any.session.ok_or_else(|| missing("resume", "session"))?;
+            let session = session
+                .parse()
+                .map_err(|_| FrameError::new(FrameErrorKind::BadToken))?;
+            let last = any.last.ok_or_else(|| missing("resume", "last"))?;
+            Ok(ClientFrameRef::Resume { session, last })
+        }
+        "msg" => {
+            let id = any.id.ok_or_else(|| missing("msg", "id"))?;
+            if id == 0 {
+                return Err(FrameError::new(FrameErrorKind::ZeroId));
+            }
+            let data = any.data.ok_or_else(|| missing("msg", "data"))?;
+            Ok(ClientFrameRef::Msg { id, data })
+        }
+        "ack" => {
+            let seq = any.seq.ok_or_else(|| missing("ack", "seq"))?;
+            Ok(ClientFrameRef::Ack { seq })
+        }
+        other => Err(FrameError::new(FrameErrorKind::UnknownType(
+            other.chars().take(32).collect(),
+        ))),
+    }
 }
 
 impl ClientFrame {
     /// Reads a text frame. Unknown fields are ignored (fields may be added to the protocol);
     /// a missing or malformed required field is an error.
     pub fn parse(text: &str) -> Result<Self, FrameError> {
-        let any: AnyClientFrame<'_> = serde_json::from_str(text)
-            .map_err(|e| FrameError::new(FrameErrorKind::NotJson(e.to_string())))?;
-        let missing = |t, field| FrameError::new(FrameErrorKind::Missing(t, field));
-        match &*any.kind {
-            "hello" => Ok(Self::Hello),
-            "resume" => {
-                let session = any.session.ok_or_else(|| missing("resume", "session"))?;
-                let session = session
-                    .parse()
-                    .map_err(|_| FrameError::new(FrameErrorKind::BadToken))?;
-                let last = any.last.ok_or_else(|| missing("resume", "last"))?;
-                Ok(Self::Resume { session, last })
-            }
-            "msg" => {
-                let id = any.id.ok_or_else(|| missing("msg", "id"))?;
-                if id == 0 {
-                    return Err(FrameError::new(FrameErrorKind::ZeroId));
-                }
-                let data = any.data.ok_or_else(|| missing("msg", "data"))?;
-                Ok(Self::Msg { id, data })
-            }
-            "ack" => {
-                let seq = any.seq.ok_or_else(|| missing("ack", "seq"))?;
-                Ok(Self::Ack { seq })
-            }
-            other => Err(FrameError::new(FrameErrorKind::UnknownType(
-                other.chars().take(32).collect(),
-            ))),
-        }
+        ClientFrameRef::parse(text).map(ClientFrameRef::into_owned)
     }
 
     /// The frame as JSON text (what a client sends; the server side only reads these).
@@ -313,8 +389,13 @@ impl ServerFrame {
             seq: Option<u64>,
             #[serde(default)]
             id: Option<u64>,
-            #[serde(default, deserialize_with = "present")]
+            #[serde(default, deserialize_with = "present_owned")]
             data: Option<Box<RawValue>>,
+        }
+        fn present_owned<'de, D: Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<Box<RawValue>>, D::Error> {
+            Box::<RawValue>::deserialize(d).map(Some)
         }
         let any: AnyServerFrame = serde_json::from_str(text)
             .map_err(|e| FrameError::new(FrameErrorKind::NotJson(e.to_string())))?;
@@ -359,16 +440,39 @@ pub enum WireFrame {
     Binary(Bytes),
 }
 
-/// `{"type":"msg","seq":N,"data":V}` without building a [`ServerFrame`].
+/// `{"type":"msg","seq":N,"data":V}` without building a [`ServerFrame`], in one allocation of
+/// exactly its length (so that a `Bytes` made from it needs no second one).
 pub fn msg_text(seq: u64, data: &RawValue) -> String {
-    let data = data.get();
-    let mut text = String::with_capacity(data.len() + 40);
-    text.push_str(r#"{"type":"msg","seq":"#);
-    text.push_str(&seq.to_string());
-    text.push_str(r#","data":"#);
+    msg_frame(seq, data.get())
+}
+
+/// [`msg_text`] for `data` known to be JSON.
+pub(crate) fn msg_frame(seq: u64, data: &str) -> String {
+    const HEAD: &str = r#"{"type":"msg","seq":"#;
+    const DATA: &str = r#","data":"#;
+    let mut digits = [0u8; 20];
+    let seq = decimal(seq, &mut digits);
+    let mut text = String::with_capacity(HEAD.len() + seq.len() + DATA.len() + data.len() + 1);
+    text.push_str(HEAD);
+    text.push_str(seq);
+    text.push_str(DATA);
     text.push_str(data);
     text.push('}');
     text
+}
+
+/// `n` in decimal, written at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut start = buf.len();
+    loop {
+        start -= 1;
+        buf[start] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[start..]).expect("ASCII digits")
 }
 
 /// The `data` of an outbound text message: the text itself if it is JSON, else the text as a
@@ -386,9 +490,12 @@ pub fn text_to_data(text: &str) -> Box<RawValue> {
 /// The inbound message a handler sees for `data`: a JSON string's content, any other value's
 /// JSON text. The inverse of [`text_to_data`] for text that is not itself a JSON string.
 pub fn data_to_text(data: &RawValue) -> String {
-    match serde_json::from_str::<String>(data.get()) {
-        Ok(content) => content,
-        Err(_) => data.get().to_owned(),
+    let json = data.get();
+    match json.strip_prefix('"').and_then(|s| s.strip_suffix('"')) {
+        // Any value but a string is its own text, and so is a string's content without escapes.
+        None => json.to_owned(),
+        Some(content) if !content.contains('\\') => content.to_owned(),
+        Some(_) => serde_json::from_str(json).expect("a RawValue string is JSON"),
     }
 }
 
@@ -517,6 +624,68 @@ mod tests {
         assert_eq!(text_to_data(r#"{"a":1}"#).get(), r#"{"a":1}"#);
         assert_eq!(data_to_text(&text_to_data("hi \"you\"")), "hi \"you\"");
         assert_eq!(data_to_text(&raw("[1,2]")), "[1,2]");
+    }
+
+    #[test]
+    fn a_message_in_protocol_order_reads_as_the_general_reader_reads_it() {
+        let text = r#"{"type":"msg","id":12,"data":{"a":[1,"x"]}}"#;
+        let Ok(ClientFrameRef::Msg { id, data }) = ClientFrameRef::parse(text) else {
+            panic!("a message")
+        };
+        assert_eq!((id, data.get()), (12, r#"{"a":[1,"x"]}"#));
+        assert!(
+            std::ptr::eq(data.get().as_ptr(), text[29..].as_ptr()),
+            "a slice of the frame"
+        );
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"msg","id":0,"data":1}"#).unwrap_err(),
+            FrameError::new(FrameErrorKind::ZeroId)
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_message_fast_path_agrees_with_the_general_reader(
+            id in proptest::sample::select(vec![
+                "0", "1", "7", "01", "00", "18446744073709551615", "18446744073709551616",
+                "-1", "1.0", "1e3", " 5", "", "\"3\"",
+            ]),
+            sep in proptest::sample::select(vec![r#","data":"#, r#", "data":"#, r#","data" :"#, r#","x":1,"data":"#]),
+            data in proptest::sample::select(vec![
+                "null", "1", "-2.5e3", "true", r#""plain""#, r#""esc\"aped\n""#, r#""\u00e9""#,
+                r#"{"a":[1,{}]}"#, " [1, 2] ", "{", "}", r#""unterminated"#, "nul", "01", "[1,]",
+                r#"{"a":1}}"#, "",
+            ]),
+            tail in proptest::sample::select(vec!["}", " }", "} ", "}}", r#","id":2}"#, r#","type":"ack"}"#, ""]),
+        ) {
+            let text = format!("{MSG_PREFIX}{id}{sep}{data}{tail}");
+            proptest::prop_assert_eq!(
+                ClientFrameRef::parse(&text).map(ClientFrameRef::into_owned),
+                parse_any(&text).map(ClientFrameRef::into_owned),
+                "{}", text
+            );
+        }
+    }
+
+    #[test]
+    fn a_msg_frame_is_written_in_one_allocation_of_its_exact_length() {
+        for seq in [0, 1, 9, 10, 12_345, u64::MAX] {
+            let text = msg_text(seq, &raw(r#"{"a":1}"#));
+            assert_eq!(
+                text,
+                format!(r#"{{"type":"msg","seq":{seq},"data":{{"a":1}}}}"#)
+            );
+            assert_eq!(text.capacity(), text.len());
+        }
+    }
+
+    #[test]
+    fn a_string_reaches_the_handler_unescaped_and_anything_else_as_its_text() {
+        assert_eq!(data_to_text(&raw(r#""plain""#)), "plain");
+        assert_eq!(data_to_text(&raw(r#""""#)), "");
+        assert_eq!(data_to_text(&raw(r#""a\"b\u00e9""#)), "a\"bé");
+        assert_eq!(data_to_text(&raw(r#"{"a":"\n"}"#)), r#"{"a":"\n"}"#);
+        assert_eq!(data_to_text(&raw("-1.5")), "-1.5");
     }
 
     #[test]

@@ -1,10 +1,8 @@
 //! Sending to a session whether or not its client is connected.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use tower_service::Service;
 
@@ -12,7 +10,6 @@ use crate::data::MessageData;
 use crate::error::{BoxError, SessionGone};
 use crate::future::SendFuture;
 use crate::sessions::Sessions;
-use crate::store::SessionStoreError;
 use crate::store::{SessionStore, SharedSessionStore, Target};
 use crate::token::SessionToken;
 
@@ -62,14 +59,16 @@ impl<S: SessionStore> SessionSender<S> {
         self.start(payload.into()).logged().await
     }
 
-    fn start(&self, payload: MessageData) -> SendFuture<S> {
-        let config = self.sessions.config();
-        let to = match &self.target {
+    fn target(&self) -> Target<'_> {
+        match &self.target {
             SenderTarget::Session(token) => Target::Session(token),
             SenderTarget::Client(client) => Target::Client(client),
-        };
+        }
+    }
+
+    fn start(&self, payload: MessageData) -> SendFuture<S> {
         SendFuture::new(
-            self.sessions.shared.store.append(to, payload, &config),
+            self.sessions.start_append(self.target(), payload),
             self.sessions.clone(),
         )
     }
@@ -84,23 +83,8 @@ impl<S: SessionStore> SessionSender<S> {
     /// message the store then fails to log, or that finds no session, is reported in the log
     /// (WARN) rather than to the caller. Needs a tokio runtime for that case.
     pub fn send_now(&self, payload: impl Into<MessageData>) -> Result<Option<u64>, SessionGone> {
-        let mut logged = self.start(payload.into()).logged();
-        match Pin::new(&mut logged).poll(&mut Context::from_waker(Waker::noop())) {
-            Poll::Ready(result) => result.map(Some),
-            Poll::Pending => {
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    return Err(SessionGone::store(SessionStoreError::new(
-                        "no tokio runtime to wait for the store on",
-                    )));
-                };
-                runtime.spawn(async move {
-                    if let Err(err) = logged.await {
-                        tracing::warn!(%err, "session message sent without waiting was not logged");
-                    }
-                });
-                Ok(None)
-            }
-        }
+        self.sessions
+            .append_now(self.target(), payload.into(), None)
     }
 }
 

@@ -1,18 +1,19 @@
 //! A connection's handle on its session.
 
 use std::fmt;
+use std::future::poll_fn;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::data::MessageData;
 use crate::error::SessionGone;
 use crate::inbound::{Accept, Admit, Processing};
-use crate::sessions::{Local, Sessions};
+use crate::sessions::{CachedConfig, Local, Sessions};
 use crate::store::{Logged, SessionStore, SessionStoreError, SharedSessionStore, Target};
 use crate::token::SessionToken;
+use crate::wake::Wake;
 
 /// A connection's handle on its session. Dropping it detaches the session (unless a newer
 /// connection attached it since), which then expires after the TTL unless resumed.
@@ -20,8 +21,9 @@ pub struct Session<S = SharedSessionStore> {
     sessions: Sessions<S>,
     local: Arc<Local>,
     attachment: u64,
-    logged: watch::Receiver<u64>,
+    wake: Arc<Wake>,
     ack_sent: AtomicU64,
+    config: CachedConfig,
 }
 
 impl<S> fmt::Debug for Session<S> {
@@ -38,14 +40,15 @@ impl<S> Session<S> {
         sessions: Sessions<S>,
         local: Arc<Local>,
         attachment: u64,
-        logged: watch::Receiver<u64>,
+        wake: Arc<Wake>,
     ) -> Self {
         Self {
             sessions,
             local,
             attachment,
-            logged,
+            wake,
             ack_sent: AtomicU64::new(0),
+            config: CachedConfig::default(),
         }
     }
 }
@@ -60,9 +63,35 @@ impl<S: SessionStore> Session<S> {
     /// [`changed`](Self::changed) wakes it, like any other logged message.
     pub async fn append(&self, payload: impl Into<MessageData>) -> Result<u64, SessionGone> {
         let token = self.local.token;
-        self.sessions
-            .append(Target::Session(&token), payload.into())
+        let appended = self
+            .sessions
+            .start_append(Target::Session(&token), payload.into())
             .await
+            .map_err(SessionGone::store)?;
+        self.sessions.appended(appended, None)
+    }
+
+    /// Logs a message this connection writes itself if it can (a reply it produced): as
+    /// [`append`](Self::append), but without waiting and without waking this handle for it.
+    ///
+    /// `Some(seq)` when the store answered at once (the memory store): the connection writes
+    /// the message if `seq` is the next one it owes its client, else reads it from the log.
+    /// `None` when the store answers later (a network store): the append finishes in the
+    /// background in its place, and this handle is woken for it like for any other message
+    /// (a failure is logged). Needs a tokio runtime for that case.
+    pub fn append_own(
+        &mut self,
+        payload: impl Into<MessageData>,
+    ) -> Result<Option<u64>, SessionGone> {
+        let token = self.local.token;
+        let (sessions, local, wake) = (&self.sessions, &self.local, &self.wake);
+        self.config.with(sessions, |config| {
+            sessions.append_now(
+                Target::Session(&token),
+                payload.into(),
+                Some((local, wake, config)),
+            )
+        })
     }
 
     /// At most `max` logged messages after `seq`, in order: what the connection sends next.
@@ -77,17 +106,15 @@ impl<S: SessionStore> Session<S> {
     /// The highest `seq` logged while this connection held the session, as far as this node
     /// saw.
     pub fn last_logged(&self) -> u64 {
-        *self.logged.borrow()
+        self.local.last_seq.load(Ordering::Acquire)
     }
 
-    /// Waits until a message is logged for the session after the last call, or a newer
-    /// connection supersedes this one (check [`is_superseded`](Self::is_superseded)).
+    /// Waits until the session changed since the last call: a message was logged (other than
+    /// by [`append_own`](Self::append_own) answered at once), a newer connection superseded
+    /// this one (check [`is_superseded`](Self::is_superseded)), or the store reported on it.
     /// Cancel-safe.
     pub async fn changed(&mut self) {
-        if self.logged.changed().await.is_err() {
-            // The sender lives in `Local`, which this handle holds: never closed.
-            std::future::pending::<()>().await;
-        }
+        poll_fn(|cx| self.wake.poll_take(cx)).await
     }
 
     /// The client acknowledged every message up to `seq`: frees them.
@@ -156,6 +183,7 @@ impl<S: SessionStore> Session<S> {
 
 impl<S> Drop for Session<S> {
     fn drop(&mut self) {
+        self.local.wakes.remove(&self.wake);
         if self.local.attachment.load(Ordering::Acquire) == self.attachment {
             let now = Instant::now();
             self.local.set_detached(Some(now));

@@ -1,17 +1,19 @@
 //! The registry: opening and resuming sessions under the protocol's rules.
 
-use std::collections::HashMap;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio::time::Instant;
-use wsguard_config::{ConfigSource, SessionConfig};
+use wsguard_config::{ConfigSource, SessionConfig, StabilityConfig};
 
 use crate::data::MessageData;
 use crate::error::SessionGone;
+use crate::future::SendFuture;
 use crate::inbound::InboundIds;
 use crate::protocol::{ClientFrame, RefusalReason, SessionFrame};
 use crate::sender::{SenderTarget, SessionSender};
@@ -19,9 +21,10 @@ use crate::session::Session;
 use crate::stats::{Counters, SessionStats};
 use crate::store::{
     Appended, Attached, Created, Logged, MemorySessionStore, RemoteEvent, RemoteListener,
-    SessionStore, SessionStoreError, SharedSessionStore, Target,
+    SessionStore, SessionStoreError, SharedSessionStore, StoreFuture, Target,
 };
-use crate::token::SessionToken;
+use crate::token::{SessionToken, TokenMap};
+use crate::wake::{Wake, Wakes};
 
 /// Every session of a route (or a process), over a [`SessionStore`].
 ///
@@ -37,7 +40,7 @@ pub struct Sessions<S = SharedSessionStore> {
     pub(crate) shared: Arc<Shared<S>>,
 }
 
-type Locals = Mutex<HashMap<SessionToken, Arc<Local>>>;
+type Locals = Mutex<TokenMap<Arc<Local>>>;
 
 pub(crate) struct Shared<S> {
     pub(crate) store: Arc<S>,
@@ -49,12 +52,40 @@ pub(crate) struct Shared<S> {
     pub(crate) counters: Counters,
 }
 
+/// The `session` settings as of the last change, for a caller that reads them on every message:
+/// a live config is otherwise loaded through its `ArcSwap` each time.
+#[derive(Debug, Default)]
+pub(crate) struct CachedConfig(Option<(u64, Arc<StabilityConfig>)>);
+
+impl CachedConfig {
+    pub(crate) fn with<S, R>(
+        &mut self,
+        sessions: &Sessions<S>,
+        f: impl FnOnce(&SessionConfig) -> R,
+    ) -> R {
+        let source = &sessions.shared.config;
+        let Some(handle) = source.handle() else {
+            // A fixed config is read in place anyway.
+            return source.with(f);
+        };
+        // The generation first: the config loaded after it is at least as new.
+        let generation = handle.generation();
+        if self.0.as_ref().is_none_or(|(seen, _)| *seen != generation) {
+            self.0 = Some((generation, handle.get()));
+        }
+        f(&self.0.as_ref().expect("set just above").1.session)
+    }
+}
+
 /// What this node keeps of a session besides the store.
 pub(crate) struct Local {
     pub(crate) token: SessionToken,
     pub(crate) store: Arc<dyn SessionStore>,
     inbound: Mutex<InboundIds>,
-    last_seq: watch::Sender<u64>,
+    /// The highest `seq` logged, as far as this node saw.
+    pub(crate) last_seq: AtomicU64,
+    /// The connections attached here, woken when a message is logged or the session changes.
+    pub(crate) wakes: Wakes,
     /// Counts attachments; a connection whose number is not the latest was superseded.
     pub(crate) attachment: AtomicU64,
     /// A resume on another node took the session: the connection here closes, and detaches it
@@ -89,19 +120,20 @@ impl Local {
         self.inbound().abandon(id);
     }
 
-    pub(crate) fn logged(&self, seq: u64) {
-        self.last_seq.send_if_modified(|last| {
-            let newer = seq > *last;
-            if newer {
-                *last = seq;
+    /// Message `seq` was logged: wakes the connections, but not the one that logged it (`by`),
+    /// which writes it itself or knows to read it.
+    pub(crate) fn logged(&self, seq: u64, by: Option<&Wake>) {
+        if self.last_seq.fetch_max(seq, Ordering::AcqRel) < seq {
+            match by {
+                Some(by) => self.wakes.raise_others(by),
+                None => self.wakes.raise(),
             }
-            newer
-        });
+        }
     }
 
     /// Wakes the connection, which reads its log again and checks whether it was superseded.
     fn nudge(&self) {
-        self.last_seq.send_modify(|_| {});
+        self.wakes.raise();
     }
 
     /// Another node is resuming the session: the connection here is superseded.
@@ -128,7 +160,7 @@ fn on_remote(locals: &Locals, event: RemoteEvent) {
     match event {
         RemoteEvent::Logged { session, seq } => {
             if let Some(local) = locals.get(&session) {
-                local.logged(seq);
+                local.logged(seq, None);
             }
         }
         RemoteEvent::Superseded { session } => {
@@ -420,37 +452,90 @@ impl<S: SessionStore> Sessions<S> {
         self.shared.counters.snapshot(self.shared.store.counts())
     }
 
-    pub(crate) async fn append(
+    /// Asks the store to log `payload` (the `session` settings read in place, not copied).
+    pub(crate) fn start_append(
         &self,
         to: Target<'_>,
         payload: MessageData,
-    ) -> Result<u64, SessionGone> {
-        let config = self.config();
-        let appended = self
-            .shared
-            .store
-            .append(to, payload, &config)
-            .await
-            .map_err(SessionGone::store)?;
-        self.appended(appended)
+    ) -> StoreFuture<Option<Appended>> {
+        let store = &self.shared.store;
+        self.shared
+            .config
+            .with(|config| store.append(to, payload, config))
     }
 
-    pub(crate) fn appended(&self, appended: Option<Appended>) -> Result<u64, SessionGone> {
+    /// Logs `payload` without waiting: its `seq` when the store answers at once, `None` when
+    /// it answers later (the append then finishes in the background, in its place, and a
+    /// failure is logged). `by` is the connection appending, not woken for its own message,
+    /// with its copy of the settings.
+    pub(crate) fn append_now(
+        &self,
+        to: Target<'_>,
+        payload: MessageData,
+        by: Option<(&Local, &Wake, &SessionConfig)>,
+    ) -> Result<Option<u64>, SessionGone> {
+        let mut append = match by {
+            Some((_, _, config)) => self.shared.store.append(to, payload, config),
+            None => self.start_append(to, payload),
+        };
+        let by = by.map(|(local, wake, _)| (local, wake));
+        match Pin::new(&mut append).poll(&mut Context::from_waker(Waker::noop())) {
+            Poll::Ready(appended) => {
+                let appended = appended.map_err(SessionGone::store)?;
+                self.appended(appended, by).map(Some)
+            }
+            Poll::Pending => {
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return Err(SessionGone::store(SessionStoreError::new(
+                        "no tokio runtime to wait for the store on",
+                    )));
+                };
+                // Finished later: every connection is woken for it, the appending one too.
+                let logged = SendFuture::new(append, self.clone()).logged();
+                runtime.spawn(async move {
+                    if let Err(err) = logged.await {
+                        tracing::warn!(%err, "session message sent without waiting was not logged");
+                    }
+                });
+                Ok(None)
+            }
+        }
+    }
+
+    /// Counts and wakes for an answered append. `by`: the connection that appended, when it
+    /// is not to be woken for it.
+    pub(crate) fn appended(
+        &self,
+        appended: Option<Appended>,
+        by: Option<(&Local, &Wake)>,
+    ) -> Result<u64, SessionGone> {
         let Some(appended) = appended else {
             return Err(SessionGone::no_session());
         };
+        // Counters shared by every connection: written only when there is something to count.
         let counters = &self.shared.counters;
-        counters
-            .dropped
-            .fetch_add(appended.dropped, Ordering::Relaxed);
-        counters
-            .evicted
-            .fetch_add(appended.evicted.len() as u64, Ordering::Relaxed);
-        for token in &appended.evicted {
-            self.forget(token);
+        if appended.dropped > 0 {
+            counters
+                .dropped
+                .fetch_add(appended.dropped, Ordering::Relaxed);
         }
-        if let Some(local) = self.locals().get(&appended.session) {
-            local.logged(appended.seq);
+        if !appended.evicted.is_empty() {
+            counters
+                .evicted
+                .fetch_add(appended.evicted.len() as u64, Ordering::Relaxed);
+            for token in &appended.evicted {
+                self.forget(token);
+            }
+        }
+        match by {
+            Some((local, wake)) if local.token == appended.session => {
+                local.logged(appended.seq, Some(wake));
+            }
+            _ => {
+                if let Some(local) = self.locals().get(&appended.session) {
+                    local.logged(appended.seq, None);
+                }
+            }
         }
         Ok(appended.seq)
     }
@@ -533,7 +618,7 @@ impl<S: SessionStore> Sessions<S> {
         self.forget(token);
     }
 
-    fn locals(&self) -> MutexGuard<'_, HashMap<SessionToken, Arc<Local>>> {
+    fn locals(&self) -> MutexGuard<'_, TokenMap<Arc<Local>>> {
         self.shared.locals.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -553,7 +638,8 @@ impl<S: SessionStore> Sessions<S> {
                 token: *token,
                 store,
                 inbound: Mutex::new(InboundIds::new(processed)),
-                last_seq: watch::channel(0).0,
+                last_seq: AtomicU64::new(0),
+                wakes: Wakes::default(),
                 attachment: AtomicU64::new(0),
                 moved_away: AtomicBool::new(false),
                 detached_at: Mutex::new(None),
@@ -569,8 +655,8 @@ impl<S: SessionStore> Sessions<S> {
         local.set_detached(None);
         // Wakes the connection this one supersedes, if any, so that it closes.
         local.nudge();
-        let logged = local.last_seq.subscribe();
-        Session::new(self.clone(), local, attachment, logged)
+        let wake = local.wakes.add();
+        Session::new(self.clone(), local, attachment, wake)
     }
 }
 

@@ -667,3 +667,55 @@ async fn the_registry_debug_shows_sizes_not_messages_or_tokens() {
     assert!(!debug.contains("secret"), "{debug}");
     assert!(!debug.contains(&token.to_string()[..8]), "{debug}");
 }
+
+#[tokio::test(start_paused = true)]
+async fn append_own_logs_without_waking_its_own_connection_but_wakes_a_newer_one() {
+    let sessions = Sessions::new(config());
+    let (mut session, token) = hello(&sessions, None).await;
+    {
+        let mut changed = task::spawn(session.changed());
+        assert_pending!(changed.poll());
+    }
+    assert_eq!(session.append_own("own 1").unwrap(), Some(1));
+    assert_eq!(session.append_own(vec![7u8]).unwrap(), Some(2));
+    {
+        let mut changed = task::spawn(session.changed());
+        assert_pending!(changed.poll());
+        assert!(
+            !changed.is_woken(),
+            "the appending connection writes it itself"
+        );
+    }
+    assert_eq!(session.last_logged(), 2);
+    // Logged like any other message: read back, and replayed on resume.
+    assert_eq!(session.read_after(0, 10).await.unwrap().len(), 2);
+
+    // A newer connection on the same session is woken by the old one's appends.
+    let (mut new, frame, replay) = attached(sessions.resume(&token, None, 1).await);
+    assert!(frame.resumed);
+    assert_eq!(replay.len(), 1, "seq 2 only: the client held seq 1");
+    let mut new_waits = task::spawn(new.changed());
+    assert_pending!(new_waits.poll());
+    assert_eq!(session.append_own("from the old one").unwrap(), Some(3));
+    assert!(new_waits.is_woken());
+    assert_ready!(new_waits.poll());
+    drop(new_waits);
+    assert_eq!(
+        texts(&new.read_after(2, 10).await.unwrap()),
+        [(3, r#""from the old one""#.into())]
+    );
+    // And the new connection's own appends do not wake it either.
+    assert_eq!(new.append_own("mine").unwrap(), Some(4));
+    let mut new_waits = task::spawn(new.changed());
+    assert_pending!(new_waits.poll());
+}
+
+#[tokio::test(start_paused = true)]
+async fn append_own_on_a_freed_session_is_refused() {
+    let sessions = Sessions::new(config());
+    let (mut session, token) = hello(&sessions, None).await;
+    drop(sessions.resume(&token, None, 0).await);
+    advance(Duration::from_secs(300)).await;
+    assert_eq!(sessions.sweep().await, 1);
+    assert!(session.append_own("gone").is_err());
+}

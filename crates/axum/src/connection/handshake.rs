@@ -71,7 +71,7 @@ where
         ) {
             // Replies queued before the close still go out; to a client that does not read or
             // breaks the protocol, they do not.
-            poll_fn(|cx| writes.poll_write(Pin::new(&mut *sink), out, cx)).await?;
+            poll_fn(|cx| writes.poll_write(Pin::new(&mut *sink), out, usize::MAX, cx)).await?;
         }
         let frame = CloseFrame {
             code,

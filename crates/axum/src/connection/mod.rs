@@ -46,6 +46,9 @@ pub(crate) use self::session::Opening;
 /// than this many wait for a socket that can take them.
 const WRITE_BATCH: usize = 32;
 
+/// Bytes a server frame adds to its payload (payloads of 126 B to 64 KiB).
+const FRAME_HEADER: usize = 4;
+
 /// Settings read once when the connection opens.
 #[derive(Debug, Clone)]
 pub(crate) struct Settings {
@@ -54,6 +57,8 @@ pub(crate) struct Settings {
     pub(crate) message_concurrency: usize,
     pub(crate) max_pending_pongs: usize,
     pub(crate) close_timeout: Duration,
+    /// The socket's write buffer: what one write of a batch carries.
+    pub(crate) write_buffer_size: usize,
 }
 
 /// Serves an upgraded socket until the connection ends.
@@ -280,6 +285,7 @@ where
         let mut ack_timer: Option<Pin<Box<Sleep>>> = None;
         let mut peer_close: Option<Option<u16>> = None;
         let concurrency = self.settings.message_concurrency.max(1);
+        let write_buffer = self.settings.write_buffer_size;
 
         // One timer for the idle timeout, moved on only when it fires: a frame just records the
         // time it was heard.
@@ -330,12 +336,17 @@ where
             {
                 return ending;
             }
-            let queued = out.len();
+            let (queued, queued_bytes) = out.backlog();
             let (write_first, write_later) = {
                 let io = lock();
                 // A pong owed goes out before the next frame is read, so that a client that
-                // pings without reading is seen while its pongs still fit the write buffer.
-                let first = io.1.ping_due || io.1.pongs_owed > 0 || queued >= WRITE_BATCH;
+                // pings without reading is seen while its pongs still fit the write buffer. A
+                // batch goes out once it fills the write buffer too: past it the socket would
+                // write it in two parts.
+                let first = io.1.ping_due
+                    || io.1.pongs_owed > 0
+                    || queued >= WRITE_BATCH
+                    || queued_bytes.saturating_add(FRAME_HEADER * queued) >= write_buffer;
                 let writing = finishing.is_none();
                 (
                     writing && first,
@@ -346,7 +357,7 @@ where
             let write = || {
                 poll_fn(|cx| {
                     let (sink, writes) = &mut *lock();
-                    writes.poll_write(sink.as_mut(), &out, cx)
+                    writes.poll_write(sink.as_mut(), &out, write_buffer, cx)
                 })
             };
             tokio::select! {
@@ -369,7 +380,8 @@ where
                     let guard = processing.pop_front().flatten();
                     let id = guard.as_ref().map(Processing::id);
                     let answered = outcome.is_ok();
-                    let end = on_outcome(&self.conn, &self.replies, outcome, id);
+                    let writing = finishing.is_none();
+                    let end = on_outcome(&self.conn, &self.replies, outcome, id, live.as_mut().map(|l| (l, writing)));
                     // Handled, failed or rejected: processed, now that its reply is logged. A
                     // panicked call is not: the client may resend it.
                     if let Some(guard) = guard
@@ -550,12 +562,13 @@ async fn flush_sessions(sessions: &wsguard_session::Sessions, limit: Duration) {
 }
 
 /// Acts on a call's outcome. `id` is the message's client id under a session: its error frame
-/// carries it and is not logged.
+/// carries it and is not logged. `live`: the session, and whether the connection still writes.
 fn on_outcome(
     conn: &ConnInfo,
     replies: &Replies,
     outcome: Outcome,
     id: Option<u64>,
+    live: Option<(&mut Live, bool)>,
 ) -> Option<Ending> {
     let action = match outcome {
         Err(panic) => return Some(panicked(conn, panic)),
@@ -571,8 +584,13 @@ fn on_outcome(
     match action {
         Action::Nothing => None,
         Action::Reply(message) => {
-            // A closed queue means the connection is ending; the ending branch reports why.
-            let _ = conn.sender.send(message);
+            match live {
+                Some((live, writing)) => live.reply(message, &conn.sender, writing),
+                // A closed queue means the connection is ending; the ending branch reports why.
+                None => {
+                    let _ = conn.sender.send(message);
+                }
+            }
             None
         }
         Action::Close { code, reason } => Some(Ending::close(code, reason)),

@@ -7,9 +7,11 @@ use std::time::Duration;
 use axum::extract::ws::Message;
 use futures_util::{Stream, StreamExt};
 use tokio::time::{Instant, timeout_at};
-use wsguard_session::protocol::{ClientFrame, ServerFrame, WireFrame, data_to_text, decode_binary};
+use wsguard_session::protocol::{
+    ClientFrame, ClientFrameRef, ServerFrame, WireFrame, data_to_text, decode_binary,
+};
 use wsguard_session::store::Logged;
-use wsguard_session::{Accept, Opened, Processing, Session, Sessions};
+use wsguard_session::{Accept, MessageData, Opened, Processing, Session, Sessions};
 
 use super::WRITE_BATCH;
 use crate::Sender;
@@ -184,10 +186,10 @@ impl Live {
     /// Reads a client frame.
     pub(super) fn admit(&self, message: Message) -> Result<Admitted, Ending> {
         let (id, message) = match message {
-            Message::Text(text) => match ClientFrame::parse(text.as_str()) {
-                Ok(ClientFrame::Msg { id, data }) => (id, Message::text(data_to_text(&data))),
-                Ok(ClientFrame::Ack { seq }) => return Ok(Admitted::Ack(seq)),
-                Ok(ClientFrame::Hello | ClientFrame::Resume { .. }) => {
+            Message::Text(text) => match ClientFrameRef::parse(text.as_str()) {
+                Ok(ClientFrameRef::Msg { id, data }) => (id, Message::text(data_to_text(data))),
+                Ok(ClientFrameRef::Ack { seq }) => return Ok(Admitted::Ack(seq)),
+                Ok(ClientFrameRef::Hello | ClientFrameRef::Resume { .. }) => {
                     return Err(protocol_error("the session is already open"));
                 }
                 Err(err) => return Err(protocol_error(&err.to_string())),
@@ -205,6 +207,36 @@ impl Live {
             Accept::OutOfOrder { expected } => {
                 Err(protocol_error(&format!("message id {id} skips {expected}")))
             }
+        }
+    }
+
+    /// Logs a reply of the connection's service. When it is the next message the client is
+    /// owed and the queue has room, its frame is queued at once from what was appended,
+    /// rather than read back from the log after a wake-up; otherwise the log has it and
+    /// [`refill`](Self::refill) queues it in its turn. `writing`: the connection still writes
+    /// (it is not finishing its calls after the client left).
+    pub(super) fn reply(&mut self, message: Message, out: &Sender, writing: bool) {
+        let payload = match &message {
+            Message::Text(text) => MessageData::from(text.as_str()),
+            Message::Binary(bytes) => MessageData::Binary(bytes.clone()),
+            // Not a data message: not logged, as `Sender::send` does.
+            _ => {
+                let _ = out.send(message);
+                return;
+            }
+        };
+        match self.session.append_own(payload.clone()) {
+            Ok(Some(seq))
+                if writing
+                    && seq == self.sent + 1
+                    && out.push_frame_below(wire(&Logged { seq, payload }), WRITE_BATCH) =>
+            {
+                self.sent = seq;
+            }
+            Ok(Some(_)) => self.dirty = true,
+            // A store that answers later wakes the connection once the reply is logged; a
+            // session gone (expired, evicted) has no client to reply to.
+            Ok(None) | Err(_) => {}
         }
     }
 

@@ -31,6 +31,8 @@ struct Wire(Arc<Mutex<WireState>>);
 struct WireState {
     opened: Instant,
     sent: Vec<(Duration, Message)>,
+    /// How many frames had been sent at each flush that followed new frames.
+    flushed: Vec<usize>,
     blocked: bool,
     waker: Option<Waker>,
 }
@@ -40,6 +42,7 @@ impl Wire {
         Self(Arc::new(Mutex::new(WireState {
             opened: Instant::now(),
             sent: Vec::new(),
+            flushed: Vec::new(),
             blocked: false,
             waker: None,
         })))
@@ -97,7 +100,15 @@ impl Sink<Message> for Wire {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.poll_open(cx)
+        let open = self.poll_open(cx);
+        if open.is_ready() {
+            let mut state = self.0.lock().unwrap();
+            let sent = state.sent.len();
+            if state.flushed.last() != Some(&sent) {
+                state.flushed.push(sent);
+            }
+        }
+        open
     }
 
     fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -154,16 +165,21 @@ impl Served {
             message_concurrency: config.message_concurrency,
             max_pending_pongs: config.max_pending_pongs,
             close_timeout: config.close_timeout,
+            write_buffer_size: config.write_buffer_size,
         };
         let replies = Replies {
             connection: config.clone().into(),
             dedup: DedupConfig::testing().into(),
         };
         let stats = ConnectionStats::default();
-        // Echo; `sleep N` answers after N ms.
+        // Echo; `sleep N` answers after N ms, `send X` sends X through the connection's sender
+        // before answering.
         let echo = tower::service_fn(|req: Inbound| async move {
             if let Some(ms) = req.text().and_then(|t| t.strip_prefix("sleep ")) {
                 tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            }
+            if let Some(text) = req.text().and_then(|t| t.strip_prefix("send ")) {
+                req.sender().send(text.to_owned()).unwrap();
             }
             Ok::<_, BoxError>(Some(req.message))
         });
@@ -637,4 +653,125 @@ async fn a_finishing_connection_is_not_cut_short_by_the_idle_timeout() {
         Some(r#""sleep 5000""#.len()),
         "its reply is logged"
     );
+}
+
+impl Wire {
+    /// The `msg` frames written: `seq` and `data`.
+    fn msgs(&self) -> Vec<(u64, String)> {
+        self.frames()
+            .into_iter()
+            .filter_map(|(_, f)| match f {
+                ServerFrame::Msg { seq, data } => Some((seq, data.get().to_owned())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+fn numbered(texts: &[&str], from: u64) -> Vec<(u64, String)> {
+    (from..)
+        .zip(texts)
+        .map(|(seq, text)| (seq, format!("{text:?}")))
+        .collect()
+}
+
+#[tokio::test(start_paused = true)]
+async fn replies_written_at_once_are_logged_written_once_and_replayed_after_a_resume() {
+    let sessions = Sessions::new(SessionConfig::testing());
+    let served = Served::start_session(&sessions);
+    served.send(Message::text(r#"{"type":"hello"}"#));
+    for id in 1..=3 {
+        served.send(Message::text(format!(
+            r#"{{"type":"msg","id":{id},"data":"r{id}"}}"#
+        )));
+    }
+    tokio::time::sleep(ms(100)).await;
+    let token = served.wire.session_frame().session.unwrap();
+    assert_eq!(
+        served.wire.msgs(),
+        numbered(&["r1", "r2", "r3"], 1),
+        "each once, in order"
+    );
+    assert_eq!(
+        sessions.stats().bytes,
+        Some(3 * r#""r1""#.len()),
+        "all three logged until acknowledged"
+    );
+    // The client holds seq 1 only when the connection drops.
+    let served = served.hang_up().await;
+    assert_eq!(served.wire.msgs().len(), 3, "nothing written twice");
+
+    let resumed = Served::start_session(&sessions);
+    resumed.send(Message::text(format!(
+        r#"{{"type":"resume","session":"{token}","last":1}}"#
+    )));
+    resumed.send(Message::text(r#"{"type":"msg","id":4,"data":"r4"}"#));
+    tokio::time::sleep(ms(100)).await;
+    assert!(resumed.wire.session_frame().resumed);
+    assert_eq!(
+        resumed.wire.msgs(),
+        numbered(&["r2", "r3", "r4"], 2),
+        "the replay, then the new reply, each once"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reply_behind_a_message_sent_during_its_call_goes_out_after_it_once() {
+    let sessions = Sessions::new(SessionConfig::testing());
+    let served = Served::start_session(&sessions);
+    served.send(Message::text(r#"{"type":"hello"}"#));
+    served.send(Message::text(r#"{"type":"msg","id":1,"data":"send note"}"#));
+    served.send(Message::text(r#"{"type":"msg","id":2,"data":"plain"}"#));
+    tokio::time::sleep(ms(100)).await;
+    // "note" was logged by the handler before its reply: the reply is not the next message
+    // the client is owed when it is logged, so both go out from the log, in order.
+    assert_eq!(
+        served.wire.msgs(),
+        numbered(&["note", "send note", "plain"], 1)
+    );
+    let served = served.hang_up().await;
+    assert_eq!(served.wire.msgs().len(), 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_connection_closing_after_its_call_logs_the_reply_for_the_resume_without_writing_it() {
+    let sessions = Sessions::new(SessionConfig::testing());
+    let served = Served::start_session(&sessions);
+    served.send(Message::text(r#"{"type":"hello"}"#));
+    served.send(Message::text(r#"{"type":"msg","id":1,"data":"r1"}"#));
+    served.send(Message::text(r#"{"type":"msg","id":2,"data":"sleep 300"}"#));
+    tokio::time::sleep(ms(10)).await;
+    let token = served.wire.session_frame().session.unwrap();
+    // The application closes the connection while id 2 is handled: the call finishes first.
+    served.conn.sender.close(4000, "bye");
+    served.until_close_frame().await;
+    assert_eq!(served.wire.closes(), [(ms(300), 4000)]);
+    assert_eq!(
+        served.wire.msgs(),
+        numbered(&["r1"], 1),
+        "the reply that came once the connection was ending is not written"
+    );
+    assert_eq!(served.wire.acks().last().map(|a| a.1), Some(2));
+    drop(served.hang_up().await);
+
+    let resumed = Served::start_session(&sessions);
+    resumed.send(Message::text(format!(
+        r#"{{"type":"resume","session":"{token}","last":1}}"#
+    )));
+    tokio::time::sleep(ms(10)).await;
+    assert_eq!(resumed.wire.session_frame().last, 2);
+    assert_eq!(resumed.wire.msgs(), numbered(&["sleep 300"], 2));
+}
+
+#[tokio::test(start_paused = true)]
+async fn replies_go_out_once_they_fill_the_write_buffer_before_more_frames_are_read() {
+    let served = Served::start(|c| c.write_buffer_size = 500);
+    let text = "x".repeat(120);
+    for _ in 0..10 {
+        served.send(Message::text(text.clone()));
+    }
+    tokio::time::sleep(ms(10)).await;
+    // Frames of 124 bytes: five fill the 500 bytes and go out before the next frame is read,
+    // in one write (the socket writes its buffer once a frame passes it), not ten in two.
+    assert_eq!(served.wire.0.lock().unwrap().flushed, [5, 10]);
 }

@@ -20,7 +20,13 @@ pub(super) struct Writes {
 }
 
 impl Writes {
-    /// Writes a due ping, then everything queued, then flushes once.
+    /// Writes a due ping, then what is queued, then flushes once.
+    ///
+    /// `buffer` is the socket's write buffer (`write_buffer_size`), which the socket writes out
+    /// by itself once it holds more. Frames are handed over until one passes it (the socket has
+    /// then written them), and past that only while at least another buffer's worth is queued:
+    /// a short tail stays queued for the next batch rather than costing a second write of its
+    /// own. `usize::MAX` writes everything.
     ///
     /// Cancel-safe: a message leaves the queue only once the socket has room for it, and an
     /// unfinished flush is remembered and finished by the next call.
@@ -28,6 +34,7 @@ impl Writes {
         &mut self,
         mut sink: Pin<&mut K>,
         out: &Sender,
+        buffer: usize,
         cx: &mut Context<'_>,
     ) -> Poll<Result<(), K::Error>>
     where
@@ -40,9 +47,14 @@ impl Writes {
             self.ping_due = false;
             self.unflushed = true;
         }
+        let mut handed = 0usize;
         while !out.is_empty() {
+            if handed > buffer && out.queued_bytes() < buffer {
+                break;
+            }
             ready!(sink.as_mut().poll_ready(cx))?;
             let Some(message) = out.pop() else { break };
+            handed = handed.saturating_add(frame_len(&message));
             sink.as_mut().start_send(message)?;
             self.unflushed = true;
         }
@@ -53,6 +65,21 @@ impl Writes {
         }
         Poll::Ready(Ok(()))
     }
+}
+
+/// Bytes a server frame (unmasked) takes on the wire.
+fn frame_len(message: &Message) -> usize {
+    let payload = match message {
+        Message::Text(text) => text.len(),
+        Message::Binary(bytes) | Message::Ping(bytes) | Message::Pong(bytes) => bytes.len(),
+        Message::Close(frame) => frame.as_ref().map_or(0, |f| 2 + f.reason.len()),
+    };
+    let header = match payload {
+        0..126 => 2,
+        126..65_536 => 4,
+        _ => 10,
+    };
+    header + payload
 }
 
 #[cfg(test)]
@@ -106,7 +133,7 @@ mod tests {
             ping_due: true,
             ..Writes::default()
         };
-        poll_fn(|cx| writes.poll_write(Pin::new(&mut socket), &out, cx))
+        poll_fn(|cx| writes.poll_write(Pin::new(&mut socket), &out, usize::MAX, cx))
             .await
             .unwrap();
         assert!(
@@ -124,10 +151,36 @@ mod tests {
         assert!(!writes.ping_due && !writes.unflushed);
 
         // Nothing queued: no write, no flush.
-        poll_fn(|cx| writes.poll_write(Pin::new(&mut socket), &out, cx))
+        poll_fn(|cx| writes.poll_write(Pin::new(&mut socket), &out, usize::MAX, cx))
             .await
             .unwrap();
         assert_eq!(socket.flushes, 1);
+    }
+
+    #[tokio::test]
+    async fn a_flush_stops_past_the_write_buffer_when_less_than_another_is_queued() {
+        let out = Sender::new(32, OverflowPolicy::DropNewest);
+        for i in 0..10 {
+            out.send(format!("{i}").repeat(300)).unwrap();
+        }
+        let mut socket = Recorder::default();
+        let mut writes = Writes::default();
+        // Frames of 304 bytes: the fourth passes 1000 bytes, and 1800 more are queued, so the
+        // write goes on; after the seventh, 900 are left: a batch of their own.
+        poll_fn(|cx| writes.poll_write(Pin::new(&mut socket), &out, 1000, cx))
+            .await
+            .unwrap();
+        assert_eq!((socket.sent.len(), socket.flushes, out.len()), (7, 1, 3));
+        poll_fn(|cx| writes.poll_write(Pin::new(&mut socket), &out, 1000, cx))
+            .await
+            .unwrap();
+        assert_eq!((socket.sent.len(), socket.flushes, out.len()), (10, 2, 0));
+        let first: Vec<_> = socket
+            .sent
+            .iter()
+            .map(|m| m.to_text().unwrap()[..1].to_owned())
+            .collect();
+        assert_eq!(first, ["0", "1", "2", "3", "4", "5", "6", "7", "8", "9"]);
     }
 
     /// A socket that takes `room` frames, then is full until `room` is raised; flushes only
@@ -185,7 +238,7 @@ mod tests {
         // The socket takes two frames, then is full: the third stays queued.
         assert!(
             writes
-                .poll_write(Pin::new(&mut socket), &out, &mut cx)
+                .poll_write(Pin::new(&mut socket), &out, usize::MAX, &mut cx)
                 .is_pending()
         );
         assert_eq!(socket.sent.len(), 2);
@@ -195,7 +248,7 @@ mod tests {
         socket.room = 8;
         assert!(
             writes
-                .poll_write(Pin::new(&mut socket), &out, &mut cx)
+                .poll_write(Pin::new(&mut socket), &out, usize::MAX, &mut cx)
                 .is_pending()
         );
         assert_eq!(socket.sent.len(), 3);
@@ -206,7 +259,7 @@ mod tests {
         socket.flushable = true;
         assert!(
             writes
-                .poll_write(Pin::new(&mut socket), &out, &mut cx)
+                .poll_write(Pin::new(&mut socket), &out, usize::MAX, &mut cx)
                 .is_ready()
         );
         assert!(!writes.unflushed);

@@ -10,7 +10,7 @@ use super::{
     Target,
 };
 use crate::data::MessageData;
-use crate::token::SessionToken;
+use crate::token::{SessionToken, TokenMap};
 
 /// Sessions in this process's memory: the embedded default.
 ///
@@ -55,7 +55,7 @@ impl fmt::Debug for MemorySessionStore {
 
 #[derive(Debug, Default)]
 struct State {
-    sessions: HashMap<SessionToken, Entry>,
+    sessions: TokenMap<Entry>,
     /// The newest session of each client.
     by_client: HashMap<String, SessionToken>,
     /// Detached sessions, oldest first: expiry and eviction take from the front.
@@ -119,7 +119,7 @@ impl Entry {
 #[derive(Debug, Default)]
 struct Tombstones {
     order: VecDeque<(Instant, SessionToken)>,
-    clients: HashMap<SessionToken, Option<String>>,
+    clients: TokenMap<Option<String>>,
 }
 
 impl Tombstones {
@@ -144,7 +144,9 @@ const SHRINK_ABOVE_CAPACITY: usize = 64;
 /// After sessions are freed: a table under a quarter of its capacity keeps twice its length and
 /// gives the rest back, so a burst of sessions that ended no longer holds its room, and removals
 /// stay amortized constant time (the next shrink needs the table to halve again).
-fn shrink_if_sparse<K: Eq + std::hash::Hash, V>(map: &mut HashMap<K, V>) {
+fn shrink_if_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
+    map: &mut HashMap<K, V, S>,
+) {
     let (len, capacity) = (map.len(), map.capacity());
     if capacity > SHRINK_ABOVE_CAPACITY && capacity > 4 * len {
         map.shrink_to(2 * len);
@@ -277,11 +279,18 @@ impl SessionStore for MemorySessionStore {
     ) -> StoreFuture<Option<Appended>> {
         let mut state = self.lock();
         let state = &mut *state;
-        let Some(token) = state.resolve(to) else {
+        let found = match to {
+            // One lookup for the usual case.
+            Target::Session(token) => state.sessions.get_mut(token).map(|e| (*token, e)),
+            Target::Client(_) => match state.resolve(to) {
+                Some(token) => state.sessions.get_mut(&token).map(|e| (token, e)),
+                None => None,
+            },
+        };
+        let Some((token, entry)) = found else {
             return StoreFuture::ready(Ok(None));
         };
         let len = payload.len();
-        let entry = state.sessions.get_mut(&token).expect("resolved above");
         entry.last_seq += 1;
         let seq = entry.last_seq;
         entry.log.push_back(Logged { seq, payload });
@@ -297,6 +306,7 @@ impl SessionStore for MemorySessionStore {
             state.bytes -= entry.drop_oldest();
         }
 
+        let mut dropped = entry.dropped - dropped_before;
         let mut evicted = Vec::new();
         while state.bytes > config.max_total_bytes {
             let oldest = state.detached.iter().map(|&(_, t)| t).find(|t| *t != token);
@@ -313,11 +323,12 @@ impl SessionStore for MemorySessionStore {
                     if entry.log.len() <= 1 {
                         break;
                     }
+                    let before = entry.dropped;
                     state.bytes -= entry.drop_oldest();
+                    dropped += entry.dropped - before;
                 }
             }
         }
-        let dropped = state.sessions[&token].dropped - dropped_before;
         StoreFuture::ready(Ok(Some(Appended {
             session: token,
             seq,

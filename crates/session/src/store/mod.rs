@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use wsguard_config::{SessionBackend, SessionConfig};
 
 use crate::data::MessageData;
-use crate::protocol::{WireFrame, encode_binary, msg_text};
+use crate::protocol::{WireFrame, encode_binary, msg_frame};
 use crate::token::SessionToken;
 
 pub use self::memory::MemorySessionStore;
@@ -102,7 +102,7 @@ impl Logged {
     /// starting with the big-endian `seq`.
     pub fn to_wire(&self) -> WireFrame {
         match &self.payload {
-            MessageData::Json(data) => WireFrame::Text(msg_text(self.seq, data)),
+            MessageData::Json(data) => WireFrame::Text(msg_frame(self.seq, data.get())),
             MessageData::Binary(bytes) => WireFrame::Binary(encode_binary(self.seq, bytes)),
         }
     }

@@ -1,7 +1,5 @@
 //! Redis's answers read into the store's types: malformed ones are errors, never panics.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use redis::Value;
 use serde_json::value::RawValue;
@@ -73,7 +71,7 @@ pub(super) fn entries(value: Value) -> Result<Vec<Logged>, SessionStoreError> {
                         .ok()
                         .and_then(|text| RawValue::from_string(text).ok())
                         .ok_or_else(|| bad_answer("a logged message that is not JSON"))?;
-                    MessageData::Json(Arc::from(json))
+                    MessageData::Json(json.into())
                 }
                 _ => return Err(bad_answer("a stream entry without kind or data")),
             };
