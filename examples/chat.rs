@@ -966,22 +966,22 @@ mod tests {
             .map_or(0, |c| c["messages_out"].as_u64().unwrap())
     }
 
+    /// A plain connection of client `name` that joined room `r` and saw its own join.
+    async fn member_of_r(addr: std::net::SocketAddr, name: &str) -> Socket {
+        let (mut ws, _) = connect_async(format!("ws://{addr}/ws?client={name}"))
+            .await
+            .unwrap();
+        let join = json!({"type": "join", "room": "r", "name": name}).to_string();
+        ws.send(WsMessage::text(join)).await.unwrap();
+        read_until(&mut ws, &format!(r#""name":"{name}""#)).await;
+        ws
+    }
+
     #[tokio::test]
     async fn broadcasts_count_as_messages_out_of_each_receiving_client() {
         let (addr, router) = start().await;
-        let join = |name: &str| {
-            WsMessage::text(json!({"type": "join", "room": "r", "name": name}).to_string())
-        };
-        let (mut alice, _) = connect_async(format!("ws://{addr}/ws?client=alice"))
-            .await
-            .unwrap();
-        alice.send(join("alice")).await.unwrap();
-        read_until(&mut alice, r#""name":"alice""#).await;
-        let (mut bob, _) = connect_async(format!("ws://{addr}/ws?client=bob"))
-            .await
-            .unwrap();
-        bob.send(join("bob")).await.unwrap();
-        read_until(&mut bob, r#""name":"bob""#).await;
+        let mut alice = member_of_r(addr, "alice").await;
+        let mut bob = member_of_r(addr, "bob").await;
         let say = json!({"type": "say", "text": "hello room"}).to_string();
         alice.send(WsMessage::text(say)).await.unwrap();
         read_until(&mut bob, "hello room").await;
@@ -1009,19 +1009,8 @@ mod tests {
     #[tokio::test]
     async fn a_flood_is_limited_per_client_and_the_panel_counts_it() {
         let (addr, router) = start().await;
-        let join = |name: &str| {
-            WsMessage::text(json!({"type": "join", "room": "r", "name": name}).to_string())
-        };
-        let (mut alice, _) = connect_async(format!("ws://{addr}/ws?client=alice"))
-            .await
-            .unwrap();
-        alice.send(join("alice")).await.unwrap();
-        read_until(&mut alice, r#""name":"alice""#).await;
-        let (mut bob, _) = connect_async(format!("ws://{addr}/ws?client=bob"))
-            .await
-            .unwrap();
-        bob.send(join("bob")).await.unwrap();
-        read_until(&mut bob, r#""name":"bob""#).await;
+        let mut alice = member_of_r(addr, "alice").await;
+        let mut bob = member_of_r(addr, "bob").await;
         read_until(&mut alice, r#""name":"bob""#).await;
 
         // What the page's "Flood" does: 200 messages at once.
