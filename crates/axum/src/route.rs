@@ -308,14 +308,8 @@ where
             sender,
             slot,
         });
-        let settings = Settings {
-            idle_timeout: config.idle_timeout,
-            ping_interval: config.ping_interval,
-            message_concurrency: config.message_concurrency,
-            max_pending_pongs: config.max_pending_pongs,
-            close_timeout: config.close_timeout,
-            write_buffer_size: config.write_buffer_size,
-        };
+        let settings = Settings::new(&config, opening.is_some());
+        let write_buffer_size = settings.write_buffer_size;
         let replies = Replies {
             connection: self.config.connection().clone(),
             dedup: self.config.dedup().clone(),
@@ -325,14 +319,13 @@ where
         let metrics = self.metrics;
         upgrade
             .read_buffer_size(config.read_buffer_size)
-            .write_buffer_size(config.write_buffer_size)
+            .write_buffer_size(write_buffer_size)
             // Pongs a client does not read pile up in the write buffer: cap it. Our own frames
             // never take more than `write_buffer_size` plus one queued message.
             .max_write_buffer_size(
-                config
-                    .write_buffer_size
+                write_buffer_size
                     .saturating_add(config.send_queue_bytes)
-                    .max(config.write_buffer_size + 1),
+                    .max(write_buffer_size + 1),
             )
             .max_message_size(config.max_message_size)
             .max_frame_size(config.max_message_size)

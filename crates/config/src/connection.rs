@@ -81,7 +81,9 @@ pub struct ConnectionConfig {
     pub message_concurrency: usize,
     /// Read buffer per connection, in bytes (tungstenite's default is 128 KiB).
     pub read_buffer_size: usize,
-    /// Write buffer per connection, in bytes, before a flush is forced.
+    /// Write buffer per connection, in bytes, before a flush is forced. A `wsguard.v1` session's
+    /// connection has about 1.5 KiB more, the framing of a batch of 32 `msg` frames, so that a
+    /// batch of small messages goes out in one write with a session as without.
     pub write_buffer_size: usize,
     /// Pings a client may send while the server cannot write their pongs (the client does not
     /// read); one more closes the connection with `1008 Policy Violation`.

@@ -56,6 +56,54 @@ impl From<Box<RawValue>> for JsonText {
     }
 }
 
+/// A client message's `data` that is one JSON value other than a string, as the bytes of the
+/// frame it came in (no copy): what a handler gets for it. A reply of the same text is known to
+/// be JSON without reading it again ([`reply`](Self::reply)), as for an echo or a relay.
+///
+/// ```
+/// use bytes::Bytes;
+/// use serde_json::value::RawValue;
+/// use wsguard_session::CheckedJson;
+///
+/// let frame = Bytes::from_static(br#"{"type":"msg","id":1,"data":{"a":1}}"#);
+/// let text = std::str::from_utf8(&frame).unwrap();
+/// let data: &RawValue = serde_json::from_str(&text[28..text.len() - 1]).unwrap();
+/// let checked = CheckedJson::within(&frame, data).unwrap();
+/// assert_eq!(checked.bytes(), r#"{"a":1}"#.as_bytes());
+/// assert_eq!(checked.reply(r#"{"a":1}"#).unwrap().get(), r#"{"a":1}"#);
+/// assert!(checked.reply("something else").is_none());
+///
+/// // Text outside the frame, or a JSON string, is not taken.
+/// let elsewhere: &RawValue = serde_json::from_str(r#"{"a":1}"#).unwrap();
+/// assert!(CheckedJson::within(&frame, elsewhere).is_none());
+/// ```
+#[derive(Debug, Clone)]
+pub struct CheckedJson(Bytes);
+
+impl CheckedJson {
+    /// `data` as a slice of `frame`, when `data` lies within `frame` (it was parsed from it) and
+    /// is not a JSON string (whose handler text is its unescaped content, not its JSON).
+    pub fn within(frame: &Bytes, data: &RawValue) -> Option<Self> {
+        let json = data.get();
+        if json.starts_with('"') {
+            return None;
+        }
+        let start = (json.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
+        let end = start.checked_add(json.len())?;
+        (end <= frame.len()).then(|| Self(frame.slice(start..end)))
+    }
+
+    /// The JSON text's bytes, shared with the frame.
+    pub fn bytes(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// `text` to log, if it is this very JSON text: copied, not read again.
+    pub fn reply(&self, text: &str) -> Option<JsonText> {
+        (self.0 == text.as_bytes()).then(|| JsonText(Arc::from(text)))
+    }
+}
+
 /// An outbound message: JSON for a text frame's `data`, or the payload of a binary frame.
 ///
 /// Cloning shares the bytes (replay and the log hold the same message).

@@ -123,7 +123,7 @@ pub mod store;
 mod token;
 mod wake;
 
-pub use self::data::{JsonText, MessageData};
+pub use self::data::{CheckedJson, JsonText, MessageData};
 pub use self::error::SessionGone;
 pub use self::inbound::{Accept, Processing};
 pub use self::sender::SessionSender;

@@ -20,6 +20,10 @@ pub const SUBPROTOCOL: &str = "wsguard.v1";
 /// Bytes of the big-endian number in front of a binary message.
 pub const BINARY_HEADER_LEN: usize = 8;
 
+/// Bytes a `msg` frame adds to its `data` at most: `{"type":"msg","seq":`, a `seq` of up to 20
+/// digits, `,"data":` and `}`.
+pub const MSG_FRAME_OVERHEAD: usize = 49;
+
 /// A text frame a client sends.
 #[derive(Debug, Clone)]
 pub enum ClientFrame {

@@ -27,10 +27,12 @@ use futures_util::{FutureExt, Sink, Stream, StreamExt};
 use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, Sleep, interval_at, sleep_until};
 use tower_service::Service;
-use wsguard_session::Processing;
+use wsguard_config::ConnectionConfig;
+use wsguard_session::CheckedJson;
+use wsguard_session::protocol::MSG_FRAME_OVERHEAD;
 
 use self::handshake::{Handshake, log_close};
-use self::session::{Admitted, Live};
+use self::session::{Admitted, Live, Request};
 use self::write::Writes;
 use crate::BoxError;
 use crate::close::{self, Ending};
@@ -59,6 +61,29 @@ pub(crate) struct Settings {
     pub(crate) close_timeout: Duration,
     /// The socket's write buffer: what one write of a batch carries.
     pub(crate) write_buffer_size: usize,
+}
+
+impl Settings {
+    /// The settings of a connection on `config`; `session`: its client speaks `wsguard.v1`.
+    pub(crate) fn new(config: &ConnectionConfig, session: bool) -> Self {
+        // A session's messages travel in `msg` frames: its write buffer holds their framing for
+        // a batch on top, so that a batch of small messages still goes out in one write.
+        let write_buffer_size = if session {
+            config
+                .write_buffer_size
+                .saturating_add(MSG_FRAME_OVERHEAD * WRITE_BATCH)
+        } else {
+            config.write_buffer_size
+        };
+        Self {
+            idle_timeout: config.idle_timeout,
+            ping_interval: config.ping_interval,
+            message_concurrency: config.message_concurrency,
+            max_pending_pongs: config.max_pending_pongs,
+            close_timeout: config.close_timeout,
+            write_buffer_size,
+        }
+    }
 }
 
 /// Serves an upgraded socket until the connection ends.
@@ -275,9 +300,9 @@ where
         let out = self.conn.sender.clone();
         let mut ended = pin!(ended(out.ending()));
         let mut in_flight: Calls<Call<S::Future>> = Calls::default();
-        let mut pending: Option<(Inbound, Option<Processing>)> = None;
+        let mut pending: Option<(Inbound, Option<Request>)> = None;
         // Beside `in_flight`, in the same order: the session's guard of each call.
-        let mut processing: VecDeque<Option<Processing>> = VecDeque::new();
+        let mut processing: VecDeque<Option<Request>> = VecDeque::new();
         // Under a session: acks go out at most every `ack_interval`.
         let ack_interval = live.as_ref().map_or(Duration::MAX, |l| l.ack_interval);
         let mut ack_due = false;
@@ -377,17 +402,18 @@ where
                     self.written_at_drain = Some(out.written());
                 }
                 Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
-                    let guard = processing.pop_front().flatten();
-                    let id = guard.as_ref().map(Processing::id);
+                    let call = processing.pop_front().flatten();
+                    let id = call.as_ref().map(|c| c.guard.id());
                     let answered = outcome.is_ok();
                     let writing = finishing.is_none();
-                    let end = on_outcome(&self.conn, &self.replies, outcome, id, live.as_mut().map(|l| (l, writing)));
+                    let request = call.as_ref().and_then(|c| c.data.as_ref());
+                    let end = on_outcome(&self.conn, &self.replies, outcome, id, live.as_mut().map(|l| (l, writing, request)));
                     // Handled, failed or rejected: processed, now that its reply is logged. A
                     // panicked call is not: the client may resend it.
-                    if let Some(guard) = guard
+                    if let Some(call) = call
                         && answered
                     {
-                        guard.processed();
+                        call.guard.processed();
                         arm_ack(&mut ack_due, &mut ack_timer, ack_interval);
                     }
                     if let Some(end) = end
@@ -484,8 +510,8 @@ where
                                         return ending;
                                     }
                                 }
-                                Ok(Admitted::Call(message, guard)) => {
-                                    pending = Some((Inbound::new(message, self.conn.clone()), Some(guard)));
+                                Ok(Admitted::Call(message, call)) => {
+                                    pending = Some((Inbound::new(message, self.conn.clone()), Some(call)));
                                 }
                                 Ok(Admitted::Ack(seq)) => {
                                     if let Err(err) = live.session.ack(seq).await {
@@ -568,7 +594,7 @@ fn on_outcome(
     replies: &Replies,
     outcome: Outcome,
     id: Option<u64>,
-    live: Option<(&mut Live, bool)>,
+    live: Option<(&mut Live, bool, Option<&CheckedJson>)>,
 ) -> Option<Ending> {
     let action = match outcome {
         Err(panic) => return Some(panicked(conn, panic)),
@@ -585,7 +611,9 @@ fn on_outcome(
         Action::Nothing => None,
         Action::Reply(message) => {
             match live {
-                Some((live, writing)) => live.reply(message, &conn.sender, writing),
+                Some((live, writing, request)) => {
+                    live.reply(message, &conn.sender, writing, request)
+                }
                 // A closed queue means the connection is ending; the ending branch reports why.
                 None => {
                     let _ = conn.sender.send(message);

@@ -4,14 +4,16 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::extract::ws::Message;
+use axum::extract::ws::{Message, Utf8Bytes};
+use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
+use serde_json::value::RawValue;
 use tokio::time::{Instant, timeout_at};
 use wsguard_session::protocol::{
     ClientFrame, ClientFrameRef, ServerFrame, WireFrame, data_to_text, decode_binary,
 };
 use wsguard_session::store::Logged;
-use wsguard_session::{Accept, MessageData, Opened, Processing, Session, Sessions};
+use wsguard_session::{Accept, CheckedJson, MessageData, Opened, Processing, Session, Sessions};
 
 use super::WRITE_BATCH;
 use crate::Sender;
@@ -39,11 +41,21 @@ pub(super) struct Live {
 /// What a client frame asks of the connection.
 pub(super) enum Admitted {
     /// A new message: call the service with it; report it processed when the call is done.
-    Call(Message, Processing),
+    Call(Message, Request),
     /// The client holds every message up to this `seq`.
     Ack(u64),
     /// A resend of a message processed or in flight: the next ack covers it.
     Resent,
+}
+
+/// A client message in the service's hands.
+pub(super) struct Request {
+    /// Marks the message processed once the call is done (its reply logged).
+    pub(super) guard: Processing,
+    /// The message's `data` when it is JSON other than a string (the service got these bytes
+    /// of the frame): a reply of that same text (an echo, a relay) is logged without being
+    /// read again.
+    pub(super) data: Option<CheckedJson>,
 }
 
 /// Reads the first frame (`hello` or `resume`) within `wait`, opens the session, and queues the
@@ -185,9 +197,12 @@ impl Live {
 
     /// Reads a client frame.
     pub(super) fn admit(&self, message: Message) -> Result<Admitted, Ending> {
-        let (id, message) = match message {
+        let (id, message, data) = match message {
             Message::Text(text) => match ClientFrameRef::parse(text.as_str()) {
-                Ok(ClientFrameRef::Msg { id, data }) => (id, Message::text(data_to_text(data))),
+                Ok(ClientFrameRef::Msg { id, data }) => {
+                    let (message, data) = inbound_text(&text, data);
+                    (id, message, data)
+                }
                 Ok(ClientFrameRef::Ack { seq }) => return Ok(Admitted::Ack(seq)),
                 Ok(ClientFrameRef::Hello | ClientFrameRef::Resume { .. }) => {
                     return Err(protocol_error("the session is already open"));
@@ -195,14 +210,14 @@ impl Live {
                 Err(err) => return Err(protocol_error(&err.to_string())),
             },
             Message::Binary(bytes) => match decode_binary(&bytes) {
-                Ok((id, payload)) => (id, Message::Binary(payload)),
+                Ok((id, payload)) => (id, Message::Binary(payload), None),
                 Err(err) => return Err(protocol_error(&err.to_string())),
             },
             // Control frames never reach here.
             _ => return Ok(Admitted::Resent),
         };
         match self.session.accept(id) {
-            Accept::New(processing) => Ok(Admitted::Call(message, processing)),
+            Accept::New(guard) => Ok(Admitted::Call(message, Request { guard, data })),
             Accept::AlreadyProcessed => Ok(Admitted::Resent),
             Accept::OutOfOrder { expected } => {
                 Err(protocol_error(&format!("message id {id} skips {expected}")))
@@ -214,10 +229,20 @@ impl Live {
     /// owed and the queue has room, its frame is queued at once from what was appended,
     /// rather than read back from the log after a wake-up; otherwise the log has it and
     /// [`refill`](Self::refill) queues it in its turn. `writing`: the connection still writes
-    /// (it is not finishing its calls after the client left).
-    pub(super) fn reply(&mut self, message: Message, out: &Sender, writing: bool) {
+    /// (it is not finishing its calls after the client left). `request`: the JSON `data` of
+    /// the message replied to, if [`Request::data`] kept it.
+    pub(super) fn reply(
+        &mut self,
+        message: Message,
+        out: &Sender,
+        writing: bool,
+        request: Option<&CheckedJson>,
+    ) {
         let payload = match &message {
-            Message::Text(text) => MessageData::from(text.as_str()),
+            Message::Text(text) => match request.and_then(|json| json.reply(text.as_str())) {
+                Some(json) => MessageData::Json(json),
+                None => MessageData::from(text.as_str()),
+            },
             Message::Binary(bytes) => MessageData::Binary(bytes.clone()),
             // Not a data message: not logged, as `Sender::send` does.
             _ => {
@@ -260,6 +285,20 @@ pub(super) fn with_id(frame: Message, id: u64) -> Message {
             Message::text(serde_json::Value::Object(object).to_string())
         }
         _ => frame,
+    }
+}
+
+/// The inbound message for a client's `data`, parsed from `frame`: a JSON string's content,
+/// any other value's JSON text as a slice of the frame (as a handler gets a frame without a
+/// session), then also kept to recognise a reply of the same text.
+fn inbound_text(frame: &Utf8Bytes, data: &RawValue) -> (Message, Option<CheckedJson>) {
+    let checked = CheckedJson::within(&Bytes::from(frame.clone()), data);
+    let message = checked
+        .as_ref()
+        .and_then(|json| Utf8Bytes::try_from(json.bytes().clone()).ok());
+    match (message, checked) {
+        (Some(text), checked) => (Message::Text(text), checked),
+        _ => (Message::text(data_to_text(data)), None),
     }
 }
 

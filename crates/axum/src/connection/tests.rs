@@ -159,22 +159,18 @@ impl Served {
             ),
             slot: Arc::default(),
         });
-        let settings = Settings {
-            idle_timeout: config.idle_timeout,
-            ping_interval: config.ping_interval,
-            message_concurrency: config.message_concurrency,
-            max_pending_pongs: config.max_pending_pongs,
-            close_timeout: config.close_timeout,
-            write_buffer_size: config.write_buffer_size,
-        };
+        let settings = Settings::new(&config, opening.is_some());
         let replies = Replies {
             connection: config.clone().into(),
             dedup: DedupConfig::testing().into(),
         };
         let stats = ConnectionStats::default();
         // Echo; `sleep N` answers after N ms, `send X` sends X through the connection's sender
-        // before answering.
+        // before answering, a JSON array is answered without its last byte.
         let echo = tower::service_fn(|req: Inbound| async move {
+            if let Some(cut) = req.text().filter(|t| t.starts_with('[')) {
+                return Ok(Some(Message::text(&cut[..cut.len() - 1])));
+            }
             if let Some(ms) = req.text().and_then(|t| t.strip_prefix("sleep ")) {
                 tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
             }
@@ -774,4 +770,59 @@ async fn replies_go_out_once_they_fill_the_write_buffer_before_more_frames_are_r
     // Frames of 124 bytes: five fill the 500 bytes and go out before the next frame is read,
     // in one write (the socket writes its buffer once a frame passes it), not ten in two.
     assert_eq!(served.wire.0.lock().unwrap().flushed, [5, 10]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn json_data_is_echoed_as_json_and_a_reply_that_is_not_json_as_a_string() {
+    let sessions = Sessions::new(SessionConfig::testing());
+    let served = Served::start_session(&sessions);
+    served.send(Message::text(r#"{"type":"hello"}"#));
+    let data = [
+        r#"{"a":[1,"\u00e9"]}"#,
+        "12.50",
+        "null",
+        r#""text""#,
+        "[1,2]",
+    ];
+    for (id, data) in (1..).zip(data) {
+        served.send(Message::text(format!(
+            r#"{{"type":"msg","id":{id},"data":{data}}}"#
+        )));
+    }
+    tokio::time::sleep(ms(1)).await;
+    // The service gets each value's JSON text (a string's content), and its echo goes out as
+    // the same JSON; the reply to `[1,2]` is `[1,2`, which is no JSON: a string.
+    let expected: Vec<(u64, String)> = (1..)
+        .zip([
+            r#"{"a":[1,"\u00e9"]}"#,
+            "12.50",
+            "null",
+            r#""text""#,
+            r#""[1,2""#,
+        ])
+        .map(|(seq, data)| (seq, data.to_owned()))
+        .collect();
+    assert_eq!(served.wire.msgs(), expected);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_of_small_replies_goes_out_in_one_write_with_a_session_as_without() {
+    let sessions = Sessions::new(SessionConfig::testing());
+    let served = Served::start_session(&sessions);
+    served.send(Message::text(r#"{"type":"hello"}"#));
+    tokio::time::sleep(ms(1)).await;
+    let data = format!(r#"{{"pad":"{}"}}"#, "x".repeat(90));
+    for id in 1..=32 {
+        served.send(Message::text(format!(
+            r#"{{"type":"msg","id":{id},"data":{data}}}"#
+        )));
+    }
+    tokio::time::sleep(ms(1)).await;
+    assert_eq!(served.wire.msgs().len(), 32);
+    // 32 `msg` frames of 136 to 137 bytes: 4.4 KB, past the 4 KiB write buffer that 32 replies
+    // of the same data without a session fit in. They go out in one write all the same: the
+    // session frame's write, then all 32.
+    let config = ConnectionConfig::testing();
+    assert_eq!(config.write_buffer_size, 4096);
+    assert_eq!(served.wire.0.lock().unwrap().flushed, [1, 33]);
 }
