@@ -284,16 +284,28 @@ fn payload(conn: usize, seq: usize, size: usize, sent_at_us: u64) -> String {
     s
 }
 
-/// The unsigned integer after `"key":` in a JSON text (the first occurrence).
-fn field_u64(text: &str, key: &str) -> Option<u64> {
-    let needle = format!("\"{key}\":");
-    let start = text.find(&needle)? + needle.len();
-    let digits = text[start..].bytes().take_while(u8::is_ascii_digit).count();
-    text[start..start + digits].parse().ok()
+/// The unsigned integer after `needle` (a key with its quotes and colon: `"seq":`) in a JSON
+/// text, at its first occurrence.
+fn field_u64(text: &str, needle: &str) -> Option<u64> {
+    let start = text.find(needle)? + needle.len();
+    leading_u64(&text[start..])
+}
+
+/// The unsigned integer `text` starts with.
+fn leading_u64(text: &str) -> Option<u64> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    text[..digits].parse().ok()
 }
 
 fn sent_at(reply: &str) -> Option<u64> {
-    field_u64(reply, "t")
+    field_u64(reply, r#""t":"#)
+}
+
+/// The `seq` of a server `msg` frame, from the fixed start the server writes it with
+/// (`{"type":"msg","seq":N,"data":...}`), and the rest of the frame.
+fn msg_seq(frame: &str) -> Option<(u64, &str)> {
+    let rest = frame.strip_prefix(r#"{"type":"msg","seq":"#)?;
+    Some((leading_u64(rest)?, rest))
 }
 
 /// A cheap deterministic choice of which messages are duplicates (no RNG dependency needed).
@@ -419,9 +431,17 @@ async fn run_load(opts: &Opts) -> Report {
     total
 }
 
-/// Under a session, a message travels as `{"type":"msg","id":N,"data":PAYLOAD}`.
+/// Under a session, a message travels as `{"type":"msg","id":N,"data":PAYLOAD}` (written in one
+/// allocation of the right size, as a client library would).
 fn session_msg(id: u64, data: &str) -> String {
-    format!(r#"{{"type":"msg","id":{id},"data":{data}}}"#)
+    use std::fmt::Write as _;
+    let mut frame = String::with_capacity(data.len() + 48);
+    frame.push_str(r#"{"type":"msg","id":"#);
+    let _ = write!(frame, "{id}");
+    frame.push_str(r#","data":"#);
+    frame.push_str(data);
+    frame.push('}');
+    frame
 }
 
 async fn one_connection<S>(
@@ -473,14 +493,16 @@ where
         if in_flight > 0 {
             match tokio::time::timeout(Duration::from_secs(10), rx.next()).await {
                 Ok(Some(Ok(Message::Text(text)))) => {
+                    let mut data = text.as_str();
                     if opts.session {
-                        if !text.starts_with(r#"{"type":"msg""#) {
+                        let Some((seq, rest)) = msg_seq(data) else {
                             // The server's acks of our ids.
                             continue;
-                        }
-                        received_seq = field_u64(&text, "seq").unwrap_or(received_seq);
+                        };
+                        received_seq = seq;
+                        data = rest;
                     }
-                    if let Some(t) = sent_at(&text) {
+                    if let Some(t) = sent_at(data) {
                         let now = epoch.elapsed().as_micros() as u64;
                         report.latencies_us.push(now.saturating_sub(t));
                     }
@@ -756,7 +778,7 @@ async fn resume_bench(pending: u32, runs: usize, size: usize) {
                 assert!(text.contains(r#""resumed":true"#), "not resumed: {text}");
                 session_frame_at = Some(start.elapsed());
             } else if text.starts_with(r#"{"type":"msg""#) {
-                let seq = field_u64(&text, "seq").expect("a seq");
+                let seq = field_u64(&text, r#""seq":"#).expect("a seq");
                 assert_eq!(seq, next_seq, "replay out of order");
                 next_seq += 1;
             }
@@ -1076,12 +1098,12 @@ async fn exactly_once(
         if !text.starts_with(r#"{"type":"msg""#) {
             return Ok(());
         }
-        let seq = field_u64(text, "seq").ok_or("no seq")?;
+        let seq = field_u64(text, r#""seq":"#).ok_or("no seq")?;
         if seq != *held_seq + 1 {
             return Err(format!("seq {seq} after {held_seq}"));
         }
         *held_seq = seq;
-        let k = field_u64(text, "k").ok_or("no k")?;
+        let k = field_u64(text, r#""k":"#).ok_or("no k")?;
         echoed[k as usize] += 1;
         Ok(())
     };
