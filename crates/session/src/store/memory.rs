@@ -1,5 +1,6 @@
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 use tokio::time::Instant;
@@ -14,10 +15,19 @@ use crate::token::{SessionToken, TokenMap};
 
 /// Sessions in this process's memory: the embedded default.
 ///
-/// One lock guards every session; each method holds it for a map lookup and a few deque
-/// operations. Sessions freed by expiry or eviction leave a tombstone (token and client) for
-/// another `ttl`, at most `max_sessions` of them, so that their resume is answered `expired`
-/// rather than `unknown`.
+/// Sessions are spread over 32 shards by token, each behind its own lock: a message's steps
+/// (append, trim, processed mark, read) take only their session's shard, so that connections
+/// on different threads rarely wait on each other or move one lock between their cores. What
+/// spans sessions (clients, the order of detached sessions, tombstones) has a lock of its own,
+/// taken when a session opens, attaches, detaches or ends, and always before a shard's.
+/// Sessions freed by expiry or eviction leave a tombstone (token and client) for another
+/// `ttl`, at most `max_sessions` of them, so that their resume is answered `expired` rather
+/// than `unknown`.
+///
+/// `session.max_total_bytes` is checked on every append against a total that each shard
+/// brings up to date once its own bytes moved by 1/512 of the cap (64 KiB at most): the cap
+/// can be passed by at most that much per shard, 1/16 of it, before the oldest detached
+/// sessions are freed.
 ///
 /// ```
 /// use tokio::time::Instant;
@@ -36,32 +46,86 @@ use crate::token::{SessionToken, TokenMap};
 /// assert_eq!(store.read_after(&token, 0, 10).await.unwrap().len(), 1);
 /// # }
 /// ```
-#[derive(Default)]
 pub struct MemorySessionStore {
-    state: Mutex<State>,
+    shards: Box<[Shard]>,
+    index: Mutex<Index>,
+    /// The payload bytes of all logs, as the shards last reported them.
+    reported: AtomicUsize,
 }
 
-/// Sizes only: the sessions' messages and tokens stay out of logs.
-impl fmt::Debug for MemorySessionStore {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let state = self.lock();
-        f.debug_struct("MemorySessionStore")
-            .field("sessions", &state.sessions.len())
-            .field("detached", &state.detached.len())
-            .field("bytes", &state.bytes)
-            .finish()
+/// Shards of the session table.
+const SHARDS: usize = 32;
+
+/// A shard reports its bytes to the total once they moved by `max_total_bytes` divided by
+/// this (at most [`MAX_REPORT_STEP`]).
+const REPORT_DIVISOR: usize = 16 * SHARDS;
+
+/// The largest move of a shard's bytes that is not yet in the total.
+const MAX_REPORT_STEP: usize = 64 * 1024;
+
+/// A shard on its own cache lines, so that two shards' locks never share one.
+#[derive(Default)]
+#[repr(align(128))]
+struct Shard(Mutex<ShardState>);
+
+#[derive(Debug, Default)]
+struct ShardState {
+    sessions: TokenMap<Entry>,
+    /// The payload bytes of this shard's logs.
+    bytes: usize,
+    /// What of them the store's total counts.
+    reported: usize,
+}
+
+impl ShardState {
+    /// Brings the store's total up to date once this shard's bytes moved by `step` or more
+    /// since its last report, and returns the total with this shard's bytes exact.
+    fn report(&mut self, total: &AtomicUsize, step: usize) -> usize {
+        if self.bytes != self.reported && self.bytes.abs_diff(self.reported) >= step {
+            if self.bytes > self.reported {
+                total.fetch_add(self.bytes - self.reported, Ordering::Relaxed);
+            } else {
+                total.fetch_sub(self.reported - self.bytes, Ordering::Relaxed);
+            }
+            self.reported = self.bytes;
+        }
+        // The total is the sum of every shard's `reported`, ours included.
+        total.load(Ordering::Relaxed).saturating_sub(self.reported) + self.bytes
     }
 }
 
+/// What spans sessions.
 #[derive(Debug, Default)]
-struct State {
-    sessions: TokenMap<Entry>,
+struct Index {
+    /// Sessions held, in every shard.
+    sessions: usize,
     /// The newest session of each client.
     by_client: HashMap<String, SessionToken>,
     /// Detached sessions, oldest first: expiry and eviction take from the front.
     detached: BTreeSet<(Instant, SessionToken)>,
     tombstones: Tombstones,
-    bytes: usize,
+}
+
+impl Default for MemorySessionStore {
+    fn default() -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Shard::default()).collect(),
+            index: Mutex::default(),
+            reported: AtomicUsize::new(0),
+        }
+    }
+}
+
+/// Sizes only: the sessions' messages and tokens stay out of logs.
+impl fmt::Debug for MemorySessionStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let index = self.index();
+        f.debug_struct("MemorySessionStore")
+            .field("sessions", &index.sessions)
+            .field("detached", &index.detached.len())
+            .field("bytes", &self.exact_bytes())
+            .finish()
+    }
 }
 
 #[derive(Debug)]
@@ -99,7 +163,7 @@ impl Entry {
         self.log.range(skip..).take(max).cloned().collect()
     }
 
-    /// Drops the oldest message; the caller keeps the total.
+    /// Drops the oldest message; the caller keeps the totals.
     fn drop_oldest(&mut self) -> usize {
         match self.log.pop_front() {
             Some(m) => {
@@ -153,46 +217,105 @@ fn shrink_if_sparse<K: Eq + std::hash::Hash, V, S: std::hash::BuildHasher>(
     }
 }
 
+/// A lock whose holder panicked leaves each entry whole: keep going.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl MemorySessionStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves each entry whole: keep going.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn index(&self) -> MutexGuard<'_, Index> {
+        lock(&self.index)
     }
-}
 
-impl State {
-    /// Frees a session; `bury` leaves a tombstone so its resume reads `expired`.
-    fn free(&mut self, token: &SessionToken, bury: Option<(Instant, usize)>) -> bool {
-        let Some(entry) = self.sessions.remove(token) else {
-            return false;
+    fn shard(&self, token: &SessionToken) -> MutexGuard<'_, ShardState> {
+        // Tokens are random: any of their bytes spreads them.
+        lock(&self.shards[usize::from(token.as_bytes()[15]) % SHARDS].0)
+    }
+
+    /// The payload bytes of all logs, counted shard by shard.
+    fn exact_bytes(&self) -> usize {
+        self.shards.iter().map(|s| lock(&s.0).bytes).sum()
+    }
+
+    /// Frees a session; `bury` leaves a tombstone so its resume reads `expired`. The caller
+    /// holds the index.
+    fn free(
+        &self,
+        index: &mut Index,
+        token: &SessionToken,
+        bury: Option<(Instant, usize)>,
+    ) -> bool {
+        let entry = {
+            let mut shard = self.shard(token);
+            let Some(entry) = shard.sessions.remove(token) else {
+                return false;
+            };
+            shard.bytes -= entry.bytes;
+            shrink_if_sparse(&mut shard.sessions);
+            entry
         };
-        self.bytes -= entry.bytes;
+        index.sessions -= 1;
         if let Some(since) = entry.detached_since {
-            self.detached.remove(&(since, *token));
+            index.detached.remove(&(since, *token));
         }
         if let Some(client) = &entry.client
-            && self.by_client.get(client) == Some(token)
+            && index.by_client.get(client) == Some(token)
         {
-            self.by_client.remove(client);
+            index.by_client.remove(client);
         }
         if let Some((now, max)) = bury {
-            self.tombstones.bury(*token, entry.client, now, max);
+            index.tombstones.bury(*token, entry.client, now, max);
         }
-        shrink_if_sparse(&mut self.sessions);
-        shrink_if_sparse(&mut self.by_client);
+        shrink_if_sparse(&mut index.by_client);
         true
     }
 
-    fn resolve(&self, to: Target<'_>) -> Option<SessionToken> {
-        match to {
-            Target::Session(token) => self.sessions.contains_key(token).then_some(*token),
-            Target::Client(client) => self.by_client.get(client).copied(),
+    /// Past `max_total_bytes` (by the reported total): frees the oldest detached sessions
+    /// other than `token`, then drops `token`'s oldest messages (its newest always stays),
+    /// until the exact total is within the cap. Returns the messages dropped and the sessions
+    /// freed.
+    fn enforce_total(
+        &self,
+        token: &SessionToken,
+        config: &SessionConfig,
+    ) -> (u64, Vec<SessionToken>) {
+        let mut index = self.index();
+        let mut dropped = 0;
+        let mut evicted = Vec::new();
+        while self.exact_bytes() > config.max_total_bytes {
+            let oldest = index.detached.iter().find(|&&(_, t)| t != *token).copied();
+            match oldest {
+                Some((since, oldest)) => {
+                    // Buried as of its detach: `append` has no "now", and its tombstone then
+                    // lasts as long as the session would have.
+                    self.free(&mut index, &oldest, Some((since, config.max_sessions)));
+                    evicted.push(oldest);
+                }
+                None => {
+                    let mut shard = self.shard(token);
+                    let shard = &mut *shard;
+                    let Some(entry) = shard.sessions.get_mut(token) else {
+                        break;
+                    };
+                    if entry.log.len() <= 1 {
+                        break;
+                    }
+                    let before = entry.dropped;
+                    shard.bytes -= entry.drop_oldest();
+                    dropped += entry.dropped - before;
+                }
+            }
         }
+        for shard in self.shards.iter() {
+            let mut shard = lock(&shard.0);
+            shard.report(&self.reported, 0);
+        }
+        (dropped, evicted)
     }
 }
 
@@ -204,30 +327,34 @@ impl SessionStore for MemorySessionStore {
         now: Instant,
         config: &SessionConfig,
     ) -> StoreFuture<Created> {
-        let mut state = self.lock();
+        let mut index = self.index();
         let mut evicted = Vec::new();
-        while state.sessions.len() >= config.max_sessions {
-            let Some(&(_, oldest)) = state.detached.first() else {
+        while index.sessions >= config.max_sessions {
+            let Some(&(_, oldest)) = index.detached.first() else {
                 return StoreFuture::ready(Ok(Created::Full));
             };
-            state.free(&oldest, Some((now, config.max_sessions)));
+            self.free(&mut index, &oldest, Some((now, config.max_sessions)));
             evicted.push(oldest);
         }
-        state.sessions.insert(
-            token,
-            Entry {
-                client: client.map(str::to_owned),
-                log: VecDeque::new(),
-                bytes: 0,
-                last_seq: 0,
-                acked: 0,
-                dropped: 0,
-                processed: 0,
-                detached_since: None,
-            },
-        );
+        let entry = Entry {
+            client: client.map(str::to_owned),
+            log: VecDeque::new(),
+            bytes: 0,
+            last_seq: 0,
+            acked: 0,
+            dropped: 0,
+            processed: 0,
+            detached_since: None,
+        };
+        let mut shard = self.shard(&token);
+        match shard.sessions.insert(token, entry) {
+            // A token drawn twice (never, with 128 random bits): the old session is gone.
+            Some(old) => shard.bytes -= old.bytes,
+            None => index.sessions += 1,
+        }
+        drop(shard);
         if let Some(client) = client {
-            state.by_client.insert(client.to_owned(), token);
+            index.by_client.insert(client.to_owned(), token);
         }
         StoreFuture::ready(Ok(Created::Created { evicted }))
     }
@@ -240,10 +367,10 @@ impl SessionStore for MemorySessionStore {
         now: Instant,
         config: &SessionConfig,
     ) -> StoreFuture<Attached> {
-        let mut state = self.lock();
-        let state = &mut *state;
-        let Some(entry) = state.sessions.get_mut(token) else {
-            let expired = state
+        let mut index = self.index();
+        let mut shard = self.shard(token);
+        let Some(entry) = shard.sessions.get_mut(token) else {
+            let expired = index
                 .tombstones
                 .clients
                 .get(token)
@@ -259,11 +386,12 @@ impl SessionStore for MemorySessionStore {
         }
         if let Some(since) = entry.detached_since {
             if since + config.ttl <= now {
-                state.free(token, Some((now, config.max_sessions)));
+                drop(shard);
+                self.free(&mut index, token, Some((now, config.max_sessions)));
                 return StoreFuture::ready(Ok(Attached::Expired));
             }
             entry.detached_since = None;
-            state.detached.remove(&(since, *token));
+            index.detached.remove(&(since, *token));
         }
         StoreFuture::ready(Ok(Attached::Held {
             state: entry.state(),
@@ -277,17 +405,16 @@ impl SessionStore for MemorySessionStore {
         payload: MessageData,
         config: &SessionConfig,
     ) -> StoreFuture<Option<Appended>> {
-        let mut state = self.lock();
-        let state = &mut *state;
-        let found = match to {
-            // One lookup for the usual case.
-            Target::Session(token) => state.sessions.get_mut(token).map(|e| (*token, e)),
-            Target::Client(_) => match state.resolve(to) {
-                Some(token) => state.sessions.get_mut(&token).map(|e| (token, e)),
-                None => None,
+        let token = match to {
+            Target::Session(token) => *token,
+            Target::Client(client) => match self.index().by_client.get(client) {
+                Some(token) => *token,
+                None => return StoreFuture::ready(Ok(None)),
             },
         };
-        let Some((token, entry)) = found else {
+        let mut guard = self.shard(&token);
+        let shard = &mut *guard;
+        let Some(entry) = shard.sessions.get_mut(&token) else {
             return StoreFuture::ready(Ok(None));
         };
         let len = payload.len();
@@ -295,7 +422,7 @@ impl SessionStore for MemorySessionStore {
         let seq = entry.last_seq;
         entry.log.push_back(Logged { seq, payload });
         entry.bytes += len;
-        state.bytes += len;
+        shard.bytes += len;
 
         let dropped_before = entry.dropped;
         // The newest message always stays: without it the client would see a gap it cannot
@@ -303,31 +430,17 @@ impl SessionStore for MemorySessionStore {
         while entry.log.len() > 1
             && (entry.log.len() > config.max_messages || entry.bytes > config.max_bytes)
         {
-            state.bytes -= entry.drop_oldest();
+            shard.bytes -= entry.drop_oldest();
         }
-
         let mut dropped = entry.dropped - dropped_before;
+        let step = (config.max_total_bytes / REPORT_DIVISOR).min(MAX_REPORT_STEP);
+        let total = shard.report(&self.reported, step);
         let mut evicted = Vec::new();
-        while state.bytes > config.max_total_bytes {
-            let oldest = state.detached.iter().map(|&(_, t)| t).find(|t| *t != token);
-            match oldest {
-                Some(oldest) => {
-                    // Buried as of its detach: `append` has no "now", and its tombstone then
-                    // lasts as long as the session would have.
-                    let buried_at = state.sessions[&oldest].detached_since;
-                    state.free(&oldest, buried_at.map(|t| (t, config.max_sessions)));
-                    evicted.push(oldest);
-                }
-                None => {
-                    let entry = state.sessions.get_mut(&token).expect("resolved above");
-                    if entry.log.len() <= 1 {
-                        break;
-                    }
-                    let before = entry.dropped;
-                    state.bytes -= entry.drop_oldest();
-                    dropped += entry.dropped - before;
-                }
-            }
+        if total > config.max_total_bytes {
+            drop(guard);
+            let (more, freed) = self.enforce_total(&token, config);
+            dropped += more;
+            evicted = freed;
         }
         StoreFuture::ready(Ok(Some(Appended {
             session: token,
@@ -338,8 +451,8 @@ impl SessionStore for MemorySessionStore {
     }
 
     fn read_after(&self, token: &SessionToken, after: u64, max: usize) -> StoreFuture<Vec<Logged>> {
-        let state = self.lock();
-        let messages = state
+        let messages = self
+            .shard(token)
             .sessions
             .get(token)
             .map(|entry| entry.after(after, max))
@@ -348,60 +461,69 @@ impl SessionStore for MemorySessionStore {
     }
 
     fn trim(&self, token: &SessionToken, seq: u64) -> StoreFuture<()> {
-        let mut state = self.lock();
-        let state = &mut *state;
-        if let Some(entry) = state.sessions.get_mut(token) {
-            let seq = seq.min(entry.last_seq);
-            entry.acked = entry.acked.max(seq);
-            while entry.log.front().is_some_and(|m| m.seq <= seq) {
-                state.bytes -= entry.drop_oldest();
-            }
-        }
+        let mut guard = self.shard(token);
+        let shard = &mut *guard;
+        let Some(entry) = shard.sessions.get_mut(token) else {
+            return StoreFuture::ready(Ok(()));
+        };
+        let seq = seq.min(entry.last_seq);
+        entry.acked = entry.acked.max(seq);
+        // Acknowledged messages are all before `seq`, none dropped unread: no count to keep.
+        let held = usize::try_from(seq.saturating_sub(entry.first_held() - 1))
+            .unwrap_or(usize::MAX)
+            .min(entry.log.len());
+        let freed: Vec<Logged> = entry.log.drain(..held).collect();
+        let len: usize = freed.iter().map(|m| m.payload.len()).sum();
+        entry.bytes -= len;
+        shard.bytes -= len;
+        drop(guard);
+        // Their memory is given back after the lock.
+        drop(freed);
         StoreFuture::ready(Ok(()))
     }
 
     fn record_processed(&self, token: &SessionToken, id: u64) {
-        if let Some(entry) = self.lock().sessions.get_mut(token) {
+        if let Some(entry) = self.shard(token).sessions.get_mut(token) {
             entry.processed = entry.processed.max(id);
         }
     }
 
     fn detach(&self, token: &SessionToken, now: Instant) {
-        let mut state = self.lock();
-        let state = &mut *state;
-        if let Some(entry) = state.sessions.get_mut(token)
+        let mut index = self.index();
+        let mut shard = self.shard(token);
+        if let Some(entry) = shard.sessions.get_mut(token)
             && entry.detached_since.is_none()
         {
             entry.detached_since = Some(now);
-            state.detached.insert((now, *token));
+            index.detached.insert((now, *token));
         }
     }
 
     fn remove(&self, token: &SessionToken) -> StoreFuture<()> {
-        self.lock().free(token, None);
+        self.free(&mut self.index(), token, None);
         StoreFuture::ready(Ok(()))
     }
 
     fn expire(&self, now: Instant, config: &SessionConfig) -> StoreFuture<Vec<SessionToken>> {
-        let mut state = self.lock();
+        let mut index = self.index();
         let mut expired = Vec::new();
-        while let Some(&(since, token)) = state.detached.first() {
+        while let Some(&(since, token)) = index.detached.first() {
             if since + config.ttl > now {
                 break;
             }
-            state.free(&token, Some((now, config.max_sessions)));
+            self.free(&mut index, &token, Some((now, config.max_sessions)));
             expired.push(token);
         }
-        while state
+        while index
             .tombstones
             .order
             .front()
             .is_some_and(|&(at, _)| at + config.ttl <= now)
         {
-            state.tombstones.pop_oldest();
+            index.tombstones.pop_oldest();
         }
-        shrink_if_sparse(&mut state.tombstones.clients);
-        let order = &mut state.tombstones.order;
+        shrink_if_sparse(&mut index.tombstones.clients);
+        let order = &mut index.tombstones.order;
         if order.capacity() > SHRINK_ABOVE_CAPACITY && order.capacity() > 4 * order.len() {
             order.shrink_to(2 * order.len());
         }
@@ -409,11 +531,11 @@ impl SessionStore for MemorySessionStore {
     }
 
     fn counts(&self) -> Option<StoreCounts> {
-        let state = self.lock();
+        let index = self.index();
         Some(StoreCounts {
-            sessions: state.sessions.len(),
-            detached: state.detached.len(),
-            bytes: state.bytes,
+            sessions: index.sessions,
+            detached: index.detached.len(),
+            bytes: self.exact_bytes(),
         })
     }
 }
@@ -422,13 +544,20 @@ impl SessionStore for MemorySessionStore {
 mod tests {
     use super::*;
 
+    /// The largest shard's session table, then the index's tables.
     fn capacities(store: &MemorySessionStore) -> [usize; 4] {
-        let state = store.lock();
+        let largest = store
+            .shards
+            .iter()
+            .map(|s| lock(&s.0).sessions.capacity())
+            .max()
+            .unwrap();
+        let index = store.index();
         [
-            state.sessions.capacity(),
-            state.by_client.capacity(),
-            state.tombstones.clients.capacity(),
-            state.tombstones.order.capacity(),
+            largest,
+            index.by_client.capacity(),
+            index.tombstones.clients.capacity(),
+            index.tombstones.order.capacity(),
         ]
     }
 
@@ -451,7 +580,7 @@ mod tests {
             tokens.push(token);
         }
         let full = capacities(&store);
-        assert!(full[0] >= 10_000 && full[1] >= 10_000, "{full:?}");
+        assert!(full[0] >= 10_000 / SHARDS && full[1] >= 10_000, "{full:?}");
 
         // Half removed, half expired (leaving tombstones until their own expiry).
         for token in &tokens[..5_000] {
@@ -473,5 +602,56 @@ mod tests {
         let [_, _, buried, order] = capacities(&store);
         assert!(buried <= SHRINK_ABOVE_CAPACITY, "{buried}");
         assert!(order <= SHRINK_ABOVE_CAPACITY, "{order}");
+    }
+
+    #[tokio::test]
+    async fn the_total_cap_holds_within_the_shards_reporting_steps() {
+        let store = MemorySessionStore::new();
+        let config = SessionConfig {
+            max_sessions: 1_000,
+            max_messages: 100_000,
+            max_bytes: 1 << 24,
+            max_total_bytes: 512 * 1024,
+            ..SessionConfig::default()
+        };
+        let step = config.max_total_bytes / REPORT_DIVISOR;
+        assert_eq!(step, 1024);
+        let now = Instant::now();
+        let tokens: Vec<SessionToken> = (0..64).map(|_| SessionToken::generate()).collect();
+        for token in &tokens {
+            store.create(*token, None, now, &config).await.unwrap();
+        }
+        for token in &tokens[..32] {
+            store.detach(token, now);
+        }
+        let payload = MessageData::Binary(vec![0u8; 1000].into());
+        let (mut evicted, mut dropped) = (Vec::new(), 0);
+        for _ in 0..50 {
+            for token in &tokens[32..] {
+                let appended = store
+                    .append(Target::Session(token), payload.clone(), &config)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                evicted.extend(appended.evicted);
+                dropped += appended.dropped;
+                let held = store.exact_bytes();
+                assert!(
+                    held <= config.max_total_bytes + SHARDS * step,
+                    "{held} B held"
+                );
+            }
+        }
+        // The detached sessions are freed first (they hold nothing, but they are what a cap
+        // frees), then the attached ones drop their oldest: 1.6 MB went to a 512 KiB cap.
+        evicted.sort();
+        let mut detached = tokens[..32].to_vec();
+        detached.sort();
+        assert_eq!(evicted, detached);
+        assert!(dropped >= 1_000, "{dropped} dropped");
+        let counts = store.counts().unwrap();
+        assert_eq!(counts.sessions, 32);
+        assert!(counts.bytes <= config.max_total_bytes + SHARDS * step);
+        assert!(counts.bytes >= config.max_total_bytes - 32 * 1000);
     }
 }
