@@ -14,8 +14,7 @@ use std::time::Duration;
 
 use tikv_jemalloc_ctl::{epoch, stats};
 use wsguard_config::SessionConfig;
-use wsguard_session::store::Logged;
-use wsguard_session::{Opened, Session, SessionToken, Sessions};
+use wsguard_session::{MessageData, Opened, Session, SessionToken, Sessions};
 
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
@@ -103,8 +102,9 @@ fn main() {
         .expect("tokio runtime");
     runtime.block_on(async {
         // What the log asks for, before the allocator rounds it up: a `JsonText` (two counts,
-        // then the JSON) and one deque slot (1,024 slots hold 1,000 messages).
-        let slot = std::mem::size_of::<Logged>();
+        // then the JSON) and one deque slot (1,024 slots hold 1,000 messages), the message
+        // itself (its `seq` follows from its place in the memory store's deque).
+        let slot = std::mem::size_of::<MessageData>();
         let structural = |payload: usize| payload + 16 + slot * 1024 / 1000;
         println!("per logged message, 1,000 messages per detached session (production max_messages):");
         println!("| payload B | sessions | bytes / message (jemalloc) | over payload | requested, over payload | target: over payload <= 64 |");

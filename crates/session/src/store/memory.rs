@@ -131,7 +131,8 @@ impl fmt::Debug for MemorySessionStore {
 #[derive(Debug)]
 struct Entry {
     client: Option<String>,
-    log: VecDeque<Logged>,
+    /// Messages `first_held()..=last_seq`: their numbers follow from their place.
+    log: VecDeque<MessageData>,
     bytes: usize,
     last_seq: u64,
     acked: u64,
@@ -142,7 +143,7 @@ struct Entry {
 
 impl Entry {
     fn first_held(&self) -> u64 {
-        self.log.front().map_or(self.last_seq + 1, |m| m.seq)
+        self.last_seq + 1 - self.log.len() as u64
     }
 
     fn state(&self) -> SessionState {
@@ -160,16 +161,24 @@ impl Entry {
         let skip = usize::try_from(after.saturating_sub(self.first_held() - 1))
             .unwrap_or(usize::MAX)
             .min(self.log.len());
-        self.log.range(skip..).take(max).cloned().collect()
+        let first = self.first_held() + skip as u64;
+        (first..)
+            .zip(self.log.range(skip..).take(max))
+            .map(|(seq, payload)| Logged {
+                seq,
+                payload: payload.clone(),
+            })
+            .collect()
     }
 
     /// Drops the oldest message; the caller keeps the totals.
     fn drop_oldest(&mut self) -> usize {
+        let seq = self.first_held();
         match self.log.pop_front() {
-            Some(m) => {
-                let len = m.payload.len();
+            Some(payload) => {
+                let len = payload.len();
                 self.bytes -= len;
-                if m.seq > self.acked {
+                if seq > self.acked {
                     self.dropped += 1;
                 }
                 len
@@ -420,7 +429,7 @@ impl SessionStore for MemorySessionStore {
         let len = payload.len();
         entry.last_seq += 1;
         let seq = entry.last_seq;
-        entry.log.push_back(Logged { seq, payload });
+        entry.log.push_back(payload);
         entry.bytes += len;
         shard.bytes += len;
 
@@ -472,8 +481,8 @@ impl SessionStore for MemorySessionStore {
         let held = usize::try_from(seq.saturating_sub(entry.first_held() - 1))
             .unwrap_or(usize::MAX)
             .min(entry.log.len());
-        let freed: Vec<Logged> = entry.log.drain(..held).collect();
-        let len: usize = freed.iter().map(|m| m.payload.len()).sum();
+        let freed: Vec<MessageData> = entry.log.drain(..held).collect();
+        let len: usize = freed.iter().map(MessageData::len).sum();
         entry.bytes -= len;
         shard.bytes -= len;
         drop(guard);
