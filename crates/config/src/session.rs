@@ -79,7 +79,9 @@ pub struct SessionConfig {
     pub max_bytes: usize,
     /// Sessions live or detached at once, per process.
     pub max_sessions: usize,
-    /// Outbound payload bytes held by all session logs together, per process.
+    /// Outbound payload bytes held by all session logs together, per process. The memory store
+    /// checks it against a total its shards update in steps, so it may be passed by up to
+    /// 1/16 of it (64 KiB per shard at most) before it frees detached sessions.
     pub max_total_bytes: usize,
     /// Longest wait before the server acknowledges processed client messages (acks are batched).
     #[serde(with = "crate::duration")]
