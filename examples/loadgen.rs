@@ -644,6 +644,31 @@ fn cpu_ticks(pid: u32) -> u64 {
     field(11) + field(12)
 }
 
+/// How this machine's idle CPUs wait, when a virtual machine's `haltpoll` driver decides it: a
+/// wake-up of a thread whose CPU halted costs an interrupt through the host, and how often that
+/// happens differs between the two servers of a comparison (the faster one leaves its peer
+/// idle longer), so ratios depend on it.
+fn cpu_idle_policy() -> Option<String> {
+    let read = |path: &str| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let driver = read("/sys/devices/system/cpu/cpuidle/current_driver")?;
+    if driver != "haltpoll" {
+        return Some(format!("cpuidle driver: {driver}"));
+    }
+    let poll = read("/sys/module/haltpoll/parameters/guest_halt_poll_ns")?;
+    Some(format!(
+        "cpuidle driver: haltpoll, guest_halt_poll_ns {poll}{}",
+        if poll == "0" {
+            " (no polling: every idle vCPU halts, and waking it goes through the host)"
+        } else {
+            ""
+        }
+    ))
+}
+
 /// Clock ticks per second of `/proc/PID/stat` (USER_HZ): 100 on Linux.
 const TICKS_PER_SECOND: f64 = 100.0;
 
@@ -679,6 +704,9 @@ async fn compare_servers(opts: Opts) {
         opts.dup_ratio * 100.0,
         opts.rounds
     );
+    if let Some(idle) = cpu_idle_policy() {
+        println!("{idle}");
+    }
     let base_addr = bare.as_ref().unwrap_or(&guarded).addr;
     let (mut b_all, mut w_all) = (Vec::new(), Vec::new());
     for round in 0..opts.rounds {
