@@ -1,9 +1,10 @@
 //! What a session logs: an outbound message.
 
 use std::fmt;
+use std::ops::Range;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes};
 use serde_json::value::RawValue;
 
 /// The text of one JSON value, checked when made, shared by its clones: the `data` of a text
@@ -84,13 +85,49 @@ impl CheckedJson {
     /// `data` as a slice of `frame`, when `data` lies within `frame` (it was parsed from it) and
     /// is not a JSON string (whose handler text is its unescaped content, not its JSON).
     pub fn within(frame: &Bytes, data: &RawValue) -> Option<Self> {
-        let json = data.get();
-        if json.starts_with('"') {
-            return None;
-        }
-        let start = (json.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
-        let end = start.checked_add(json.len())?;
-        (end <= frame.len()).then(|| Self(frame.slice(start..end)))
+        let range = span(frame, data)?;
+        Some(Self(frame.slice(range)))
+    }
+
+    /// Reads `frame` with `read`, which gives its result and the `data` it found in the text;
+    /// returns that result, and the `data` as [`within`](Self::within) would, but cut from
+    /// `frame` itself rather than from a clone of it (its buffer's count is not touched).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use serde_json::value::RawValue;
+    /// use wsguard_session::CheckedJson;
+    ///
+    /// let frame = String::from(r#"{"type":"msg","id":7,"data":[1,2]}"#);
+    /// let (id, checked) = CheckedJson::split(frame, |text| {
+    ///     let data: &RawValue = serde_json::from_str(&text[28..text.len() - 1]).unwrap();
+    ///     (7, Some(data))
+    /// });
+    /// assert_eq!(id, 7);
+    /// assert_eq!(checked.unwrap().bytes(), &Bytes::from_static(b"[1,2]"));
+    /// ```
+    pub fn split<F, T>(
+        frame: F,
+        read: impl for<'a> FnOnce(&'a str) -> (T, Option<&'a RawValue>),
+    ) -> (T, Option<Self>)
+    where
+        F: std::ops::Deref<Target = str> + Into<Bytes>,
+    {
+        let text: &str = &frame;
+        let whole = (text.as_ptr(), text.len());
+        let (value, data) = read(text);
+        let range = data.and_then(|data| span(text.as_bytes(), data));
+        let checked = range.and_then(|range| {
+            let mut bytes: Bytes = frame.into();
+            // The very bytes `read` was given, or nothing is taken.
+            if (bytes.as_ptr(), bytes.len()) != whole {
+                return None;
+            }
+            bytes.truncate(range.end);
+            bytes.advance(range.start);
+            Some(Self(bytes))
+        });
+        (value, checked)
     }
 
     /// The JSON text's bytes, shared with the frame.
@@ -102,6 +139,17 @@ impl CheckedJson {
     pub fn reply(&self, text: &str) -> Option<JsonText> {
         (self.0 == text.as_bytes()).then(|| JsonText(Arc::from(text)))
     }
+}
+
+/// Where `data` lies in `frame`, if it does and is not a JSON string.
+fn span(frame: &[u8], data: &RawValue) -> Option<Range<usize>> {
+    let json = data.get();
+    if json.starts_with('"') {
+        return None;
+    }
+    let start = (json.as_ptr() as usize).checked_sub(frame.as_ptr() as usize)?;
+    let end = start.checked_add(json.len())?;
+    (end <= frame.len()).then_some(start..end)
 }
 
 /// An outbound message: JSON for a text frame's `data`, or the payload of a binary frame.
@@ -186,5 +234,47 @@ impl From<Bytes> for MessageData {
 impl From<Vec<u8>> for MessageData {
     fn from(bytes: Vec<u8>) -> Self {
         Self::Binary(Bytes::from(bytes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A frame whose text and bytes are not the same buffer.
+    struct Mismatched(&'static str);
+
+    impl std::ops::Deref for Mismatched {
+        type Target = str;
+        fn deref(&self) -> &str {
+            self.0
+        }
+    }
+
+    impl From<Mismatched> for Bytes {
+        fn from(frame: Mismatched) -> Bytes {
+            Bytes::copy_from_slice(frame.0.as_bytes())
+        }
+    }
+
+    fn data_of(text: &str) -> (u8, Option<&RawValue>) {
+        let start = text.find(":").unwrap() + 1;
+        (1, serde_json::from_str(&text[start..text.len() - 1]).ok())
+    }
+
+    #[test]
+    fn split_cuts_data_from_the_frame_it_read_only() {
+        let (_, checked) = CheckedJson::split(String::from(r#"{"data":{"a":[1]}}"#), data_of);
+        assert_eq!(checked.unwrap().bytes().as_ref(), br#"{"a":[1]}"#);
+        // A string's JSON is not the handler's text: not taken.
+        let (_, checked) = CheckedJson::split(String::from(r#"{"data":"a"}"#), data_of);
+        assert!(checked.is_none());
+        // Nothing found, nothing taken.
+        let (_, checked) = CheckedJson::split(String::from(r#"{"data":[}"#), data_of);
+        assert!(checked.is_none());
+        // Bytes other than the text read are never taken for it.
+        let (value, checked) = CheckedJson::split(Mismatched(r#"{"data":[2]}"#), data_of);
+        assert_eq!(value, 1);
+        assert!(checked.is_none());
     }
 }

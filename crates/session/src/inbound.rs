@@ -58,6 +58,13 @@ impl Processing {
         self.done = true;
         self.local.processed(self.id);
     }
+
+    /// Marks the message processed here, without telling the store: the new acknowledgement
+    /// mark if it moved, which the caller records (with the reply, in one step).
+    pub(crate) fn finish(mut self) -> Option<u64> {
+        self.done = true;
+        self.local.inbound().processed(self.id)
+    }
 }
 
 impl fmt::Debug for Processing {

@@ -83,8 +83,8 @@ impl<S: SessionStore> SessionSender<S> {
     /// message the store then fails to log, or that finds no session, is reported in the log
     /// (WARN) rather than to the caller. Needs a tokio runtime for that case.
     pub fn send_now(&self, payload: impl Into<MessageData>) -> Result<Option<u64>, SessionGone> {
-        self.sessions
-            .append_now(self.target(), payload.into(), None)
+        let append = self.sessions.start_append(self.target(), payload.into());
+        self.sessions.append_now(append, None)
     }
 }
 

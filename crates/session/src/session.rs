@@ -86,11 +86,60 @@ impl<S: SessionStore> Session<S> {
         let token = self.local.token;
         let (sessions, local, wake) = (&self.sessions, &self.local, &self.wake);
         self.config.with(sessions, |config| {
-            sessions.append_now(
-                Target::Session(&token),
-                payload.into(),
-                Some((local, wake, config)),
-            )
+            let append =
+                sessions
+                    .shared
+                    .store
+                    .append(Target::Session(&token), payload.into(), config);
+            sessions.append_now(append, Some((local, wake)))
+        })
+    }
+
+    /// Logs the reply to a client message and marks that message processed: as
+    /// [`append_own`](Self::append_own) then [`Processing::processed`], in one store step
+    /// when the mark moves ([`SessionStore::append_processed`]; the memory store takes its
+    /// lock once).
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// use wsguard_config::SessionConfig;
+    /// use wsguard_session::protocol::ClientFrame;
+    /// use wsguard_session::{Accept, Opened, Sessions};
+    ///
+    /// let sessions = Sessions::new(SessionConfig::production());
+    /// let Some(Opened::Attached { mut session, .. }) = sessions.open(&ClientFrame::Hello, None).await
+    /// else {
+    ///     unreachable!("a hello opens a session")
+    /// };
+    /// let Accept::New(processing) = session.accept(1) else { unreachable!("id 1 is new") };
+    /// // The handler ran; its reply is logged and message 1 is processed.
+    /// assert_eq!(session.append_reply("pong", processing).unwrap(), Some(1));
+    /// assert_eq!(session.processed(), 1);
+    /// assert_eq!(session.ack_to_send(), Some(1));
+    /// # }
+    /// ```
+    pub fn append_reply(
+        &mut self,
+        payload: impl Into<MessageData>,
+        processing: Processing,
+    ) -> Result<Option<u64>, SessionGone> {
+        if !Arc::ptr_eq(&processing.local, &self.local) {
+            // A message of another session: two steps, each on its own session.
+            let seq = self.append_own(payload);
+            processing.processed();
+            return seq;
+        }
+        let token = self.local.token;
+        let mark = processing.finish();
+        let (sessions, local, wake) = (&self.sessions, &self.local, &self.wake);
+        self.config.with(sessions, |config| {
+            let store = &sessions.shared.store;
+            let append = match mark {
+                Some(mark) => store.append_processed(&token, payload.into(), mark, config),
+                None => store.append(Target::Session(&token), payload.into(), config),
+            };
+            sessions.append_now(append, Some((local, wake)))
         })
     }
 

@@ -110,8 +110,7 @@ impl Local {
     }
 
     pub(crate) fn processed(&self, id: u64) {
-        let moved = self.inbound().processed(id);
-        if let Some(mark) = moved {
+        if let Some(mark) = self.inbound().processed(id) {
             self.store.record_processed(&self.token, mark);
         }
     }
@@ -464,21 +463,14 @@ impl<S: SessionStore> Sessions<S> {
             .with(|config| store.append(to, payload, config))
     }
 
-    /// Logs `payload` without waiting: its `seq` when the store answers at once, `None` when
-    /// it answers later (the append then finishes in the background, in its place, and a
-    /// failure is logged). `by` is the connection appending, not woken for its own message,
-    /// with its copy of the settings.
+    /// Finishes an append without waiting: its `seq` when the store answered at once, `None`
+    /// when it answers later (the append then finishes in the background, in its place, and a
+    /// failure is logged). `by` is the connection appending, not woken for its own message.
     pub(crate) fn append_now(
         &self,
-        to: Target<'_>,
-        payload: MessageData,
-        by: Option<(&Local, &Wake, &SessionConfig)>,
+        mut append: StoreFuture<Option<Appended>>,
+        by: Option<(&Local, &Wake)>,
     ) -> Result<Option<u64>, SessionGone> {
-        let mut append = match by {
-            Some((_, _, config)) => self.shared.store.append(to, payload, config),
-            None => self.start_append(to, payload),
-        };
-        let by = by.map(|(local, wake, _)| (local, wake));
         match Pin::new(&mut append).poll(&mut Context::from_waker(Waker::noop())) {
             Poll::Ready(appended) => {
                 let appended = appended.map_err(SessionGone::store)?;

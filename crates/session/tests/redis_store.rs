@@ -198,6 +198,47 @@ async fn resume_replays_what_follows_last_with_the_processed_mark(backend: Backe
 }
 on_every_store!(resume_replays_what_follows_last_with_the_processed_mark);
 
+/// `append_reply` logs a reply and marks its message processed (in one step in memory, one
+/// after the other in Redis): a resume finds both, and the client resends nothing answered.
+async fn a_reply_and_the_processed_mark_of_its_message_are_kept_together(backend: Backend) {
+    let sessions = backend.node(config());
+    let (mut session, token) = hello(&sessions, Some("a")).await;
+    for id in 1..=3 {
+        let Accept::New(processing) = session.accept(id) else {
+            panic!("id {id} is new");
+        };
+        session
+            .append_reply(format!("reply {id}"), processing)
+            .unwrap();
+        assert_eq!(session.processed(), id);
+    }
+    // Id 5 answered before 4: its reply is logged, the mark waits for 4.
+    let (Accept::New(four), Accept::New(five)) = (session.accept(4), session.accept(5)) else {
+        panic!("ids 4 and 5 are new");
+    };
+    session.append_reply("reply 5", five).unwrap();
+    assert_eq!(session.processed(), 3);
+    drop(four);
+    sessions.flush().await.unwrap();
+    detach(&sessions, session).await;
+
+    let (session, frame, replay) = attached(sessions.resume(&token, Some("a"), 0).await);
+    assert!(frame.resumed);
+    assert_eq!(frame.last, 3, "every reply logged carried its mark");
+    assert_eq!(
+        texts(&replay),
+        [
+            (1, r#""reply 1""#.into()),
+            (2, r#""reply 2""#.into()),
+            (3, r#""reply 3""#.into()),
+            (4, r#""reply 5""#.into())
+        ]
+    );
+    assert!(matches!(session.accept(3), Accept::AlreadyProcessed));
+    assert!(matches!(session.accept(4), Accept::New(_)));
+}
+on_every_store!(a_reply_and_the_processed_mark_of_its_message_are_kept_together);
+
 async fn bounds_drop_the_oldest_and_a_resume_needing_them_is_a_gap(backend: Backend) {
     let sessions = backend.node(SessionConfig {
         max_messages: 3,

@@ -28,7 +28,6 @@ use tokio::sync::watch;
 use tokio::time::{Instant, MissedTickBehavior, Sleep, interval_at, sleep_until};
 use tower_service::Service;
 use wsguard_config::ConnectionConfig;
-use wsguard_session::CheckedJson;
 use wsguard_session::protocol::MSG_FRAME_OVERHEAD;
 
 use self::handshake::{Handshake, log_close};
@@ -403,17 +402,12 @@ where
                 }
                 Some(outcome) = in_flight.next(), if !in_flight.is_empty() => {
                     let call = processing.pop_front().flatten();
-                    let id = call.as_ref().map(|c| c.guard.id());
-                    let answered = outcome.is_ok();
+                    // Handled, failed or rejected: processed once its reply is logged (by
+                    // `on_outcome`). A panicked call is not: the client may resend it.
+                    let acks = call.is_some() && outcome.is_ok();
                     let writing = finishing.is_none();
-                    let request = call.as_ref().and_then(|c| c.data.as_ref());
-                    let end = on_outcome(&self.conn, &self.replies, outcome, id, live.as_mut().map(|l| (l, writing, request)));
-                    // Handled, failed or rejected: processed, now that its reply is logged. A
-                    // panicked call is not: the client may resend it.
-                    if let Some(call) = call
-                        && answered
-                    {
-                        call.guard.processed();
+                    let end = on_outcome(&self.conn, &self.replies, outcome, live.as_mut().map(|l| (l, writing)), call);
+                    if acks {
                         arm_ack(&mut ack_due, &mut ack_timer, ack_interval);
                     }
                     if let Some(end) = end
@@ -587,32 +581,37 @@ async fn flush_sessions(sessions: &wsguard_session::Sessions, limit: Duration) {
     }
 }
 
-/// Acts on a call's outcome. `id` is the message's client id under a session: its error frame
-/// carries it and is not logged. `live`: the session, and whether the connection still writes.
+/// Acts on a call's outcome. `live`: the session, and whether the connection still writes.
+/// `call`: the message under a session, marked processed here unless the call panicked (its
+/// error frame carries its client id and is not logged).
 fn on_outcome(
     conn: &ConnInfo,
     replies: &Replies,
     outcome: Outcome,
-    id: Option<u64>,
-    live: Option<(&mut Live, bool, Option<&CheckedJson>)>,
+    live: Option<(&mut Live, bool)>,
+    call: Option<Request>,
 ) -> Option<Ending> {
     let action = match outcome {
+        // The call is dropped unprocessed: the client may resend it.
         Err(panic) => return Some(panicked(conn, panic)),
         Ok(Ok(reply)) => reply.map_or(Action::Nothing, Action::Reply),
-        Ok(Err(err)) => match (replies.for_error(conn, &err), id) {
-            (Action::Reply(frame), Some(id)) => {
-                conn.sender.push_frame(session::with_id(frame, id));
+        Ok(Err(err)) => match (replies.for_error(conn, &err), &call) {
+            (Action::Reply(frame), Some(call)) => {
+                conn.sender
+                    .push_frame(session::with_id(frame, call.guard.id()));
                 Action::Nothing
             }
             (action, _) => action,
         },
     };
-    match action {
+    let ending = match action {
         Action::Nothing => None,
         Action::Reply(message) => {
             match live {
-                Some((live, writing, request)) => {
-                    live.reply(message, &conn.sender, writing, request)
+                // Logged, and the message processed with it.
+                Some((live, writing)) => {
+                    live.reply(message, &conn.sender, writing, call);
+                    return None;
                 }
                 // A closed queue means the connection is ending; the ending branch reports why.
                 None => {
@@ -622,7 +621,11 @@ fn on_outcome(
             None
         }
         Action::Close { code, reason } => Some(Ending::close(code, reason)),
+    };
+    if let Some(call) = call {
+        call.guard.processed();
     }
+    ending
 }
 
 /// `poll_ready` with a panic caught, as the calls' panics are.

@@ -5,9 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::ws::{Message, Utf8Bytes};
-use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
-use serde_json::value::RawValue;
 use tokio::time::{Instant, timeout_at};
 use wsguard_session::protocol::{
     ClientFrame, ClientFrameRef, ServerFrame, WireFrame, data_to_text, decode_binary,
@@ -198,17 +196,34 @@ impl Live {
     /// Reads a client frame.
     pub(super) fn admit(&self, message: Message) -> Result<Admitted, Ending> {
         let (id, message, data) = match message {
-            Message::Text(text) => match ClientFrameRef::parse(text.as_str()) {
-                Ok(ClientFrameRef::Msg { id, data }) => {
-                    let (message, data) = inbound_text(&text, data);
-                    (id, message, data)
-                }
-                Ok(ClientFrameRef::Ack { seq }) => return Ok(Admitted::Ack(seq)),
-                Ok(ClientFrameRef::Hello | ClientFrameRef::Resume { .. }) => {
-                    return Err(protocol_error("the session is already open"));
-                }
-                Err(err) => return Err(protocol_error(&err.to_string())),
-            },
+            Message::Text(text) => {
+                // A JSON string's content is copied out; any other `data` is cut from the frame.
+                let (read, data) =
+                    CheckedJson::split(text, |text| match ClientFrameRef::parse(text) {
+                        Ok(ClientFrameRef::Msg { id, data }) => {
+                            let string = data.get().starts_with('"').then(|| data_to_text(data));
+                            (Ok(Ok((id, string))), Some(data))
+                        }
+                        Ok(ClientFrameRef::Ack { seq }) => (Ok(Err(seq)), None),
+                        Ok(ClientFrameRef::Hello | ClientFrameRef::Resume { .. }) => {
+                            (Err(protocol_error("the session is already open")), None)
+                        }
+                        Err(err) => (Err(protocol_error(&err.to_string())), None),
+                    });
+                let (id, string) = match read? {
+                    Ok(msg) => msg,
+                    Err(seq) => return Ok(Admitted::Ack(seq)),
+                };
+                let message = match (string, &data) {
+                    (Some(string), _) => Message::text(string),
+                    (None, Some(json)) => Message::Text(
+                        Utf8Bytes::try_from(json.bytes().clone())
+                            .map_err(|_| protocol_error("data is not UTF-8"))?,
+                    ),
+                    (None, None) => return Err(protocol_error("data is not in the frame")),
+                };
+                (id, message, data)
+            }
             Message::Binary(bytes) => match decode_binary(&bytes) {
                 Ok((id, payload)) => (id, Message::Binary(payload), None),
                 Err(err) => return Err(protocol_error(&err.to_string())),
@@ -229,15 +244,19 @@ impl Live {
     /// owed and the queue has room, its frame is queued at once from what was appended,
     /// rather than read back from the log after a wake-up; otherwise the log has it and
     /// [`refill`](Self::refill) queues it in its turn. `writing`: the connection still writes
-    /// (it is not finishing its calls after the client left). `request`: the JSON `data` of
-    /// the message replied to, if [`Request::data`] kept it.
+    /// (it is not finishing its calls after the client left). `call`: the client message
+    /// replied to, marked processed with the reply, in one store step.
     pub(super) fn reply(
         &mut self,
         message: Message,
         out: &Sender,
         writing: bool,
-        request: Option<&CheckedJson>,
+        call: Option<Request>,
     ) {
+        let (guard, request) = match call {
+            Some(Request { guard, data }) => (Some(guard), data),
+            None => (None, None),
+        };
         let payload = match &message {
             Message::Text(text) => match request.and_then(|json| json.reply(text.as_str())) {
                 Some(json) => MessageData::Json(json),
@@ -247,10 +266,17 @@ impl Live {
             // Not a data message: not logged, as `Sender::send` does.
             _ => {
                 let _ = out.send(message);
+                if let Some(guard) = guard {
+                    guard.processed();
+                }
                 return;
             }
         };
-        match self.session.append_own(payload.clone()) {
+        let appended = match guard {
+            Some(guard) => self.session.append_reply(payload.clone(), guard),
+            None => self.session.append_own(payload.clone()),
+        };
+        match appended {
             Ok(Some(seq))
                 if writing
                     && seq == self.sent + 1
@@ -285,20 +311,6 @@ pub(super) fn with_id(frame: Message, id: u64) -> Message {
             Message::text(serde_json::Value::Object(object).to_string())
         }
         _ => frame,
-    }
-}
-
-/// The inbound message for a client's `data`, parsed from `frame`: a JSON string's content,
-/// any other value's JSON text as a slice of the frame (as a handler gets a frame without a
-/// session), then also kept to recognise a reply of the same text.
-fn inbound_text(frame: &Utf8Bytes, data: &RawValue) -> (Message, Option<CheckedJson>) {
-    let checked = CheckedJson::within(&Bytes::from(frame.clone()), data);
-    let message = checked
-        .as_ref()
-        .and_then(|json| Utf8Bytes::try_from(json.bytes().clone()).ok());
-    match (message, checked) {
-        (Some(text), checked) => (Message::Text(text), checked),
-        _ => (Message::text(data_to_text(data)), None),
     }
 }
 

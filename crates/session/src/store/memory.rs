@@ -284,6 +284,54 @@ impl MemorySessionStore {
         true
     }
 
+    /// Logs `payload` to session `token` and, with `processed`, records that mark in the same
+    /// step.
+    fn log(
+        &self,
+        token: SessionToken,
+        payload: MessageData,
+        processed: Option<u64>,
+        config: &SessionConfig,
+    ) -> Option<Appended> {
+        let mut guard = self.shard(&token);
+        let shard = &mut *guard;
+        let entry = shard.sessions.get_mut(&token)?;
+        if let Some(id) = processed {
+            entry.processed = entry.processed.max(id);
+        }
+        let len = payload.len();
+        entry.last_seq += 1;
+        let seq = entry.last_seq;
+        entry.log.push_back(payload);
+        entry.bytes += len;
+        shard.bytes += len;
+
+        let dropped_before = entry.dropped;
+        // The newest message always stays: without it the client would see a gap it cannot
+        // be told about.
+        while entry.log.len() > 1
+            && (entry.log.len() > config.max_messages || entry.bytes > config.max_bytes)
+        {
+            shard.bytes -= entry.drop_oldest();
+        }
+        let mut dropped = entry.dropped - dropped_before;
+        let step = (config.max_total_bytes / REPORT_DIVISOR).min(MAX_REPORT_STEP);
+        let total = shard.report(&self.reported, step);
+        let mut evicted = Vec::new();
+        if total > config.max_total_bytes {
+            drop(guard);
+            let (more, freed) = self.enforce_total(&token, config);
+            dropped += more;
+            evicted = freed;
+        }
+        Some(Appended {
+            session: token,
+            seq,
+            dropped,
+            evicted,
+        })
+    }
+
     /// Past `max_total_bytes` (by the reported total): frees the oldest detached sessions
     /// other than `token`, then drops `token`'s oldest messages (its newest always stays),
     /// until the exact total is within the cap. Returns the messages dropped and the sessions
@@ -421,42 +469,17 @@ impl SessionStore for MemorySessionStore {
                 None => return StoreFuture::ready(Ok(None)),
             },
         };
-        let mut guard = self.shard(&token);
-        let shard = &mut *guard;
-        let Some(entry) = shard.sessions.get_mut(&token) else {
-            return StoreFuture::ready(Ok(None));
-        };
-        let len = payload.len();
-        entry.last_seq += 1;
-        let seq = entry.last_seq;
-        entry.log.push_back(payload);
-        entry.bytes += len;
-        shard.bytes += len;
+        StoreFuture::ready(Ok(self.log(token, payload, None, config)))
+    }
 
-        let dropped_before = entry.dropped;
-        // The newest message always stays: without it the client would see a gap it cannot
-        // be told about.
-        while entry.log.len() > 1
-            && (entry.log.len() > config.max_messages || entry.bytes > config.max_bytes)
-        {
-            shard.bytes -= entry.drop_oldest();
-        }
-        let mut dropped = entry.dropped - dropped_before;
-        let step = (config.max_total_bytes / REPORT_DIVISOR).min(MAX_REPORT_STEP);
-        let total = shard.report(&self.reported, step);
-        let mut evicted = Vec::new();
-        if total > config.max_total_bytes {
-            drop(guard);
-            let (more, freed) = self.enforce_total(&token, config);
-            dropped += more;
-            evicted = freed;
-        }
-        StoreFuture::ready(Ok(Some(Appended {
-            session: token,
-            seq,
-            dropped,
-            evicted,
-        })))
+    fn append_processed(
+        &self,
+        token: &SessionToken,
+        payload: MessageData,
+        id: u64,
+        config: &SessionConfig,
+    ) -> StoreFuture<Option<Appended>> {
+        StoreFuture::ready(Ok(self.log(*token, payload, Some(id), config)))
     }
 
     fn read_after(&self, token: &SessionToken, after: u64, max: usize) -> StoreFuture<Vec<Logged>> {
@@ -568,6 +591,35 @@ mod tests {
             index.tombstones.clients.capacity(),
             index.tombstones.order.capacity(),
         ]
+    }
+
+    #[tokio::test]
+    async fn a_reply_appended_with_a_processed_mark_records_both() {
+        let store = MemorySessionStore::new();
+        let config = SessionConfig::production();
+        let token = SessionToken::generate();
+        let now = Instant::now();
+        store.create(token, None, now, &config).await.unwrap();
+        let reply = |text: &str, id| store.append_processed(&token, text.into(), id, &config);
+        assert_eq!(reply("\"one\"", 1).await.unwrap().unwrap().seq, 1);
+        assert_eq!(reply("\"two\"", 2).await.unwrap().unwrap().seq, 2);
+        // A mark never goes back.
+        assert_eq!(reply("\"late\"", 1).await.unwrap().unwrap().seq, 3);
+        let Attached::Held { state, messages } =
+            store.attach(&token, None, 1, now, &config).await.unwrap()
+        else {
+            panic!("the session is held");
+        };
+        assert_eq!(state.processed, 2);
+        assert_eq!(messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [2, 3]);
+        let gone = SessionToken::generate();
+        assert!(
+            store
+                .append_processed(&gone, "\"x\"".into(), 1, &config)
+                .await
+                .unwrap()
+                .is_none()
+        );
     }
 
     #[tokio::test]

@@ -264,6 +264,22 @@ pub trait SessionStore: fmt::Debug + Send + Sync + 'static {
     /// Records that every client message up to `id` is processed. Must not block.
     fn record_processed(&self, token: &SessionToken, id: u64);
 
+    /// [`append`](Self::append) to session `token`, then
+    /// [`record_processed`](Self::record_processed) up to `id`: a reply, and the mark of the
+    /// message it answers, in that order. The default makes the two calls; a store that can
+    /// makes them one step (the memory store takes its lock once).
+    fn append_processed(
+        &self,
+        token: &SessionToken,
+        payload: MessageData,
+        id: u64,
+        config: &SessionConfig,
+    ) -> StoreFuture<Option<Appended>> {
+        let appended = self.append(Target::Session(token), payload, config);
+        self.record_processed(token, id);
+        appended
+    }
+
     /// Marks the session detached from `now` on: it expires after `ttl` unless attached again.
     /// Must not block.
     fn detach(&self, token: &SessionToken, now: Instant);
@@ -348,6 +364,16 @@ impl<T: SessionStore + ?Sized> SessionStore for Arc<T> {
 
     fn record_processed(&self, token: &SessionToken, id: u64) {
         (**self).record_processed(token, id)
+    }
+
+    fn append_processed(
+        &self,
+        token: &SessionToken,
+        payload: MessageData,
+        id: u64,
+        config: &SessionConfig,
+    ) -> StoreFuture<Option<Appended>> {
+        (**self).append_processed(token, payload, id, config)
     }
 
     fn detach(&self, token: &SessionToken, now: Instant) {
