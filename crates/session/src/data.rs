@@ -7,6 +7,8 @@ use std::sync::Arc;
 use bytes::{Buf, Bytes};
 use serde_json::value::RawValue;
 
+use crate::protocol::{WireFrame, encode_binary, msg_frame};
+
 /// The text of one JSON value, checked when made, shared by its clones: the `data` of a text
 /// message. In one allocation with its reference counts (an `Arc<RawValue>` made from a `&str`
 /// takes two: the `Box` serde gives, then the `Arc`).
@@ -175,6 +177,15 @@ impl MessageData {
     /// Whether it takes no bytes (an empty binary message).
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+
+    /// The WebSocket frame that carries it as message `seq`: `{"type":"msg","seq":N,"data":V}`,
+    /// or a binary frame starting with the big-endian `seq`.
+    pub fn to_wire(&self, seq: u64) -> WireFrame {
+        match self {
+            Self::Json(data) => WireFrame::Text(msg_frame(seq, data.get())),
+            Self::Binary(bytes) => WireFrame::Binary(encode_binary(seq, bytes)),
+        }
     }
 }
 

@@ -257,14 +257,14 @@ impl Live {
             Some(Request { guard, data }) => (Some(guard), data),
             None => (None, None),
         };
-        let payload = match &message {
+        let payload = match message {
             Message::Text(text) => match request.and_then(|json| json.reply(text.as_str())) {
                 Some(json) => MessageData::Json(json),
                 None => MessageData::from(text.as_str()),
             },
-            Message::Binary(bytes) => MessageData::Binary(bytes.clone()),
+            Message::Binary(bytes) => MessageData::Binary(bytes),
             // Not a data message: not logged, as `Sender::send` does.
-            _ => {
+            message => {
                 let _ = out.send(message);
                 if let Some(guard) = guard {
                     guard.processed();
@@ -272,22 +272,22 @@ impl Live {
                 return;
             }
         };
+        // The frame is made before the payload goes to the log, for the `seq` the client is
+        // owed next: it is queued if the reply gets that `seq` (no other sender came first).
+        let next = self.sent + 1;
+        let frame = writing.then(|| to_message(payload.to_wire(next)));
         let appended = match guard {
-            Some(guard) => self.session.append_reply(payload.clone(), guard),
-            None => self.session.append_own(payload.clone()),
+            Some(guard) => self.session.append_reply(payload, guard),
+            None => self.session.append_own(payload),
         };
-        match appended {
-            Ok(Some(seq))
-                if writing
-                    && seq == self.sent + 1
-                    && out.push_frame_below(wire(&Logged { seq, payload }), WRITE_BATCH) =>
-            {
+        // `None`: a store that answers later wakes the connection once the reply is logged;
+        // an error: the session is gone (expired, evicted), with no client to reply to.
+        if let Ok(Some(seq)) = appended {
+            if seq == next && frame.is_some_and(|frame| out.push_frame_below(frame, WRITE_BATCH)) {
                 self.sent = seq;
+            } else {
+                self.dirty = true;
             }
-            Ok(Some(_)) => self.dirty = true,
-            // A store that answers later wakes the connection once the reply is logged; a
-            // session gone (expired, evicted) has no client to reply to.
-            Ok(None) | Err(_) => {}
         }
     }
 
@@ -315,7 +315,11 @@ pub(super) fn with_id(frame: Message, id: u64) -> Message {
 }
 
 fn wire(logged: &Logged) -> Message {
-    match logged.to_wire() {
+    to_message(logged.to_wire())
+}
+
+fn to_message(frame: WireFrame) -> Message {
+    match frame {
         WireFrame::Text(text) => Message::text(text),
         WireFrame::Binary(bytes) => Message::Binary(bytes),
     }

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use wsguard_config::{SessionBackend, SessionConfig};
 
 use crate::data::MessageData;
-use crate::protocol::{WireFrame, encode_binary, msg_frame};
+use crate::protocol::WireFrame;
 use crate::token::SessionToken;
 
 pub use self::memory::MemorySessionStore;
@@ -101,10 +101,7 @@ impl Logged {
     /// The WebSocket frame that carries it: `{"type":"msg","seq":N,"data":V}`, or a binary frame
     /// starting with the big-endian `seq`.
     pub fn to_wire(&self) -> WireFrame {
-        match &self.payload {
-            MessageData::Json(data) => WireFrame::Text(msg_frame(self.seq, data.get())),
-            MessageData::Binary(bytes) => WireFrame::Binary(encode_binary(self.seq, bytes)),
-        }
+        self.payload.to_wire(self.seq)
     }
 }
 
