@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
-use tokio::time::timeout;
+use tokio::time::{Instant, timeout, timeout_at};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::{self, Message as WsMessage};
@@ -104,9 +104,12 @@ impl V1 {
             .await;
     }
 
+    /// The next data or close frame within `WAIT`, pings and pongs skipped (they do not
+    /// extend the wait).
     async fn frame(&mut self) -> Frame {
+        let deadline = Instant::now() + WAIT;
         loop {
-            let frame = timeout(WAIT, self.socket.next())
+            let frame = timeout_at(deadline, self.socket.next())
                 .await
                 .expect("frame in time")
                 .expect("stream open")
