@@ -76,6 +76,15 @@ struct State {
     high_water: usize,
 }
 
+impl State {
+    /// Queues `message` of `size` payload bytes.
+    fn push(&mut self, message: Message, size: usize) {
+        self.bytes += size;
+        self.items.push_back(message);
+        self.high_water = self.high_water.max(self.items.len());
+    }
+}
+
 /// What happened to a message given to [`Sender::send`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SendStatus {
@@ -212,10 +221,8 @@ impl Sender {
                 }
             }
         };
-        state.bytes += size;
-        state.items.push_back(message);
+        state.push(message, size);
         state.dropped += dropped;
-        state.high_water = state.high_water.max(state.items.len());
         drop(state);
         if dropped > 0 {
             self.report_dropped(dropped);
@@ -256,22 +263,19 @@ impl Sender {
     /// Queues a frame the connection itself produced (a protocol frame, or one read from the
     /// session log): no overflow policy, the connection bounds what it queues.
     pub(crate) fn push_frame(&self, message: Message) {
-        let mut state = self.state();
-        state.bytes += payload_len(&message);
-        state.items.push_back(message);
-        state.high_water = state.high_water.max(state.items.len());
+        let size = payload_len(&message);
+        self.state().push(message, size);
     }
 
     /// [`push_frame`](Self::push_frame) if fewer than `max` messages are queued; whether it did.
     pub(crate) fn push_frame_below(&self, message: Message, max: usize) -> bool {
+        let size = payload_len(&message);
         let mut state = self.state();
-        if state.items.len() >= max {
-            return false;
+        let room = state.items.len() < max;
+        if room {
+            state.push(message, size);
         }
-        state.bytes += payload_len(&message);
-        state.items.push_back(message);
-        state.high_water = state.high_water.max(state.items.len());
-        true
+        room
     }
 
     /// Asks the connection to close with `code` and `reason` after the messages already queued.

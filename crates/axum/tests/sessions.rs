@@ -340,44 +340,6 @@ async fn a_client_that_drops_mid_stream_resumes_and_everything_happens_once_in_o
     assert_eq!(sessions.stats().resumed, 1);
 }
 
-/// A message the handler sends through the connection's sender takes the next `seq` before
-/// its reply does: the reply, written straight from its append otherwise, goes out after it
-/// with its own `seq`.
-#[tokio::test]
-async fn a_message_sent_during_a_call_goes_out_before_the_reply_and_each_keeps_its_seq() {
-    let service = service_fn(|req: Inbound| async move {
-        req.sender().send("aside").unwrap();
-        Ok::<_, BoxError>(Some(Message::text("reply")))
-    });
-    let addr = serve_route(WsRoute::new(service, config(|_| {}))).await;
-
-    let mut client = V1::connect(addr, Some("erin")).await;
-    client.hello().await;
-    client.msg(1, r#""go""#).await;
-    client.msg(2, r#""again""#).await;
-    let mut msgs = Vec::new();
-    let received = timeout(WAIT, async {
-        while msgs.len() < 4 {
-            match client.frame().await {
-                Frame::Msg(seq, data) => msgs.push((seq, data)),
-                Frame::Ack(_) => {}
-                other => panic!("{other:?}"),
-            }
-        }
-    })
-    .await;
-    assert!(received.is_ok(), "four messages in time, got {msgs:?}");
-    assert_eq!(
-        msgs,
-        [
-            (1, r#""aside""#.to_owned()),
-            (2, r#""reply""#.to_owned()),
-            (3, r#""aside""#.to_owned()),
-            (4, r#""reply""#.to_owned()),
-        ]
-    );
-}
-
 #[tokio::test]
 async fn messages_sent_while_the_client_is_away_arrive_on_resume() {
     let kept: Arc<Mutex<Option<Sender>>> = Arc::default();

@@ -64,50 +64,32 @@ impl From<Box<RawValue>> for JsonText {
 /// be JSON without reading it again ([`reply`](Self::reply)), as for an echo or a relay.
 ///
 /// ```
-/// use bytes::Bytes;
 /// use serde_json::value::RawValue;
 /// use wsguard_session::CheckedJson;
 ///
-/// let frame = Bytes::from_static(br#"{"type":"msg","id":1,"data":{"a":1}}"#);
-/// let text = std::str::from_utf8(&frame).unwrap();
-/// let data: &RawValue = serde_json::from_str(&text[28..text.len() - 1]).unwrap();
-/// let checked = CheckedJson::within(&frame, data).unwrap();
+/// // What a frame reader gives: its result (none here) and the `data` it found.
+/// fn data_of(text: &str) -> ((), Option<&RawValue>) {
+///     ((), serde_json::from_str(&text[28..text.len() - 1]).ok())
+/// }
+///
+/// let frame = String::from(r#"{"type":"msg","id":1,"data":{"a":1}}"#);
+/// let ((), checked) = CheckedJson::split(frame, data_of);
+/// let checked = checked.unwrap();
 /// assert_eq!(checked.bytes(), r#"{"a":1}"#.as_bytes());
 /// assert_eq!(checked.reply(r#"{"a":1}"#).unwrap().get(), r#"{"a":1}"#);
 /// assert!(checked.reply("something else").is_none());
 ///
-/// // Text outside the frame, or a JSON string, is not taken.
-/// let elsewhere: &RawValue = serde_json::from_str(r#"{"a":1}"#).unwrap();
-/// assert!(CheckedJson::within(&frame, elsewhere).is_none());
+/// // A JSON string is not taken: its handler text is its unescaped content.
+/// let frame = String::from(r#"{"type":"msg","id":2,"data":"hi"}"#);
+/// assert!(CheckedJson::split(frame, data_of).1.is_none());
 /// ```
 #[derive(Debug, Clone)]
 pub struct CheckedJson(Bytes);
 
 impl CheckedJson {
-    /// `data` as a slice of `frame`, when `data` lies within `frame` (it was parsed from it) and
-    /// is not a JSON string (whose handler text is its unescaped content, not its JSON).
-    pub fn within(frame: &Bytes, data: &RawValue) -> Option<Self> {
-        let range = span(frame, data)?;
-        Some(Self(frame.slice(range)))
-    }
-
     /// Reads `frame` with `read`, which gives its result and the `data` it found in the text;
-    /// returns that result, and the `data` as [`within`](Self::within) would, but cut from
-    /// `frame` itself rather than from a clone of it (its buffer's count is not touched).
-    ///
-    /// ```
-    /// use bytes::Bytes;
-    /// use serde_json::value::RawValue;
-    /// use wsguard_session::CheckedJson;
-    ///
-    /// let frame = String::from(r#"{"type":"msg","id":7,"data":[1,2]}"#);
-    /// let (id, checked) = CheckedJson::split(frame, |text| {
-    ///     let data: &RawValue = serde_json::from_str(&text[28..text.len() - 1]).unwrap();
-    ///     (7, Some(data))
-    /// });
-    /// assert_eq!(id, 7);
-    /// assert_eq!(checked.unwrap().bytes(), &Bytes::from_static(b"[1,2]"));
-    /// ```
+    /// returns that result, and the `data` cut from `frame` itself (no copy, and no count taken
+    /// on its buffer) when it lies within the text `read` was given and is not a JSON string.
     pub fn split<F, T>(
         frame: F,
         read: impl for<'a> FnOnce(&'a str) -> (T, Option<&'a RawValue>),

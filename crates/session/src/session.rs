@@ -130,15 +130,18 @@ impl<S: SessionStore> Session<S> {
             processing.processed();
             return seq;
         }
+        // A mark that did not move (an earlier id is still in flight) has nothing to record.
+        let Some(mark) = processing.finish() else {
+            return self.append_own(payload);
+        };
         let token = self.local.token;
-        let mark = processing.finish();
         let (sessions, local, wake) = (&self.sessions, &self.local, &self.wake);
         self.config.with(sessions, |config| {
-            let store = &sessions.shared.store;
-            let append = match mark {
-                Some(mark) => store.append_processed(&token, payload.into(), mark, config),
-                None => store.append(Target::Session(&token), payload.into(), config),
-            };
+            let append =
+                sessions
+                    .shared
+                    .store
+                    .append_processed(&token, payload.into(), mark, config);
             sessions.append_now(append, Some((local, wake)))
         })
     }

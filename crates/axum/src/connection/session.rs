@@ -46,6 +46,13 @@ pub(super) enum Admitted {
     Resent,
 }
 
+/// A text frame after a session opened: a message (`id`, and its `data` if a JSON string, as
+/// the text it stands for), or an ack.
+enum TextFrame {
+    Msg(u64, Option<String>),
+    Ack(u64),
+}
+
 /// A client message in the service's hands.
 pub(super) struct Request {
     /// Marks the message processed once the call is done (its reply logged).
@@ -202,17 +209,17 @@ impl Live {
                     CheckedJson::split(text, |text| match ClientFrameRef::parse(text) {
                         Ok(ClientFrameRef::Msg { id, data }) => {
                             let string = data.get().starts_with('"').then(|| data_to_text(data));
-                            (Ok(Ok((id, string))), Some(data))
+                            (Ok(TextFrame::Msg(id, string)), Some(data))
                         }
-                        Ok(ClientFrameRef::Ack { seq }) => (Ok(Err(seq)), None),
+                        Ok(ClientFrameRef::Ack { seq }) => (Ok(TextFrame::Ack(seq)), None),
                         Ok(ClientFrameRef::Hello | ClientFrameRef::Resume { .. }) => {
                             (Err(protocol_error("the session is already open")), None)
                         }
                         Err(err) => (Err(protocol_error(&err.to_string())), None),
                     });
                 let (id, string) = match read? {
-                    Ok(msg) => msg,
-                    Err(seq) => return Ok(Admitted::Ack(seq)),
+                    TextFrame::Msg(id, string) => (id, string),
+                    TextFrame::Ack(seq) => return Ok(Admitted::Ack(seq)),
                 };
                 let message = match (string, &data) {
                     (Some(string), _) => Message::text(string),
