@@ -24,9 +24,10 @@
 //!
 //! Options: `-c` connections (16), `-n` messages per connection (1000), `--mode ping-pong|pipelined`
 //! (ping-pong), `--dup-ratio R` share of messages re-sent byte for byte (0), `--size B` payload
-//! bytes (100), `--rounds R` alternations in `--compare` (3), `--window W` messages in flight per
-//! connection when pipelined (64), `--session` speak `wsguard.v1` (hello, numbered messages,
-//! acks every 32 messages).
+//! bytes (100), `--rounds R` alternations in `--compare` (3), `--control` (in `--compare`: the
+//! base runs again after the test in each round, and its ratio to itself is printed, the
+//! harness's own spread), `--window W` messages in flight per connection when pipelined (64),
+//! `--session` speak `wsguard.v1` (hello, numbered messages, acks every 32 messages).
 //!
 //! `--idle K`: `--servers bare,wsguard` (both), `--preset NAME` of the wsguard server
 //! (`development`), `--hold S` seconds to hold the connections open (1; past the ping interval,
@@ -76,6 +77,9 @@ struct Opts {
     size: usize,
     rounds: usize,
     session: bool,
+    /// In `--compare`: each round runs the base once more after the test, and the base against
+    /// itself gives the harness's own spread.
+    control: bool,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -121,7 +125,7 @@ fn percentile(values: &[u64], p: f64) -> u64 {
 
 fn usage() -> ! {
     eprintln!(
-        "usage: loadgen [--url URL] [-c N] [-n N] [--mode ping-pong|pipelined] [--dup-ratio R] [--size B] [--window W] [--session]\n       loadgen --compare [--session] [--rounds R] [same options]\n       loadgen --resume P [--runs R] [--size B]\n       loadgen --idle K [--servers bare,wsguard] [--preset NAME] [--hold S] [--session [--reconnect]] [--per-source N] [--dials D] [--procs P]\n       loadgen serve-bare ADDR"
+        "usage: loadgen [--url URL] [-c N] [-n N] [--mode ping-pong|pipelined] [--dup-ratio R] [--size B] [--window W] [--session]\n       loadgen --compare [--session] [--rounds R] [--control] [same options]\n       loadgen --resume P [--runs R] [--size B]\n       loadgen --idle K [--servers bare,wsguard] [--preset NAME] [--hold S] [--session [--reconnect]] [--per-source N] [--dials D] [--procs P]\n       loadgen serve-bare ADDR"
     );
     std::process::exit(2)
 }
@@ -154,6 +158,7 @@ fn main() {
         size: 100,
         rounds: 3,
         session: false,
+        control: false,
     };
     let mut idle = IdleOpts {
         connections: 0,
@@ -191,6 +196,7 @@ fn main() {
             "--size" => opts.size = value().parse().unwrap_or_else(|_| usage()),
             "--rounds" => opts.rounds = value().parse().unwrap_or_else(|_| usage()),
             "--session" => opts.session = true,
+            "--control" => opts.control = true,
             "--compare" => compare = true,
             "--resume" => resume = Some(value().parse::<u32>().unwrap_or_else(|_| usage())),
             "--runs" => runs = value().parse().unwrap_or_else(|_| usage()),
@@ -708,12 +714,20 @@ async fn compare_servers(opts: Opts) {
         println!("{idle}");
     }
     let base_addr = bare.as_ref().unwrap_or(&guarded).addr;
-    let (mut b_all, mut w_all) = (Vec::new(), Vec::new());
+    let again = format!("{base} again");
+    let (mut b_all, mut w_all, mut c_all) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..opts.rounds {
+        let control = opts
+            .control
+            .then_some((again.as_str(), base_addr, false, &mut c_all));
         for (label, addr, session, acc) in [
-            (base, base_addr, false, &mut b_all),
-            (test, guarded.addr, opts.session, &mut w_all),
-        ] {
+            Some((base, base_addr, false, &mut b_all)),
+            Some((test, guarded.addr, opts.session, &mut w_all)),
+            control,
+        ]
+        .into_iter()
+        .flatten()
+        {
             let o = Opts {
                 url: format!("ws://{addr}/ws"),
                 session,
@@ -725,20 +739,8 @@ async fn compare_servers(opts: Opts) {
             acc.push(r);
         }
     }
-    let tb = median(&mut b_all.iter().map(Report::throughput).collect::<Vec<_>>());
-    let tw = median(&mut w_all.iter().map(Report::throughput).collect::<Vec<_>>());
-    let pb = median(
-        &mut b_all
-            .iter()
-            .map(|r| r.percentile(0.99) as f64)
-            .collect::<Vec<_>>(),
-    );
-    let pw = median(
-        &mut w_all
-            .iter()
-            .map(|r| r.percentile(0.99) as f64)
-            .collect::<Vec<_>>(),
-    );
+    let (tb, pb) = medians(&b_all);
+    let (tw, pw) = medians(&w_all);
     println!(
         "median throughput: {base} {tb:.0}/s, {test} {tw:.0}/s, ratio {test}/{base} {:.3}",
         tw / tb
@@ -747,6 +749,27 @@ async fn compare_servers(opts: Opts) {
         "median p99: {base} {pb:.0} us, {test} {pw:.0} us, ratio {test}/{base} {:.3}",
         pw / pb
     );
+    if opts.control {
+        // The same load on the same server: how far apart two measurements of one thing fall.
+        let (tc, pc) = medians(&c_all);
+        println!(
+            "control ({again} against {base}, same load and server): throughput ratio {:.3}, p99 ratio {:.3}",
+            tc / tb,
+            pc / pb
+        );
+    }
+}
+
+/// The median throughput and the median p99 (in µs) of `reports`.
+fn medians(reports: &[Report]) -> (f64, f64) {
+    let throughput = median(&mut reports.iter().map(Report::throughput).collect::<Vec<_>>());
+    let p99 = median(
+        &mut reports
+            .iter()
+            .map(|r| r.percentile(0.99) as f64)
+            .collect::<Vec<_>>(),
+    );
+    (throughput, p99)
 }
 
 /// Closes the TCP connection with a reset: no close frame, as when a client's network goes.

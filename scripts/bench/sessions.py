@@ -1,0 +1,75 @@
+#!/usr/bin/env python3
+"""Sessions against plain connections, measured K times per cell, with the harness's own spread.
+
+One `loadgen --compare --session --control` gives one ratio per figure (the median of its
+rounds), and two such runs differ by more than the few hundredths a target is checked to. This
+script runs it K times for each of the six cells of BENCHMARKS.md (ping-pong and pipelined, at 1,
+16 and 64 connections) and prints, per cell, the median and range of the K throughput and p99
+ratios, and of the control: plain measured again against plain in the same rounds. The control's
+standard deviation is what one `loadgen --compare` can resolve; a target missed by less than that
+is also given in standard errors of the K runs' median.
+
+Usage: python3 scripts/bench/sessions.py [K, default 10] [CELL ...]
+A cell is MODE:CONNECTIONS (pipelined:1); by default all six.
+"""
+import os
+import re
+import statistics
+import subprocess
+import sys
+
+WORKSPACE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+# Messages per connection: each run takes about the same time whatever the connections.
+MESSAGES = {("ping-pong", 1): 20000, ("ping-pong", 16): 2000, ("ping-pong", 64): 500,
+            ("pipelined", 1): 100000, ("pipelined", 16): 10000, ("pipelined", 64): 2500}
+THROUGHPUT_TARGET, P99_TARGET = 0.85, 1.3
+
+
+def loadgen():
+    subprocess.run(["cargo", "build", "--release", "--example", "echo", "--example", "loadgen"],
+                   cwd=WORKSPACE, check=True)
+    target = os.environ.get("CARGO_TARGET_DIR", os.path.join(WORKSPACE, "target"))
+    return os.path.join(target, "release", "examples", "loadgen")
+
+
+def compare(binary, mode, connections):
+    out = subprocess.run(
+        [binary, "--compare", "--session", "--control", "-c", str(connections),
+         "-n", str(MESSAGES[(mode, connections)]), "--mode", mode, "--rounds", "5"],
+        cwd=WORKSPACE, check=True, capture_output=True, text=True).stdout
+    throughput = float(re.search(r"ratio session/plain ([\d.]+)", out).group(1))
+    p99 = float(re.findall(r"ratio session/plain ([\d.]+)", out)[1])
+    control = re.search(r"throughput ratio ([\d.]+), p99 ratio ([\d.]+)", out)
+    return throughput, p99, float(control.group(1)), float(control.group(2))
+
+
+def spread(values):
+    values = sorted(values)
+    return f"{statistics.median(values):.3f} ({values[0]:.2f} to {values[-1]:.2f})"
+
+
+def main():
+    k = int(sys.argv[1]) if len(sys.argv) > 1 else 10
+    cells = [(c.split(":")[0], int(c.split(":")[1])) for c in sys.argv[2:]] or list(MESSAGES)
+    binary = loadgen()
+    print(f"{k} runs of `loadgen --compare --session --control --rounds 5` per cell")
+    print("| cell | throughput session/plain | control, sd | p99 session/plain | control, sd |"
+          " throughput target 0.85 |")
+    print("|---|---|---|---|---|---|")
+    for mode, connections in cells:
+        runs = [compare(binary, mode, connections) for _ in range(k)]
+        t, p, ct, cp = (list(column) for column in zip(*runs))
+        resolution = statistics.stdev(ct)
+        # The standard error of a median of K normal draws: 1.25 sd / sqrt(K).
+        error = 1.2533 * statistics.stdev(t) / len(t) ** 0.5
+        miss = THROUGHPUT_TARGET - statistics.median(t)
+        status = "met" if miss <= 0 else (
+            f"missed by {miss:.3f}: {miss / resolution:.1f} sd of one run,"
+            f" {miss / error:.1f} standard errors of this median")
+        print(f"| {mode} {connections} | {spread(t)} | {spread(ct)}, {resolution:.3f} |"
+              f" {spread(p)} | {spread(cp)}, {statistics.stdev(cp):.3f} | {status} |", flush=True)
+    print(f"p99 target: session/plain at most {P99_TARGET}")
+
+
+if __name__ == "__main__":
+    main()
