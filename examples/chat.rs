@@ -39,8 +39,9 @@
 //!   and plain WebSocket for the others. Frames: `{"type":"join","room":..,"name":..}`,
 //!   `{"type":"say","id":..,"text":..}` and `{"type":"leave"}`; the server sends `joined`,
 //!   `message` and `left` frames to the room through the sending side's stack
-//!   (`SendToConnection` under an outbound metrics layer), so that the panel's per-client "out"
-//!   column counts them. A member with a session stays in its room while the session lives, so
+//!   (`SendToConnection` under an outbound metrics layer; with `--redis`, a member away is sent
+//!   to through `SendToSession` under the same layer), so that the panel's "out" figures count
+//!   them. A member with a session stays in its room while the session lives, so
 //!   what is said while it is away waits in its session log; joining again under the same name
 //!   (as the page does after every reconnect) is silent.
 //! - `/stats` JSON figures for the panel (breaker, dedup, rate limit, metrics, per-client
@@ -62,7 +63,9 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tower::{Layer, ServiceBuilder, ServiceExt};
-use wsguard::axum::{ConnInfo, OutgoingMessage, SendToConnection, SessionToken, Sessions};
+use wsguard::axum::{
+    ConnInfo, OutgoingMessage, SendToConnection, SendToSession, SessionGone, SessionToken, Sessions,
+};
 use wsguard::metrics::{Direction, Metrics};
 use wsguard::prelude::*;
 use wsguard_config::{
@@ -84,6 +87,39 @@ const STYLE: &str = include_str!("chat/style.css");
 /// What the chat sends to a member: through the outbound metrics layer, then the member's queue.
 type Outbound = Metrics<SendToConnection, MessageClassifier>;
 
+/// What the chat sends to a member away with Redis: through the same metrics, into its session.
+type OutboundAway = Metrics<LogInSession, MessageClassifier>;
+
+/// Logs each message in the session of its connection, closed or not, and answers once the
+/// store has it: how a node sends to members away when sessions live in Redis.
+#[derive(Clone)]
+struct LogInSession(Arc<OnceLock<Sessions>>);
+
+impl tower::Service<OutgoingMessage> for LogInSession {
+    type Response = u64;
+    type Error = wsguard::axum::BoxError;
+    type Future = futures_util::future::BoxFuture<'static, Result<u64, wsguard::axum::BoxError>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: OutgoingMessage) -> Self::Future {
+        let to = self.0.get().zip(request.conn.sender().session());
+        let to =
+            to.map(|(sessions, token)| SendToSession::from(sessions.sender_for_session(&token)));
+        Box::pin(async move {
+            match to {
+                Some(to) => to.oneshot(request.message).await,
+                None => Err("the member has no session".into()),
+            }
+        })
+    }
+}
+
 /// Members a node keeps track of, across all nodes; past it joins are refused.
 const MAX_MEMBERS: usize = 100_000;
 
@@ -103,8 +139,9 @@ struct Chat {
     /// The Redis stream the nodes share; `None`: this process only.
     redis: Option<Arc<RedisRooms>>,
     /// The route's sessions (set once the route is made).
-    sessions: OnceLock<Sessions>,
+    sessions: Arc<OnceLock<Sessions>>,
     outbound: Outbound,
+    outbound_away: OutboundAway,
     fail_next: AtomicU32,
     handled: AtomicU64,
 }
@@ -338,19 +375,22 @@ enum Frame {
 
 impl Chat {
     fn new(registry: &MetricsRegistry, redis: Option<Arc<RedisRooms>>) -> Arc<Self> {
-        let outbound = MetricsLayer::new(registry.clone())
+        let metrics = MetricsLayer::new(registry.clone())
             .route("/ws")
             .direction(Direction::Outbound)
-            .classifier(MessageClassifier)
-            .layer(SendToConnection);
+            .classifier(MessageClassifier);
+        let sessions = Arc::new(OnceLock::new());
+        let outbound = metrics.layer(SendToConnection);
+        let outbound_away = metrics.layer(LogInSession(Arc::clone(&sessions)));
         let chat = Arc::new(Self {
             node: new_node_id(),
             rooms: Mutex::default(),
             joining: Mutex::default(),
             next_ticket: AtomicU64::new(0),
             redis,
-            sessions: OnceLock::new(),
+            sessions,
             outbound,
+            outbound_away,
             fail_next: AtomicU32::new(0),
             handled: AtomicU64::new(0),
         });
@@ -538,23 +578,31 @@ impl Chat {
         let mut gone = Vec::new();
         let mut away = Vec::new();
         for (key, conn) in members {
-            if let (MemberKey::Session(token), Some(sessions), Some(_)) =
-                (key, self.sessions.get(), &self.redis)
-                && conn.sender().is_closed()
+            let message = OutgoingMessage::new(Message::text(text.clone()), conn);
+            if matches!(key, MemberKey::Session(_))
+                && self.redis.is_some()
+                && message.conn.sender().is_closed()
             {
-                away.push((key, sessions.sender_for_session(&token)));
+                away.push((key, message));
                 continue;
             }
-            let message = OutgoingMessage::new(Message::text(text.clone()), conn);
             if self.outbound.clone().oneshot(message).await.is_err() {
                 gone.push(key);
             }
         }
-        let logged = join_all(away.iter().map(|(_, session)| session.send(text.as_str()))).await;
-        for ((key, _), result) in away.iter().zip(logged) {
+        let logged = join_all(away.into_iter().map(|(key, message)| {
+            let logged = self.outbound_away.clone().oneshot(message);
+            async move { (key, logged.await) }
+        }))
+        .await;
+        for (key, result) in logged {
             // A store failure is not the session's end.
-            if result.is_err_and(|e| e.store_error().is_none()) {
-                gone.push(*key);
+            let ended = |e: &wsguard::axum::BoxError| {
+                e.downcast_ref::<SessionGone>()
+                    .is_some_and(|gone| gone.store_error().is_none())
+            };
+            if result.is_err_and(|e| ended(&e)) {
+                gone.push(key);
             }
         }
         gone
@@ -1169,6 +1217,10 @@ mod tests {
         let said = json!({"type": "say", "text": "while you were away"});
         bob.send(text(said)).await.unwrap();
         read_until(&mut bob, "while you were away").await;
+        // What went into Alice's session while she was away counts as sent, like the rest:
+        // both joins to each (3 of them), then the line to each.
+        let counted = stats_when(&router, |s| s["metrics"]["messages_out"] == 5).await;
+        assert_eq!(counted["metrics"]["messages_out"], 5, "{counted}");
 
         let mut again = connect_v1_as(addr, "alice").await;
         let resume = json!({"type": "resume", "session": token, "last": 2});
@@ -1352,6 +1404,10 @@ mod tests {
             bob.send(text(say(line))).await.unwrap();
         }
         frames_until(&mut bob, "away 3").await;
+        // A sends what it logs for Alice, away, through its outbound metrics too: the 42 lines
+        // she got there, then these 3.
+        let counted = stats_when(&a, |s| s["metrics"]["messages_out"] == 45).await;
+        assert_eq!(counted["metrics"]["messages_out"], 45, "{counted}");
         let mut again = connect_v1_as(b_addr, "alice").await;
         let resume = json!({"type": "resume", "session": token, "last": last});
         again.send(text(resume)).await.unwrap();

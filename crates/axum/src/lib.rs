@@ -127,6 +127,7 @@ mod reply;
 mod route;
 mod sender;
 pub mod serve;
+mod to_session;
 mod warn_limit;
 
 pub use axum::extract::ws::Message;
@@ -141,10 +142,11 @@ pub use self::{
     route::{ConnectionStats, WsRoute, ws_route},
     sender::{ConnectionClosed, SendStatus, Sender},
     serve::{Serve, ServeFuture, ServeStats, serve},
+    to_session::{NotData, SendToSession},
     warn_limit::suppressed_warnings,
 };
 
-pub use wsguard_session::{SessionStats, SessionToken, Sessions};
+pub use wsguard_session::{SessionGone, SessionStats, SessionToken, Sessions};
 
 /// The error type of message services: any error, boxed (tower's `BoxError`).
 pub use wsguard_policy::BoxError;

@@ -17,7 +17,7 @@ use wsguard_config::ClientIdSource;
 use wsguard_metrics::{MetricsRegistry, SessionFigures};
 use wsguard_session::protocol::SUBPROTOCOL;
 use wsguard_session::store::SessionStoreError;
-use wsguard_session::{SessionStats, Sessions};
+use wsguard_session::{SessionStats, SessionToken, Sessions};
 
 use crate::BoxError;
 use crate::close;
@@ -28,6 +28,7 @@ use crate::identity::ClientIdentity;
 use crate::inbound::{self, ConnInfo, ConnectionId, Inbound};
 use crate::reply::Replies;
 use crate::sender::{DropReport, Sender};
+use crate::to_session::SendToSession;
 use crate::warn_limit::{WarnLimit, limited_warn};
 
 /// A WebSocket route whose every inbound message is a call of `service`.
@@ -189,6 +190,21 @@ where
     /// that reconnects may come from another address.
     pub fn sessions(&self) -> Sessions {
         self.sessions.clone()
+    }
+
+    /// A `tower::Service<Message>` that logs messages for the newest session of `client`,
+    /// connected or not: it follows the client to a newer session at each call
+    /// ([`SendToSession`]). `client` is the id the route takes from a header or a query
+    /// parameter (`connection.client_id`).
+    pub fn sender_for_client(&self, client: &str) -> SendToSession {
+        SendToSession::new(self.sessions.sender_for_client(client))
+    }
+
+    /// A `tower::Service<Message>` that logs messages for session `token`, connected or not
+    /// ([`SendToSession`]); a connection's [`Sender::session`](crate::Sender::session) names
+    /// its session.
+    pub fn sender_for_session(&self, token: &SessionToken) -> SendToSession {
+        SendToSession::new(self.sessions.sender_for_session(token))
     }
 
     /// The `GET` handler for `Router::route`.

@@ -10,7 +10,7 @@ use axum::extract::ws::Message;
 use tokio::sync::{Notify, watch};
 use tower_service::Service;
 use wsguard_config::OverflowPolicy;
-use wsguard_session::{MessageData, SessionSender, SessionToken};
+use wsguard_session::{SessionSender, SessionToken};
 
 use wsguard_metrics::ConnectionSlot;
 
@@ -18,6 +18,7 @@ use crate::BoxError;
 use crate::close::Ending;
 use crate::inbound::ConnectionId;
 use crate::route::ConnectionStats;
+use crate::to_session;
 use crate::warn_limit::{WarnLimit, limited_warn};
 
 /// The sending half of one connection: cheap to clone, safe to use from any task.
@@ -166,18 +167,17 @@ impl Sender {
     /// Under a session, a text or binary message is logged in the session instead; it fails
     /// only once the session is gone (expired or evicted).
     pub fn send(&self, message: impl Into<Message>) -> Result<SendStatus, ConnectionClosed> {
-        let message = message.into();
+        let mut message = message.into();
         if let Some((_, session)) = self.shared.session.get() {
-            let payload = match &message {
-                Message::Text(text) => Some(MessageData::from(text.as_str())),
-                Message::Binary(bytes) => Some(MessageData::Binary(bytes.clone())),
-                _ => None,
-            };
-            if let Some(payload) = payload {
-                return match session.send_now(payload) {
-                    Ok(_seq) => Ok(SendStatus::Queued),
-                    Err(_gone) => Err(ConnectionClosed(())),
-                };
+            match to_session::data(message) {
+                Ok(payload) => {
+                    return match session.send_now(payload) {
+                        Ok(_seq) => Ok(SendStatus::Queued),
+                        Err(_gone) => Err(ConnectionClosed(())),
+                    };
+                }
+                // Ping, pong and close go to the connection.
+                Err(control) => message = control,
             }
         }
         let size = payload_len(&message);

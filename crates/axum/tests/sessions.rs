@@ -390,6 +390,66 @@ async fn messages_sent_while_the_client_is_away_arrive_on_resume() {
     assert_eq!(sessions.stats().replayed, 2);
 }
 
+/// The route's senders by client id and by session are `tower::Service<Message>`s that layers
+/// wrap, as a connection's `Sender` is: what they log reaches a client that was away.
+#[tokio::test]
+async fn the_routes_message_senders_reach_a_client_that_is_away_through_layers() {
+    use tower::{Service, ServiceBuilder, ServiceExt};
+    use wsguard_axum::NotData;
+
+    let service = service_fn(|_: Inbound| async { Ok::<_, BoxError>(None) });
+    let route = WsRoute::new(service, config(|_| {}));
+    let sessions = route.sessions();
+    let addr = serve_route(route.clone()).await;
+
+    // No session yet: the caller is told, nothing is kept.
+    let err = route
+        .sender_for_client("erin")
+        .oneshot(Message::text("too early"))
+        .await
+        .unwrap_err();
+    assert!(err.is::<wsguard_axum::SessionGone>(), "{err}");
+
+    let mut client = V1::connect(addr, Some("erin")).await;
+    let token = client.hello().await.session.unwrap();
+    client.drop_abruptly();
+    timeout(WAIT, async {
+        while sessions.stats().detached != Some(1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the session detaches");
+
+    // A layer on the sending side, as on a connection's `Sender`.
+    let mut by_client = ServiceBuilder::new()
+        .map_request(|text: &'static str| Message::text(format!("[news] {text}")))
+        .service(route.sender_for_client("erin"));
+    assert_eq!(
+        by_client.ready().await.unwrap().call("one").await.unwrap(),
+        1
+    );
+    let by_session = route.sender_for_session(&token);
+    let bytes = Message::Binary(vec![7u8, 8, 9].into());
+    assert_eq!(by_session.clone().oneshot(bytes).await.unwrap(), 2);
+    let ping = by_session.oneshot(Message::Ping(Default::default())).await;
+    let err = ping.unwrap_err();
+    assert!(err.is::<NotData>(), "{err}");
+    assert_eq!(
+        err.to_string(),
+        "a ping message is not logged in a session: only text and binary are"
+    );
+
+    let mut client = V1::connect(addr, Some("erin")).await;
+    assert!(client.resume(token, 0).await.resumed);
+    assert_eq!(
+        client.frame().await,
+        Frame::Msg(1, r#""[news] one""#.into())
+    );
+    assert_eq!(client.frame().await, Frame::Binary(2, vec![7, 8, 9]));
+    assert_eq!(sessions.stats().replayed, 2);
+}
+
 #[tokio::test]
 async fn a_resume_after_the_ttl_is_refused_expired_with_a_new_session() {
     let handled = Handled::default();
