@@ -527,6 +527,43 @@ async fn a_plain_client_on_a_session_route_gets_plain_websocket() {
     assert_eq!(sessions.stats().created, 0);
 }
 
+/// With `session.enabled` false the route does not take `wsguard.v1`: a client offering it is
+/// answered without a subprotocol (and the upgrade still succeeds, for clients that accept it).
+#[tokio::test]
+async fn a_route_with_sessions_disabled_does_not_select_the_subprotocol() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let handled = Handled::default();
+    let route = handled.route(config(|c| c.session.enabled = false));
+    let sessions = route.sessions();
+    let addr = serve_route(route).await;
+
+    let upgrade = |protocol: &str| {
+        format!(
+            "GET /ws HTTP/1.1\r\nHost: {addr}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\
+             Sec-WebSocket-Protocol: {protocol}\r\n\r\n"
+        )
+    };
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(upgrade(SUBPROTOCOL).as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        timeout(WAIT, tcp.read_exact(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(!head.contains("sec-websocket-protocol"), "{head}");
+    assert_eq!(sessions.stats().created, 0);
+}
+
 #[tokio::test]
 async fn a_failed_message_gets_an_unnumbered_error_frame_with_its_id_and_is_acknowledged() {
     let handled = Handled::default();

@@ -503,6 +503,37 @@ async fn a_client_that_sends_no_first_frame_is_closed_after_idle_timeout() {
     assert_eq!(sessions.stats().created, 0);
 }
 
+/// Under a session the send queue is filled from the log as it drains: a reader slower than
+/// the queue's capacity (16 here) loses nothing while the log holds its backlog (64).
+#[tokio::test(start_paused = true)]
+async fn a_slow_reader_within_the_log_bound_gets_every_message_in_order_and_stays_connected() {
+    let sessions = Sessions::new(SessionConfig::testing());
+    let served = Served::start_session(&sessions);
+    served.send(Message::text(r#"{"type":"hello"}"#));
+    tokio::time::sleep(ms(1)).await;
+    served.wire.0.lock().unwrap().blocked = true;
+    let texts: Vec<String> = (1..=60).map(|i| format!("n{i}")).collect();
+    for text in &texts {
+        served.conn.sender.send(text.as_str()).unwrap();
+    }
+    tokio::time::sleep(secs(1)).await;
+    assert!(!served.conn.sender.is_closed());
+    assert_eq!(served.stats.closed_slow_reader(), 0);
+
+    let waker = {
+        let mut wire = served.wire.0.lock().unwrap();
+        wire.blocked = false;
+        wire.waker.take()
+    };
+    waker.expect("the writer waits on the wire").wake();
+    tokio::time::sleep(ms(10)).await;
+    let expected: Vec<(u64, String)> = (1..)
+        .zip(texts.iter().map(|t| format!("\"{t}\"")))
+        .collect();
+    assert_eq!(served.wire.msgs(), expected);
+    assert!(!served.conn.sender.is_closed());
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_slow_reader_whose_log_overflowed_is_closed_1008_and_its_resume_told_the_gap() {
     let sessions = Sessions::new(SessionConfig {
