@@ -340,6 +340,17 @@ async fn a_client_that_drops_mid_stream_resumes_and_everything_happens_once_in_o
     assert_eq!(sessions.stats().resumed, 1);
 }
 
+/// Waits until the server saw the drop: one session detached.
+async fn one_detached(sessions: &wsguard_axum::Sessions) {
+    timeout(WAIT, async {
+        while sessions.stats().detached != Some(1) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("the session detaches");
+}
+
 #[tokio::test]
 async fn messages_sent_while_the_client_is_away_arrive_on_resume() {
     let kept: Arc<Mutex<Option<Sender>>> = Arc::default();
@@ -357,13 +368,7 @@ async fn messages_sent_while_the_client_is_away_arrive_on_resume() {
     client.msg(1, r#""keep my sender""#).await;
     assert_eq!(client.frame().await, Frame::Ack(1));
     client.drop_abruptly();
-    timeout(WAIT, async {
-        while sessions.stats().detached != Some(1) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the session detaches");
+    one_detached(&sessions).await;
 
     let sender = kept.lock().unwrap().clone().unwrap();
     assert!(sender.is_closed());
@@ -413,13 +418,7 @@ async fn the_routes_message_senders_reach_a_client_that_is_away_through_layers()
     let mut client = V1::connect(addr, Some("erin")).await;
     let token = client.hello().await.session.unwrap();
     client.drop_abruptly();
-    timeout(WAIT, async {
-        while sessions.stats().detached != Some(1) {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await
-    .expect("the session detaches");
+    one_detached(&sessions).await;
 
     // A layer on the sending side, as on a connection's `Sender`.
     let mut by_client = ServiceBuilder::new()
