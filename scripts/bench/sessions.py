@@ -11,6 +11,11 @@ is also given in standard errors of the K runs' median.
 
 Usage: python3 scripts/bench/sessions.py [K, default 10] [CELL ...]
 A cell is MODE:CONNECTIONS (pipelined:1); by default all six.
+
+Two builds against each other: the ratio drifts by a few hundredths from one hour to the next,
+so a change is measured against the code before it in the same runs, alternating:
+    python3 scripts/bench/sessions.py --builds OLD_DIR NEW_DIR [K] [CELL ...]
+where each directory holds a copy of `loadgen` and `echo` from `target/release/examples`.
 """
 import os
 import re
@@ -33,6 +38,7 @@ def loadgen():
 
 
 def compare(binary, mode, connections):
+    """One `loadgen --compare --session --control`: throughput, p99 and their controls."""
     out = subprocess.run(
         [binary, "--compare", "--session", "--control", "-c", str(connections),
          "-n", str(MESSAGES[(mode, connections)]), "--mode", mode, "--rounds", "5"],
@@ -48,7 +54,25 @@ def spread(values):
     return f"{statistics.median(values):.3f} ({values[0]:.2f} to {values[-1]:.2f})"
 
 
+def builds(old, new, args):
+    """Each cell's throughput ratio from two builds, K runs each, alternating."""
+    k = int(args[0]) if args else 10
+    cells = [(c.split(":")[0], int(c.split(":")[1])) for c in args[1:]] or list(MESSAGES)
+    binaries = [os.path.join(d, "loadgen") for d in (old, new)]
+    print(f"{k} alternations of `loadgen --compare --session --rounds 5` per cell, {old} then {new}")
+    print("| cell | throughput session/plain, old | new | new - old, median of pairs |")
+    print("|---|---|---|---|")
+    for mode, connections in cells:
+        pairs = [tuple(compare(b, mode, connections)[0] for b in binaries) for _ in range(k)]
+        old_runs, new_runs = ([p[i] for p in pairs] for i in (0, 1))
+        gain = statistics.median(n - o for o, n in pairs)
+        print(f"| {mode} {connections} | {spread(old_runs)} | {spread(new_runs)} | {gain:+.3f} |",
+              flush=True)
+
+
 def main():
+    if sys.argv[1:2] == ["--builds"]:
+        return builds(sys.argv[2], sys.argv[3], sys.argv[4:])
     k = int(sys.argv[1]) if len(sys.argv) > 1 else 10
     cells = [(c.split(":")[0], int(c.split(":")[1])) for c in sys.argv[2:]] or list(MESSAGES)
     binary = loadgen()
