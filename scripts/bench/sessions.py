@@ -6,8 +6,8 @@ rounds), and two such runs differ by more than the few hundredths a target is ch
 script runs it K times for each of the six cells of BENCHMARKS.md (ping-pong and pipelined, at 1,
 16 and 64 connections) and prints, per cell, the median and range of the K throughput and p99
 ratios, and of the control: plain measured again against plain in the same rounds. The control's
-standard deviation is what one `loadgen --compare` can resolve; a target missed by less than that
-is also given in standard errors of the K runs' median.
+standard deviation is what one `loadgen --compare` can resolve; a missed target is given in that
+unit and in standard errors of the K runs' median.
 
 Usage: python3 scripts/bench/sessions.py [K, default 10] [CELL ...]
 A cell is MODE:CONNECTIONS (pipelined:1); by default all six.
