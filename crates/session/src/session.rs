@@ -6,12 +6,15 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::time::Instant;
+use wsguard_config::SessionConfig;
 
 use crate::data::MessageData;
 use crate::error::SessionGone;
 use crate::inbound::{Accept, Admit, Processing};
 use crate::sessions::{CachedConfig, Local, Sessions};
-use crate::store::{Logged, SessionStore, SessionStoreError, SharedSessionStore, Target};
+use crate::store::{
+    Appended, Logged, SessionStore, SessionStoreError, SharedSessionStore, StoreFuture, Target,
+};
 use crate::token::SessionToken;
 use crate::wake::Wake;
 
@@ -84,15 +87,8 @@ impl<S: SessionStore> Session<S> {
         payload: impl Into<MessageData>,
     ) -> Result<Option<u64>, SessionGone> {
         let token = self.local.token;
-        let (sessions, local, wake) = (&self.sessions, &self.local, &self.wake);
-        self.config.with(sessions, |config| {
-            let append =
-                sessions
-                    .shared
-                    .store
-                    .append(Target::Session(&token), payload.into(), config);
-            sessions.append_now(append, Some((local, wake)))
-        })
+        let payload = payload.into();
+        self.append_here(|store, config| store.append(Target::Session(&token), payload, config))
     }
 
     /// Logs the reply to a client message and marks that message processed: as
@@ -135,14 +131,19 @@ impl<S: SessionStore> Session<S> {
             return self.append_own(payload);
         };
         let token = self.local.token;
+        let payload = payload.into();
+        self.append_here(|store, config| store.append_processed(&token, payload, mark, config))
+    }
+
+    /// Starts `append` on the store with the current settings and takes its answer if it is
+    /// there at once, without waking this handle (see [`append_own`](Self::append_own)).
+    fn append_here(
+        &mut self,
+        append: impl FnOnce(&S, &SessionConfig) -> StoreFuture<Option<Appended>>,
+    ) -> Result<Option<u64>, SessionGone> {
         let (sessions, local, wake) = (&self.sessions, &self.local, &self.wake);
         self.config.with(sessions, |config| {
-            let append =
-                sessions
-                    .shared
-                    .store
-                    .append_processed(&token, payload.into(), mark, config);
-            sessions.append_now(append, Some((local, wake)))
+            sessions.append_now(append(&sessions.shared.store, config), Some((local, wake)))
         })
     }
 
