@@ -2,7 +2,8 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 
 use crate::sessions::Local;
 
@@ -42,8 +43,8 @@ impl fmt::Debug for Accept {
 /// cancelled, say because the connection died), it is forgotten, so the client's resend is new.
 pub struct Processing {
     pub(crate) id: u64,
-    pub(crate) local: Arc<Local>,
-    pub(crate) done: bool,
+    /// Taken when the message is processed; an id dropped with it is abandoned.
+    pub(crate) local: Option<Arc<Local>>,
 }
 
 impl Processing {
@@ -55,15 +56,23 @@ impl Processing {
     /// Marks the message processed; the acknowledgement mark advances over every contiguous
     /// processed id.
     pub fn processed(mut self) {
-        self.done = true;
-        self.local.processed(self.id);
+        if let Some(local) = self.local.take() {
+            local.processed(self.id);
+        }
     }
 
     /// Marks the message processed here, without telling the store: the new acknowledgement
-    /// mark if it moved, which the caller records (with the reply, in one step).
-    pub(crate) fn finish(mut self) -> Option<u64> {
-        self.done = true;
-        self.local.inbound().processed(self.id)
+    /// mark if it moved, which the caller records (with the reply, in one step). Gives back
+    /// the session's state it held, for the next message.
+    pub(crate) fn finish(mut self) -> (Option<u64>, Option<Arc<Local>>) {
+        let local = self.local.take();
+        let mark = local.as_ref().and_then(|l| l.inbound().processed(self.id));
+        (mark, local)
+    }
+
+    /// Whether it is a message of the session `local`.
+    pub(crate) fn is_of(&self, local: &Arc<Local>) -> bool {
+        self.local.as_ref().is_some_and(|l| Arc::ptr_eq(l, local))
     }
 }
 
@@ -75,8 +84,8 @@ impl fmt::Debug for Processing {
 
 impl Drop for Processing {
     fn drop(&mut self) {
-        if !self.done {
-            self.local.abandon(self.id);
+        if let Some(local) = self.local.take() {
+            local.abandon(self.id);
         }
     }
 }
@@ -175,6 +184,166 @@ impl InboundIds {
                 self.above.pop_back();
             }
         }
+    }
+}
+
+/// A session's inbound ids on this node, shared by its connections (a superseded one may still
+/// finish its calls).
+///
+/// The common case, ids admitted one at a time and each processed before the next (the
+/// default `message_concurrency` of 1), takes one compare-and-swap on one word per step. Any
+/// other step (a second id in flight, an abandon with ids above it, a mark raised from the
+/// store, ids past 2^62) moves the state into the [`InboundIds`] under a mutex, and the state
+/// moves back to the word once it fits again.
+#[derive(Debug)]
+pub(crate) struct InboundState {
+    /// [`IDLE`] | mark: nothing in flight above the mark. [`ONE`] | mark: `mark + 1` in flight
+    /// and nothing else above the mark. [`SLOW`]: `slow` holds the state.
+    word: AtomicU64,
+    /// The state while `word` is [`SLOW`]; stale otherwise. Only written under its lock, and
+    /// `word` leaves or enters [`SLOW`] only under it.
+    slow: Mutex<InboundIds>,
+}
+
+const IDLE: u64 = 0;
+const ONE: u64 = 1 << 62;
+const SLOW: u64 = 2 << 62;
+const MODE: u64 = 3 << 62;
+/// Marks the word holds: below 2^62 - 1, so that `mark + 1` is one too.
+const MAX_FAST_MARK: u64 = (1 << 62) - 2;
+
+impl InboundState {
+    pub(crate) fn new(mark: u64) -> Self {
+        let state = Self {
+            word: AtomicU64::new(SLOW),
+            slow: Mutex::new(InboundIds::new(mark)),
+        };
+        state.with_slow(|_| ());
+        state
+    }
+
+    /// Runs `f` on the state under the lock, then leaves it in the word if it fits.
+    fn with_slow<R>(&self, f: impl FnOnce(&mut InboundIds) -> R) -> R {
+        let mut ids = self.slow.lock().unwrap_or_else(|e| e.into_inner());
+        let mut word = self.word.load(Ordering::Acquire);
+        while word & MODE != SLOW {
+            let mark = word & !MODE;
+            let taken = InboundIds {
+                mark,
+                above: if word & MODE == ONE {
+                    VecDeque::from([Id::InFlight])
+                } else {
+                    VecDeque::new()
+                },
+            };
+            match self
+                .word
+                .compare_exchange(word, SLOW, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => {
+                    *ids = taken;
+                    break;
+                }
+                Err(now) => word = now,
+            }
+        }
+        let result = f(&mut ids);
+        if ids.mark <= MAX_FAST_MARK {
+            let fast = match ids.above.as_slices() {
+                ([], []) => Some(IDLE),
+                ([Id::InFlight], []) | ([], [Id::InFlight]) => Some(ONE),
+                _ => None,
+            };
+            if let Some(mode) = fast {
+                // Nothing else writes the word while it is `SLOW`, and this lock is held.
+                self.word.store(mode | ids.mark, Ordering::Release);
+            }
+        }
+        result
+    }
+
+    /// [`InboundIds::admit`].
+    pub(crate) fn admit(&self, id: u64) -> Admit {
+        let mut word = self.word.load(Ordering::Acquire);
+        loop {
+            let (mode, mark) = (word & MODE, word & !MODE);
+            let next = match mode {
+                IDLE if id <= mark => return Admit::AlreadyProcessed,
+                IDLE if id == mark + 1 => ONE | mark,
+                ONE if id <= mark + 1 => return Admit::AlreadyProcessed,
+                _ => return self.with_slow(|ids| ids.admit(id)),
+            };
+            match self
+                .word
+                .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Admit::New,
+                Err(now) => word = now,
+            }
+        }
+    }
+
+    /// [`InboundIds::processed`].
+    pub(crate) fn processed(&self, id: u64) -> Option<u64> {
+        let mut word = self.word.load(Ordering::Acquire);
+        loop {
+            let (mode, mark) = (word & MODE, word & !MODE);
+            let next = match mode {
+                // Nothing in flight: no id to mark, and the mark stays.
+                IDLE => return None,
+                ONE if id == mark + 1 && id <= MAX_FAST_MARK => IDLE | id,
+                ONE if id != mark + 1 => return None,
+                _ => return self.with_slow(|ids| ids.processed(id)),
+            };
+            match self
+                .word
+                .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return Some(id),
+                Err(now) => word = now,
+            }
+        }
+    }
+
+    /// [`InboundIds::abandon`].
+    pub(crate) fn abandon(&self, id: u64) {
+        let mut word = self.word.load(Ordering::Acquire);
+        loop {
+            let (mode, mark) = (word & MODE, word & !MODE);
+            let next = match mode {
+                IDLE => return,
+                ONE if id == mark + 1 => IDLE | mark,
+                ONE => return,
+                _ => return self.with_slow(|ids| ids.abandon(id)),
+            };
+            match self
+                .word
+                .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
+            {
+                Ok(_) => return,
+                Err(now) => word = now,
+            }
+        }
+    }
+
+    /// [`InboundIds::raise`].
+    pub(crate) fn raise(&self, mark: u64) -> u64 {
+        self.with_slow(|ids| ids.raise(mark))
+    }
+
+    /// The highest id processed with every one before it.
+    pub(crate) fn mark(&self) -> u64 {
+        let word = self.word.load(Ordering::Acquire);
+        if word & MODE == SLOW {
+            self.with_slow(|ids| ids.mark)
+        } else {
+            word & !MODE
+        }
+    }
+
+    #[cfg(test)]
+    fn is_fast(&self) -> bool {
+        self.word.load(Ordering::Acquire) & MODE != SLOW
     }
 }
 
@@ -304,6 +473,98 @@ mod tests {
                 proptest::prop_assert_eq!(ids.mark, model.mark);
             }
         }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_shared_state_answers_as_the_window_does(
+            steps in proptest::collection::vec((0u8..5, 0u64..8), 0..200),
+            near_the_word_limit in proptest::bool::ANY,
+        ) {
+            // Marks past what the word holds go through the lock.
+            let start = if near_the_word_limit { MAX_FAST_MARK - 6 } else { 0 };
+            let state = InboundState::new(start);
+            let mut ids = InboundIds::new(start);
+            for (op, n) in steps {
+                let id = ids.mark.saturating_sub(2) + n;
+                match op {
+                    0 | 1 => proptest::prop_assert_eq!(code(state.admit(id)), code(ids.admit(id))),
+                    2 => proptest::prop_assert_eq!(state.processed(id), ids.processed(id)),
+                    3 => {
+                        state.abandon(id);
+                        ids.abandon(id);
+                    }
+                    _ => proptest::prop_assert_eq!(state.raise(ids.mark + n / 4), ids.raise(ids.mark + n / 4)),
+                }
+                proptest::prop_assert_eq!(state.mark(), ids.mark);
+                // The word holds the state whenever it fits.
+                let fits = ids.mark <= MAX_FAST_MARK
+                    && (ids.above.is_empty() || ids.above == [Id::InFlight]);
+                proptest::prop_assert_eq!(state.is_fast(), fits);
+            }
+        }
+    }
+
+    #[test]
+    fn one_id_at_a_time_stays_in_the_word() {
+        let state = InboundState::new(0);
+        for id in 1..=100 {
+            assert!(is_new(state.admit(id)));
+            assert!(matches!(state.admit(id), Admit::AlreadyProcessed));
+            assert_eq!(state.processed(id), Some(id));
+            assert!(state.is_fast());
+        }
+        assert!(is_new(state.admit(101)));
+        assert!(is_new(state.admit(102)), "a second id in flight");
+        assert!(!state.is_fast());
+        assert_eq!(state.processed(101), Some(101));
+        assert!(state.is_fast(), "back to one in flight");
+        state.abandon(102);
+        assert!(is_new(state.admit(102)));
+        assert_eq!(state.mark(), 101);
+    }
+
+    /// Connections of one session (a superseded one finishing its calls, the one that resumed)
+    /// race on the same ids, abandoning some: each id is processed exactly once.
+    #[test]
+    fn racing_connections_process_each_id_once() {
+        use std::sync::atomic::AtomicU32;
+        const IDS: u64 = 20_000;
+        let state = InboundState::new(0);
+        let runs: Vec<AtomicU32> = (0..=IDS).map(|_| AtomicU32::new(0)).collect();
+        std::thread::scope(|scope| {
+            for seed in [0x9e37_79b9_u64, 0x85eb_ca6b, 0xc2b2_ae35] {
+                let (state, runs) = (&state, &runs);
+                scope.spawn(move || {
+                    let mut random = seed;
+                    for id in 1..=IDS {
+                        loop {
+                            match state.admit(id) {
+                                Admit::New => {
+                                    random ^= random << 13;
+                                    random ^= random >> 7;
+                                    random ^= random << 17;
+                                    if random % 8 == 0 {
+                                        // The call was cancelled: the id is new again.
+                                        state.abandon(id);
+                                        continue;
+                                    }
+                                    runs[id as usize].fetch_add(1, Ordering::Relaxed);
+                                    state.processed(id);
+                                    break;
+                                }
+                                Admit::AlreadyProcessed => break,
+                                // The id before was abandoned and not yet admitted again.
+                                Admit::OutOfOrder { .. } => std::thread::yield_now(),
+                            }
+                        }
+                    }
+                });
+            }
+        });
+        assert!(runs[1..].iter().all(|r| r.load(Ordering::Relaxed) == 1));
+        assert_eq!(state.mark(), IDS);
+        assert!(state.is_fast());
     }
 
     #[test]

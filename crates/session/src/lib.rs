@@ -69,7 +69,7 @@
 //!
 //! // First connection: hello, one message each way.
 //! let hello = ClientFrame::parse(r#"{"type":"hello"}"#).unwrap();
-//! let Some(Opened::Attached { session, frame, .. }) = sessions.open(&hello, Some("alice")).await
+//! let Some(Opened::Attached { mut session, frame, .. }) = sessions.open(&hello, Some("alice")).await
 //! else { panic!("a hello opens a session") };
 //! let token = frame.session.unwrap();
 //! assert_eq!(session.append(r#"{"text":"welcome"}"#).await.unwrap(), 1);
@@ -88,7 +88,7 @@
 //! // Second connection: resume; seq 1 and 2 are replayed, id 1 is not run again.
 //! let resume = format!(r#"{{"type":"resume","session":"{token}","last":0}}"#);
 //! let resume = ClientFrame::parse(&resume).unwrap();
-//! let Some(Opened::Attached { session, frame, replay }) = sessions.open(&resume, Some("alice")).await
+//! let Some(Opened::Attached { mut session, frame, replay }) = sessions.open(&resume, Some("alice")).await
 //! else { panic!("the session is held") };
 //! assert!(frame.resumed);
 //! assert_eq!(frame.last, 1);

@@ -27,6 +27,9 @@ pub struct Session<S = SharedSessionStore> {
     wake: Arc<Wake>,
     ack_sent: AtomicU64,
     config: CachedConfig,
+    /// A count on `local` that a processed message gave back, for the next one to hold: one
+    /// count moves back and forth instead of one taken and released per message.
+    spare: Option<Arc<Local>>,
 }
 
 impl<S> fmt::Debug for Session<S> {
@@ -52,6 +55,7 @@ impl<S> Session<S> {
             wake,
             ack_sent: AtomicU64::new(0),
             config: CachedConfig::default(),
+            spare: None,
         }
     }
 }
@@ -120,14 +124,16 @@ impl<S: SessionStore> Session<S> {
         payload: impl Into<MessageData>,
         processing: Processing,
     ) -> Result<Option<u64>, SessionGone> {
-        if !Arc::ptr_eq(&processing.local, &self.local) {
+        if !processing.is_of(&self.local) {
             // A message of another session: two steps, each on its own session.
             let seq = self.append_own(payload);
             processing.processed();
             return seq;
         }
+        let (mark, local) = processing.finish();
+        self.spare = local;
         // A mark that did not move (an earlier id is still in flight) has nothing to record.
-        let Some(mark) = processing.finish() else {
+        let Some(mark) = mark else {
             return self.append_own(payload);
         };
         let token = self.local.token;
@@ -181,12 +187,11 @@ impl<S: SessionStore> Session<S> {
 
     /// Admits client message `id`: new (run the handler), already processed (skip it), or out
     /// of order.
-    pub fn accept(&self, id: u64) -> Accept {
+    pub fn accept(&mut self, id: u64) -> Accept {
         match self.local.inbound().admit(id) {
             Admit::New => Accept::New(Processing {
                 id,
-                local: Arc::clone(&self.local),
-                done: false,
+                local: Some(self.spare.take().unwrap_or_else(|| Arc::clone(&self.local))),
             }),
             Admit::AlreadyProcessed => Accept::AlreadyProcessed,
             Admit::OutOfOrder { expected } => Accept::OutOfOrder { expected },
@@ -195,7 +200,7 @@ impl<S: SessionStore> Session<S> {
 
     /// The highest client id processed with every one before it.
     pub fn processed(&self) -> u64 {
-        self.local.inbound().mark
+        self.local.inbound().mark()
     }
 
     /// The `ack` to send now, if the mark moved since the last one this handle returned. Call it

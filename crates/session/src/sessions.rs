@@ -14,7 +14,7 @@ use wsguard_config::{ConfigSource, SessionConfig, StabilityConfig};
 use crate::data::MessageData;
 use crate::error::SessionGone;
 use crate::future::SendFuture;
-use crate::inbound::InboundIds;
+use crate::inbound::InboundState;
 use crate::protocol::{ClientFrame, RefusalReason, SessionFrame};
 use crate::sender::{SenderTarget, SessionSender};
 use crate::session::Session;
@@ -81,7 +81,7 @@ impl CachedConfig {
 pub(crate) struct Local {
     pub(crate) token: SessionToken,
     pub(crate) store: Arc<dyn SessionStore>,
-    inbound: Mutex<InboundIds>,
+    inbound: InboundState,
     /// The highest `seq` logged, as far as this node saw.
     pub(crate) last_seq: AtomicU64,
     /// The connections attached here, woken when a message is logged or the session changes.
@@ -105,8 +105,8 @@ pub(crate) struct Local {
 }
 
 impl Local {
-    pub(crate) fn inbound(&self) -> MutexGuard<'_, InboundIds> {
-        self.inbound.lock().unwrap_or_else(|e| e.into_inner())
+    pub(crate) fn inbound(&self) -> &InboundState {
+        &self.inbound
     }
 
     pub(crate) fn processed(&self, id: u64) {
@@ -620,7 +620,7 @@ impl<S: SessionStore> Sessions<S> {
     }
 
     fn mark_of(&self, token: &SessionToken) -> u64 {
-        self.locals().get(token).map_or(0, |l| l.inbound().mark)
+        self.locals().get(token).map_or(0, |l| l.inbound().mark())
     }
 
     fn local(&self, token: &SessionToken, processed: u64) -> Arc<Local> {
@@ -629,7 +629,7 @@ impl<S: SessionStore> Sessions<S> {
             Arc::new(Local {
                 token: *token,
                 store,
-                inbound: Mutex::new(InboundIds::new(processed)),
+                inbound: InboundState::new(processed),
                 last_seq: AtomicU64::new(0),
                 wakes: Wakes::default(),
                 attachment: AtomicU64::new(0),

@@ -120,7 +120,7 @@ fn texts(replay: &[Logged]) -> Vec<(u64, String)> {
         .collect()
 }
 
-async fn process(session: &Session, id: u64) {
+async fn process(session: &mut Session, id: u64) {
     match session.accept(id) {
         Accept::New(p) => p.processed(),
         other => panic!("id {id}: {other:?}"),
@@ -169,15 +169,15 @@ macro_rules! on_every_store {
 
 async fn resume_replays_what_follows_last_with_the_processed_mark(backend: Backend) {
     let sessions = backend.node(config());
-    let (session, token) = hello(&sessions, Some("a")).await;
+    let (mut session, token) = hello(&sessions, Some("a")).await;
     for i in 1..=5 {
         assert_eq!(session.append(format!("m{i}")).await.unwrap(), i);
     }
-    process(&session, 1).await;
-    process(&session, 2).await;
+    process(&mut session, 1).await;
+    process(&mut session, 2).await;
     detach(&sessions, session).await;
 
-    let (session, frame, replay) = attached(sessions.resume(&token, Some("a"), 2).await);
+    let (mut session, frame, replay) = attached(sessions.resume(&token, Some("a"), 2).await);
     assert!(frame.resumed);
     assert_eq!(frame.session, Some(token));
     assert_eq!(frame.last, 2, "ids 1 and 2 were processed");
@@ -222,7 +222,7 @@ async fn a_reply_and_the_processed_mark_of_its_message_are_kept_together(backend
     sessions.flush().await.unwrap();
     detach(&sessions, session).await;
 
-    let (session, frame, replay) = attached(sessions.resume(&token, Some("a"), 0).await);
+    let (mut session, frame, replay) = attached(sessions.resume(&token, Some("a"), 0).await);
     assert!(frame.resumed);
     assert_eq!(frame.last, 3, "every reply logged carried its mark");
     assert_eq!(
@@ -245,8 +245,8 @@ async fn bounds_drop_the_oldest_and_a_resume_needing_them_is_a_gap(backend: Back
         max_bytes: 10,
         ..config()
     });
-    let (session, token) = hello(&sessions, None).await;
-    process(&session, 1).await;
+    let (mut session, token) = hello(&sessions, None).await;
+    process(&mut session, 1).await;
     // Five messages of 3 bytes: the count bound keeps 3 of them, the byte bound 3 (9 bytes).
     for i in 1..=5 {
         session.append(format!("m{i}")).await.unwrap();
@@ -406,15 +406,15 @@ on_every_store!(max_sessions_evicts_the_oldest_detached_and_refuses_when_none_is
 async fn a_session_resumes_on_another_node_with_its_replay_and_processed_mark() {
     let backend = Backend::redis();
     let (node_a, node_b) = (backend.node(config()), backend.node(config()));
-    let (session, token) = hello(&node_a, Some("dana")).await;
+    let (mut session, token) = hello(&node_a, Some("dana")).await;
     for i in 1..=3 {
         session.append(format!("m{i}")).await.unwrap();
     }
-    process(&session, 1).await;
-    process(&session, 2).await;
+    process(&mut session, 1).await;
+    process(&mut session, 2).await;
     detach(&node_a, session).await;
 
-    let (session, frame, replay) = attached(node_b.resume(&token, Some("dana"), 1).await);
+    let (mut session, frame, replay) = attached(node_b.resume(&token, Some("dana"), 1).await);
     assert!(frame.resumed);
     assert_eq!(frame.last, 2);
     assert_eq!(
@@ -483,7 +483,7 @@ async fn a_resume_on_another_node_waits_until_the_connection_here_lets_go() {
     .await
     .expect("told by B");
     on_a.append("two").await.unwrap();
-    process(&on_a, 1).await;
+    process(&mut on_a, 1).await;
     drop(on_a);
     let (opened, waited, node_b) = resuming.await.unwrap();
     let (on_b, frame, replay) = attached(opened);
@@ -654,9 +654,9 @@ async fn on_a_cluster_sessions_resume_across_nodes_and_wake_each_other() {
     let mut tokens = Vec::new();
     for i in 0..12 {
         let client = format!("client-{i}");
-        let (session, token) = hello(&node_a, Some(&client)).await;
+        let (mut session, token) = hello(&node_a, Some(&client)).await;
         session.append("first").await.unwrap();
-        process(&session, 1).await;
+        process(&mut session, 1).await;
         detach(&node_a, session).await;
         tokens.push((client, token));
     }

@@ -52,7 +52,7 @@ fn texts(replay: &[Logged]) -> Vec<(u64, String)> {
         .collect()
 }
 
-async fn process(session: &Session, id: u64) {
+async fn process(session: &mut Session, id: u64) {
     match session.accept(id) {
         Accept::New(p) => p.processed(),
         other => panic!("id {id}: {other:?}"),
@@ -215,9 +215,9 @@ async fn max_messages_drops_the_oldest_and_a_resume_needing_them_gets_gap_with_e
         max_messages: 3,
         ..config()
     });
-    let (session, token) = hello(&sessions, Some("a")).await;
-    process(&session, 1).await;
-    process(&session, 2).await;
+    let (mut session, token) = hello(&sessions, Some("a")).await;
+    process(&mut session, 1).await;
+    process(&mut session, 2).await;
     for i in 1..=5 {
         session.append(format!("m{i}")).await.unwrap();
     }
@@ -340,7 +340,7 @@ async fn a_client_claiming_unsent_messages_is_refused_unknown() {
 #[tokio::test(start_paused = true)]
 async fn extreme_numbers_from_a_client_are_refused_not_panicked_on() {
     let sessions = Sessions::new(config());
-    let (session, token) = hello(&sessions, None).await;
+    let (mut session, token) = hello(&sessions, None).await;
     session.append("m1").await.unwrap();
     assert!(matches!(
         session.accept(u64::MAX),
@@ -362,9 +362,9 @@ async fn extreme_numbers_from_a_client_are_refused_not_panicked_on() {
 #[tokio::test(start_paused = true)]
 async fn inbound_ids_are_processed_once_across_a_resume() {
     let sessions = Sessions::new(config());
-    let (session, token) = hello(&sessions, None).await;
-    process(&session, 1).await;
-    process(&session, 2).await;
+    let (mut session, token) = hello(&sessions, None).await;
+    process(&mut session, 1).await;
+    process(&mut session, 2).await;
     // Id 3 was in flight when the connection died: its handler was cancelled.
     let Accept::New(in_flight) = session.accept(3) else {
         panic!("3 is new")
@@ -374,12 +374,12 @@ async fn inbound_ids_are_processed_once_across_a_resume() {
     drop(in_flight);
     drop(session);
 
-    let (session, frame, _) = attached(sessions.resume(&token, None, 0).await);
+    let (mut session, frame, _) = attached(sessions.resume(&token, None, 0).await);
     assert_eq!(frame.last, 2);
     // The client resends everything after 2.
     assert!(matches!(session.accept(1), Accept::AlreadyProcessed));
     assert!(matches!(session.accept(2), Accept::AlreadyProcessed));
-    process(&session, 3).await;
+    process(&mut session, 3).await;
     assert!(matches!(
         session.accept(5),
         Accept::OutOfOrder { expected: 4 }
@@ -390,8 +390,7 @@ async fn inbound_ids_are_processed_once_across_a_resume() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_handlers_advance_the_ack_over_the_contiguous_prefix() {
     let sessions = Sessions::new(config());
-    let (session, _) = hello(&sessions, None).await;
-    let session = Arc::new(session);
+    let (mut session, _) = hello(&sessions, None).await;
     let runs: Arc<Mutex<HashMap<u64, u32>>> = Arc::default();
     let mut handlers = Vec::new();
     for id in 1..=300u64 {

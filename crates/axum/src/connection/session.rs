@@ -201,7 +201,7 @@ impl Live {
     }
 
     /// Reads a client frame.
-    pub(super) fn admit(&self, message: Message) -> Result<Admitted, Ending> {
+    pub(super) fn admit(&mut self, message: Message) -> Result<Admitted, Ending> {
         let (id, message, data) = match message {
             Message::Text(text) => {
                 // A JSON string's content is copied out; any other `data` is cut from the frame.
