@@ -209,7 +209,7 @@ const IDLE: u64 = 0;
 const ONE: u64 = 1 << 62;
 const SLOW: u64 = 2 << 62;
 const MODE: u64 = 3 << 62;
-/// Marks the word holds: below 2^62 - 1, so that `mark + 1` is one too.
+/// The highest mark the word holds: `mark + 1` must fit its 62 bits too.
 const MAX_FAST_MARK: u64 = (1 << 62) - 2;
 
 impl InboundState {
