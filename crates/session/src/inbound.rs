@@ -525,17 +525,28 @@ mod tests {
     }
 
     /// Connections of one session (a superseded one finishing its calls, the one that resumed)
-    /// race on the same ids, abandoning some: each id is processed exactly once.
+    /// race on the same ids, abandoning some, while marks confirmed by the store are raised
+    /// (each moving the state under the lock and back): each id is processed exactly once.
     #[test]
     fn racing_connections_process_each_id_once() {
-        use std::sync::atomic::AtomicU32;
+        use std::sync::atomic::{AtomicBool, AtomicU32};
         const IDS: u64 = 20_000;
         let state = InboundState::new(0);
         let runs: Vec<AtomicU32> = (0..=IDS).map(|_| AtomicU32::new(0)).collect();
+        let done = AtomicBool::new(false);
         std::thread::scope(|scope| {
+            let (state, done) = (&state, &done);
+            scope.spawn(move || {
+                while !done.load(Ordering::Acquire) {
+                    let mark = state.mark();
+                    assert!(state.raise(mark) >= mark);
+                    std::thread::yield_now();
+                }
+            });
+            let mut connections = Vec::new();
             for seed in [0x9e37_79b9_u64, 0x85eb_ca6b, 0xc2b2_ae35] {
-                let (state, runs) = (&state, &runs);
-                scope.spawn(move || {
+                let runs = &runs;
+                connections.push(scope.spawn(move || {
                     let mut random = seed;
                     for id in 1..=IDS {
                         loop {
@@ -559,8 +570,12 @@ mod tests {
                             }
                         }
                     }
-                });
+                }));
             }
+            for connection in connections {
+                connection.join().expect("no panic");
+            }
+            done.store(true, Ordering::Release);
         });
         assert!(runs[1..].iter().all(|r| r.load(Ordering::Relaxed) == 1));
         assert_eq!(state.mark(), IDS);
