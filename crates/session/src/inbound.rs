@@ -212,6 +212,16 @@ const MODE: u64 = 3 << 62;
 /// The highest mark the word holds: `mark + 1` must fit its 62 bits too.
 const MAX_FAST_MARK: u64 = (1 << 62) - 2;
 
+/// What a step makes of the word.
+enum Fast<R> {
+    /// The answer, the word unchanged.
+    Answer(R),
+    /// The answer once this word replaces the one read.
+    Swap(u64, R),
+    /// The step needs the lock.
+    Slow,
+}
+
 impl InboundState {
     pub(crate) fn new(mark: u64) -> Self {
         let state = Self {
@@ -262,68 +272,68 @@ impl InboundState {
         result
     }
 
-    /// [`InboundIds::admit`].
-    pub(crate) fn admit(&self, id: u64) -> Admit {
+    /// One step: `fast` answers from the word's mode and mark, or gives the word to swap in
+    /// (retried if the word changed meanwhile); `slow` answers under the lock.
+    fn step<R>(
+        &self,
+        fast: impl Fn(u64, u64) -> Fast<R>,
+        slow: impl FnOnce(&mut InboundIds) -> R,
+    ) -> R {
         let mut word = self.word.load(Ordering::Acquire);
         loop {
-            let (mode, mark) = (word & MODE, word & !MODE);
-            let next = match mode {
-                IDLE if id <= mark => return Admit::AlreadyProcessed,
-                IDLE if id == mark + 1 => ONE | mark,
-                ONE if id <= mark + 1 => return Admit::AlreadyProcessed,
-                _ => return self.with_slow(|ids| ids.admit(id)),
+            let (next, result) = match fast(word & MODE, word & !MODE) {
+                Fast::Answer(result) => return result,
+                Fast::Swap(next, result) => (next, result),
+                Fast::Slow => return self.with_slow(slow),
             };
             match self
                 .word
                 .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
             {
-                Ok(_) => return Admit::New,
+                Ok(_) => return result,
                 Err(now) => word = now,
             }
         }
+    }
+
+    /// [`InboundIds::admit`].
+    pub(crate) fn admit(&self, id: u64) -> Admit {
+        self.step(
+            |mode, mark| match mode {
+                IDLE if id <= mark => Fast::Answer(Admit::AlreadyProcessed),
+                IDLE if id == mark + 1 => Fast::Swap(ONE | mark, Admit::New),
+                ONE if id <= mark + 1 => Fast::Answer(Admit::AlreadyProcessed),
+                _ => Fast::Slow,
+            },
+            |ids| ids.admit(id),
+        )
     }
 
     /// [`InboundIds::processed`].
     pub(crate) fn processed(&self, id: u64) -> Option<u64> {
-        let mut word = self.word.load(Ordering::Acquire);
-        loop {
-            let (mode, mark) = (word & MODE, word & !MODE);
-            let next = match mode {
+        self.step(
+            |mode, mark| match mode {
                 // Nothing in flight: no id to mark, and the mark stays.
-                IDLE => return None,
-                ONE if id == mark + 1 && id <= MAX_FAST_MARK => IDLE | id,
-                ONE if id != mark + 1 => return None,
-                _ => return self.with_slow(|ids| ids.processed(id)),
-            };
-            match self
-                .word
-                .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return Some(id),
-                Err(now) => word = now,
-            }
-        }
+                IDLE => Fast::Answer(None),
+                ONE if id == mark + 1 && id <= MAX_FAST_MARK => Fast::Swap(IDLE | id, Some(id)),
+                ONE if id != mark + 1 => Fast::Answer(None),
+                _ => Fast::Slow,
+            },
+            |ids| ids.processed(id),
+        )
     }
 
     /// [`InboundIds::abandon`].
     pub(crate) fn abandon(&self, id: u64) {
-        let mut word = self.word.load(Ordering::Acquire);
-        loop {
-            let (mode, mark) = (word & MODE, word & !MODE);
-            let next = match mode {
-                IDLE => return,
-                ONE if id == mark + 1 => IDLE | mark,
-                ONE => return,
-                _ => return self.with_slow(|ids| ids.abandon(id)),
-            };
-            match self
-                .word
-                .compare_exchange(word, next, Ordering::AcqRel, Ordering::Acquire)
-            {
-                Ok(_) => return,
-                Err(now) => word = now,
-            }
-        }
+        self.step(
+            |mode, mark| match mode {
+                IDLE => Fast::Answer(()),
+                ONE if id == mark + 1 => Fast::Swap(IDLE | mark, ()),
+                ONE => Fast::Answer(()),
+                _ => Fast::Slow,
+            },
+            |ids| ids.abandon(id),
+        )
     }
 
     /// [`InboundIds::raise`].
