@@ -559,6 +559,9 @@ mod tests {
                 connections.push(scope.spawn(move || {
                     let mut random = seed;
                     for id in 1..=IDS {
+                        // A lost update leaves an id waiting for one that never comes: a
+                        // failure, not a hang.
+                        let waiting_since = std::time::Instant::now();
                         loop {
                             match state.admit(id) {
                                 Admit::New => {
@@ -576,16 +579,23 @@ mod tests {
                                 }
                                 Admit::AlreadyProcessed => break,
                                 // The id before was abandoned and not yet admitted again.
-                                Admit::OutOfOrder { .. } => std::thread::yield_now(),
+                                Admit::OutOfOrder { expected } => {
+                                    assert!(
+                                        waiting_since.elapsed()
+                                            < std::time::Duration::from_secs(20),
+                                        "id {id} waited 20 s for id {expected}"
+                                    );
+                                    std::thread::yield_now();
+                                }
                             }
                         }
                     }
                 }));
             }
-            for connection in connections {
-                connection.join().expect("no panic");
-            }
+            let joined: Vec<_> = connections.into_iter().map(|c| c.join()).collect();
+            // Before any assertion: the thread raising marks ends only then.
             done.store(true, Ordering::Release);
+            assert!(joined.iter().all(Result::is_ok), "a connection panicked");
         });
         assert!(runs[1..].iter().all(|r| r.load(Ordering::Relaxed) == 1));
         assert_eq!(state.mark(), IDS);
