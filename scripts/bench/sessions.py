@@ -9,8 +9,10 @@ ratios, and of the control: plain measured again against plain in the same round
 standard deviation is what one `loadgen --compare` can resolve; a missed target is given in that
 unit and in standard errors of the K runs' median.
 
-Usage: python3 scripts/bench/sessions.py [K, default 10] [CELL ...]
-A cell is MODE:CONNECTIONS (pipelined:1); by default all six.
+Usage: python3 scripts/bench/sessions.py [--profile NAME] [K, default 10] [CELL ...]
+A cell is MODE:CONNECTIONS (pipelined:1); by default all six. The binaries are built with the
+workspace's `production` profile (fat LTO, one codegen unit), the one the target is checked with;
+`--profile release` measures cargo's default release build instead.
 
 Two builds against each other: the ratio drifts by a few hundredths from one hour to the next,
 so a change is measured against the code before it in the same runs, alternating:
@@ -30,11 +32,11 @@ MESSAGES = {("ping-pong", 1): 20000, ("ping-pong", 16): 2000, ("ping-pong", 64):
 THROUGHPUT_TARGET, P99_TARGET = 0.85, 1.3
 
 
-def loadgen():
-    subprocess.run(["cargo", "build", "--release", "--example", "echo", "--example", "loadgen"],
-                   cwd=WORKSPACE, check=True)
+def loadgen(profile):
+    subprocess.run(["cargo", "build", "--profile", profile, "--example", "echo",
+                    "--example", "loadgen"], cwd=WORKSPACE, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(WORKSPACE, "target"))
-    return os.path.join(target, "release", "examples", "loadgen")
+    return os.path.join(target, profile, "examples", "loadgen")
 
 
 def compare(binary, mode, connections):
@@ -55,28 +57,34 @@ def spread(values):
 
 
 def builds(old, new, args):
-    """Each cell's throughput ratio from two builds, K runs each, alternating."""
+    """Each cell's throughput and p99 ratios from two builds, K runs each, alternating."""
     k = int(args[0]) if args else 10
     cells = [(c.split(":")[0], int(c.split(":")[1])) for c in args[1:]] or list(MESSAGES)
     binaries = [os.path.join(d, "loadgen") for d in (old, new)]
     print(f"{k} alternations of `loadgen --compare --session --rounds 5` per cell, {old} then {new}")
-    print("| cell | throughput session/plain, old | new | new - old, median of pairs |")
-    print("|---|---|---|---|")
+    print("| cell | throughput session/plain, old | new | new - old, median of pairs |"
+          " p99 session/plain, old | new |")
+    print("|---|---|---|---|---|---|")
     for mode, connections in cells:
-        pairs = [tuple(compare(b, mode, connections)[0] for b in binaries) for _ in range(k)]
-        old_runs, new_runs = ([p[i] for p in pairs] for i in (0, 1))
-        gain = statistics.median(n - o for o, n in pairs)
-        print(f"| {mode} {connections} | {spread(old_runs)} | {spread(new_runs)} | {gain:+.3f} |",
-              flush=True)
+        pairs = [tuple(compare(b, mode, connections)[:2] for b in binaries) for _ in range(k)]
+        old_t, old_p = [o[0] for o, _ in pairs], [o[1] for o, _ in pairs]
+        new_t, new_p = [n[0] for _, n in pairs], [n[1] for _, n in pairs]
+        gain = statistics.median(n[0] - o[0] for o, n in pairs)
+        print(f"| {mode} {connections} | {spread(old_t)} | {spread(new_t)} | {gain:+.3f} |"
+              f" {spread(old_p)} | {spread(new_p)} |", flush=True)
 
 
 def main():
     if sys.argv[1:2] == ["--builds"]:
         return builds(sys.argv[2], sys.argv[3], sys.argv[4:])
-    k = int(sys.argv[1]) if len(sys.argv) > 1 else 10
-    cells = [(c.split(":")[0], int(c.split(":")[1])) for c in sys.argv[2:]] or list(MESSAGES)
-    binary = loadgen()
-    print(f"{k} runs of `loadgen --compare --session --control --rounds 5` per cell")
+    args, profile = sys.argv[1:], "production"
+    if args[:1] == ["--profile"]:
+        profile, args = args[1], args[2:]
+    k = int(args[0]) if args else 10
+    cells = [(c.split(":")[0], int(c.split(":")[1])) for c in args[1:]] or list(MESSAGES)
+    binary = loadgen(profile)
+    print(f"{k} runs of `loadgen --compare --session --control --rounds 5` per cell,"
+          f" profile {profile}")
     print("| cell | throughput session/plain | control, sd | p99 session/plain | control, sd |"
           " throughput target 0.85 |")
     print("|---|---|---|---|---|---|")
