@@ -11,7 +11,7 @@ unit and in standard errors of the K runs' median.
 
 Usage: python3 scripts/bench/sessions.py [--profile NAME] [K, default 10] [CELL ...]
 A cell is MODE:CONNECTIONS (pipelined:1); by default all six. The binaries are built with the
-workspace's `production` profile (fat LTO, one codegen unit), the one the target is checked with;
+workspace's `release-lto` profile (fat LTO, one codegen unit), the one the target is checked with;
 `--profile release` measures cargo's default release build instead.
 
 Two builds against each other: the ratio drifts by a few hundredths from one hour to the next,
@@ -77,7 +77,7 @@ def builds(old, new, args):
 def main():
     if sys.argv[1:2] == ["--builds"]:
         return builds(sys.argv[2], sys.argv[3], sys.argv[4:])
-    args, profile = sys.argv[1:], "production"
+    args, profile = sys.argv[1:], "release-lto"
     if args[:1] == ["--profile"]:
         profile, args = args[1], args[2:]
     k = int(args[0]) if args else 10
