@@ -17,7 +17,7 @@ workspace's `release-lto` profile (fat LTO, one codegen unit), the one the targe
 Two builds against each other: the ratio drifts by a few hundredths from one hour to the next,
 so a change is measured against the code before it in the same runs, alternating:
     python3 scripts/bench/sessions.py --builds OLD_DIR NEW_DIR [K] [CELL ...]
-where each directory holds a copy of `loadgen` and `echo` from `target/release/examples`.
+where each directory holds a copy of `loadgen` and `echo` from `target/PROFILE/examples`.
 """
 import os
 import re
@@ -36,7 +36,8 @@ def loadgen(profile):
     subprocess.run(["cargo", "build", "--profile", profile, "--example", "echo",
                     "--example", "loadgen"], cwd=WORKSPACE, check=True)
     target = os.environ.get("CARGO_TARGET_DIR", os.path.join(WORKSPACE, "target"))
-    return os.path.join(target, profile, "examples", "loadgen")
+    # cargo writes the `dev` profile's output to `debug`, any other profile's to its own name.
+    return os.path.join(target, "debug" if profile == "dev" else profile, "examples", "loadgen")
 
 
 def compare(binary, mode, connections):
